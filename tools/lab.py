@@ -1,0 +1,240 @@
+"""The lab of DESIGN.md: two network namespaces, each with a persistent TAP.
+
+``tapsplice lab up`` builds them with iproute2 (``ip netns``, ``ip tuntap``):
+
+* client side ``tsc``: TAP ``tsc0``, 198.18.0.1/24, default route via 198.18.0.2;
+* server side ``tss``: TAP ``tss0``, 198.19.0.1/24, default route via 198.19.0.2.
+
+The stack attaches to both TAPs (stack/netdev/tap.py) as the two gateways. Every
+address is in 198.18.0.0/15 (RFC 2544's benchmarking range) and nothing is ever
+configured in the root namespace; kernel sysctls (net.ipv4.tcp_*) are left alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import re
+import subprocess
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+#: Namespace names made by :meth:`LabConfig.unique`; the pid lets a later run tell
+#: a crashed run's leftovers from a live run's namespaces.
+UNIQUE_NS_RE = re.compile(r"^tsx-(?:[a-z0-9]+-)?(?P<pid>\d+)-\d+-[cs]$")
+_counter = itertools.count()
+_IP_TIMEOUT = 30.0
+
+
+class LabError(RuntimeError):
+    """An iproute2 command of the lab failed."""
+
+
+@dataclass(frozen=True)
+class LabConfig:
+    """Names, addresses and MTU of one lab (both sides)."""
+
+    client_ns: str = "tsc"
+    server_ns: str = "tss"
+    client_tap: str = "tsc0"
+    server_tap: str = "tss0"
+    client_addr: str = "198.18.0.1/24"
+    server_addr: str = "198.19.0.1/24"
+    client_gw: str = "198.18.0.2"
+    server_gw: str = "198.19.0.2"
+    mtu: int = 1500
+
+    @classmethod
+    def unique(cls, tag: str | None = None) -> LabConfig:
+        """A lab with namespace names unique to this process (for tests).
+
+        Addresses stay the defaults: each lab lives in its own namespaces. TAP
+        names are short (<= 15 characters, IFNAMSIZ) and only need to be unique
+        inside their namespace.
+        """
+        if tag is not None and not re.fullmatch(r"[a-z0-9]{1,8}", tag):
+            raise ValueError("tag must be 1-8 lowercase letters or digits")
+        n = next(_counter)
+        mid = f"{tag}-" if tag else ""
+        base = f"tsx-{mid}{os.getpid()}-{n}"
+        short = f"t{os.getpid() % 1000}{n % 1000}"
+        return cls(client_ns=f"{base}-c", server_ns=f"{base}-s",
+                   client_tap=f"{short}c0", server_tap=f"{short}s0")
+
+    def sides(self) -> list[tuple[str, str, str, str, str]]:
+        """(side, namespace, tap, address, gateway) for the client and the server."""
+        return [("client", self.client_ns, self.client_tap, self.client_addr, self.client_gw),
+                ("server", self.server_ns, self.server_tap, self.server_addr, self.server_gw)]
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(["ip", *args], capture_output=True, text=True,
+                          timeout=_IP_TIMEOUT, check=False)
+    if check and proc.returncode != 0:
+        raise LabError(f"ip {' '.join(args)}: {proc.stderr.strip() or proc.returncode}")
+    return proc
+
+
+def _ip_json(*args: str) -> list[dict[str, Any]]:
+    proc = _ip("-j", *args, check=False)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        return []
+    return json.loads(proc.stdout)
+
+
+def list_netns() -> list[str]:
+    """Names of the network namespaces iproute2 knows."""
+    return [entry["name"] for entry in _ip_json("netns", "list")]
+
+
+def _link_exists(ns: str, dev: str) -> bool:
+    return _ip("-n", ns, "link", "show", "dev", dev, check=False).returncode == 0
+
+
+def _side_up(ns: str, tap: str, addr: str, gw: str, mtu: int) -> None:
+    if ns not in list_netns():
+        _ip("netns", "add", ns)
+    if not _link_exists(ns, tap):
+        # Persistent, with vnet_hdr allowed: the stack attaches later (DESIGN.md, lab).
+        _ip("-n", ns, "tuntap", "add", "dev", tap, "mode", "tap", "vnet_hdr")
+    _ip("-n", ns, "link", "set", "lo", "up")
+    _ip("-n", ns, "link", "set", "dev", tap, "mtu", str(mtu), "up")
+    _ip("-n", ns, "addr", "replace", addr, "dev", tap)
+    # The TAP has no carrier until the stack attaches; onlink accepts the gateway anyway.
+    _ip("-n", ns, "route", "replace", "default", "via", gw, "dev", tap, "onlink")
+
+
+def lab_up(cfg: LabConfig) -> None:
+    """Create both namespaces and TAPs and configure them (idempotent)."""
+    if len(cfg.client_tap) > 15 or len(cfg.server_tap) > 15:
+        raise ValueError("TAP names are limited to 15 characters")
+    for _side, ns, tap, addr, gw in cfg.sides():
+        _side_up(ns, tap, addr, gw, cfg.mtu)
+
+
+def lab_down(cfg: LabConfig) -> None:
+    """Remove both TAPs and namespaces (idempotent)."""
+    present = list_netns()
+    for _side, ns, tap, _addr, _gw in cfg.sides():
+        if ns not in present:
+            continue
+        if _link_exists(ns, tap):
+            _ip("-n", ns, "tuntap", "del", "dev", tap, "mode", "tap", check=False)
+        _ip("netns", "del", ns)
+
+
+def _side_status(ns: str, tap: str, present: list[str]) -> dict[str, Any]:
+    st: dict[str, Any] = {"netns": ns, "tap": tap, "exists": ns in present,
+                          "tap_exists": False, "state": None, "mtu": None,
+                          "addresses": [], "routes": []}
+    if not st["exists"]:
+        return st
+    links = _ip_json("-n", ns, "addr", "show", "dev", tap)
+    if links:
+        link = links[0]
+        st["tap_exists"] = True
+        st["state"] = link.get("operstate")
+        st["flags"] = link.get("flags", [])
+        st["mtu"] = link.get("mtu")
+        st["mac"] = link.get("address")
+        st["addresses"] = [f"{a['local']}/{a['prefixlen']}" for a in link.get("addr_info", [])
+                           if a.get("family") == "inet"]
+    for r in _ip_json("-n", ns, "route", "show"):
+        st["routes"].append(" ".join(x for x in (r.get("dst"), "via" if r.get("gateway")
+                                     else None, r.get("gateway"), "dev", r.get("dev")) if x))
+    return st
+
+
+def lab_status(cfg: LabConfig) -> dict[str, Any]:
+    """What exists of the lab: per side namespace, TAP, state, addresses, routes."""
+    present = list_netns()
+    out: dict[str, Any] = {side: _side_status(ns, tap, present)
+                           for side, ns, tap, _a, _g in cfg.sides()}
+    out["up"] = all(out[s]["tap_exists"] and out[s]["addresses"] for s in ("client", "server"))
+    return out
+
+
+def cleanup_stale() -> list[str]:
+    """Delete namespaces left by :meth:`LabConfig.unique` labs of dead processes."""
+    removed = []
+    for ns in list_netns():
+        m = UNIQUE_NS_RE.match(ns)
+        if m is None or _pid_alive(int(m.group("pid"))):
+            continue
+        _ip("netns", "del", ns, check=False)
+        removed.append(ns)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def run_in_ns(ns: str, *cmd: str, **kw: Any) -> subprocess.CompletedProcess[Any]:
+    """Run ``cmd`` inside namespace ``ns`` (``ip netns exec``); a 60 s timeout by default."""
+    kw.setdefault("timeout", 60.0)
+    return subprocess.run(["ip", "netns", "exec", ns, *cmd], check=kw.pop("check", False), **kw)
+
+
+def popen_in_ns(ns: str, *cmd: str, **kw: Any) -> subprocess.Popen[Any]:
+    """Start ``cmd`` inside namespace ``ns`` without waiting for it."""
+    return subprocess.Popen(["ip", "netns", "exec", ns, *cmd], **kw)
+
+
+# -- command line ------------------------------------------------------------
+def _cmd_up(args: argparse.Namespace) -> int:
+    cfg = replace(LabConfig(), mtu=args.mtu)
+    lab_up(cfg)
+    print(f"lab up: {cfg.client_ns}/{cfg.client_tap} {cfg.client_addr} via {cfg.client_gw}; "
+          f"{cfg.server_ns}/{cfg.server_tap} {cfg.server_addr} via {cfg.server_gw}")
+    return 0
+
+
+def _cmd_down(args: argparse.Namespace) -> int:
+    lab_down(LabConfig())
+    print("lab down")
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    cfg = LabConfig()
+    st = lab_status(cfg)
+    if args.json:
+        print(json.dumps({"config": asdict(cfg), **st}, indent=2))
+        return 0 if st["up"] else 1
+    for side in ("client", "server"):
+        s = st[side]
+        if not s["exists"]:
+            print(f"{side}: namespace {s['netns']} missing")
+            continue
+        print(f"{side}: netns {s['netns']} tap {s['tap']} state {s['state']} mtu {s['mtu']} "
+              f"addr {', '.join(s['addresses']) or '-'}")
+        for r in s["routes"]:
+            print(f"    route {r}")
+    return 0 if st["up"] else 1
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``tapsplice lab up|down|status``."""
+    p = subparsers.add_parser("lab", help="build or remove the two-namespace lab",
+                              description="The lab: namespaces tsc and tss joined only "
+                              "through the stack's two TAP devices (needs root).")
+    sub = p.add_subparsers(dest="lab_command", metavar="ACTION")
+    sub.required = True
+    up = sub.add_parser("up", help="create namespaces and TAPs (idempotent)")
+    up.add_argument("--mtu", type=int, default=1500, help="MTU of both TAPs (default 1500)")
+    up.set_defaults(func=_cmd_up)
+    down = sub.add_parser("down", help="remove namespaces and TAPs (idempotent)")
+    down.set_defaults(func=_cmd_down)
+    status = sub.add_parser("status", help="show what exists; exit 1 unless the lab is up")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=_cmd_status)
+    return p
