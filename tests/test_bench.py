@@ -236,3 +236,16 @@ def test_origin_files_sparse_and_random() -> None:
     finally:
         origin.stop()
     assert not docroot.exists()
+
+
+def test_stack_router_argv_names_the_lab_and_offload() -> None:
+    from tools.bench.router import StackRouterPath
+    from tools.lab import LabConfig
+
+    lab = LabConfig.unique("bench")
+    fast = StackRouterPath(1 << 20, True, lab_cfg=lab).router_argv()
+    slow = StackRouterPath(1 << 20, False, lab_cfg=lab).router_argv()
+    assert fast[1:4] == ["-m", "apps.cli", "router"] and "--lab" in fast
+    assert fast[fast.index("--client-ns") + 1] == lab.client_ns
+    assert fast[fast.index("--server-tap") + 1] == lab.server_tap
+    assert "--no-offload" not in fast and slow[-1] == "--no-offload"

@@ -98,7 +98,7 @@ def kernel_lab_up(cfg: KernelLabConfig) -> None:
     except BaseException:
         kernel_lab_down(cfg)
         raise
-    log.info("kernel lab up: %s", ", ".join(cfg.namespaces))
+    log.debug("kernel lab up: %s", ", ".join(cfg.namespaces))
 
 
 def kernel_lab_down(cfg: KernelLabConfig) -> None:

@@ -33,8 +33,7 @@ from tools.origin import Origin, OriginFile
 log = logging.getLogger(__name__)
 
 FILE_NAME = "bench.bin"
-# Bounds on set-up steps: the lab commands, and the router becoming reachable.
-LAB_TIMEOUT = 60.0
+# Bound on the router becoming reachable once started.
 READY_TIMEOUT = 30.0
 # Slowest rate a transfer may run at before it is called hung (bytes/s), and
 # the shortest time any transfer is allowed.
@@ -92,7 +91,7 @@ class KernelRouterPath(_HttpDownloadPath):
     """The baseline: the Linux kernel forwarding between veth pairs."""
 
     name = "kernel"
-    label = "kernel router (veth)"
+    label = "kernel (veth)"
 
     def __init__(self, size: int, cfg: KernelLabConfig | None = None,
                  timeout: float | None = None) -> None:  # fmt: skip
@@ -113,10 +112,14 @@ class KernelRouterPath(_HttpDownloadPath):
 
 
 def stack_lab_config() -> Any:
-    """The stack lab's configuration (tools.lab.LabConfig with its defaults)."""
+    """A stack lab (tools.lab.LabConfig) with namespace names unique to this run.
+
+    Unique names keep the benchmark clear of a lab someone else is using on
+    the same machine; the addresses are the lab's usual ones.
+    """
     from tools.lab import LabConfig
 
-    return LabConfig()
+    return LabConfig.unique("bench")
 
 
 def _cli(*args: str) -> list[str]:
@@ -132,7 +135,7 @@ class StackRouterPath(_HttpDownloadPath):
         super().__init__(size, timeout)
         self.offload = offload
         self.name = "stack" if offload else "stack-no-offload"
-        self.label = "tapsplice router" + ("" if offload else " --no-offload")
+        self.label = "tapsplice" + ("" if offload else " --no-offload")
         self.lab = lab_cfg if lab_cfg is not None else stack_lab_config()
         self._router: subprocess.Popen[bytes] | None = None
         self._logdir: Path | None = None
@@ -140,25 +143,33 @@ class StackRouterPath(_HttpDownloadPath):
 
     def start(self) -> None:
         """Bring the lab up, start the origin and the router, wait until ping passes."""
+        from tools.lab import lab_up
+
         if netns_exists(self.lab.client_ns) or netns_exists(self.lab.server_ns):
             raise CommandError(
                 f"the lab ({self.lab.client_ns}/{self.lab.server_ns}) is already up, maybe "
-                "in use by someone else; run `tapsplice lab down` first"
+                "in use by someone else"
             )
         self._lab_is_ours = True
-        run(_cli("lab", "up"), timeout=LAB_TIMEOUT)
+        lab_up(self.lab)
         server_ip = str(self.lab.server_addr).split("/")[0]
         self._start_origin(self.lab.client_ns, self.lab.server_ns, server_ip)
         self._start_router()
         self._wait_ready(server_ip)
 
+    def router_argv(self) -> list[str]:
+        """The command line of the router process for this lab."""
+        lab = self.lab
+        args = ["router", "--lab", "--client-ns", lab.client_ns, "--client-tap", lab.client_tap,
+                "--server-ns", lab.server_ns, "--server-tap", lab.server_tap]  # fmt: skip
+        return _cli(*args, *([] if self.offload else ["--no-offload"]))
+
     def _start_router(self) -> None:
         self._logdir = Path(tempfile.mkdtemp(prefix="tapsplice-bench-"))
-        args = ["router", "--lab"] + ([] if self.offload else ["--no-offload"])
         with open(self._logdir / "router.log", "wb") as out:
             # Own session, so a terminal Ctrl-C reaches only us and we stop it in order.
             self._router = subprocess.Popen(
-                _cli(*args), stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                self.router_argv(), stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                 start_new_session=True,
             )  # fmt: skip
 
@@ -203,12 +214,14 @@ class StackRouterPath(_HttpDownloadPath):
         try:
             if router is not None:
                 code = stop_process(router)
-                log.info("router stopped with exit code %s", code)
+                log.debug("router stopped with exit code %s", code)
             self._stop_origin()
         finally:
             if self._lab_is_ours:
+                from tools.lab import lab_down
+
                 self._lab_is_ours = False
-                run(_cli("lab", "down"), timeout=LAB_TIMEOUT, check=False)
+                lab_down(self.lab)
             if self._logdir is not None:
                 shutil.rmtree(self._logdir, ignore_errors=True)
                 self._logdir = None
