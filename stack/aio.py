@@ -1,0 +1,234 @@
+"""The asyncio (uvloop) driver: TAP devices in, the sans-I/O core, TAP devices out.
+
+One reader callback per device fd reads frames in batches (until EAGAIN or a round
+limit, for fairness between devices), feeds them to the core and writes what the core
+queued before reading again — the read buffers are reused, so frames are written out
+before the next batch overwrites them. One timer follows the core's next deadline.
+Optional: a pcap tee of every frame, and a fault injector on the stack's own devices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import random
+import signal
+from dataclasses import dataclass, field
+
+from stack.core import Stack
+from stack.gso import complete_checksum
+from stack.iface import Interface
+from stack.impair import FaultInjector
+from stack.netdev.faults import FaultModel
+from stack.netdev.pcap import PcapTee
+from stack.skbuff import SkBuff
+from stack.wire.ethernet import ETH_HLEN
+
+log = logging.getLogger("tapsplice.driver")
+
+#: Read batches per readable event before yielding to the loop (fairness bound).
+MAX_ROUNDS = 8
+
+
+@dataclass(order=True, slots=True)
+class _Delayed:
+    at: float
+    order: int
+    rx: bool = field(compare=False)
+    iface: Interface = field(compare=False)
+    skb: SkBuff = field(compare=False)
+
+
+class StackDriver:
+    """Runs a :class:`Stack` on real devices under an asyncio event loop."""
+
+    def __init__(self, stack: Stack, *, pcap: PcapTee | None = None,
+                 impair: FaultModel | None = None, seed: int = 0,
+                 impair_limit: int = 4096) -> None:
+        self.stack = stack
+        self.devices: dict[int, object] = {}
+        self.pcap = pcap
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._stopped = asyncio.Event()
+        self._writers: set[int] = set()
+        rng = random.Random(seed)
+        self._rx_fault = FaultInjector(impair, random.Random(rng.random())) if impair else None
+        self._tx_fault = FaultInjector(impair, random.Random(rng.random())) if impair else None
+        self._delayed: list[_Delayed] = []
+        self._delay_order = 0
+        self._impair_limit = impair_limit
+
+    def attach(self, iface: Interface, device) -> None:
+        """Bind an interface of the stack to an open device (TapDevice-like)."""
+        self.devices[iface.index] = device
+
+    def now(self) -> float:
+        """The driver's clock (the event loop's monotonic time)."""
+        assert self.loop is not None
+        return self.loop.time()
+
+    # -- lifecycle ---------------------------------------------------------------
+    def start(self) -> None:
+        """Register the device readers and announce the interfaces."""
+        self.loop = asyncio.get_running_loop()
+        for iface in self.stack.interfaces:
+            dev = self.devices[iface.index]
+            self.loop.add_reader(dev.fileno(), self._on_readable, iface, dev)
+        self.stack.start(self.now())
+        self._flush()
+        self._reschedule()
+
+    def stop(self) -> None:
+        """Ask :meth:`serve_forever` to return."""
+        self._stopped.set()
+
+    async def serve_forever(self, handle_signals: bool = True) -> None:
+        """Run until :meth:`stop` or SIGINT/SIGTERM, then release devices."""
+        if self.loop is None:
+            self.start()
+        assert self.loop is not None
+        if handle_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.loop.add_signal_handler(sig, self.stop)
+        try:
+            await self._stopped.wait()
+        finally:
+            if handle_signals:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    self.loop.remove_signal_handler(sig)
+            self.close()
+
+    def close(self) -> None:
+        """Remove readers, cancel timers, close devices and the capture."""
+        if self.loop is not None:
+            for dev in self.devices.values():
+                try:
+                    self.loop.remove_reader(dev.fileno())
+                    self.loop.remove_writer(dev.fileno())
+                except (ValueError, OSError):
+                    pass
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for dev in self.devices.values():
+            dev.close()
+        self.devices.clear()
+        if self.pcap is not None:
+            self.pcap.close()
+            self.pcap = None
+
+    # -- data path ---------------------------------------------------------------
+    def _on_readable(self, iface: Interface, dev) -> None:
+        stack = self.stack
+        for _ in range(MAX_ROUNDS):
+            skbs = dev.read_batch()
+            if not skbs:
+                break
+            now = self.loop.time()
+            for skb in skbs:
+                if self.pcap is not None:
+                    self.pcap.rx(iface.name, skb, now)
+                if self._rx_fault is not None:
+                    self._impaired(True, iface, skb, now)
+                else:
+                    stack.receive_frame(iface, skb, now)
+            self._flush()
+            if len(skbs) < dev.batch:
+                break
+        self._reschedule()
+
+    def _flush(self) -> None:
+        out = self.stack.drain()
+        if not out:
+            return
+        now = self.loop.time()
+        for iface, skb in out:
+            if self._tx_fault is not None:
+                self._impaired(False, iface, skb, now)
+                continue
+            self._transmit(iface, skb, now)
+
+    def _transmit(self, iface: Interface, skb: SkBuff, now: float) -> None:
+        dev = self.devices.get(iface.index)
+        if dev is None:
+            return
+        if self.pcap is not None:
+            self.pcap.tx(iface.name, skb, now)
+        dev.write(skb)
+        if dev.backlog_len() and iface.index not in self._writers:
+            self._writers.add(iface.index)
+            self.loop.add_writer(dev.fileno(), self._on_writable, iface.index, dev)
+
+    def _on_writable(self, index: int, dev) -> None:
+        if dev.flush_backlog():
+            self.loop.remove_writer(dev.fileno())
+            self._writers.discard(index)
+
+    # -- impairment (--impair) ------------------------------------------------------
+    def _impaired(self, rx: bool, iface: Interface, skb: SkBuff, now: float) -> None:
+        fault = self._rx_fault if rx else self._tx_fault
+        plan = fault.plan(now, len(skb))
+        if not plan:
+            return
+        if len(plan) == 1 and plan[0].at <= now and not plan[0].corrupt:
+            return self._deliver(rx, iface, skb, now)
+        for d in plan:
+            if len(self._delayed) >= self._impair_limit:
+                self.stack.counters["impair_queue_full"] += 1
+                continue
+            # A delayed or corrupted frame outlives the read buffer: copy it.
+            copy = SkBuff.from_bytes(skb.view(), headroom=128)
+            copy.copy_vnet_from(skb)
+            if d.corrupt:
+                complete_checksum(copy)
+                copy.clear_vnet()
+                fault.flip_bit(copy.buf, copy.data + ETH_HLEN, copy.tail)
+            self._delay_order += 1
+            heapq.heappush(self._delayed, _Delayed(d.at, self._delay_order, rx, iface, copy))
+        self._reschedule()
+
+    def _deliver(self, rx: bool, iface: Interface, skb: SkBuff, now: float) -> None:
+        if rx:
+            self.stack.receive_frame(iface, skb, now)
+        else:
+            self._transmit(iface, skb, now)
+
+    def _run_delayed(self, now: float) -> None:
+        while self._delayed and self._delayed[0].at <= now:
+            d = heapq.heappop(self._delayed)
+            self._deliver(d.rx, d.iface, d.skb, now)
+        self._flush()
+
+    # -- timers ------------------------------------------------------------------------
+    def _reschedule(self) -> None:
+        deadline = self.stack.next_deadline()
+        if self._delayed:
+            t = self._delayed[0].at
+            deadline = t if deadline is None else min(deadline, t)
+        if deadline == self._timer_at and self._timer is not None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = deadline
+        if deadline is not None:
+            self._timer = self.loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        # The loop may fire a callback up to its clock resolution early; the core
+        # must see the deadline it asked for, or it would ask again at once.
+        now = max(self.loop.time(), self._timer_at or 0.0)
+        self._timer = None
+        self._timer_at = None
+        self._run_delayed(now)
+        self.stack.on_timer(now)
+        self._flush()
+        self._reschedule()
+
+    def poke(self) -> None:
+        """Flush output and re-arm the timer after an API call changed the core."""
+        self._flush()
+        self._reschedule()

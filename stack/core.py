@@ -1,0 +1,482 @@
+"""The sans-I/O stack: Ethernet, ARP, IPv4 (local delivery, forwarding), ICMP.
+
+The :class:`Stack` never reads a clock and never does I/O. A driver (stack/aio.py on
+real TAP devices, stack/sim.py on the in-memory link) hands it received frames with
+:meth:`Stack.receive_frame`, calls :meth:`Stack.on_timer` at
+:meth:`Stack.next_deadline`, and sends what :meth:`Stack.drain` returns.
+
+Buffer ownership: the received SkBuff is only borrowed for the duration of the call
+and until the driver has sent the frames drained after it (the forwarding path
+rewrites and transmits the very same buffer). Anything kept longer is copied.
+
+Every received frame ends in exactly one of the counters ``rx_arp``, ``rx_local``,
+``rx_forwarded`` or ``rx_dropped`` (with ``drop.<reason>`` naming why).
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+from collections import Counter
+from collections.abc import Callable
+from typing import Protocol
+
+from stack import gso
+from stack import icmp as sicmp
+from stack.frag import Reassembler, fragment
+from stack.iface import Interface, RouteTable
+from stack.neigh import NeighbourCache, NeighState, PendingFrame
+from stack.skbuff import SkBuff
+from stack.wire import WireError
+from stack.wire import checksum as cks
+from stack.wire import icmp as wicmp
+from stack.wire import ipv4 as wip
+from stack.wire.arp import ARP_REPLY, ARP_REQUEST, ArpPacket
+from stack.wire.ethernet import BROADCAST, ETH_HLEN, ETH_P_ARP, ETH_P_IP, random_mac
+from stack.wire.vnet import VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM
+
+_H = struct.Struct("!H")
+_ETH_IP = b"\x08\x00"
+_ETH_ARP = b"\x08\x06"
+HEADROOM = 128
+_ZERO = b"\0\0\0\0"
+
+
+class ProtocolHandler(Protocol):
+    """A transport protocol attached to the stack (TCP)."""
+
+    def input(self, skb: SkBuff, src: bytes, dst: bytes, now: float) -> None: ...
+    def next_deadline(self) -> float | None: ...
+    def on_timer(self, now: float) -> None: ...
+
+
+class Stack:
+    """Interfaces, neighbours, routes and the IPv4 layer of one host or router."""
+
+    def __init__(self, *, forwarding: bool = False, rng: random.Random | None = None,
+                 neigh: NeighbourCache | None = None, reassembler: Reassembler | None = None,
+                 icmp_rate: float = 100.0, icmp_burst: float = 50.0) -> None:
+        self.forwarding = forwarding
+        self.rng = rng or random.Random()
+        self.interfaces: list[Interface] = []
+        self.by_addr: dict[bytes, Interface] = {}
+        self.routes = RouteTable()
+        self.neigh = neigh or NeighbourCache()
+        self.reasm = reassembler or Reassembler()
+        self.icmp_bucket = sicmp.TokenBucket(icmp_rate, icmp_burst)
+        self.protocols: dict[int, ProtocolHandler] = {}
+        self.counters: Counter[str] = Counter()
+        self.outbox: list[tuple[Interface, SkBuff]] = []
+        self._ident = self.rng.randrange(1 << 16)
+        self.on_drop: Callable[[str], None] | None = None
+
+    # -- configuration -------------------------------------------------------
+    def add_interface(self, name: str, addr: str, *, mac: bytes | None = None,
+                      mtu: int = 1500, offload: bool = True) -> Interface:
+        """Attach an interface with address ``addr`` ("a.b.c.d/n") and its connected route."""
+        ip, _, plen = addr.partition("/")
+        prefixlen = int(plen or 32)
+        if not 0 <= prefixlen <= 32:
+            raise ValueError(f"bad prefix length in {addr!r}")
+        iface = Interface(len(self.interfaces), name, mac or random_mac(self.rng),
+                          wip.ip_bytes(ip), prefixlen, mtu, offload)
+        if iface.addr in self.by_addr:
+            raise ValueError(f"address {ip} is already on {self.by_addr[iface.addr].name}")
+        self.interfaces.append(iface)
+        self.by_addr[iface.addr] = iface
+        self.routes.add(f"{ip}/{prefixlen}", iface)
+        return iface
+
+    def add_route(self, prefix: str, via: str | None = None, ifname: str | None = None) -> None:
+        """Add a static route; the interface is the one whose subnet holds ``via``."""
+        iface = None
+        if ifname is not None:
+            iface = next((i for i in self.interfaces if i.name == ifname), None)
+        elif via is not None:
+            gw = wip.ip_bytes(via)
+            iface = next((i for i in self.interfaces if i.on_link(gw)), None)
+        if iface is None:
+            raise ValueError(f"no interface for route {prefix} via {via} dev {ifname}")
+        self.routes.add(prefix, iface, via)
+
+    def register_protocol(self, proto: int, handler: ProtocolHandler) -> None:
+        """Deliver IP protocol ``proto`` addressed to the stack to ``handler``."""
+        self.protocols[proto] = handler
+
+    def start(self, now: float) -> None:
+        """Announce every interface with a gratuitous ARP request (RFC 5227 §3)."""
+        for iface in self.interfaces:
+            self._send_arp(iface, ARP_REQUEST, BROADCAST, iface.addr, b"\0" * 6, iface.addr)
+
+    # -- driver interface ------------------------------------------------------
+    def drain(self) -> list[tuple[Interface, SkBuff]]:
+        """Take the frames queued for transmission since the last call."""
+        out = self.outbox
+        self.outbox = []
+        return out
+
+    def next_deadline(self) -> float | None:
+        """The earliest time :meth:`on_timer` must run, or None."""
+        times = [self.neigh.next_deadline(), self.reasm.next_deadline()]
+        times.extend(p.next_deadline() for p in self.protocols.values())
+        live = [t for t in times if t is not None]
+        return min(live) if live else None
+
+    def on_timer(self, now: float) -> None:
+        """Run every timer that is due."""
+        probe, failed = self.neigh.expire(now)
+        for n in probe:
+            if n.state is NeighState.INCOMPLETE:
+                self._send_arp(n.iface, ARP_REQUEST, BROADCAST, n.iface.addr,
+                               b"\0" * 6, n.ip)
+        for n in failed:
+            for p in n.pending:
+                self._drop("arp_unresolved", count_rx=False)
+                if p.forwarded:
+                    self._icmp_error(n.iface, p.frame[ETH_HLEN:], wicmp.DEST_UNREACH,
+                                     wicmp.UNREACH_HOST, now)
+        for quoted in self.reasm.expire(now):
+            src = quoted[12:16]
+            iface = self.routes.lookup(src)
+            if iface is not None:
+                self._icmp_error(iface.iface, quoted, wicmp.TIME_EXCEEDED,
+                                 wicmp.EXC_FRAGTIME, now)
+        for p in self.protocols.values():
+            deadline = p.next_deadline()
+            if deadline is not None and deadline <= now:
+                p.on_timer(now)
+
+    def _drop(self, reason: str, count_rx: bool = True) -> None:
+        c = self.counters
+        c["drop." + reason] += 1
+        if count_rx:
+            c["rx_dropped"] += 1
+        if self.on_drop is not None:
+            self.on_drop(reason)
+
+    # -- receive ----------------------------------------------------------------
+    def receive_frame(self, iface: Interface, skb: SkBuff, now: float) -> None:
+        """Process one received Ethernet frame (data at the Ethernet header)."""
+        c = self.counters
+        c["rx_frames"] += 1
+        buf = skb.buf
+        d = skb.data
+        if skb.tail - d < ETH_HLEN:
+            return self._drop("eth_truncated")
+        if not buf[d] & 1 and buf[d:d + 6] != iface.mac:
+            return self._drop("eth_not_for_us")
+        etype = buf[d + 12:d + 14]
+        if etype == _ETH_IP:
+            return self._ip_input(iface, skb, now)
+        if etype == _ETH_ARP:
+            return self._arp_input(iface, skb, now)
+        return self._drop("eth_unknown_type")
+
+    def _arp_input(self, iface: Interface, skb: SkBuff, now: float) -> None:
+        try:
+            pkt = ArpPacket.parse(skb.view()[ETH_HLEN:])
+        except WireError as e:
+            return self._drop(e.reason)
+        for_us = pkt.tpa == iface.addr
+        if pkt.spa != _ZERO and not pkt.sha[0] & 1 and pkt.spa not in self.by_addr:
+            n = self.neigh.update(iface, pkt.spa, pkt.sha, now, create=for_us)
+            if n is not None and n.pending:
+                self._flush_pending(n)
+        if not for_us:
+            return self._drop("arp_not_for_us")
+        self.counters["rx_arp"] += 1
+        if pkt.op == ARP_REQUEST:
+            self._send_arp(iface, ARP_REPLY, pkt.sha, iface.addr, pkt.sha, pkt.spa)
+
+    def _send_arp(self, iface: Interface, op: int, eth_dst: bytes, spa: bytes, tha: bytes,
+                  tpa: bytes) -> None:
+        body = ArpPacket(op, iface.mac, spa, tha, tpa).to_bytes()
+        skb = SkBuff.from_bytes(eth_dst + iface.mac + _ETH_ARP + body, headroom=HEADROOM)
+        self.counters["tx_arp"] += 1
+        self.outbox.append((iface, skb))
+
+    def _ip_input(self, iface: Interface, skb: SkBuff, now: float) -> None:
+        buf = skb.buf
+        d = skb.data + ETH_HLEN
+        avail = skb.tail - d
+        if avail < 20:
+            return self._drop("ipv4_truncated")
+        vihl = buf[d]
+        if vihl >> 4 != 4:
+            return self._drop("ipv4_bad_version")
+        ihl = (vihl & 15) << 2
+        if ihl < 20 or ihl > avail:
+            return self._drop("ipv4_bad_ihl")
+        totlen = (buf[d + 2] << 8) | buf[d + 3]
+        if totlen < ihl or totlen > avail:
+            return self._drop("ipv4_bad_total_length")
+        mv = memoryview(buf)
+        if cks.ones_sum(mv[d:d + ihl]) != 0xFFFF:
+            return self._drop("ipv4_bad_checksum")
+        if ihl > 20:
+            try:
+                wip.parse_options(mv[d + 20:d + ihl])
+            except WireError:
+                return self._drop("ipv4_bad_options")
+        skb.tail = d + totlen  # cut Ethernet padding
+        src = bytes(mv[d + 12:d + 16])
+        dst = bytes(mv[d + 16:d + 20])
+        if src[0] >= 224 or src[0] in (0, 127) or src in self.by_addr:
+            return self._drop("ipv4_martian_source")
+        if dst in self.by_addr:
+            return self._local_input(iface, skb, d, ihl, src, dst, now)
+        if dst[0] >= 224 or dst == b"\xff\xff\xff\xff" or dst == iface.broadcast:
+            return self._drop("ipv4_broadcast")
+        if not self.forwarding:
+            return self._drop("ipv4_not_for_us")
+        return self._forward(iface, skb, d, ihl, totlen, dst, now)
+
+    # -- forwarding ----------------------------------------------------------------
+    def _forward(self, iface: Interface, skb: SkBuff, d: int, ihl: int, totlen: int,
+                 dst: bytes, now: float) -> None:
+        buf = skb.buf
+        ttl = buf[d + 8]
+        if ttl <= 1:
+            self._icmp_error(iface, skb.view()[ETH_HLEN:], wicmp.TIME_EXCEEDED,
+                             wicmp.EXC_TTL, now)
+            return self._drop("ipv4_ttl_expired")
+        route = self.routes.lookup(dst)
+        if route is None:
+            self._icmp_error(iface, skb.view()[ETH_HLEN:], wicmp.DEST_UNREACH,
+                             wicmp.UNREACH_NET, now)
+            return self._drop("ipv4_no_route")
+        out = route.iface
+        # RFC 1812 §5.3.1: decrement TTL, patch the header checksum incrementally
+        # (RFC 1624) rather than summing the header again.
+        old = (ttl << 8) | buf[d + 9]
+        buf[d + 8] = ttl - 1
+        csum = (buf[d + 10] << 8) | buf[d + 11]
+        _H.pack_into(buf, d + 10, cks.update16(csum, old, old - 0x100))
+        wire_len = totlen
+        if skb.gso_size:
+            t = d + ihl
+            wire_len = ihl + ((buf[t + 12] >> 4) << 2) + skb.gso_size
+        if wire_len > out.mtu:
+            return self._forward_too_big(iface, out, skb, d, ihl, route.via or dst, now)
+        self.counters["rx_forwarded"] += 1
+        self._link_output(out, route.via or dst, skb, now, forwarded=True)
+
+    def _forward_too_big(self, iface: Interface, out: Interface, skb: SkBuff, d: int,
+                         ihl: int, nexthop: bytes, now: float) -> None:
+        buf = skb.buf
+        if buf[d + 6] & 0x40 or skb.gso_size:
+            # DF set (always the case for TSO frames): RFC 1191 path MTU discovery.
+            self._icmp_error(iface, skb.view()[ETH_HLEN:], wicmp.DEST_UNREACH,
+                             wicmp.UNREACH_NEEDFRAG, now, mtu=out.mtu)
+            return self._drop("ipv4_frag_needed")
+        gso.complete_checksum(skb)
+        mv = skb.view()
+        frags = fragment(mv[ETH_HLEN:ETH_HLEN + ihl], mv[ETH_HLEN + ihl:], out.mtu)
+        self.counters["rx_forwarded"] += 1
+        self.counters["ipv4_fragmented"] += 1
+        for f in frags:
+            frag_skb = SkBuff.from_bytes(bytes(mv[:ETH_HLEN]) + f, headroom=HEADROOM)
+            self._link_output(out, nexthop, frag_skb, now, forwarded=True)
+
+    # -- local delivery ----------------------------------------------------------------
+    def _local_input(self, iface: Interface, skb: SkBuff, d: int, ihl: int, src: bytes,
+                     dst: bytes, now: float) -> None:
+        buf = skb.buf
+        frag = (buf[d + 6] << 8) | buf[d + 7]
+        proto = buf[d + 9]
+        if frag & 0x3FFF:
+            mv = skb.view()
+            key = (src, dst, proto, (buf[d + 4] << 8) | buf[d + 5])
+            whole, reason = self.reasm.add(key, bytes(mv[ETH_HLEN:ETH_HLEN + ihl]),
+                                           (frag & 0x1FFF) << 3, bool(frag & 0x2000),
+                                           bytes(mv[ETH_HLEN + ihl:]), now)
+            if reason is not None:
+                return self._drop(reason)
+            self.counters["rx_local"] += 1
+            if whole is None:
+                return None
+            skb = SkBuff.from_bytes(whole.payload, headroom=HEADROOM)
+            return self._deliver(iface, skb, whole.header + whole.payload[:8], proto,
+                                 src, dst, now)
+        skb.pull(ETH_HLEN + ihl)
+        self.counters["rx_local"] += 1
+        quoted = bytes(memoryview(buf)[d:d + ihl + 8])
+        return self._deliver(iface, skb, quoted, proto, src, dst, now)
+
+    def _deliver(self, iface: Interface, skb: SkBuff, quoted: bytes, proto: int, src: bytes,
+                 dst: bytes, now: float) -> None:
+        handler = self.protocols.get(proto)
+        if handler is not None:
+            handler.input(skb, src, dst, now)
+        elif proto == wip.IPPROTO_ICMP:
+            self._icmp_input(iface, skb, src, dst, now)
+        elif proto == wip.IPPROTO_UDP:
+            self.counters["udp_no_port"] += 1
+            self._icmp_error(iface, quoted, wicmp.DEST_UNREACH, wicmp.UNREACH_PORT, now)
+        else:
+            self.counters["ip_unknown_protocol"] += 1
+            self._icmp_error(iface, quoted, wicmp.DEST_UNREACH, wicmp.UNREACH_PROTOCOL, now)
+
+    def _icmp_input(self, iface: Interface, skb: SkBuff, src: bytes, dst: bytes,
+                    now: float) -> None:
+        trusted = skb.vnet_flags & (VIRTIO_NET_HDR_F_NEEDS_CSUM | VIRTIO_NET_HDR_F_DATA_VALID)
+        try:
+            msg = wicmp.IcmpMessage.parse(skb.view(), verify_checksum=not trusted)
+        except WireError as e:
+            self.counters["icmp_" + e.reason] += 1
+            return None
+        if msg.type == wicmp.ECHO_REQUEST:
+            self.counters["icmp_echo_replies"] += 1
+            self.send_ip(dst, src, wip.IPPROTO_ICMP, sicmp.echo_reply(msg), now, df=False)
+        elif msg.is_error:
+            self.counters["icmp_errors_received"] += 1
+            self._icmp_error_input(msg, now)
+        else:
+            self.counters["icmp_ignored"] += 1
+
+    def _icmp_error_input(self, msg: wicmp.IcmpMessage, now: float) -> None:
+        """Hand an ICMP error to the protocol whose datagram it quotes (RFC 5927)."""
+        q = msg.payload
+        if len(q) < 28 or q[0] >> 4 != 4:
+            return
+        ihl = (q[0] & 15) * 4
+        handler = self.protocols.get(q[9])
+        if handler is None or len(q) < ihl + 8 or not hasattr(handler, "icmp_error"):
+            return
+        sport, dport = struct.unpack_from("!HH", q, ihl)
+        handler.icmp_error(q[12:16], q[16:20], sport, dport, msg.type, msg.code, now)
+
+    def _icmp_error(self, iface: Interface, original: bytes | memoryview, type_: int,
+                    code: int, now: float, mtu: int = 0) -> None:
+        if len(original) < 20:
+            return
+        src = bytes(original[12:16])
+        frag_off = ((original[6] << 8) | original[7]) & 0x1FFF
+        proto = original[9]
+        is_err = False
+        ihl = (original[0] & 15) * 4
+        if proto == wip.IPPROTO_ICMP and len(original) > ihl:
+            is_err = original[ihl] not in (wicmp.ECHO_REQUEST, wicmp.ECHO_REPLY, 13, 14, 15, 16)
+        dst = bytes(original[16:20])
+        bcast = dst[0] >= 224 or dst == b"\xff\xff\xff\xff" or dst == iface.broadcast
+        if not sicmp.may_send_error(src, bcast, is_err, frag_off):
+            self.counters["icmp_error_suppressed"] += 1
+            return
+        if not self.icmp_bucket.take(now):
+            self.counters["icmp_error_ratelimited"] += 1
+            return
+        self.counters[f"icmp_sent_{type_}_{code}"] += 1
+        self.send_ip(iface.addr, src, wip.IPPROTO_ICMP,
+                     sicmp.error(type_, code, original, mtu), now, df=False)
+
+    # -- output -----------------------------------------------------------------------
+    def send_ip(self, src: bytes, dst: bytes, proto: int, payload: bytes, now: float, *,
+                df: bool = True, ttl: int = 64) -> bool:
+        """Send ``payload`` as one IPv4 datagram (fragmented if it must be)."""
+        skb = SkBuff.from_bytes(payload, headroom=HEADROOM)
+        return self.ip_output(src, dst, proto, skb, now, df=df, ttl=ttl)
+
+    def route(self, dst: bytes):  # -> RouteInfo | None (stack.tcp.api)
+        """Source address, MTU and offload of the way to ``dst`` (TCP's IpService)."""
+        from stack.tcp.api import RouteInfo
+
+        r = self.routes.lookup(dst)
+        if r is None:
+            return None
+        return RouteInfo(r.iface.addr, r.iface.mtu, r.iface.offload)
+
+    def ip_output(self, src: bytes, dst: bytes, proto: int, skb: SkBuff, now: float, *,
+                  df: bool = True, ttl: int = 64) -> bool:
+        """Prepend an IPv4 header to ``skb`` (data at the transport header) and send it."""
+        route = self.routes.lookup(dst)
+        if route is None:
+            self.counters["tx_no_route"] += 1
+            return False
+        if dst in self.by_addr:
+            self.counters["tx_to_self_unsupported"] += 1
+            return False
+        plen = len(skb)
+        total = 20 + plen
+        if total > 65535:
+            self.counters["tx_too_long"] += 1
+            return False
+        self._ident = (self._ident + 1) & 0xFFFF
+        h = skb.push(20)
+        struct.pack_into("!BBHHHBBH4s4s", h, 0, 0x45, 0, total, self._ident,
+                         0x4000 if df else 0, ttl, proto, 0, src, dst)
+        _H.pack_into(h, 10, cks.checksum(h))
+        if skb.vnet_flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
+            skb.csum_start += 20
+        out = route.iface
+        nexthop = route.via or dst
+        if total > out.mtu and not skb.gso_size:
+            if df:
+                self.counters["tx_too_big"] += 1
+                return False
+            gso.complete_checksum(skb)
+            mv = skb.view()
+            for f in fragment(mv[:20], mv[20:], out.mtu):
+                self._link_output(out, nexthop, SkBuff.from_bytes(f, headroom=HEADROOM),
+                                  now, forwarded=False, has_eth=False)
+            return True
+        self.counters["tx_ip"] += 1
+        return self._link_output(out, nexthop, skb, now, forwarded=False, has_eth=False)
+
+    def _link_output(self, out: Interface, nexthop: bytes, skb: SkBuff, now: float, *,
+                     forwarded: bool, has_eth: bool = True) -> bool:
+        """Address the frame to ``nexthop``'s MAC (resolving it if needed) and queue it."""
+        if not has_eth:
+            skb.push(ETH_HLEN)[12:14] = _ETH_IP
+            if skb.vnet_flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
+                skb.csum_start += ETH_HLEN
+            if skb.gso_size:
+                b, t = skb.buf, skb.data + ETH_HLEN + 20
+                skb.hdr_len = ETH_HLEN + 20 + ((b[t + 12] >> 4) << 2)
+        n = self.neigh.get(out, nexthop)
+        if n is None or n.mac is None:
+            return self._queue_unresolved(out, nexthop, skb, now, forwarded)
+        if self.neigh.needs_refresh(n, now):
+            self._send_arp(out, ARP_REQUEST, n.mac, out.addr, b"\0" * 6, nexthop)
+        self._emit(out, n.mac, skb)
+        return True
+
+    def _emit(self, out: Interface, mac: bytes, skb: SkBuff) -> None:
+        d = skb.data
+        buf = skb.buf
+        buf[d:d + 6] = mac
+        buf[d + 6:d + 12] = out.mac
+        if not out.offload and (skb.gso_size or skb.vnet_flags & VIRTIO_NET_HDR_F_NEEDS_CSUM):
+            self.counters["tx_software_offload"] += 1
+            for seg in gso.software_offload(skb):
+                self.outbox.append((out, seg))
+            return
+        self.outbox.append((out, skb))
+
+    def _queue_unresolved(self, out: Interface, nexthop: bytes, skb: SkBuff, now: float,
+                          forwarded: bool) -> bool:
+        n = self.neigh.start_resolution(out, nexthop, now)
+        if n is None:
+            self._drop("arp_table_full", count_rx=False)
+            return False
+        if len(n.pending) >= self.neigh.max_pending:
+            self._drop("arp_queue_full", count_rx=False)
+            return False
+        vnet = (skb.vnet_flags, skb.gso_type, skb.gso_size, skb.csum_start,
+                skb.csum_offset, skb.hdr_len)
+        n.pending.append(PendingFrame(skb.tobytes(), vnet, forwarded))
+        if n.probes == 0:
+            n.probes = 1
+            n.next_probe = now + self.neigh.retrans_time
+            self._send_arp(out, ARP_REQUEST, BROADCAST, out.addr, b"\0" * 6, nexthop)
+        return True
+
+    def _flush_pending(self, n) -> None:
+        while n.pending:
+            p = n.pending.popleft()
+            skb = SkBuff.from_bytes(p.frame, headroom=HEADROOM)
+            (skb.vnet_flags, skb.gso_type, skb.gso_size, skb.csum_start,
+             skb.csum_offset, skb.hdr_len) = p.vnet
+            self._emit(n.iface, n.mac, skb)
+
+
+__all__ = ["Stack", "ProtocolHandler", "HEADROOM", "ETH_P_IP", "ETH_P_ARP"]
