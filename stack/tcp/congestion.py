@@ -238,7 +238,8 @@ class Cubic(CongestionControl):
             # RFC 9438 §4.2: aim at W_cubic(t + RTT), clamped to [cwnd, 1.5*cwnd],
             # and move (target - cwnd)/cwnd per acknowledged segment.
             target = min(max(self.w_cubic(t + self._rtt), cwnd), 1.5 * cwnd)
-            new = cwnd + (target - cwnd) / cwnd * segs
+            # A stretch ACK covering more than a window must not overshoot target.
+            new = min(cwnd + (target - cwnd) / cwnd * segs, target)
         grow = (new - cwnd) * self.mss + self._frac
         whole = int(grow)
         self._frac = grow - whole

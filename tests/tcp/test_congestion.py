@@ -233,3 +233,12 @@ def test_cubic_after_rto_starts_with_k_zero():
     cc.on_ack(MSS, 0.1, cc.cwnd, now + 0.01)
     assert cc.k == 0.0
     assert cc.w_max == pytest.approx(70.0)
+
+
+def test_cubic_stretch_ack_never_passes_the_clamped_target():
+    cc = _cubic_after_loss(100)
+    cc.on_ack(MSS, 0.1, 70 * MSS, 10.0)
+    before = cc.cwnd / MSS
+    cc.on_ack(10_000 * MSS, 0.1, 70 * MSS, 30.0)  # far into the convex region
+    assert cc.cwnd <= 1.5 * before * MSS + 1
+    assert cc.cwnd > before * MSS
