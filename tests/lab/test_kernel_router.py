@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 
 from tools.bench.kernel_lab import (
     KernelLabConfig,
+    cleanup_stale,
     kernel_lab_down,
     kernel_lab_exists,
     kernel_lab_up,
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.lab
 @pytest.fixture
 def kcfg() -> Iterator[KernelLabConfig]:
     """A twin lab with names unique to this run, removed whatever happens."""
-    cfg = KernelLabConfig.with_prefix(f"tk{uuid.uuid4().hex[:8]}")
+    cfg = KernelLabConfig.unique()
     try:
         yield cfg
     finally:
@@ -60,3 +60,16 @@ def test_no_forwarding_no_route(kcfg: KernelLabConfig) -> None:
     run(ns_cmd(kcfg.router_ns, "sysctl", "-qw", "net.ipv4.ip_forward=0"))
     done = run(ns_cmd(kcfg.client_ns, "ping", "-c", "1", "-W", "1", kcfg.server_ip), check=False)
     assert "1 received" not in done
+
+
+def test_cleanup_stale_removes_only_dead_owners_labs(kcfg: KernelLabConfig) -> None:
+    # A pid above the kernel's pid_max limit (2**22) can never be alive.
+    dead = "tk4999999-0-c"
+    run(["ip", "netns", "add", dead])
+    try:
+        kernel_lab_up(kcfg)  # ours: this process is alive
+        removed = cleanup_stale()
+        assert dead in removed and not netns_exists(dead)
+        assert all(netns_exists(ns) for ns in kcfg.namespaces)
+    finally:
+        run(["ip", "netns", "del", dead], check=False)

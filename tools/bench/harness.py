@@ -113,6 +113,7 @@ def run_paths(
     on_sample: ProgressHook | None = None,
     clock: Callable[[], float] = time.monotonic,
     warmup: int = 0,
+    on_start: Callable[[BenchPath], None] | None = None,
 ) -> list[PathResult]:
     """Run every path ``warmup`` + ``repeats`` times, all within ``max_seconds``.
 
@@ -131,6 +132,8 @@ def run_paths(
     for path in paths:
         result = PathResult(path.name, path.label, path.size, path.note)
         try:
+            if on_start is not None:
+                on_start(path)
             path.start()
             for i in range(warmup + repeats):
                 if clock() > deadline:

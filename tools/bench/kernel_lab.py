@@ -11,7 +11,10 @@ their peer moved straight into another).
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
+import re
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -24,6 +27,11 @@ CLIENT_IF = "eth0"
 SERVER_IF = "eth0"
 ROUTER_CLIENT_IF = "rc0"
 ROUTER_SERVER_IF = "rs0"
+
+# Namespaces of unique twin labs: tk<pid>-<n>-<c|r|s>; the pid tells whether
+# the process that made them is still alive (see cleanup_stale).
+UNIQUE_NS_RE = re.compile(r"^tk(?P<pid>\d+)-\d+-[crs]$")
+_counter = itertools.count()
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,11 @@ class KernelLabConfig:
     def with_prefix(cls, prefix: str, mtu: int = 1500) -> KernelLabConfig:
         """A config whose namespaces are ``PREFIX-c``, ``PREFIX-r``, ``PREFIX-s``."""
         return cls(f"{prefix}-c", f"{prefix}-r", f"{prefix}-s", mtu=mtu)
+
+    @classmethod
+    def unique(cls, mtu: int = 1500) -> KernelLabConfig:
+        """A config with names unique to this process and call (for tests and runs)."""
+        return cls.with_prefix(f"tk{os.getpid()}-{next(_counter)}", mtu=mtu)
 
     @property
     def namespaces(self) -> tuple[str, str, str]:
@@ -113,6 +126,34 @@ def kernel_lab_down(cfg: KernelLabConfig) -> None:
             errors.append(str(exc))
     if errors:
         raise CommandError("; ".join(errors))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OverflowError:
+        return False
+    return True
+
+
+def cleanup_stale() -> list[str]:
+    """Delete unique twin-lab namespaces whose creating process is gone."""
+    try:
+        names = sorted(os.listdir("/run/netns"))
+    except FileNotFoundError:
+        return []
+    removed = []
+    for ns in names:
+        m = UNIQUE_NS_RE.match(ns)
+        if m is None or _pid_alive(int(m.group("pid"))):
+            continue
+        run(["ip", "netns", "del", ns], check=False)
+        removed.append(ns)
+    return removed
 
 
 def kernel_lab_exists(cfg: KernelLabConfig) -> bool:

@@ -36,9 +36,12 @@ from tools.bench.harness import (
     run_paths,
     write_json,
 )
-from tools.bench.kernel_lab import KernelLabConfig
+from tools.bench.kernel_lab import KernelLabConfig, cleanup_stale
 from tools.bench.proc import CommandError, TransferError
 from tools.bench.router import KernelRouterPath, StackRouterPath, stack_lab_config
+from tools.lab import LabError
+from tools.lab import cleanup_stale as lab_cleanup_stale
+from tools.origin import OriginError
 
 DEFAULT_MAX_SECONDS = 1800.0
 
@@ -128,7 +131,8 @@ def router_paths(args: argparse.Namespace) -> list[BenchPath]:
                 # smaller file keeps the run short; Gbit/s stay comparable.
                 slow.note = f"smaller file ({format_size(args.no_offload_size)})"
             paths.append(slow)
-    paths.append(KernelRouterPath(args.size, KernelLabConfig(mtu=mtu), args.transfer_timeout))
+    # Unique names: another run on the same machine keeps its own twin lab.
+    paths.append(KernelRouterPath(args.size, KernelLabConfig.unique(mtu), args.transfer_timeout))
     return paths
 
 
@@ -174,7 +178,11 @@ def _measure(paths: Sequence[BenchPath], args: argparse.Namespace,
             progress.update(task, advance=1,
                             description=f"{path.label}: {sample.gbit_per_s:.2f} Gbit/s")  # fmt: skip
 
-        return run_paths(paths, args.repeats, args.max_seconds, on_sample, warmup=args.warmup)
+        def on_start(path: BenchPath) -> None:
+            progress.update(task, description=f"{path.label}: setting up")
+
+        return run_paths(paths, args.repeats, args.max_seconds, on_sample,
+                         warmup=args.warmup, on_start=on_start)  # fmt: skip
 
 
 def cmd_router(args: argparse.Namespace) -> int:
@@ -188,10 +196,12 @@ def cmd_router(args: argparse.Namespace) -> int:
     except ImportError as exc:
         console.print(f"[red]the stack lab is not available: {exc}[/red]")
         return 2
+    for ns in cleanup_stale() + lab_cleanup_stale():
+        console.print(f"removed stale namespace {ns}")
     try:
         with _sigterm_as_interrupt():
             results = _measure(paths, args, console)
-    except (CommandError, TransferError, BenchTimeout) as exc:
+    except (CommandError, TransferError, BenchTimeout, OriginError, LabError) as exc:
         console.print(f"[red]bench router failed:[/red] {exc}")
         return 1
     console.print(results_table(results, "kernel"))
