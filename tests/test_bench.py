@@ -198,7 +198,7 @@ def test_cli_router_defaults_and_validation() -> None:
     assert args.func is bench_main.cmd_router
     args = _parser().parse_args(["bench", "router", "--size", "2M", "--no-offload-too"])
     assert args.size == 2 << 20 and args.no_offload_too
-    for bad in (["--size", "lots"], ["--repeats", "0"], ["--repeats", "1000"]):
+    for bad in (["--size", "lots"], ["--repeats", "0"], ["--repeats", "1000"], ["--mtu", "100"]):
         with pytest.raises(SystemExit):
             _parser().parse_args(["bench", "router", *bad])
     with pytest.raises(SystemExit):
@@ -249,3 +249,15 @@ def test_stack_router_argv_names_the_lab_and_offload() -> None:
     assert fast[fast.index("--client-ns") + 1] == lab.client_ns
     assert fast[fast.index("--server-tap") + 1] == lab.server_tap
     assert "--no-offload" not in fast and slow[-1] == "--no-offload"
+
+
+def test_router_paths_kernel_last_same_mtu_and_smaller_no_offload() -> None:
+    args = _parser().parse_args(["bench", "router", "--no-offload-too", "--mtu", "9000",
+                                 "--no-offload-size", "50M"])  # fmt: skip
+    paths = bench_main.router_paths(args)
+    assert [p.name for p in paths] == ["stack", "stack-no-offload", "kernel"]
+    assert [p.size for p in paths] == [1 << 30, 50 << 20, 1 << 30]
+    assert "50 MiB" in paths[1].note and paths[0].note == ""
+    assert paths[0].lab.mtu == 9000 and paths[2].cfg.mtu == 9000
+    only = bench_main.router_paths(_parser().parse_args(["bench", "router", "--kernel-only"]))
+    assert [p.name for p in only] == ["kernel"]

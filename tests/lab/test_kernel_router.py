@@ -16,7 +16,7 @@ from tools.bench.kernel_lab import (
     kernel_lab_up,
 )
 from tools.bench.proc import curl_download, netns_exists, ns_cmd, run
-from tools.origin import Origin
+from tools.origin import Origin, OriginError
 
 pytestmark = pytest.mark.lab
 
@@ -73,3 +73,12 @@ def test_cleanup_stale_removes_only_dead_owners_labs(kcfg: KernelLabConfig) -> N
         assert all(netns_exists(ns) for ns in kcfg.namespaces)
     finally:
         run(["ip", "netns", "del", dead], check=False)
+
+
+def test_origin_in_a_missing_namespace_fails_cleanly() -> None:
+    origin = Origin("tk-does-not-exist")
+    origin.make_file("f.bin", 10, random=False)
+    tmpdir = origin.docroot.parent
+    with pytest.raises(OriginError):
+        origin.start()
+    assert not tmpdir.exists()  # a failed start removes what it made

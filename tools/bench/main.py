@@ -9,6 +9,7 @@ samples with machine and version details to JSON.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import sys
@@ -68,6 +69,16 @@ def _warmup(text: str) -> int:
     return n
 
 
+def _mtu(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from exc
+    if not 576 <= n <= 65535:
+        raise argparse.ArgumentTypeError("MTU must be 576..65535")
+    return n
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -107,6 +118,8 @@ def add_parser(subparsers: Any) -> None:
                         help="also measure `tapsplice router --no-offload`")  # fmt: skip
     router.add_argument("--no-offload-size", type=_size, default=parse_size("200M"),
                         help="download size for the --no-offload path (default: 200M)")  # fmt: skip
+    router.add_argument("--mtu", type=_mtu, default=1500,
+                        help="MTU of the lab TAPs and of the kernel lab's veths (default: 1500)")  # fmt: skip
     router.add_argument("--kernel-only", action="store_true",
                         help="measure only the kernel router (checks the harness itself)")  # fmt: skip
     router.add_argument("--transfer-timeout", type=_seconds, default=None, metavar="SECONDS",
@@ -119,10 +132,10 @@ def add_parser(subparsers: Any) -> None:
 def router_paths(args: argparse.Namespace) -> list[BenchPath]:
     """The paths `bench router` measures, the kernel baseline last."""
     paths: list[BenchPath] = []
-    mtu = 1500
+    mtu = args.mtu
     if not args.kernel_only:
-        lab = stack_lab_config()
-        mtu = int(getattr(lab, "mtu", mtu))
+        # Both labs get the same MTU, so the comparison is like for like.
+        lab = dataclasses.replace(stack_lab_config(), mtu=mtu)
         paths.append(StackRouterPath(args.size, True, args.transfer_timeout, lab))
         if args.no_offload_too:
             slow = StackRouterPath(args.no_offload_size, False, args.transfer_timeout, lab)
@@ -210,7 +223,7 @@ def cmd_router(args: argparse.Namespace) -> int:
         {
             "size_bytes": args.size, "repeats": args.repeats, "warmup": args.warmup,
             "no_offload_too": args.no_offload_too, "no_offload_size_bytes": args.no_offload_size,
-            "kernel_only": args.kernel_only, "argv": sys.argv[1:],
+            "kernel_only": args.kernel_only, "mtu": args.mtu, "argv": sys.argv[1:],
         },
     )  # fmt: skip
     out = write_json(args.json or default_json_path("router"), report)
