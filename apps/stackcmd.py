@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import sys
@@ -110,10 +109,11 @@ def cmd_run(args: argparse.Namespace, forwarding: bool) -> int:
     if args.lab:
         attachments = lab_attachments(_lab_config(args))
     elif args.tap:
-        if not args.addr:
-            print("--tap needs --addr", file=sys.stderr)
+        if len(args.addr) != len(args.tap):
+            print("give one --addr for each --tap", file=sys.stderr)
             return 2
-        attachments = [Attachment(t, a, args.netns) for t, a in zip(args.tap, args.addr)]
+        attachments = [Attachment(t, a, args.netns)
+                       for t, a in zip(args.tap, args.addr, strict=True)]
     else:
         print("give --lab or --tap NAME --addr ADDR/PREFIX", file=sys.stderr)
         return 2

@@ -1,0 +1,49 @@
+"""The `tapsplice` command line.
+
+Each subcommand lives in the module that owns it; this file only wires argparse.
+Subcommand modules expose ``add_parser(subparsers)`` which registers the
+command and sets ``func`` (called with the parsed arguments, returns an exit code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser with every subcommand registered."""
+    parser = argparse.ArgumentParser(
+        prog="tapsplice",
+        description="A userspace TCP/IP stack on TAP devices with TCP splicing.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    from apps import stackcmd
+    from tools import lab
+    from tools.bench import main as bench
+
+    lab.add_parser(sub)
+    stackcmd.add_parser(sub)
+    bench.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `tapsplice` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, str(getattr(args, "log_level", "info")).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
