@@ -15,6 +15,8 @@ import math
 INITIAL_SSTHRESH = 1 << 30
 #: RFC 3465 §2.2: limit of the slow-start increase per ACK, in segments.
 ABC_L = 2
+#: Upper bound on cwnd: the largest window TCP can advertise (RFC 7323 §2.3).
+MAX_CWND = 1 << 30
 
 
 class UnknownCongestionControl(ValueError):
@@ -88,14 +90,11 @@ class CongestionControl:
             # and hand what is left of this ACK to congestion avoidance.
             inc = min(acked, ABC_L * self.mss)
             room = self.ssthresh - self.cwnd
-            if inc < room:
-                self.cwnd += inc
-                return
-            self.cwnd = self.ssthresh
-            acked = max(acked - room, 0)
-            if acked == 0:
-                return
-        self._avoid(acked, rtt, _nonneg(inflight), now)
+            self.cwnd += min(inc, room)
+            acked = acked - room if inc >= room else 0
+        if acked > 0:
+            self._avoid(acked, rtt, _nonneg(inflight), now)
+        self.cwnd = min(self.cwnd, MAX_CWND)
 
     def _avoid(self, acked: int, rtt: float | None, inflight: int, now: float) -> None:
         # RFC 3465 §2.1 / RFC 5681 §3.1: one SMSS per cwnd of acknowledged bytes.
@@ -106,7 +105,7 @@ class CongestionControl:
         self.bytes_acked = min(self.bytes_acked, self.cwnd)
 
     def _decreased_ssthresh(self, inflight: int) -> int:
-        return max(int(_nonneg(inflight) * self.beta), 2 * self.mss)
+        return max(min(int(_nonneg(inflight) * self.beta), MAX_CWND), 2 * self.mss)
 
     def on_enter_recovery(self, inflight: int, now: float) -> None:
         """Fast retransmit: ssthresh = max(FlightSize*beta, 2*SMSS), cwnd = ssthresh.
@@ -168,6 +167,9 @@ CUBIC_C = 0.4
 CUBIC_BETA = 0.7
 #: RFC 9438 §4.3: alpha_cubic = 3 * (1 - beta) / (1 + beta).
 CUBIC_ALPHA = 3.0 * (1.0 - CUBIC_BETA) / (1.0 + CUBIC_BETA)
+#: Bounds that keep the cubic in floating-point range whatever the inputs are.
+CUBIC_MAX_RTT = 120.0
+CUBIC_MAX_T = 1e5
 
 
 class Cubic(CongestionControl):
@@ -202,7 +204,8 @@ class Cubic(CongestionControl):
 
     def w_cubic(self, t: float) -> float:
         """RFC 9438 §4.2 equation 1: W_cubic(t) = C*(t-K)**3 + W_max, in segments."""
-        return CUBIC_C * (t - self.k) ** 3 + self.w_max
+        d = min(max(t - self.k, -CUBIC_MAX_T), CUBIC_MAX_T)
+        return CUBIC_C * d ** 3 + self.w_max
 
     def _start_epoch(self, now: float) -> None:
         self.t_epoch = now
@@ -222,7 +225,7 @@ class Cubic(CongestionControl):
 
     def _avoid(self, acked: int, rtt: float | None, inflight: int, now: float) -> None:
         if rtt is not None and math.isfinite(rtt) and rtt > 0:
-            self._rtt = rtt
+            self._rtt = min(rtt, CUBIC_MAX_RTT)
         if self.t_epoch is None or now < self.t_epoch:
             self._start_epoch(now)
         t = now - self.t_epoch  # type: ignore[operator]
