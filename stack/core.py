@@ -170,6 +170,8 @@ class Stack:
             return self._ip_input(iface, skb, now)
         if etype == _ETH_ARP:
             return self._arp_input(iface, skb, now)
+        if etype == b"\x86\xdd":
+            return self._drop("eth_ipv6_unsupported")
         return self._drop("eth_unknown_type")
 
     def _arp_input(self, iface: Interface, skb: SkBuff, now: float) -> None:

@@ -1,0 +1,123 @@
+"""`tapsplice demo`: the lab, the stack in it, real traffic, and what the stack did.
+
+Brings the lab up (or reuses it), starts the stack as a router between the two
+namespaces, pings it from both sides, downloads a random file with curl from an
+nginx origin in the server namespace through it and checks the sha256, then prints
+the stack's counters. Everything it started is stopped at the end; the lab is
+removed again unless it was there before (or --keep-lab is given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tools.bench.proc import curl_download, ns_cmd, stop_process, wait_until
+from tools.lab import LabConfig, lab_down, lab_up, list_netns
+from tools.origin import Origin
+
+STEP_TIMEOUT = 30.0
+
+
+def _say(text: str) -> None:
+    print(f"\n== {text}", flush=True)
+
+
+def _ping(ns: str, addr: str) -> bool:
+    proc = subprocess.run(ns_cmd(ns, "ping", "-c", "2", "-i", "0.2", "-W", "1", addr),
+                          capture_output=True, text=True, timeout=STEP_TIMEOUT)
+    last = [line for line in proc.stdout.splitlines() if "packets transmitted" in line]
+    print(f"   ping {addr} from {ns}: {last[0] if last else proc.stderr.strip()}")
+    return proc.returncode == 0
+
+
+def _start_stack(cfg: LabConfig, command: str, extra: list[str], log: Path):
+    argv = [sys.executable, "-m", "apps.cli", command, "--lab",
+            "--client-ns", cfg.client_ns, "--client-tap", cfg.client_tap,
+            "--server-ns", cfg.server_ns, "--server-tap", cfg.server_tap, *extra]
+    out = open(log, "wb")
+    proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+    ok = wait_until(ns_cmd(cfg.client_ns, "ping", "-c", "1", "-W", "1", "198.18.0.2"),
+                    timeout=STEP_TIMEOUT)
+    if not ok:
+        stop_process(proc)
+        raise RuntimeError(f"the stack did not come up; log:\n{log.read_text()[-2000:]}")
+    return proc
+
+
+def _stop_stack(proc, log: Path) -> dict:
+    stop_process(proc)
+    text = log.read_text()
+    start = text.find("{\n")
+    try:
+        return json.loads(text[start:]) if start >= 0 else {}
+    except ValueError:
+        return {}
+
+
+def _router_part(cfg: LabConfig, size: int, tmp: Path, extra: list[str]) -> bool:
+    _say("the stack as a router between tsc and tss (tapsplice router --lab)")
+    log = tmp / "router.log"
+    proc = _start_stack(cfg, "router", extra, log)
+    ok = True
+    try:
+        ok &= _ping(cfg.client_ns, "198.18.0.2")
+        ok &= _ping(cfg.server_ns, "198.19.0.2")
+        ok &= _ping(cfg.client_ns, "198.19.0.1")
+        with Origin(cfg.server_ns) as origin:
+            f = origin.make_file("demo.bin", size, random=True)
+            out = tmp / "download.bin"
+            url = origin.url(f, "198.19.0.1")
+            dl = curl_download(cfg.client_ns, url, timeout=120, output=str(out))
+            digest = hashlib.sha256(out.read_bytes()).hexdigest()
+            intact = digest == f.sha256 and dl.size == size
+            ok &= intact
+            print(f"   curl {url} from tsc: {dl.size} bytes in {dl.seconds:.3f} s "
+                  f"({dl.size * 8 / dl.seconds / 1e9:.2f} Gbit/s), sha256 "
+                  f"{'matches' if intact else 'DIFFERS'}")
+    finally:
+        summary = _stop_stack(proc, log)
+    c = summary.get("stack", {})
+    drops = {k[5:]: v for k, v in c.items() if k.startswith("drop.")}
+    print(f"   stack: {c.get('rx_frames', 0)} frames in, {c.get('rx_forwarded', 0)} forwarded, "
+          f"{c.get('rx_local', 0)} for itself, {c.get('rx_arp', 0)} ARP, "
+          f"{c.get('icmp_echo_replies', 0)} echo replies, dropped {drops or 'none'}")
+    for name, d in summary.get("devices", {}).items():
+        print(f"   {name}: rx {d.get('rx_frames')} frames / {d.get('rx_bytes')} bytes, "
+              f"tx {d.get('tx_frames')} frames / {d.get('tx_bytes')} bytes")
+    return ok
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the demo; exit code 0 when every step worked."""
+    cfg = LabConfig()
+    existed = cfg.client_ns in list_netns()
+    _say(f"lab: {cfg.client_ns} (198.18.0.1/24) <-> stack <-> {cfg.server_ns} (198.19.0.1/24)")
+    lab_up(cfg)
+    extra = ["--no-offload"] if args.no_offload else []
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="tapsplice-demo-") as tmp:
+        try:
+            ok = _router_part(cfg, args.size, Path(tmp), extra)
+        finally:
+            if not existed and not args.keep_lab:
+                lab_down(cfg)
+    _say(f"demo {'passed' if ok else 'FAILED'} in {time.monotonic() - t0:.1f} s")
+    return 0 if ok else 1
+
+
+def add_parser(subparsers) -> None:
+    """Register `demo`."""
+    p = subparsers.add_parser("demo", help="run the lab demo with real traffic",
+                              description=__doc__)
+    p.add_argument("--size", type=int, default=64 << 20, help="download size in bytes")
+    p.add_argument("--no-offload", action="store_true", help="run the stack without offloads")
+    p.add_argument("--keep-lab", action="store_true", help="leave the lab up afterwards")
+    p.add_argument("--log-level", default="warning")
+    p.set_defaults(func=cmd_demo)
