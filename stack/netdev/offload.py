@@ -1,8 +1,9 @@
 """virtio_net_hdr metadata shared by the devices: layout, validation, checksum help.
 
-The header layout and constants come from stack/wire/vnet.py; completing a partial
-checksum in software is what a device without checksum offload must do for a frame
-marked VIRTIO_NET_HDR_F_NEEDS_CSUM (the Linux name is skb_checksum_help).
+The header layout and constants come from stack/wire/vnet.py (re-exported here
+for the devices). Completing a partial checksum in software is what a device
+without checksum offload must do for a frame marked VIRTIO_NET_HDR_F_NEEDS_CSUM
+(Linux calls it skb_checksum_help).
 """
 
 from __future__ import annotations
@@ -10,39 +11,31 @@ from __future__ import annotations
 import struct
 
 from stack.wire.checksum import ones_sum
-
-try:  # the codec module is the one place for these facts
-    from stack.wire.vnet import (
-        VIRTIO_NET_HDR_F_DATA_VALID,
-        VIRTIO_NET_HDR_F_NEEDS_CSUM,
-        VIRTIO_NET_HDR_GSO_NONE,
-        VIRTIO_NET_HDR_GSO_TCPV4,
-        VIRTIO_NET_HDR_GSO_TCPV6,
-        VNET,
-        VNET_HDR_LEN,
-    )
-except ImportError:  # pragma: no cover - until stack/wire/vnet.py lands
-    VNET_HDR_LEN = 10
-    VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
-    VIRTIO_NET_HDR_F_DATA_VALID = 2
-    VIRTIO_NET_HDR_GSO_NONE = 0
-    VIRTIO_NET_HDR_GSO_TCPV4 = 1
-    VIRTIO_NET_HDR_GSO_TCPV6 = 4
-    VNET = struct.Struct("<BBHHHH")
+from stack.wire.vnet import (
+    VIRTIO_NET_HDR_F_DATA_VALID,
+    VIRTIO_NET_HDR_F_NEEDS_CSUM,
+    VIRTIO_NET_HDR_GSO_ECN,
+    VIRTIO_NET_HDR_GSO_NONE,
+    VIRTIO_NET_HDR_GSO_TCPV4,
+    VIRTIO_NET_HDR_GSO_TCPV6,
+    VIRTIO_NET_HDR_GSO_UDP,
+    VNET,
+    VNET_HDR_LEN,
+)
 
 __all__ = [
     "ETH_HLEN", "VNET", "VNET_HDR_LEN", "VIRTIO_NET_HDR_F_NEEDS_CSUM",
     "VIRTIO_NET_HDR_F_DATA_VALID", "VIRTIO_NET_HDR_GSO_NONE", "VIRTIO_NET_HDR_GSO_TCPV4",
-    "VIRTIO_NET_HDR_GSO_TCPV6", "VIRTIO_NET_HDR_GSO_UDP_L4", "VIRTIO_NET_HDR_GSO_ECN",
+    "VIRTIO_NET_HDR_GSO_TCPV6", "VIRTIO_NET_HDR_GSO_UDP", "VIRTIO_NET_HDR_GSO_UDP_L4", "VIRTIO_NET_HDR_GSO_ECN",
     "vnet_error", "complete_checksum",
 ]
 
 ETH_HLEN = 14
-#: UDP segmentation offload (USO) and the ECN bit of gso_type (linux/virtio_net.h).
+#: UDP segmentation offload (USO, linux/virtio_net.h); not in stack/wire/vnet.py.
 VIRTIO_NET_HDR_GSO_UDP_L4 = 5
-VIRTIO_NET_HDR_GSO_ECN = 0x80
 _KNOWN_FLAGS = VIRTIO_NET_HDR_F_NEEDS_CSUM | VIRTIO_NET_HDR_F_DATA_VALID | 4  # 4: RSC_INFO
-_GSO_TYPES = (VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6, VIRTIO_NET_HDR_GSO_UDP_L4)
+_GSO_TYPES = (VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_UDP, VIRTIO_NET_HDR_GSO_TCPV6,
+              VIRTIO_NET_HDR_GSO_UDP_L4)
 _U16 = struct.Struct("!H")
 
 

@@ -121,6 +121,8 @@ class TapDevice:
         the next call. Oversized frames and frames with a bad vnet header are
         counted and dropped.
         """
+        if self._fd < 0:
+            raise ValueError(f"read_batch on closed device {self.name}")
         out: list[SkBuff] = []
         c = self.counters
         hlen = self._hlen
@@ -165,6 +167,8 @@ class TapDevice:
         headroom (or sent as a separate iovec when there is none). If the device
         would block, a copy goes to the backlog; no reference to ``skb`` is kept.
         """
+        if self._fd < 0:
+            raise ValueError(f"write on closed device {self.name}")
         if self.offload:
             return self._write_vnet(skb)
         return self._write_plain(skb)
