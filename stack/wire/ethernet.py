@@ -14,7 +14,9 @@ ETH_P_ARP = 0x0806
 ETH_P_IPV6 = 0x86DD
 BROADCAST = b"\xff" * 6
 
-_ETH = struct.Struct("!6s6sH")
+#: The fixed header for the fast path: dst, src, ethertype.
+ETH_HEADER = struct.Struct("!6s6sH")
+_ETH = ETH_HEADER
 
 
 @dataclass(slots=True)

@@ -29,7 +29,9 @@ _IPOPT_NOP = 1
 _FLAG_DF = 0x4000
 _FLAG_MF = 0x2000
 _FRAG_MASK = 0x1FFF
-_IPV4 = struct.Struct("!BBHHHBBH4s4s")
+#: The fixed header for the fast path: version/IHL, TOS, total length, ident, flags/fragment, TTL, proto, checksum, src, dst.
+IPV4_HEADER = struct.Struct("!BBHHHBBH4s4s")
+_IPV4 = IPV4_HEADER
 _H = struct.Struct("!H")
 
 

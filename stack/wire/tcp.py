@@ -41,7 +41,9 @@ OPT_TIMESTAMP = 8
 
 IPPROTO_TCP = 6
 
-_TCP = struct.Struct("!HHIIBBHHH")
+#: The fixed header for the fast path: sport, dport, seq, ack, data offset byte, flags, window, checksum, urgent.
+TCP_HEADER = struct.Struct("!HHIIBBHHH")
+_TCP = TCP_HEADER
 _H = struct.Struct("!H")
 _II = struct.Struct("!II")
 _MSS_OPT = struct.Struct("!BBH")

@@ -99,7 +99,7 @@ def test_strip_options(h: ipv4.Ipv4Header, payload: bytes, lead: int) -> None:
     assert buf[new_off + 20:new_off + after.total_length] == payload
     assert buf[:lead] == b"\xee" * lead
     d = dpkt.ip.IP(bytes(buf[new_off:new_off + after.total_length]))
-    assert (d.src, d.dst, d.hl, d.data) == (h.src, h.dst, 5, payload)
+    assert (d.src, d.dst, d.hl, d.len, d.p) == (h.src, h.dst, 5, after.total_length, h.proto)
 
 
 def test_strip_options_without_options_is_a_no_op() -> None:
