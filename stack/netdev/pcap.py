@@ -81,15 +81,26 @@ class PcapTee:
         """Record a frame sent on ``dev_name``."""
         self._record(dev_name, "tx", skb, now)
 
+    def close(self) -> None:
+        """Close the underlying writer (idempotent)."""
+        self.writer.close()
+
+    def __enter__(self) -> PcapTee:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
     def _record(self, dev_name: str, direction: str, skb: SkBuff, now: float) -> None:
-        key = (dev_name, direction)
-        self.counts[key] = self.counts.get(key, 0) + 1
         frame: bytes | bytearray = skb.tobytes()
         if (skb.vnet_flags & VIRTIO_NET_HDR_F_NEEDS_CSUM
                 and skb.csum_start + skb.csum_offset + 2 <= len(frame)):
             frame = bytearray(frame)
             complete_checksum(frame, 0, len(frame), skb.csum_start, skb.csum_offset)
         self.writer.write(frame, now)
+        key = (dev_name, direction)
+        self.counts[key] = self.counts.get(key, 0) + 1
 
 
 def read_pcap(path: str | os.PathLike[str]) -> list[tuple[float, bytes]]:

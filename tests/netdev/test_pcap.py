@@ -50,10 +50,12 @@ def test_tee_records_both_directions_and_completes_partial_checksums(tmp_path: P
     partial.vnet_flags = VIRTIO_NET_HDR_F_NEEDS_CSUM
     partial.csum_start, partial.csum_offset = 34, 6
     plain = SkBuff.from_bytes(udp_frame(b"plain"))
-    with PcapWriter(path) as w:
-        tee = PcapTee(w)
+    with PcapTee(PcapWriter(path)) as tee:
         tee.rx("tap0", partial, 5.0)
         tee.tx("tap1", plain, 5.5)
+    assert tee.writer.frames == 2
+    with pytest.raises(ValueError):  # leaving the tee closed its file
+        tee.rx("tap0", plain, 6.0)
     assert tee.counts == {("tap0", "rx"): 1, ("tap1", "tx"): 1}
     (t0, f0), (t1, f1) = read_pcap(path)
     assert udp_checksum_ok(f0) and f0 == udp_frame(b"offloaded")
