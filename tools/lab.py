@@ -192,14 +192,22 @@ def popen_in_ns(ns: str, *cmd: str, **kw: Any) -> subprocess.Popen[Any]:
 # -- command line ------------------------------------------------------------
 def _cmd_up(args: argparse.Namespace) -> int:
     cfg = replace(LabConfig(), mtu=args.mtu)
-    lab_up(cfg)
+    try:
+        lab_up(cfg)
+    except LabError as exc:
+        print(f"lab up failed: {exc}")
+        return 1
     print(f"lab up: {cfg.client_ns}/{cfg.client_tap} {cfg.client_addr} via {cfg.client_gw}; "
           f"{cfg.server_ns}/{cfg.server_tap} {cfg.server_addr} via {cfg.server_gw}")
     return 0
 
 
 def _cmd_down(args: argparse.Namespace) -> int:
-    lab_down(LabConfig())
+    try:
+        lab_down(LabConfig())
+    except LabError as exc:
+        print(f"lab down failed: {exc}")
+        return 1
     print("lab down")
     return 0
 
@@ -222,6 +230,13 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0 if st["up"] else 1
 
 
+def _mtu(text: str) -> int:
+    value = int(text)
+    if not 576 <= value <= 65521:  # IPv4 minimum datagram (RFC 791); tun's maximum
+        raise argparse.ArgumentTypeError("MTU must be between 576 and 65521")
+    return value
+
+
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``tapsplice lab up|down|status``."""
     p = subparsers.add_parser("lab", help="build or remove the two-namespace lab",
@@ -230,7 +245,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="lab_command", metavar="ACTION")
     sub.required = True
     up = sub.add_parser("up", help="create namespaces and TAPs (idempotent)")
-    up.add_argument("--mtu", type=int, default=1500, help="MTU of both TAPs (default 1500)")
+    up.add_argument("--mtu", type=_mtu, default=1500,
+                    help="MTU of both TAPs, 576..65521 (default 1500)")
     up.set_defaults(func=_cmd_up)
     down = sub.add_parser("down", help="remove namespaces and TAPs (idempotent)")
     down.set_defaults(func=_cmd_down)
