@@ -1,0 +1,504 @@
+"""The TCP layer: demultiplexing, listeners, active opens, timers and events.
+
+:class:`TcpLayer` owns the connection table (keyed by the 4-tuple, bounded), the
+listeners (keyed by address and port, each with a bounded SYN queue and accept
+queue; SYN cookies when the SYN queue is full, RFC 4987), answers segments for no
+connection with a RST (RFC 9293 §3.10.7.1) and keeps one timer heap for all
+connections. Application callbacks are queued and fired once TCP state is
+consistent again, never from the middle of an update.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+from collections import Counter, deque
+from collections.abc import Callable
+
+from stack import seq
+from stack.skbuff import SkBuff
+from stack.tcp import output
+from stack.tcp.api import (
+    IpService,
+    TcpAddressError,
+    TcpConfig,
+    TcpError,
+    TcpRefused,
+    TcpState,
+)
+from stack.tcp.input import segment_arrives
+from stack.tcp.isn import IsnGenerator
+from stack.tcp.options import apply_peer_syn
+from stack.tcp.syncookies import SynCookies, decode_ts_options, encode_ts_options
+from stack.tcp.tcb import Tcb
+from stack.tcp.timers import arm_keepalive, run_timers
+from stack.wire.errors import WireError
+from stack.wire.tcp import ACK, FIN, RST, SYN, TcpHeader, TcpOptions, verify_tcp_checksum
+from stack.wire.vnet import VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM
+
+ANY = b"\0\0\0\0"
+_CSUM_TRUSTED = VIRTIO_NET_HDR_F_NEEDS_CSUM | VIRTIO_NET_HDR_F_DATA_VALID
+Key = tuple[bytes, int, bytes, int]
+
+
+class Listener:
+    """A passive open on (addr, port): a SYN queue count and an accept queue."""
+
+    def __init__(self, layer: TcpLayer, addr: bytes, port: int, backlog: int) -> None:
+        self.layer = layer
+        self.addr = addr
+        self.port = port
+        self.backlog = max(1, backlog)
+        self.syn_queue_len = 0
+        self.accept_queue: deque[Tcb] = deque()
+        self.on_accept: Callable[[Tcb], None] | None = None
+        self.on_event: Callable[[Listener, str], None] | None = None
+        self.closed = False
+        #: Applied to every connection created by this listener before its SYN-ACK
+        #: (used e.g. by the splice layer to force a receive window scale).
+        self.tcb_setup: Callable[[Tcb], None] | None = None
+
+    @property
+    def local_address(self) -> tuple[bytes, int]:
+        """(address, port) listened on."""
+        return self.addr, self.port
+
+    def accept(self) -> Tcb | None:
+        """The oldest established connection not yet accepted, or None."""
+        return self.accept_queue.popleft() if self.accept_queue else None
+
+    def close(self, now: float) -> None:
+        """Stop listening; reset connections not accepted yet."""
+        if self.closed:
+            return
+        self.closed = True
+        self.layer.listeners.pop((self.addr, self.port), None)
+        for tcb in list(self.layer.connections.values()):
+            if tcb.listener is self and (tcb.in_syn_queue or tcb in self.accept_queue):
+                tcb.abort(now)
+        self.accept_queue.clear()
+
+    def fire(self) -> None:
+        """Deliver queued connections to ``on_accept`` (or announce them)."""
+        if self.on_accept is not None:
+            while self.accept_queue:
+                self.on_accept(self.accept_queue.popleft())
+        elif self.on_event is not None and self.accept_queue:
+            self.on_event(self, "acceptable")
+
+
+class TcpLayer:
+    """All TCP connections and listeners of one stack."""
+
+    def __init__(self, ip: IpService, *, config: TcpConfig | None = None,
+                 rng: random.Random | None = None) -> None:
+        self.ip = ip
+        self.config = config or TcpConfig()
+        self.rng = rng or random.Random()
+        self.connections: dict[Key, Tcb] = {}
+        self.listeners: dict[tuple[bytes, int], Listener] = {}
+        self.counters: Counter[str] = Counter()
+        self.isn_gen = IsnGenerator(self.rng.randbytes(32))
+        self.cookies = SynCookies(self.rng.randbytes(32))
+        self.cookie_ts_offset = self.rng.getrandbits(32)
+        self._heap: list[tuple[float, int, Tcb]] = []
+        self._tie = itertools.count()
+        self._pending: list[Tcb | Listener] = []
+        self._firing = False
+        self._ca_second = -1
+        self._ca_count = 0
+
+    # ------------------------------------------------------------------ misc
+    def count(self, reason: str) -> None:
+        """Count one event or drop by reason."""
+        self.counters[reason] += 1
+
+    def challenge_ack_allowed(self, now: float) -> bool:
+        """RFC 5961 §7: at most challenge_ack_limit challenge ACKs per second."""
+        sec = int(now)
+        if sec != self._ca_second:
+            self._ca_second = sec
+            self._ca_count = 0
+        if self._ca_count >= self.config.challenge_ack_limit:
+            return False
+        self._ca_count += 1
+        return True
+
+    # ------------------------------------------------------------------ input
+    def input(self, skb: SkBuff, src: bytes, dst: bytes, now: float) -> None:
+        """One TCP segment from the IP layer (``skb.data`` at the TCP header)."""
+        self.counters["segs_in"] += 1
+        seg = skb.view()
+        try:
+            if not skb.vnet_flags & _CSUM_TRUSTED and not verify_tcp_checksum(src, dst, seg):
+                self.count("tcp_bad_checksum")
+                return
+            hdr = TcpHeader.parse(seg)
+        except WireError as e:
+            self.count(e.reason)
+            return
+        payload = seg[hdr.header_len:]
+        tcb = self.connections.get((dst, hdr.dport, src, hdr.sport))
+        if tcb is not None:
+            segment_arrives(tcb, hdr, payload, now)
+            self.after_call(tcb)
+            return
+        lst = self.listeners.get((dst, hdr.dport)) or self.listeners.get((ANY, hdr.dport))
+        if lst is not None:
+            self._listen_input(lst, hdr, payload, src, dst, now)
+        else:
+            self.count("no_connection")
+            self.reply_rst(dst, src, hdr, len(payload), now)
+        self.flush_events()
+
+    def reply_rst(self, local: bytes, remote: bytes, hdr: TcpHeader, plen: int,
+                  now: float) -> None:
+        """RST for a segment that belongs to no connection (RFC 9293 §3.10.7.1).
+
+        Never in answer to a RST.
+        """
+        if hdr.flags & RST:
+            return
+        if hdr.flags & ACK:
+            rst = TcpHeader(hdr.dport, hdr.sport, hdr.ack, 0, RST, 0)
+        else:
+            seg_len = plen + (1 if hdr.flags & SYN else 0) + (1 if hdr.flags & FIN else 0)
+            rst = TcpHeader(hdr.dport, hdr.sport, 0, seq.add(hdr.seq, seg_len), RST | ACK, 0)
+        self.count("rst_sent")
+        output.emit(self, local, remote, rst, [], 0, False, 0, now)
+
+    # ------------------------------------------------------------------ listen
+    def listen(self, addr: bytes, port: int, backlog: int = 128) -> Listener:
+        """Passive open on (addr, port); ``addr`` 0.0.0.0 listens on every address."""
+        if not 0 < port < 65536:
+            raise TcpAddressError(f"bad port {port}")
+        if (addr, port) in self.listeners:
+            raise TcpAddressError("address already in use")
+        lst = Listener(self, addr, port, min(backlog, self.config.accept_backlog))
+        self.listeners[(addr, port)] = lst
+        return lst
+
+    def _listen_input(self, lst: Listener, hdr: TcpHeader, payload: memoryview,
+                      src: bytes, dst: bytes, now: float) -> None:
+        """RFC 9293 §3.10.7.2: a segment for a listener."""
+        flags = hdr.flags
+        if flags & RST:
+            self.count("listen_rst")
+            return
+        if flags & ACK:
+            if not flags & SYN and self._cookie_ack(lst, hdr, payload, src, dst, now):
+                return
+            self.reply_rst(dst, src, hdr, len(payload), now)
+            return
+        if not flags & SYN:
+            self.count("listen_no_syn")
+            return
+        if len(lst.accept_queue) >= lst.backlog:
+            self.count("listen_overflow")
+            return
+        full_table = len(self.connections) >= self.config.max_connections
+        if lst.syn_queue_len >= self.config.syn_backlog or full_table:
+            if self.config.syncookies:
+                self._cookie_synack(hdr, src, dst, now)
+            else:
+                self.count("syn_queue_full")
+            return
+        tcb = self._new_passive(lst, hdr, src, dst, now)
+        if tcb is not None:
+            output.send_syn(tcb, now)
+            self.after_call(tcb)
+
+    def _new_passive(self, lst: Listener, hdr: TcpHeader, src: bytes, dst: bytes,
+                     now: float) -> Tcb | None:
+        route = self.ip.route(src)
+        if route is None:
+            self.count("no_route")
+            return None
+        tcb = Tcb(self, dst, hdr.dport, src, hdr.sport, route, now)
+        tcb.passive = True
+        tcb.listener = lst
+        if lst.tcb_setup is not None:
+            lst.tcb_setup(tcb)
+        iss = self.isn_gen.isn(dst, hdr.dport, src, hdr.sport, now)
+        _init_send_seq(tcb, iss)
+        tcb.irs = hdr.seq
+        tcb.rcv_nxt = tcb.rcv_adv = seq.add(hdr.seq, 1)
+        apply_peer_syn(tcb, hdr.options, now, we_sent_syn=False)
+        tcb.cc.set_mss(tcb.mss)
+        tcb.snd_wnd = tcb.max_snd_wnd = hdr.window  # RFC 7323 §2.2: unscaled in a SYN
+        tcb.snd_wl1 = hdr.seq
+        tcb.snd_wl2 = iss
+        tcb.state = TcpState.SYN_RECEIVED
+        tcb.syn_time = now
+        tcb.in_syn_queue = True
+        lst.syn_queue_len += 1
+        self._hash(tcb)
+        return tcb
+
+    def _cookie_synack(self, hdr: TcpHeader, src: bytes, dst: bytes, now: float) -> None:
+        """Answer a SYN statelessly with a SYN cookie (RFC 4987 §3.6)."""
+        self.count("syncookies_sent")
+        route = self.ip.route(src)
+        if route is None:
+            self.count("no_route")
+            return
+        peer = hdr.options
+        cookie, _mss = self.cookies.make(dst, hdr.dport, src, hdr.sport, hdr.seq,
+                                         peer.mss if peer.mss is not None else 536, now)
+        adv_mss = max(route.mtu - 40, 64)
+        opts = TcpOptions(mss=adv_mss)
+        if peer.timestamp is not None and self.config.timestamps:
+            # Window scale and SACK-permitted survive only inside our TSval.
+            ws = peer.wscale if self.config.window_scaling else None
+            sack = peer.sack_permitted and self.config.sack
+            base = (int(now * 1000) + self.cookie_ts_offset) & seq.MASK
+            opts.timestamp = (encode_ts_options(base, None if ws is None else min(ws, 14),
+                                                sack), peer.timestamp[0])
+            if ws is not None:
+                opts.wscale = output.wscale_for_buffer(self._rcvbuf_limit())
+            opts.sack_permitted = sack
+        synack = TcpHeader(hdr.dport, hdr.sport, cookie, seq.add(hdr.seq, 1), SYN | ACK,
+                           min(self._rcvbuf_initial(), 0xFFFF), options=opts)
+        output.emit(self, dst, src, synack, [], 0, False, 0, now)
+
+    def _rcvbuf_initial(self) -> int:
+        cfg = self.config
+        return cfg.rcvbuf_initial if cfg.rcvbuf_autotune else cfg.rcvbuf
+
+    def _rcvbuf_limit(self) -> int:
+        cfg = self.config
+        return cfg.rcvbuf_max if cfg.rcvbuf_autotune else cfg.rcvbuf
+
+    def _cookie_ack(self, lst: Listener, hdr: TcpHeader, payload: memoryview,
+                    src: bytes, dst: bytes, now: float) -> bool:
+        """The ACK completing a cookie handshake: build the connection from the cookie."""
+        if not self.config.syncookies or len(lst.accept_queue) >= lst.backlog:
+            return False
+        client_isn = seq.add(hdr.seq, -1)
+        cookie = seq.add(hdr.ack, -1)
+        mss = self.cookies.check(dst, hdr.dport, src, hdr.sport, client_isn, cookie, now)
+        route = self.ip.route(src)
+        if mss is None or route is None or len(self.connections) >= self.config.max_connections:
+            self.count("syncookie_invalid")
+            return False
+        self.count("syncookies_ok")
+        tcb = Tcb(self, dst, hdr.dport, src, hdr.sport, route, now)
+        tcb.passive = True
+        tcb.listener = lst
+        _init_send_seq(tcb, cookie)
+        tcb.snd_una = tcb.snd_nxt = tcb.recover = hdr.ack
+        tcb.irs = client_isn
+        tcb.rcv_nxt = hdr.seq
+        tcb.rcv_adv = seq.add(hdr.seq, min(tcb.rcvbuf, 0xFFFF))
+        peer = TcpOptions(mss=mss)
+        ts = hdr.options.timestamp
+        decoded = decode_ts_options(ts[1]) if ts is not None else None
+        if ts is not None and decoded is not None and self.config.timestamps:
+            peer.timestamp = ts
+            peer.wscale, peer.sack_permitted = decoded
+            tcb.ts_offset = self.cookie_ts_offset
+        apply_peer_syn(tcb, peer, now, we_sent_syn=False)
+        if tcb.wscale_ok:
+            tcb.rcv_wscale = output.wscale_for_buffer(tcb.rcvbuf_limit)
+        tcb.cc.set_mss(tcb.mss)
+        tcb.snd_wnd = tcb.max_snd_wnd = hdr.window << tcb.snd_wscale
+        tcb.snd_wl1, tcb.snd_wl2 = hdr.seq, hdr.ack
+        tcb.state = TcpState.ESTABLISHED
+        self._hash(tcb)
+        tcb.post("established")
+        self.listener_established(tcb)
+        segment_arrives(tcb, hdr, payload, now)
+        self.after_call(tcb)
+        return True
+
+    def listener_established(self, tcb: Tcb) -> None:
+        """A passive connection completed its handshake: move it to the accept queue."""
+        lst = tcb.listener
+        if tcb.in_syn_queue and lst is not None:
+            tcb.in_syn_queue = False
+            lst.syn_queue_len -= 1
+        if lst is None or lst.closed:
+            tcb.abort(tcb.now)
+            return
+        if len(lst.accept_queue) >= lst.backlog:
+            self.count("accept_queue_overflow")
+            tcb.abort(tcb.now)
+            return
+        lst.accept_queue.append(tcb)
+        self._note(lst)
+
+    # ------------------------------------------------------------------ connect
+    def connect(self, dst: bytes, dport: int, now: float, *, src: bytes | None = None,
+                sport: int | None = None) -> Tcb:
+        """Active open: send a SYN and return the new connection (in SYN-SENT)."""
+        route = self.ip.route(dst)
+        if route is None:
+            raise TcpAddressError("no route to host")
+        if not 0 < dport < 65536:
+            raise TcpAddressError(f"bad port {dport}")
+        if len(self.connections) >= self.config.max_connections:
+            raise TcpAddressError("connection table full")
+        src = src or route.src
+        if sport is None:
+            sport = self._ephemeral(src, dst, dport)
+        elif (src, sport, dst, dport) in self.connections:
+            raise TcpAddressError("address already in use")
+        tcb = Tcb(self, src, sport, dst, dport, route, now)
+        _init_send_seq(tcb, self.isn_gen.isn(src, sport, dst, dport, now))
+        tcb.state = TcpState.SYN_SENT
+        tcb.syn_time = now
+        self._hash(tcb)
+        output.send_syn(tcb, now)
+        self.after_call(tcb)
+        return tcb
+
+    def _ephemeral(self, src: bytes, dst: bytes, dport: int) -> int:
+        lo, hi = self.config.ephemeral_ports
+        n = hi - lo + 1
+        start = self.rng.randrange(n)
+        for i in range(n):
+            port = lo + (start + i) % n
+            if (src, port, dst, dport) not in self.connections:
+                return port
+        raise TcpAddressError("no free ephemeral port")
+
+    # ------------------------------------------------------------------ ICMP
+    def icmp_error(self, local: bytes, remote: bytes, sport: int, dport: int, type: int,
+                   code: int, now: float) -> None:
+        """An ICMP error about one of our segments (RFC 5927, RFC 1122 §4.2.3.9).
+
+        Soft errors are remembered (reported if the connection later times out);
+        port or protocol unreachable during SYN-SENT refuses the connection.
+        """
+        tcb = self.connections.get((local, sport, remote, dport))
+        if tcb is None:
+            self.count("icmp_no_connection")
+            return
+        tcb.now = now
+        if tcb.state is TcpState.SYN_SENT and type == 3 and code in (2, 3):
+            self.count("icmp_hard_error")
+            tcb.fail(TcpRefused(f"ICMP destination unreachable (code {code})"))
+        else:
+            self.count("icmp_soft_error")
+            tcb.soft_error = TcpError(f"ICMP type {type} code {code}")
+        self.after_call(tcb)
+
+    # ------------------------------------------------------------------ table
+    def _hash(self, tcb: Tcb) -> None:
+        key = (tcb.local, tcb.local_port, tcb.remote, tcb.remote_port)
+        self.connections[key] = tcb
+        tcb.hashed = True
+        arm_keepalive(tcb, tcb.now)
+
+    def unhash(self, tcb: Tcb) -> None:
+        """Remove a connection from the table (it reached CLOSED or was released)."""
+        if not tcb.hashed:
+            return
+        tcb.hashed = False
+        key = (tcb.local, tcb.local_port, tcb.remote, tcb.remote_port)
+        if self.connections.get(key) is tcb:
+            del self.connections[key]
+        lst = tcb.listener
+        if lst is not None:
+            if tcb.in_syn_queue:
+                tcb.in_syn_queue = False
+                lst.syn_queue_len -= 1
+            if tcb in lst.accept_queue:
+                lst.accept_queue.remove(tcb)
+
+    # ------------------------------------------------------------------ timers
+    def schedule(self, tcb: Tcb) -> None:
+        """Make sure the heap holds an entry no later than ``tcb``'s next deadline."""
+        d = tcb.deadline()
+        if d is None or not tcb.hashed:
+            return
+        if tcb.heap_deadline is not None and tcb.heap_deadline <= d:
+            return
+        tcb.heap_deadline = d
+        heapq.heappush(self._heap, (d, next(self._tie), tcb))
+        if len(self._heap) > 4 * len(self.connections) + 64:
+            self._rebuild_heap()
+
+    def _rebuild_heap(self) -> None:
+        self._heap = []
+        for tcb in self.connections.values():
+            d = tcb.deadline()
+            tcb.heap_deadline = d
+            if d is not None:
+                self._heap.append((d, next(self._tie), tcb))
+        heapq.heapify(self._heap)
+
+    def _stale(self, entry: tuple[float, int, Tcb]) -> bool:
+        d, _, tcb = entry
+        return not tcb.hashed or tcb.heap_deadline != d
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`on_timer` must be called next (None: no timer armed)."""
+        heap = self._heap
+        while heap and self._stale(heap[0]):
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    def on_timer(self, now: float) -> None:
+        """Run every connection timer due at ``now``."""
+        heap = self._heap
+        due: list[Tcb] = []
+        while heap and heap[0][0] <= now:
+            entry = heapq.heappop(heap)
+            if self._stale(entry):
+                continue
+            tcb = entry[2]
+            tcb.heap_deadline = None
+            due.append(tcb)
+        for tcb in due:
+            d = tcb.deadline()
+            if d is not None and d <= now:
+                run_timers(tcb, now)
+            self.schedule(tcb)
+        self.flush_events()
+
+    # ------------------------------------------------------------------ events
+    def note_events(self, tcb: Tcb) -> None:
+        """``tcb`` has events to fire."""
+        self._note(tcb)
+
+    def _note(self, obj: Tcb | Listener) -> None:
+        if obj not in self._pending:
+            self._pending.append(obj)
+
+    def after_call(self, tcb: Tcb) -> None:
+        """End of an entry point: reschedule ``tcb`` and fire queued events."""
+        self.schedule(tcb)
+        self.flush_events()
+
+    def flush_events(self) -> None:
+        """Fire queued events; callbacks may call back into TCP (queued again)."""
+        if self._firing:
+            return
+        self._firing = True
+        try:
+            rounds = 0
+            while self._pending and rounds < self.config.max_events:
+                rounds += 1
+                obj = self._pending.pop(0)
+                if isinstance(obj, Listener):
+                    obj.fire()
+                    continue
+                events, obj.events = obj.events, []
+                cb = obj.on_event
+                for ev in events:
+                    if cb is not None:
+                        cb(obj, ev)
+        finally:
+            self._firing = False
+
+
+def _init_send_seq(tcb: Tcb, iss: int) -> None:
+    tcb.iss = iss
+    tcb.snd_una = iss
+    tcb.snd_nxt = iss
+    tcb.snd_up = iss
+    tcb.write_seq = seq.add(iss, 1)
+    tcb.recover = iss
+

@@ -1,0 +1,423 @@
+"""Segment output: queueing, segmentation (TSO), windows, ACKs, RSTs, retransmission.
+
+Transmission follows RFC 9293 §3.8.6 and RFC 5681/6675: new data leaves when the
+peer's window, the congestion window, Nagle (RFC 896) and sender SWS avoidance allow;
+segments marked LOST are retransmitted first, while the pipe stays below cwnd.
+With an offloading route consecutive full segments leave as one TSO super-segment.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING
+
+from stack import seq
+from stack.skbuff import SkBuff
+from stack.tcp.api import IPPROTO_TCP, MAX_HEADER, TcpState
+from stack.tcp.options import segment_options, syn_options, wscale_for
+from stack.tcp.sack import LOST, RETRANS, SACKED
+from stack.wire.checksum import pseudo_header_sum
+from stack.wire.tcp import ACK, FIN, PSH, RST, SYN, TcpHeader, TcpOptions, tcp_checksum
+from stack.wire.vnet import VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4
+
+if TYPE_CHECKING:
+    from stack.tcp.layer import TcpLayer
+    from stack.tcp.tcb import Tcb
+
+_CSUM = struct.Struct("!H")
+_CSUM_OFFSET = 16
+
+#: States in which queued data and our FIN may be (re)transmitted.
+SENDING = frozenset({TcpState.ESTABLISHED, TcpState.CLOSE_WAIT, TcpState.FIN_WAIT_1,
+                     TcpState.CLOSING, TcpState.LAST_ACK})
+
+
+def wscale_for_buffer(space: int) -> int:
+    """Our receive window scale for a buffer that may grow to ``space`` bytes."""
+    return wscale_for(space)
+
+
+# ------------------------------------------------------------------ emission
+def emit(layer: TcpLayer, src: bytes, dst: bytes, hdr: TcpHeader,
+         parts: list[memoryview], plen: int, offload: bool, gso_size: int,
+         now: float) -> bool:
+    """Build one segment (header + payload parts) and hand it to the IP layer."""
+    opts = hdr.options
+    hlen_guess = 60
+    skb = SkBuff(MAX_HEADER + hlen_guess + plen, MAX_HEADER + hlen_guess)
+    for p in parts:
+        skb.put_data(p)
+    # the header length is only known once emitted: emit into a scratch area first
+    scratch = bytearray(60)
+    hlen = hdr.emit_into(scratch, 0)
+    head = skb.push(hlen)
+    head[:] = scratch[:hlen]
+    del opts
+    seg = skb.view()
+    total = hlen + plen
+    if offload:
+        _CSUM.pack_into(skb.buf, skb.data + _CSUM_OFFSET,
+                        pseudo_header_sum(src, dst, IPPROTO_TCP, total))
+        skb.vnet_flags = VIRTIO_NET_HDR_F_NEEDS_CSUM
+        skb.csum_start = 0
+        skb.csum_offset = _CSUM_OFFSET
+        if plen > gso_size > 0:
+            skb.gso_type = VIRTIO_NET_HDR_GSO_TCPV4
+            skb.gso_size = gso_size
+            skb.hdr_len = hlen
+    else:
+        _CSUM.pack_into(skb.buf, skb.data + _CSUM_OFFSET, tcp_checksum(src, dst, seg))
+    ok = layer.ip.ip_output(src, dst, IPPROTO_TCP, skb, now)
+    layer.counters["segs_out"] += 1
+    if not ok:
+        layer.count("tx_local_drop")
+    return ok
+
+
+def rcv_space(tcb: Tcb) -> int:
+    """Free space of the receive buffer."""
+    return max(0, tcb.rcvbuf - tcb.rcv_queued - tcb.ooo_bytes)
+
+
+def select_window(tcb: Tcb) -> int:
+    """The window field to advertise now; records the new right edge in ``rcv_adv``.
+
+    Receiver SWS avoidance (RFC 9293 §3.8.6.2.2): the right edge only moves on when
+    it can move by min(RCV.BUFF/2, MSS). The edge never moves back (RFC 9293
+    §3.8.6.2.2, RFC 7323 §2.4), so scaling rounds the kept window up.
+    """
+    shift = tcb.rcv_wscale
+    gran = 1 << shift
+    cur = max(0, seq.sub(tcb.rcv_adv, tcb.rcv_nxt))
+    free = min(rcv_space(tcb), 0xFFFF << shift)
+    if free - cur >= min(tcb.rcvbuf // 2, tcb.rcv_mss):
+        field = free >> shift
+        if field << shift < cur:
+            field = (cur + gran - 1) >> shift
+    else:
+        field = (cur + gran - 1) >> shift
+    field = min(field, 0xFFFF)
+    edge = seq.add(tcb.rcv_nxt, field << shift)
+    if seq.gt(edge, tcb.rcv_adv) or tcb.rcv_adv == tcb.rcv_nxt:
+        tcb.rcv_adv = edge
+    tcb.rcv_wnd = seq.sub(tcb.rcv_adv, tcb.rcv_nxt)
+    return field
+
+
+def send_segment(tcb: Tcb, seq_: int, flags: int, now: float, *,
+                 parts: list[memoryview] | None = None, plen: int = 0,
+                 opts: TcpOptions | None = None, ack: bool = True) -> bool:
+    """Emit one segment of this connection with the current ACK, window and options."""
+    if opts is None:
+        opts = segment_options(tcb, now, with_sack=bool(flags & ACK))
+    if flags & SYN:
+        window = min(tcb.rcvbuf, 0xFFFF)  # RFC 7323 §2.2: never scaled on a SYN
+        tcb.rcv_adv = seq.add(tcb.rcv_nxt, window)
+        tcb.rcv_wnd = window
+    else:
+        window = select_window(tcb)
+    ack_no = tcb.rcv_nxt if flags & ACK else 0
+    hdr = TcpHeader(tcb.local_port, tcb.remote_port, seq_, ack_no, flags, window,
+                    options=opts)
+    if flags & ACK:
+        tcb.last_ack_sent = tcb.rcv_nxt
+        tcb.ack_pending = 0
+        tcb.ack_now = False
+        tcb.timer_delack = None
+    tcb.segs_out += 1
+    return emit(tcb.layer, tcb.local, tcb.remote, hdr, parts or [], plen,
+                tcb.offload, tcb.mss, now)
+
+
+def send_ack(tcb: Tcb, now: float) -> None:
+    """A pure ACK <SEQ=SND.NXT><ACK=RCV.NXT><CTL=ACK>."""
+    send_segment(tcb, tcb.snd_nxt, ACK, now)
+
+
+def send_challenge_ack(tcb: Tcb, now: float) -> None:
+    """RFC 5961 §3.2/§4.2/§5.2 challenge ACK, within the layer-wide rate limit (§7)."""
+    if tcb.layer.challenge_ack_allowed(now):
+        tcb.layer.count("challenge_ack")
+        send_ack(tcb, now)
+    else:
+        tcb.layer.count("challenge_ack_ratelimited")
+
+
+def send_rst(tcb: Tcb, seq_: int, now: float) -> None:
+    """<SEQ=seq_><CTL=RST,ACK> from an existing connection (abort, RFC 9293 §3.10.5)."""
+    opts = TcpOptions(timestamp=segment_options(tcb, now, with_sack=False).timestamp)
+    send_segment(tcb, seq_, RST | ACK, now, opts=opts)
+
+
+def send_syn(tcb: Tcb, now: float) -> None:
+    """Our SYN (active open) or SYN-ACK (passive or simultaneous open)."""
+    syn_ack = tcb.state is TcpState.SYN_RECEIVED
+    opts = syn_options(tcb, now, syn_ack=syn_ack)
+    flags = SYN | ACK if syn_ack else SYN
+    send_segment(tcb, tcb.iss, flags, now, opts=opts)
+    tcb.snd_nxt = seq.add(tcb.iss, 1)
+    if tcb.timer_rtx is None:
+        tcb.timer_rtx = now + tcb.rtt.rto
+        tcb.rtx_kind = "rtx"
+
+
+def send_probe(tcb: Tcb, now: float) -> None:
+    """Zero-window or keepalive probe: an old sequence number that forces an ACK."""
+    send_segment(tcb, seq.add(tcb.snd_una, -1), ACK, now)
+
+
+# ------------------------------------------------------------------ queueing
+def queue_data(tcb: Tcb, data: memoryview) -> None:
+    """Append ``data`` to the write queue in buffers of at most one MSS."""
+    mss = tcb.mss
+    pos = 0
+    n = len(data)
+    tail = tcb.write_queue.last
+    # Buffers from send_head on are unsent: the tail may still grow up to one MSS.
+    if tail is not None and tcb.send_head is not None and not tail.tcp_flags & FIN:
+        room = min(tail.tailroom, mss - len(tail))
+        if room > 0:
+            take = min(room, n)
+            tail.put_data(data[:take])
+            tail.end_seq = seq.add(tail.end_seq, take)
+            pos = take
+    while pos < n:
+        take = min(mss, n - pos)
+        skb = SkBuff(mss)
+        skb.put_data(data[pos:pos + take])
+        skb.seq = seq.add(tcb.write_seq, pos)
+        skb.end_seq = seq.add(skb.seq, take)
+        tcb.write_queue.append(skb)
+        if tcb.send_head is None:
+            tcb.send_head = skb
+        pos += take
+    tcb.write_seq = seq.add(tcb.write_seq, n)
+
+
+def queue_fin(tcb: Tcb) -> None:
+    """Our FIN: the FIN flag on the last unsent buffer, or a buffer of its own."""
+    tail = tcb.write_queue.last
+    if tail is not None and tcb.send_head is not None and seq.ge(tail.seq, tcb.send_head.seq):
+        tail.tcp_flags |= FIN
+        tail.end_seq = seq.add(tail.end_seq, 1)
+    else:
+        skb = SkBuff(0)
+        skb.seq = tcb.write_seq
+        skb.end_seq = seq.add(tcb.write_seq, 1)
+        skb.tcp_flags = FIN
+        tcb.write_queue.append(skb)
+        if tcb.send_head is None:
+            tcb.send_head = skb
+    tcb.write_seq = seq.add(tcb.write_seq, 1)
+
+
+def split_skb(tcb: Tcb, skb: SkBuff, n: int) -> None:
+    """Cut ``skb`` after ``n`` payload bytes; the rest (and any FIN) becomes a new buffer."""
+    rest = SkBuff(max(len(skb) - n, 0))
+    rest.put_data(skb.view()[n:])
+    rest.seq = seq.add(skb.seq, n)
+    rest.end_seq = skb.end_seq
+    rest.tcp_flags = skb.tcp_flags
+    skb.tcp_flags &= ~FIN
+    skb.trim(n)
+    skb.end_seq = rest.seq
+    tcb.write_queue.insert_after(skb, rest)
+
+
+# ------------------------------------------------------------------ pipe
+def flight_size(tcb: Tcb) -> int:
+    """Bytes sent and not cumulatively acknowledged (RFC 5681 FlightSize)."""
+    return seq.sub(tcb.snd_nxt, tcb.snd_una)
+
+
+def pipe(tcb: Tcb) -> int:
+    """Bytes believed in the network (RFC 6675 SetPipe over the write_queue marks)."""
+    if not tcb.in_recovery and not tcb.rto_recovery:
+        return flight_size(tcb)
+    total = 0
+    for skb in tcb.write_queue:
+        if skb is tcb.send_head:
+            break
+        n = seq.sub(skb.end_seq, skb.seq)
+        if skb.sacked & SACKED:
+            continue
+        if not skb.sacked & LOST:
+            total += n
+        if skb.sacked & RETRANS:
+            total += n
+    if not tcb.sack_ok:
+        # Without SACK each duplicate ACK stands for one segment that left the network.
+        total -= tcb.dupacks * tcb.mss
+    return max(total, 0)
+
+
+# ------------------------------------------------------------------ transmission
+def transmit(tcb: Tcb, first: SkBuff, last: SkBuff, plen: int, now: float) -> None:
+    """Send the buffers first..last (contiguous) as one segment."""
+    parts = []
+    skb: SkBuff | None = first
+    while True:
+        assert skb is not None
+        if len(skb):
+            parts.append(skb.view())
+        if skb is last:
+            break
+        skb = skb.next
+    flags = ACK | (last.tcp_flags & FIN)
+    if last.next is None or flags & FIN:
+        flags |= PSH
+    send_segment(tcb, first.seq, flags, now, parts=parts, plen=plen)
+
+
+def retransmit(tcb: Tcb, skb: SkBuff, now: float) -> None:
+    """Retransmit one buffer (RFC 9293 §3.8.1); Karn: its RTT is no longer measured."""
+    transmit(tcb, skb, skb, len(skb), now)
+    skb.sacked |= RETRANS
+    skb.retrans += 1
+    skb.when = now
+    tcb.total_retrans += 1
+    tcb.layer.counters["retransmits"] += 1
+
+
+def retransmit_lost(tcb: Tcb, now: float) -> None:
+    """Retransmit buffers marked LOST while the pipe allows (RFC 6675 NextSeg rule 1)."""
+    if not tcb.in_recovery and not tcb.rto_recovery:
+        return
+    for skb in tcb.write_queue:
+        if skb is tcb.send_head:
+            break
+        if skb.sacked & (SACKED | RETRANS) or not skb.sacked & LOST:
+            continue
+        if pipe(tcb) + len(skb) > tcb.cc.cwnd and skb is not tcb.write_queue.first:
+            break
+        retransmit(tcb, skb, now)
+
+
+def _nagle_holds(tcb: Tcb, plen: int, last: SkBuff) -> bool:
+    """RFC 896 / RFC 9293 §3.7.4: hold a small segment while data is unacknowledged."""
+    if plen >= tcb.mss or last.tcp_flags & FIN:
+        return False
+    if tcb.nodelay:
+        return False
+    return tcb.snd_nxt != tcb.snd_una
+
+
+def write_new(tcb: Tcb, now: float) -> None:
+    """Send new data from ``send_head`` as windows, Nagle and SWS avoidance allow."""
+    goal = tcb.config.tso_max if tcb.offload else tcb.mss
+    goal = max(goal - goal % tcb.mss, tcb.mss)
+    while (first := tcb.send_head) is not None:
+        wnd_avail = seq.sub(seq.add(tcb.snd_una, tcb.snd_wnd), first.seq)
+        cwnd_avail = tcb.cc.cwnd - pipe(tcb)
+        n = len(first)
+        seg_len = seq.sub(first.end_seq, first.seq)
+        if seg_len > wnd_avail:
+            # Sender SWS avoidance (RFC 9293 §3.8.6.2.1): a partial segment only if it
+            # is at least half the largest window the peer ever offered.
+            if n > 0 and wnd_avail > 0 and wnd_avail >= tcb.max_snd_wnd // 2 and wnd_avail < n:
+                split_skb(tcb, first, wnd_avail)
+                continue
+            break
+        if n > cwnd_avail:
+            break
+        last, plen, room = first, n, min(wnd_avail - seg_len, cwnd_avail - n, goal - n)
+        while not last.tcp_flags & FIN and last.next is not None:
+            nxt = last.next
+            need = seq.sub(nxt.end_seq, nxt.seq)
+            if need > room or len(nxt) > room:
+                break
+            last, plen, room = nxt, plen + len(nxt), room - need
+        if _nagle_holds(tcb, plen, last):
+            break
+        transmit(tcb, first, last, plen, now)
+        skb: SkBuff | None = first
+        while skb is not None:
+            skb.when = now
+            if skb is last:
+                break
+            skb = skb.next
+        tcb.snd_nxt = last.end_seq
+        tcb.send_head = last.next
+        tcb.last_send = now
+        if tcb.timer_rtx is None or tcb.rtx_kind != "rtx":
+            arm_rtx(tcb, now)
+
+
+def arm_rtx(tcb: Tcb, now: float) -> None:
+    """(Re)start the retransmission timer (RFC 6298 §5.1, §5.3)."""
+    tcb.timer_rtx = now + tcb.rtt.rto
+    tcb.rtx_kind = "rtx"
+
+
+def push(tcb: Tcb, now: float) -> None:
+    """Transmit whatever may be transmitted now and keep the timers right."""
+    if tcb.state not in SENDING:
+        return
+    if tcb.snd_nxt == tcb.snd_una and tcb.send_head is not None \
+            and now - tcb.last_send > tcb.rtt.rto:
+        tcb.cc.on_idle_restart(now)  # RFC 5681 §4.1
+    retransmit_lost(tcb, now)
+    write_new(tcb, now)
+    update_persist(tcb, now)
+
+
+def update_persist(tcb: Tcb, now: float) -> None:
+    """Arm the persist timer when data waits on a closed window and nothing is in flight.
+
+    RFC 9293 §3.8.6.1: probing keeps a zero window from deadlocking the connection.
+    """
+    if tcb.send_head is not None and tcb.snd_nxt == tcb.snd_una:
+        if tcb.timer_rtx is None:
+            interval = min(tcb.rtt.rto * (1 << min(tcb.probes_out, 16)), tcb.config.max_rto)
+            tcb.timer_rtx = now + interval
+            tcb.rtx_kind = "persist"
+    elif tcb.rtx_kind == "persist" and tcb.snd_nxt != tcb.snd_una:
+        arm_rtx(tcb, now)
+
+
+# ------------------------------------------------------------------ receive side
+def autotune_rcvbuf(tcb: Tcb, now: float) -> None:
+    """Grow the receive buffer when the application keeps up (like Linux's DRS).
+
+    Once per round trip: if the application consumed more than half the buffer in
+    that time, the buffer becomes twice what it consumed (up to rcvbuf_max).
+    """
+    if not tcb.config.rcvbuf_autotune or tcb.rcvbuf >= tcb.rcvbuf_limit:
+        return
+    interval = max(tcb.rtt.srtt or tcb.rcv_rtt or 0.1, 0.001)
+    if now - tcb.autotune_start < interval:
+        return
+    copied = tcb.autotune_copied
+    tcb.autotune_copied = 0
+    tcb.autotune_start = now
+    if 2 * copied > tcb.rcvbuf:
+        tcb.rcvbuf = min(tcb.rcvbuf_limit, 2 * copied)
+        tcb.layer.count("rcvbuf_grown")
+
+
+def maybe_window_update(tcb: Tcb, now: float) -> None:
+    """Send a window update when reading opened the window significantly.
+
+    As Linux's tcp_cleanup_rbuf: when the advertised window is at most half the
+    buffer and the free space is at least twice it (and one MSS more).
+    """
+    if tcb.state not in (TcpState.ESTABLISHED, TcpState.FIN_WAIT_1, TcpState.FIN_WAIT_2):
+        return
+    cur = max(0, seq.sub(tcb.rcv_adv, tcb.rcv_nxt))
+    if cur * 2 > tcb.rcvbuf:
+        return
+    free = min(rcv_space(tcb), 0xFFFF << tcb.rcv_wscale)
+    if free >= 2 * cur and free - cur >= max(tcb.rcv_mss, tcb.rcvbuf // 4 if cur == 0 else 0):
+        send_ack(tcb, now)
+
+
+def schedule_ack(tcb: Tcb, now: float) -> None:
+    """Delayed ACK (RFC 9293 §3.8.6.3, RFC 1122 §4.2.3.2): send now or arm the timer."""
+    # RFC 5681 §4.2: at least every second full-sized segment is acknowledged.
+    if tcb.ack_now or seq.sub(tcb.rcv_nxt, tcb.last_ack_sent) > tcb.rcv_mss:
+        send_ack(tcb, now)
+        return
+    if tcb.timer_delack is None:
+        ato = tcb.rtt.srtt / 2 if tcb.rtt.srtt else tcb.config.delack_max
+        ato = min(max(ato, tcb.config.delack_min), tcb.config.delack_max)
+        tcb.timer_delack = now + ato

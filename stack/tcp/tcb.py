@@ -1,0 +1,345 @@
+"""The transmission control block (RFC 9293 §3.3.1) and its sans-I/O connection API.
+
+A :class:`Tcb` holds the send and receive sequence variables under their RFC
+names, the negotiated options, the timers and three queues:
+
+- ``write_queue``: SkBuffs of at most one MSS each, covering ``[snd_una, write_seq)``:
+  unacknowledged data first, then data not sent yet (from ``send_head`` on). Our
+  FIN is the FIN flag of the last buffer (it takes one sequence number).
+- ``recv_queue``: in-order payload waiting for the application.
+- ``out_of_order_queue``: payload above ``rcv_nxt``, sorted and non-overlapping.
+
+The application talks to it through :meth:`send`, :meth:`recv`, :meth:`shutdown_write`,
+:meth:`close` and :meth:`abort`; the owning TcpLayer feeds it segments and timer
+ticks. Events for the application are queued and fired by the layer once the
+TCP state is consistent again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from stack import seq
+from stack.skbuff import SkbQueue, SkBuff
+from stack.tcp import output
+from stack.tcp.api import RouteInfo, TcpAborted, TcpConfig, TcpState, TcpStateError
+from stack.tcp.congestion import CongestionControl, make_congestion_control
+from stack.tcp.options import tsval, wscale_for
+from stack.tcp.rtt import RttEstimator
+from stack.tcp.sack import Scoreboard
+from stack.tcp.state import CAN_SEND, Event, transition
+from stack.wire.tcp import FIN
+
+if TYPE_CHECKING:
+    from stack.tcp.layer import Listener, TcpLayer
+
+EventCallback = Callable[["Tcb", str], None]
+
+
+class Tcb:
+    """One TCP connection."""
+
+    def __init__(self, layer: TcpLayer, local: bytes, local_port: int, remote: bytes,
+                 remote_port: int, route: RouteInfo, now: float) -> None:
+        cfg: TcpConfig = layer.config
+        self.layer = layer
+        self.config = cfg
+        self.state = TcpState.CLOSED
+        self.local = local
+        self.local_port = local_port
+        self.remote = remote
+        self.remote_port = remote_port
+        self.offload = route.offload
+        self.now = now
+        # -- send sequence variables (RFC 9293 §3.3.1) --
+        self.iss = 0
+        self.snd_una = 0
+        self.snd_nxt = 0
+        self.snd_wnd = 0
+        self.snd_wl1 = 0
+        self.snd_wl2 = 0
+        self.snd_up = 0
+        self.snd_wscale = 0
+        self.max_snd_wnd = 0
+        self.write_seq = 0          # sequence number of the next byte the application queues
+        # -- receive sequence variables --
+        self.irs = 0
+        self.rcv_nxt = 0
+        self.rcv_wnd = 0
+        self.rcv_adv = 0            # right edge of the window we last advertised
+        self.rcv_up = 0
+        self.last_ack_sent = 0      # RFC 7323 §4.3 Last.ACK.sent
+        # -- options --
+        self.adv_mss = max(route.mtu - 40, 64)
+        self.mss = min(self.adv_mss, cfg.mss_default)
+        self.rcv_mss = self.mss     # estimate of the peer's segment size (delayed ACK)
+        self.wscale_ok = False
+        self.sack_ok = False
+        self.ts_ok = False
+        self.ts_recent = 0
+        self.ts_recent_age = now
+        self.ts_offset = layer.rng.getrandbits(32)
+        self.rcvbuf = cfg.rcvbuf_initial if cfg.rcvbuf_autotune else cfg.rcvbuf
+        self.rcvbuf_limit = cfg.rcvbuf_max if cfg.rcvbuf_autotune else cfg.rcvbuf
+        self.rcv_wscale = wscale_for(self.rcvbuf_limit) if cfg.window_scaling else 0
+        self.sndbuf = cfg.sndbuf
+        # -- queues --
+        self.write_queue = SkbQueue()
+        self.send_head: SkBuff | None = None   # first buffer not sent yet
+        self.recv_queue = SkbQueue()
+        self.rcv_queued = 0                    # bytes in recv_queue
+        self.out_of_order_queue = SkbQueue()
+        self.ooo_bytes = 0
+        self.last_ooo: tuple[int, int] | None = None  # latest out-of-order segment (SACK)
+        self.ooo_fin: int | None = None        # sequence number of an out-of-order FIN
+        # -- retransmission and congestion control --
+        self.rtt = RttEstimator(cfg.min_rto, cfg.max_rto, cfg.initial_rto)
+        self.cc: CongestionControl = make_congestion_control(cfg.congestion, self.mss, now)
+        self.scoreboard = Scoreboard()
+        self.retransmits = 0        # consecutive RTO expirations of the same data
+        self.total_retrans = 0
+        self.dupacks = 0
+        self.in_recovery = False
+        self.recover = 0            # RFC 6582 "recover": snd_nxt when loss was detected
+        self.rto_recovery = False   # retransmitting everything after an RTO
+        self.last_send = now        # time of the last data transmission (idle restart)
+        self.probes_out = 0         # unanswered zero-window or keepalive probes
+        # -- timers: absolute deadlines or None --
+        self.timer_rtx: float | None = None    # retransmission (or persist, see rtx_kind)
+        self.rtx_kind = "rtx"
+        self.timer_delack: float | None = None
+        self.timer_keepalive: float | None = None
+        self.timer_close: float | None = None  # TIME_WAIT 2*MSL or FIN_WAIT_2 timeout
+        self.heap_deadline: float | None = None  # owned by the layer's timer heap
+        # -- delayed ACK --
+        self.ack_pending = 0        # full-sized segments received and not acknowledged
+        self.ack_now = False
+        # -- application side --
+        self.on_event: EventCallback | None = None
+        self.events: list[str] = []
+        self.eof_received = False
+        self.error: BaseException | None = None
+        self.soft_error: BaseException | None = None
+        self.listener: Listener | None = None
+        self.orphaned = False       # close() was called: nobody will read any more
+        self.user_shutdown = False  # shutdown_write() or close() was called
+        self.passive = False
+        self.hashed = False
+        self.in_syn_queue = False
+        self.keepalive = cfg.keepalive
+        self.keepalive_probes = 0
+        self.nodelay = cfg.nodelay
+        self.syn_time = now
+        self.rcv_rtt = 0.0          # receiver-side RTT estimate from timestamps (autotuning)
+        # -- statistics --
+        self.bytes_acked = 0
+        self.bytes_received = 0
+        self.segs_in = 0
+        self.segs_out = 0
+        self.autotune_copied = 0
+        self.autotune_start = now
+        self.last_recv = now
+
+    # ------------------------------------------------------------------ events
+    def post(self, event: str) -> None:
+        """Queue ``event`` for the application (fired by the layer, never re-entrantly)."""
+        if event in self.events:
+            return
+        self.events.append(event)
+        self.layer.note_events(self)
+
+    def fail(self, err: BaseException) -> None:
+        """Record a fatal error, drop everything and move to CLOSED."""
+        if self.error is None:
+            self.error = err
+            self.post("error")
+        self.set_closed()
+
+    def set_closed(self) -> None:
+        """Enter CLOSED: free queues, stop timers, leave the connection table."""
+        if self.state is TcpState.CLOSED and not self.hashed:
+            return
+        self.state = TcpState.CLOSED
+        self.write_queue.purge()
+        self.out_of_order_queue.purge()
+        self.ooo_bytes = 0
+        self.send_head = None
+        self.timer_rtx = self.timer_delack = self.timer_keepalive = self.timer_close = None
+        self.layer.unhash(self)
+        self.post("closed")
+
+    def apply(self, event: Event) -> None:
+        """Move along the state table (stack/tcp/state.py)."""
+        new = transition(self.state, event)
+        if new is self.state:
+            return
+        self.state = new
+        if new is TcpState.CLOSED:
+            self.set_closed()
+
+    # --------------------------------------------------------- application API
+    @property
+    def local_address(self) -> tuple[bytes, int]:
+        """(address, port) of our end."""
+        return self.local, self.local_port
+
+    @property
+    def remote_address(self) -> tuple[bytes, int]:
+        """(address, port) of the peer."""
+        return self.remote, self.remote_port
+
+    def send_space(self) -> int:
+        """Bytes that :meth:`send` would accept now."""
+        if self.state not in CAN_SEND or self.user_shutdown:
+            return 0
+        return max(0, self.sndbuf - seq.sub(self.write_seq, self.snd_una))
+
+    def send(self, data: bytes | bytearray | memoryview, now: float) -> int:
+        """Queue up to :meth:`send_space` bytes of ``data``; return how many were taken.
+
+        Raises the connection's error if it failed, TcpStateError after a shutdown.
+        """
+        self.now = now
+        if self.error is not None:
+            raise self.error
+        if self.state not in CAN_SEND or self.user_shutdown:
+            raise TcpStateError(f"cannot send in state {self.state.name}")
+        n = min(len(data), self.send_space())
+        if n <= 0:
+            return 0
+        output.queue_data(self, memoryview(data)[:n])
+        if self.state not in (TcpState.SYN_SENT, TcpState.SYN_RECEIVED):
+            output.push(self, now)
+        self.layer.after_call(self)
+        return n
+
+    def recv(self, max: int = 1 << 30) -> bytes:  # noqa: A002 - name fixed by the API
+        """Take up to ``max`` in-order bytes (b"" when none); may send a window update."""
+        if max <= 0 or not self.recv_queue:
+            return b""
+        out = bytearray()
+        q = self.recv_queue
+        while q.first is not None and len(out) < max:
+            skb = q.first
+            take = min(len(skb), max - len(out))
+            out += skb.view()[:take]
+            if take == len(skb):
+                q.pop()
+            else:
+                skb.pull(take)
+        self.rcv_queued -= len(out)
+        self.autotune_copied += len(out)
+        if self.state in CAN_SEND or self.state in (TcpState.FIN_WAIT_1, TcpState.FIN_WAIT_2):
+            output.autotune_rcvbuf(self, self.now)
+            output.maybe_window_update(self, self.now)
+            self.layer.after_call(self)
+        return bytes(out)
+
+    def recv_available(self) -> int:
+        """Bytes that :meth:`recv` can return right now."""
+        return self.rcv_queued
+
+    def shutdown_write(self, now: float) -> None:
+        """Send a FIN after all queued data (half-close, RFC 9293 §3.10.4)."""
+        self.now = now
+        if self.user_shutdown or self.state is TcpState.CLOSED:
+            return
+        self.user_shutdown = True
+        if self.state is TcpState.SYN_SENT:
+            # Nothing was synchronised: the FIN goes out once established.
+            self.layer.after_call(self)
+            return
+        self.queue_fin(now)
+        self.layer.after_call(self)
+
+    def queue_fin(self, now: float) -> None:
+        """Append our FIN to the write queue and move along the state table."""
+        output.queue_fin(self)
+        self.apply(Event.CLOSE)
+        output.push(self, now)
+
+    def close(self, now: float) -> None:
+        """Release the connection: FIN after queued data, or RST if unread data remains.
+
+        RFC 9293 §3.10.4; the reset on unread data follows RFC 2525 §2.17.
+        """
+        self.now = now
+        self.orphaned = True
+        self.on_event = None
+        if self.state is TcpState.CLOSED:
+            self.layer.unhash(self)
+            return
+        if self.rcv_queued > 0 or self.state in (TcpState.SYN_SENT, TcpState.LISTEN):
+            self.abort(now)
+            return
+        self.shutdown_write(now)
+        self.layer.after_call(self)
+
+    def abort(self, now: float) -> None:
+        """Reset the connection at once (RFC 9293 §3.10.5)."""
+        self.now = now
+        if self.state in (TcpState.SYN_RECEIVED, TcpState.ESTABLISHED, TcpState.FIN_WAIT_1,
+                          TcpState.FIN_WAIT_2, TcpState.CLOSE_WAIT):
+            output.send_rst(self, self.snd_nxt, now)
+        if self.error is None:
+            self.error = TcpAborted("connection aborted")
+        self.set_closed()
+        self.layer.after_call(self)
+
+    def info(self) -> dict[str, Any]:
+        """A snapshot like Linux's tcp_info."""
+        return {
+            "state": self.state.name,
+            "rtt": self.rtt.srtt,
+            "rttvar": self.rtt.rttvar,
+            "rto": self.rtt.rto,
+            "cwnd": self.cc.cwnd,
+            "ssthresh": self.cc.ssthresh,
+            "congestion": self.cc.name,
+            "snd_wnd": self.snd_wnd,
+            "rcv_wnd": seq.sub(self.rcv_adv, self.rcv_nxt),
+            "rcvbuf": self.rcvbuf,
+            "sndbuf": self.sndbuf,
+            "retransmits": self.retransmits,
+            "total_retrans": self.total_retrans,
+            "bytes_acked": self.bytes_acked,
+            "bytes_received": self.bytes_received,
+            "segs_in": self.segs_in,
+            "segs_out": self.segs_out,
+            "mss": self.mss,
+            "rcv_mss": self.rcv_mss,
+            "unacked": seq.sub(self.snd_nxt, self.snd_una),
+            "in_recovery": self.in_recovery,
+            "options": {
+                "timestamps": self.ts_ok, "sack": self.sack_ok, "wscale": self.wscale_ok,
+                "snd_wscale": self.snd_wscale, "rcv_wscale": self.rcv_wscale,
+            },
+        }
+
+    # ------------------------------------------------------------------ timers
+    def deadline(self) -> float | None:
+        """The earliest armed timer of this connection."""
+        best: float | None = None
+        for t in (self.timer_rtx, self.timer_delack, self.timer_keepalive, self.timer_close):
+            if t is not None and (best is None or t < best):
+                best = t
+        return best
+
+    def rcv_rtt_sample(self, tsecr: int, now: float) -> None:
+        """Receiver RTT from an echoed timestamp (RFC 7323 §4), for buffer autotuning."""
+        if not tsecr:
+            return
+        rtt = seq.sub(tsval(self, now), tsecr) / 1000.0
+        if 0 <= rtt < 60:
+            self.rcv_rtt = rtt if not self.rcv_rtt else 0.875 * self.rcv_rtt + 0.125 * rtt
+
+    def has_fin_queued(self) -> bool:
+        """Whether our FIN is in the write queue (sent or not)."""
+        last = self.write_queue.last
+        return last is not None and bool(last.tcp_flags & FIN)
+
+    def __repr__(self) -> str:
+        return (f"Tcb({self.state.name} {self.local.hex()}:{self.local_port} -> "
+                f"{self.remote.hex()}:{self.remote_port} una={self.snd_una} "
+                f"nxt={self.snd_nxt} rcv_nxt={self.rcv_nxt})")
