@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import random
 
 import pytest
@@ -22,6 +23,8 @@ def test_error_type() -> None:
     e = WireError("tcp_bad_option", "kind 2 length 3")
     assert isinstance(e, ValueError) and e.reason == "tcp_bad_option"
     assert "kind 2" in str(e) and str(WireError("x")) == "x"
+    back = pickle.loads(pickle.dumps(e))
+    assert (back.reason, back.detail, str(back)) == (e.reason, e.detail, str(e))
 
 
 def test_mac_helpers() -> None:
