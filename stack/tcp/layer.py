@@ -131,10 +131,10 @@ class TcpLayer:
         self.counters["segs_in"] += 1
         seg = skb.view()
         try:
+            hdr = TcpHeader.parse(seg)
             if not skb.vnet_flags & _CSUM_TRUSTED and not verify_tcp_checksum(src, dst, seg):
                 self.count("tcp_bad_checksum")
                 return
-            hdr = TcpHeader.parse(seg)
         except WireError as e:
             self.count(e.reason)
             return
@@ -435,10 +435,22 @@ class TcpLayer:
 
     def next_deadline(self) -> float | None:
         """When :meth:`on_timer` must be called next (None: no timer armed)."""
-        heap = self._heap
-        while heap and self._stale(heap[0]):
-            heapq.heappop(heap)
-        return heap[0][0] if heap else None
+        for _ in range(len(self._heap) + 1):
+            if not self._heap:
+                return None
+            entry = self._heap[0]
+            if self._stale(entry):
+                heapq.heappop(self._heap)
+                continue
+            d, _, tcb = entry
+            actual = tcb.deadline()
+            if actual == d:
+                return d
+            # The timer moved later or was stopped: requeue at its real deadline.
+            heapq.heappop(self._heap)
+            tcb.heap_deadline = None
+            self.schedule(tcb)
+        return self._heap[0][0] if self._heap else None
 
     def on_timer(self, now: float) -> None:
         """Run every connection timer due at ``now``."""
