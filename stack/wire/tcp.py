@@ -58,6 +58,15 @@ _KNOWN_KINDS = frozenset({OPT_EOL, OPT_NOP, OPT_MSS, OPT_WSCALE, OPT_SACK_PERM, 
 _FIXED_LEN = {OPT_MSS: 4, OPT_WSCALE: 3, OPT_SACK_PERM: 2, OPT_TIMESTAMP: 10}
 
 
+_FLAG_LETTERS = ((FIN, "F"), (SYN, "S"), (RST, "R"), (PSH, "P"), (ACK, "."), (URG, "U"),
+                 (ECE, "E"), (CWR, "W"))
+
+
+def flags_str(flags: int) -> str:
+    """tcpdump-style flag letters for logs and traces: ``SYN|ACK`` -> ``"S."``."""
+    return "".join(letter for bit, letter in _FLAG_LETTERS if flags & bit) or "none"
+
+
 @dataclass(slots=True)
 class TcpOptions:
     """The options of one segment, decoded.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from stack.wire.checksum import ones_sum
 from stack.wire.errors import BytesLike, WireError
 
 VNET_HDR_LEN = 10
@@ -64,3 +65,23 @@ class VirtioNetHdr:
         out = bytearray(VNET_HDR_LEN)
         self.emit_into(out)
         return bytes(out)
+
+
+def complete_csum(buf: bytearray | memoryview, csum_start: int, csum_offset: int,
+                  end: int | None = None) -> None:
+    """Finish in software the checksum of a VIRTIO_NET_HDR_F_NEEDS_CSUM frame.
+
+    Does what the device would have done: sum ``buf[csum_start:end]`` (the checksum
+    field holds the partial pseudo-header sum and is part of the sum) and store the
+    complement at ``csum_start + csum_offset``. Needed when such a frame leaves
+    through a path without checksum offload, or goes to a pcap. A result of 0 is
+    stored as 0xFFFF, as Linux does: equal in one's complement, and the only
+    correct form for UDP, where 0 means "no checksum" (RFC 768).
+    """
+    end = len(buf) if end is None else end
+    field = csum_start + csum_offset
+    if not (0 <= csum_start <= field and field + 2 <= end <= len(buf)):
+        raise WireError("vnet_bad_csum_offsets", f"start {csum_start} offset {csum_offset}")
+    csum = ~ones_sum(memoryview(buf)[csum_start:end]) & 0xFFFF
+    buf[field] = (csum or 0xFFFF) >> 8
+    buf[field + 1] = (csum or 0xFFFF) & 0xFF
