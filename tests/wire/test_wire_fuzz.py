@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from wire_strategies import (
     addrs,
@@ -63,6 +63,7 @@ def feed_all(data: bytes) -> None:
                 assert e.reason and e.reason == e.reason.lower() and " " not in e.reason
 
 
+@settings(deadline=None)  # heavy example; no flaky deadline on a loaded machine
 @given(st.binary(max_size=120))
 def test_arbitrary_bytes(data: bytes) -> None:
     feed_all(data)
@@ -91,6 +92,7 @@ def valid_packets(draw: st.DrawFn) -> bytes:
     return tcp.build_segment(_SRC, _DST, draw(tcp_headers()), draw(payloads))
 
 
+@settings(deadline=None)  # heavy example; no flaky deadline on a loaded machine
 @given(valid_packets(), st.data())
 def test_mutated_packets(packet: bytes, data: st.DataObject) -> None:
     buf = bytearray(packet)
@@ -102,6 +104,7 @@ def test_mutated_packets(packet: bytes, data: st.DataObject) -> None:
     feed_all(bytes(buf[:cut]))
 
 
+@settings(deadline=None)  # heavy example; no flaky deadline on a loaded machine
 @given(tcp_headers(), st.data())
 def test_mutated_tcp_options(h: tcp.TcpHeader, data: st.DataObject) -> None:
     # Concentrate mutations on the option area, where the walking logic lives.
