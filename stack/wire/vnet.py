@@ -10,7 +10,6 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from stack.wire.checksum import ones_sum
 from stack.wire.errors import BytesLike, WireError
 
 VNET_HDR_LEN = 10
@@ -20,10 +19,13 @@ VIRTIO_NET_HDR_GSO_NONE = 0
 VIRTIO_NET_HDR_GSO_TCPV4 = 1
 VIRTIO_NET_HDR_GSO_UDP = 3
 VIRTIO_NET_HDR_GSO_TCPV6 = 4
+#: UDP segmentation offload (USO), Linux 6.2+.
+VIRTIO_NET_HDR_GSO_UDP_L4 = 5
 VIRTIO_NET_HDR_GSO_ECN = 0x80
 GSO_TCPV4 = VIRTIO_NET_HDR_GSO_TCPV4
 GSO_UDP = VIRTIO_NET_HDR_GSO_UDP
 GSO_TCPV6 = VIRTIO_NET_HDR_GSO_TCPV6
+GSO_UDP_L4 = VIRTIO_NET_HDR_GSO_UDP_L4
 GSO_ECN = VIRTIO_NET_HDR_GSO_ECN
 
 #: flags, gso_type, hdr_len, gso_size, csum_start, csum_offset — for the fast path.
@@ -66,22 +68,3 @@ class VirtioNetHdr:
         self.emit_into(out)
         return bytes(out)
 
-
-def complete_csum(buf: bytearray | memoryview, csum_start: int, csum_offset: int,
-                  end: int | None = None) -> None:
-    """Finish in software the checksum of a VIRTIO_NET_HDR_F_NEEDS_CSUM frame.
-
-    Does what the device would have done: sum ``buf[csum_start:end]`` (the checksum
-    field holds the partial pseudo-header sum and is part of the sum) and store the
-    complement at ``csum_start + csum_offset``. Needed when such a frame leaves
-    through a path without checksum offload, or goes to a pcap. A result of 0 is
-    stored as 0xFFFF, as Linux does: equal in one's complement, and the only
-    correct form for UDP, where 0 means "no checksum" (RFC 768).
-    """
-    end = len(buf) if end is None else end
-    field = csum_start + csum_offset
-    if not (0 <= csum_start <= field and field + 2 <= end <= len(buf)):
-        raise WireError("vnet_bad_csum_offsets", f"start {csum_start} offset {csum_offset}")
-    csum = ~ones_sum(memoryview(buf)[csum_start:end]) & 0xFFFF
-    buf[field] = (csum or 0xFFFF) >> 8
-    buf[field + 1] = (csum or 0xFFFF) & 0xFF

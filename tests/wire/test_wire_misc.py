@@ -135,36 +135,6 @@ def test_udp_zero_checksum_is_sent_as_ffff(src, dst, payload) -> None:
     assert udp.verify(src, dst, d)
 
 
-@given(addrs, addrs, payloads, st.sampled_from(["tcp", "udp"]), st.integers(0, 12))
-def test_complete_csum_finishes_a_partial_checksum(src, dst, payload, proto, lead) -> None:
-    # A NEEDS_CSUM frame carries the folded pseudo-header sum in its checksum field;
-    # completing it must give exactly the full checksum.
-    if proto == "tcp":
-        seg = bytearray(tcp.build_segment(src, dst, tcp.TcpHeader(1, 2, 3, 4, tcp.ACK, 9),
-                                          payload))
-        field, number = tcp.TCP_CSUM, 6
-    else:
-        seg = bytearray(udp.build_datagram(src, dst, 1, 2, payload))
-        field, number = 6, 17
-    full = bytes(seg[field:field + 2])
-    seg[field:field + 2] = pseudo_header_sum(src, dst, number, len(seg)).to_bytes(2, "big")
-    frame = bytearray(b"\xee" * lead) + seg + b"\xcc"  # the trailing byte is not summed
-    vnet.complete_csum(frame, lead, field, end=lead + len(seg))
-    done = frame[lead:lead + len(seg)]
-    assert bytes(done[field:field + 2]) == (full if full != b"\0\0" else b"\xff\xff")
-    if proto == "tcp":
-        assert tcp.verify_tcp_checksum(src, dst, done)
-    else:
-        assert udp.verify(src, dst, done)
-    assert frame[-1:] == b"\xcc" and frame[:lead] == b"\xee" * lead
-
-
-def test_complete_csum_rejects_bad_offsets() -> None:
-    for start, off in ((-1, 0), (0, -1), (0, 9), (9, 0)):
-        with pytest.raises(WireError):
-            vnet.complete_csum(bytearray(10), start, off)
-
-
 def test_flags_str() -> None:
     assert tcp.flags_str(tcp.SYN | tcp.ACK) == "S."
     assert tcp.flags_str(tcp.FIN | tcp.PSH | tcp.ACK) == "FP."
