@@ -64,6 +64,25 @@ def echo_reply(frame: bytes) -> bytes | None:
     return bytes(ETH.Ethernet(dst=eth.src, src=GW_MAC, type=ETH.ETH_TYPE_IP, data=rip))
 
 
+def open_tap(cfg: LabConfig, offload: bool = True) -> TapDevice:
+    """Attach to the client TAP and wait until the kernel uses the link.
+
+    Attaching raises the carrier, but the kernel activates the device's queue only
+    when its link watcher has run (operstate UP); frames the kernel sends before
+    that are dropped (a lost ARP request costs a 1 s retry). Kernel frames read
+    while waiting are discarded.
+    """
+    dev = TapDevice.open(cfg.client_tap, netns=cfg.client_ns, offload=offload)
+    deadline = time.monotonic() + 10
+    while lab_status(cfg)["client"]["state"] != "UP":
+        if time.monotonic() > deadline:
+            dev.close()
+            raise AssertionError("TAP link did not come up within 10 s")
+        select.select([dev], [], [], 0.05)
+        dev.read_batch()
+    return dev
+
+
 def answer(dev: TapDevice, skb: SkBuff) -> None:
     """Reply to ARP and echo requests addressed to the gateway."""
     frame = skb.tobytes()
@@ -74,7 +93,7 @@ def answer(dev: TapDevice, skb: SkBuff) -> None:
 
 @pytest.mark.parametrize("offload", [True, False], ids=["offload", "plain"])
 def test_ping_through_the_tap(lab: LabConfig, offload: bool) -> None:
-    with TapDevice.open(lab.client_tap, netns=lab.client_ns, offload=offload) as dev:
+    with open_tap(lab, offload) as dev:
         assert dev.offload is offload and dev.mtu == lab.mtu
         ping = popen_in_ns(lab.client_ns, "ping", "-c", "3", "-i", "0.2", "-W", "1",
                            "198.18.0.2", stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -117,7 +136,7 @@ def udp_to_host(dst_mac: bytes, dport: int, payload: bytes, partial: bool) -> by
 def test_partial_udp_checksum_is_completed(lab: LabConfig, offload: bool) -> None:
     with enter_netns(lab.client_ns):
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    with sock, TapDevice.open(lab.client_tap, netns=lab.client_ns, offload=offload) as dev:
+    with sock, open_tap(lab, offload) as dev:
         sock.bind(("198.18.0.1", 0))
         sock.settimeout(5)
         port = sock.getsockname()[1]
@@ -157,7 +176,7 @@ def test_kernel_hands_over_tcp_super_segments(lab: LabConfig) -> None:
     payload = os.urandom(60000)
     with enter_netns(lab.client_ns):
         client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    with client, TapDevice.open(lab.client_tap, netns=lab.client_ns) as dev:
+    with client, open_tap(lab) as dev:
         client.setblocking(False)
         assert client.connect_ex(("198.18.0.2", 7000)) == 115  # EINPROGRESS
         supers: list[SkBuff] = []
