@@ -324,7 +324,10 @@ def write_new(tcb: Tcb, now: float) -> None:
         while not last.tcp_flags & FIN and last.next is not None:
             nxt = last.next
             need = seq.sub(nxt.end_seq, nxt.seq)
-            if need > room or len(nxt) > room:
+            if need > room and plen < tcb.mss and 0 < room < len(nxt):
+                split_skb(tcb, nxt, min(room, tcb.mss - plen))  # fill up a short segment
+                continue
+            if need > room:
                 break
             last, plen, room = nxt, plen + len(nxt), room - need
         if _nagle_holds(tcb, plen, last):
@@ -353,7 +356,7 @@ def push(tcb: Tcb, now: float) -> None:
     """Transmit whatever may be transmitted now and keep the timers right."""
     if tcb.state not in SENDING:
         return
-    if tcb.snd_nxt == tcb.snd_una and tcb.send_head is not None \
+    if tcb.snd_nxt == tcb.snd_una and tcb.send_head is not None and tcb.bytes_acked \
             and now - tcb.last_send > tcb.rtt.rto:
         tcb.cc.on_idle_restart(now)  # RFC 5681 §4.1
     retransmit_lost(tcb, now)

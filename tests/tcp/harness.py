@@ -36,6 +36,7 @@ class Sent:
     gso_size: int = 0
     raw: bytes = b""
     vnet_flags: int = 0
+    gso_type: int = 0
 
     @property
     def flags(self) -> int:
@@ -64,7 +65,7 @@ class Capture:
         raw = skb.tobytes()
         hdr = TcpHeader.parse(raw)
         self.sent.append(Sent(src, dst, hdr, raw[hdr.header_len:], now, skb.gso_size, raw,
-                              skb.vnet_flags))
+                              skb.vnet_flags, skb.gso_type))
         return self.accept
 
     def take(self) -> list[Sent]:

@@ -72,6 +72,12 @@ class Peer:
             self.layer.on_timer(d)
         return self.take()
 
+    def fire(self) -> tuple[float, list[Sent]]:
+        """Run the layer's next timer; return its time and what was sent."""
+        d = self.layer.next_deadline()
+        assert d is not None
+        return d, self.tick(d)
+
     # -- handshakes --------------------------------------------------------
     def syn_options(self) -> dict[str, object]:
         """Options of our SYN."""
