@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import socket
 import struct
 from collections import deque
 
@@ -84,7 +85,11 @@ class TapDevice:
     @classmethod
     def open(cls, name: str, *, netns: str | None = None, offload: bool = True,
              batch: int = 64, backlog: int = 256) -> TapDevice:
-        """Attach to the existing TAP ``name`` (entering ``netns`` for the open)."""
+        """Attach to the existing TAP ``name`` (entering ``netns`` for the open).
+
+        FileNotFoundError when no such device exists (nothing is created);
+        pytun.Error when it exists but is not a TAP or is busy.
+        """
         if netns is None:
             return cls._open_here(name, offload, batch, backlog)
         with enter_netns(netns):
@@ -92,6 +97,13 @@ class TapDevice:
 
     @classmethod
     def _open_here(cls, name: str, offload: bool, batch: int, backlog: int) -> TapDevice:
+        # TUNSETIFF on a missing name would create a new, transient device here
+        # (possibly in the root namespace); only attach to one that exists.
+        try:
+            socket.if_nametoindex(name)
+        except OSError:
+            raise FileNotFoundError(errno.ENODEV, f"no TAP device {name!r} "
+                                    "(is the lab up?)") from None
         flags = pytun.IFF_TAP | pytun.IFF_NO_PI | (pytun.IFF_VNET_HDR if offload else 0)
         dev = pytun.TunTapDevice(name=name, flags=flags)
         try:

@@ -29,7 +29,7 @@ from stack.netdev.offload import (
 from stack.netdev.tap import TapDevice
 from stack.skbuff import SkBuff
 from stack.wire.checksum import ones_sum, pseudo_header_sum
-from tools.lab import LabConfig, lab_status, popen_in_ns
+from tools.lab import LabConfig, lab_status, popen_in_ns, run_in_ns
 
 pytestmark = pytest.mark.lab
 
@@ -111,6 +111,16 @@ def test_ping_through_the_tap(lab: LabConfig, offload: bool) -> None:
         assert "3 received" in out
         assert dev.counters["tx_frames"] >= 4  # an ARP reply and three echo replies
         assert dev.counters["rx_errors"] == 0
+
+
+def test_open_refuses_to_create_a_device(lab: LabConfig) -> None:
+    before = run_in_ns(lab.client_ns, "ip", "-o", "link", "show", capture_output=True,
+                       text=True, check=True).stdout
+    with pytest.raises(FileNotFoundError, match="no TAP device"):
+        TapDevice.open("tsnone0", netns=lab.client_ns)
+    after = run_in_ns(lab.client_ns, "ip", "-o", "link", "show", capture_output=True,
+                      text=True, check=True).stdout
+    assert after == before and "tsnone0" not in after
 
 
 def tap_mac(cfg: LabConfig) -> bytes:

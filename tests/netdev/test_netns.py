@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from stack.netdev.netns import NetnsError, enter_netns
+from tools.lab import LabConfig
 
 
 def current_netns() -> str:
@@ -19,7 +20,7 @@ def current_netns() -> str:
 
 @pytest.fixture
 def netns() -> Iterator[str]:
-    name = f"tsx-{os.getpid()}-{threading.get_ident() % 1000}-c"
+    name = LabConfig.unique().client_ns  # swept by cleanup_stale if a run crashes
     subprocess.run(["ip", "netns", "add", name], check=True, timeout=30)
     try:
         yield name
