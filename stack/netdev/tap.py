@@ -53,7 +53,6 @@ _COUNTERS = (
     "tx_dropped_bad_vnet", "tx_dropped_gso",
 )
 _INT = struct.Struct("i")
-_UINT = struct.Struct("I")
 
 
 class TapDevice:
