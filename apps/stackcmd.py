@@ -6,26 +6,18 @@ import argparse
 import json
 import logging
 import sys
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 
-from stack.aio import StackDriver
-from stack.core import Stack
-from stack.iface import Interface
+import uvloop
+
+from apps.services import start_services
+from stack.aio import Attachment, TapStack
 from stack.netdev.faults import FaultModel
 from stack.netdev.pcap import PcapTee, PcapWriter
-from stack.netdev.tap import TapDevice
+from stack.wire.ipv4 import ip_str
 from tools.lab import LabConfig
 
 log = logging.getLogger("tapsplice")
-
-
-@dataclass
-class Attachment:
-    """One device the stack runs on: TAP name, namespace, address, routes."""
-
-    tap: str
-    addr: str
-    netns: str | None = None
 
 
 def lab_attachments(cfg: LabConfig) -> list[Attachment]:
@@ -35,26 +27,6 @@ def lab_attachments(cfg: LabConfig) -> list[Attachment]:
         plen = kaddr.partition("/")[2] or "24"
         out.append(Attachment(tap, f"{gw}/{plen}", ns))
     return out
-
-
-def build_stack(attachments: list[Attachment], *, forwarding: bool, offload: bool,
-                routes: list[tuple[str, str]] | None = None,
-                ) -> tuple[Stack, list[tuple[Interface, TapDevice]]]:
-    """Open every device and make a stack with one interface on each."""
-    stack = Stack(forwarding=forwarding)
-    bound: list[tuple[Interface, TapDevice]] = []
-    try:
-        for a in attachments:
-            dev = TapDevice.open(a.tap, netns=a.netns, offload=offload)
-            iface = stack.add_interface(a.tap, a.addr, mtu=dev.mtu, offload=offload)
-            bound.append((iface, dev))
-        for prefix, via in routes or []:
-            stack.add_route(prefix, via)
-    except BaseException:
-        for _iface, dev in bound:
-            dev.close()
-        raise
-    return stack, bound
 
 
 def _lab_config(args: argparse.Namespace) -> LabConfig:
@@ -78,57 +50,66 @@ def _impair(text: str) -> FaultModel:
         raise argparse.ArgumentTypeError(str(e)) from e
 
 
-def summary(stack: Stack, devices: list[tuple[Interface, TapDevice]]) -> dict:
-    """Counters of the stack and its devices, for printing at exit."""
-    return {
-        "stack": dict(sorted(stack.counters.items())),
-        "devices": {iface.name: dict(dev.counters) for iface, dev in devices},
-        "neighbours": len(stack.neigh),
-    }
+def attachments_from(args: argparse.Namespace) -> list[Attachment]:
+    """The devices named on the command line (--lab or --tap/--addr pairs)."""
+    if args.lab:
+        return lab_attachments(_lab_config(args))
+    if not args.tap:
+        raise SystemExit("give --lab or --tap NAME --addr ADDR/PREFIX")
+    if len(args.addr) != len(args.tap):
+        raise SystemExit("give one --addr for each --tap")
+    return [Attachment(t, a, args.netns) for t, a in zip(args.tap, args.addr, strict=True)]
 
 
-async def _serve(stack: Stack, devices: list[tuple[Interface, TapDevice]],
-                 args: argparse.Namespace) -> None:
+def open_stack(args: argparse.Namespace, forwarding: bool = False) -> TapStack:
+    """A TapStack on the devices and with the options of the command line."""
     pcap = PcapTee(PcapWriter(args.pcap)) if args.pcap else None
-    driver = StackDriver(stack, pcap=pcap, impair=args.impair, seed=args.seed)
-    for iface, dev in devices:
-        driver.attach(iface, dev)
-    driver.start()
-    for iface, dev in devices:
-        log.info("%s %s/%d mac %s mtu %d offload %s", iface.name,
-                 ".".join(map(str, iface.addr)), iface.prefixlen, iface.mac.hex(":"),
-                 iface.mtu, "on" if dev.offload else "off")
-    if stack.forwarding:
-        log.info("forwarding between %d interfaces", len(devices))
-    print("ready", flush=True)
-    await driver.serve_forever()
+    try:
+        return TapStack(attachments_from(args), forwarding=forwarding,
+                        offload=not args.no_offload, routes=args.route, pcap=pcap,
+                        impair=args.impair, seed=args.seed)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"cannot attach: {e} (is the lab up? `tapsplice lab up`)") from e
+
+
+def run_stack(net: TapStack, setup: Callable[[TapStack], Awaitable[None]] | None = None) -> None:
+    """Run ``net`` (after ``setup``) until SIGINT/SIGTERM; print its counters at exit."""
+    async def main() -> None:
+        net.start()
+        for iface, dev in net.devices:
+            log.info("%s %s/%d mac %s mtu %d offload %s", iface.name,
+                     ".".join(map(str, iface.addr)), iface.prefixlen, iface.mac.hex(":"),
+                     iface.mtu, "on" if dev.offload else "off")
+        if setup is not None:
+            await setup(net)
+        print("ready", flush=True)
+        await net.serve_forever()
+
+    try:
+        uvloop.run(main())
+    except KeyboardInterrupt:
+        pass
+    finally:
+        net.close()
+    print(json.dumps(net.summary(), indent=1), file=sys.stderr)
 
 
 def cmd_run(args: argparse.Namespace, forwarding: bool) -> int:
-    """Run the stack until SIGINT/SIGTERM; print counters at exit."""
-    if args.lab:
-        attachments = lab_attachments(_lab_config(args))
-    elif args.tap:
-        if len(args.addr) != len(args.tap):
-            print("give one --addr for each --tap", file=sys.stderr)
-            return 2
-        attachments = [Attachment(t, a, args.netns)
-                       for t, a in zip(args.tap, args.addr, strict=True)]
-    else:
-        print("give --lab or --tap NAME --addr ADDR/PREFIX", file=sys.stderr)
-        return 2
-    try:
-        stack, devices = build_stack(attachments, forwarding=forwarding,
-                                     offload=not args.no_offload, routes=args.route)
-    except (OSError, ValueError) as e:
-        print(f"cannot attach: {e} (is the lab up? `tapsplice lab up`)", file=sys.stderr)
-        return 1
-    try:
-        import uvloop
-        uvloop.run(_serve(stack, devices, args))
-    except KeyboardInterrupt:
-        pass
-    print(json.dumps(summary(stack, devices), indent=1), file=sys.stderr)
+    """`run` and `router`."""
+    run_stack(open_stack(args, forwarding))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """`serve`: echo, discard and chargen on every address of the stack."""
+    net = open_stack(args)
+
+    async def setup(net: TapStack) -> None:
+        addrs = [ip_str(iface.addr) for iface, _dev in net.devices]
+        await start_services(net, addrs)
+        log.info("echo (7), discard (9), chargen (19) on %s", ", ".join(addrs))
+
+    run_stack(net, setup)
     return 0
 
 
@@ -172,3 +153,9 @@ def add_parser(subparsers) -> None:
                     "(TTL, incremental checksums, ICMP errors, TSO super-segments kept).")
     add_common(p)
     p.set_defaults(func=lambda a: cmd_run(a, forwarding=True))
+    p = subparsers.add_parser(
+        "serve", help="run the stack with echo, discard and chargen services",
+        description="Run the stack with echo (port 7, RFC 862), discard (9, RFC 863) and "
+                    "chargen (19, RFC 864) listening on every address of the stack.")
+    add_common(p)
+    p.set_defaults(func=cmd_serve)

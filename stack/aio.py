@@ -232,3 +232,87 @@ class StackDriver:
         """Flush output and re-arm the timer after an API call changed the core."""
         self._flush()
         self._reschedule()
+
+
+@dataclass
+class Attachment:
+    """One TAP device for the stack: its name, the namespace holding it (None: the
+    current one) and the stack's address on it ("a.b.c.d/n")."""
+
+    tap: str
+    addr: str
+    netns: str | None = None
+
+
+class TapStack:
+    """The whole stack on TAP devices with its asyncio TCP API: what a proxy embeds.
+
+    ::
+
+        async with TapStack([Attachment("tsc0", "198.18.0.2/24", "tsc")]) as net:
+            server = await net.start_server(handler, "198.18.0.2", 7)
+            reader, writer = await net.open_connection("198.19.0.1", 80)
+    """
+
+    def __init__(self, attachments: list[Attachment], *, forwarding: bool = False,
+                 offload: bool = True, routes: list[tuple[str, str]] | None = None,
+                 pcap: PcapTee | None = None, impair: FaultModel | None = None,
+                 seed: int = 0, tcp_config=None) -> None:
+        from stack.netdev.tap import TapDevice
+        from stack.streams import TcpApi
+        from stack.tcp.layer import TcpLayer
+        from stack.wire.ipv4 import IPPROTO_TCP
+
+        self.stack = Stack(forwarding=forwarding)
+        self.devices: list[tuple[Interface, TapDevice]] = []
+        try:
+            for a in attachments:
+                dev = TapDevice.open(a.tap, netns=a.netns, offload=offload)
+                iface = self.stack.add_interface(a.tap, a.addr, mtu=dev.mtu, offload=offload)
+                self.devices.append((iface, dev))
+            for prefix, via in routes or []:
+                self.stack.add_route(prefix, via)
+        except BaseException:
+            for _iface, dev in self.devices:
+                dev.close()
+            raise
+        self.tcp = TcpLayer(self.stack, config=tcp_config)
+        self.stack.register_protocol(IPPROTO_TCP, self.tcp)
+        self.driver = StackDriver(self.stack, pcap=pcap, impair=impair, seed=seed)
+        for iface, dev in self.devices:
+            self.driver.attach(iface, dev)
+        self.api = TcpApi(self.tcp, self.driver)
+        self.open_connection = self.api.open_connection
+        self.start_server = self.api.start_server
+        self.create_connection = self.api.create_connection
+        self.create_server = self.api.create_server
+
+    def start(self) -> None:
+        """Start reading the devices (inside a running event loop)."""
+        self.driver.start()
+
+    async def serve_forever(self, handle_signals: bool = True) -> None:
+        """Run until SIGINT/SIGTERM or :meth:`close`."""
+        await self.driver.serve_forever(handle_signals)
+
+    def close(self) -> None:
+        """Stop and release the devices."""
+        self.driver.stop()
+        self.driver.close()
+
+    def summary(self) -> dict:
+        """Counters of the stack, its TCP and its devices."""
+        return {
+            "stack": dict(sorted(self.stack.counters.items())),
+            "tcp": dict(sorted(self.tcp.counters.items())),
+            "devices": {iface.name: dict(dev.counters) for iface, dev in self.devices},
+            "connections": len(self.tcp.connections),
+            "neighbours": len(self.stack.neigh),
+        }
+
+    async def __aenter__(self) -> TapStack:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()

@@ -338,7 +338,7 @@ class Stack:
 
     def _icmp_error_input(self, msg: wicmp.IcmpMessage, now: float) -> None:
         """Hand an ICMP error to the protocol whose datagram it quotes (RFC 5927)."""
-        q = msg.payload
+        q = bytes(msg.payload)
         if len(q) < 28 or q[0] >> 4 != 4:
             return
         ihl = (q[0] & 15) * 4

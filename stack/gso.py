@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import struct
 
+from stack.netdev import offload
 from stack.skbuff import SkBuff
 from stack.wire import checksum as cks
 from stack.wire.ethernet import ETH_HLEN
@@ -22,20 +23,12 @@ _L = struct.Struct("!L")
 
 def complete_checksum(skb: SkBuff) -> None:
     """Finish a partial checksum in place (the device would have done it) and clear
-    the offload flag. The field holds the folded pseudo-header sum; the final value is
-    the complement of the sum from csum_start to the end."""
+    the offload flag."""
     if not skb.vnet_flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
         return
-    buf = skb.buf
-    start = skb.data + skb.csum_start
-    at = start + skb.csum_offset
-    if at + 2 > skb.tail or start >= skb.tail:
-        skb.vnet_flags &= ~VIRTIO_NET_HDR_F_NEEDS_CSUM
-        return
-    value = cks.checksum(memoryview(buf)[start:skb.tail])
-    # UDP transmits a computed zero as all ones (RFC 768); TCP has no such rule but
-    # 0xFFFF and 0 are the same value in one's complement arithmetic.
-    _H.pack_into(buf, at, value if value else 0xFFFF if skb.csum_offset == 6 else 0)
+    if skb.data + skb.csum_start + skb.csum_offset + 2 <= skb.tail:
+        offload.complete_checksum(skb.buf, skb.data, skb.tail, skb.csum_start,
+                                  skb.csum_offset)
     skb.vnet_flags &= ~VIRTIO_NET_HDR_F_NEEDS_CSUM
 
 

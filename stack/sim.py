@@ -40,6 +40,8 @@ class Probe:
         if csum_start >= 0:
             skb.vnet_flags = VIRTIO_NET_HDR_F_NEEDS_CSUM
             skb.csum_start, skb.csum_offset = csum_start, 16
+        if self.net.pcap is not None:
+            self.net.pcap.tx("probe", skb, self.net.now)
         return self.end.write(skb, self.net.now)
 
     def take(self) -> list[bytes]:
@@ -63,6 +65,7 @@ class SimNetwork:
         self.links: list[MemoryLink] = []
         self.ends: dict[int, tuple[Stack, Interface]] = {}      # id(LinkEnd) -> binding
         self.wires: dict[tuple[int, int], LinkEnd] = {}         # (id(stack), ifindex) -> end
+        #: Frames are recorded once, when sent (a capture of every link at once).
         self.pcap = pcap
         self.events = 0
         self.probes: dict[int, Probe] = {}                      # id(LinkEnd) -> probe
@@ -147,8 +150,6 @@ class SimNetwork:
                     probe.received.append(skb)
                     continue
                 stack, iface = self.ends[id(end)]
-                if self.pcap is not None:
-                    self.pcap.rx(iface.name, skb, now)
                 stack.receive_frame(iface, skb, now)
         for stack in self.hosts.values():
             d = stack.next_deadline()

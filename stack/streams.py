@@ -1,0 +1,361 @@
+"""asyncio transports, protocols and streams over the stack's TCP.
+
+A :class:`TcpTransport` is an :class:`asyncio.Transport` whose other side is a sans-I/O
+:class:`~stack.tcp.tcb.Tcb`, so asyncio's own :class:`asyncio.StreamReader`,
+:class:`asyncio.StreamWriter` and :class:`asyncio.StreamReaderProtocol` work on it
+unchanged: ``read``/``readexactly``/``readuntil``, ``write``/``drain`` (back-pressure
+from the send buffer, which the peer's window drains), ``write_eof`` (half-close),
+``close``/``wait_closed`` and ``get_extra_info``. :class:`TcpApi` provides the
+``open_connection``/``start_server``/``create_connection``/``create_server`` calls.
+
+Flow control both ways: the transport pauses the protocol's writing above a high-water
+mark of bytes the TCB has not taken yet, and reads from the TCB only while the protocol
+has not paused reading (the StreamReader pauses above twice its limit), so an
+application that stops reading closes the TCP window instead of growing a buffer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from stack.tcp.api import TcpState
+from stack.tcp.layer import Listener, TcpLayer
+from stack.tcp.tcb import Tcb
+from stack.wire.ipv4 import ip_bytes, ip_str
+
+READ_CHUNK = 256 * 1024
+DEFAULT_LIMIT = 2 ** 16
+
+
+class Driver(Protocol):
+    """What the transports need from the driver: its clock and a nudge after a call."""
+
+    def now(self) -> float: ...
+    def poke(self) -> None: ...
+
+
+class TcpTransport(asyncio.Transport):
+    """An asyncio transport on one TCP connection of the stack."""
+
+    def __init__(self, tcb: Tcb, protocol: asyncio.BaseProtocol, driver: Driver) -> None:
+        super().__init__()
+        self._tcb = tcb
+        self._protocol = protocol
+        self._driver = driver
+        self._buffer = bytearray()
+        self._high = 256 * 1024
+        self._low = 64 * 1024
+        self._writing_paused = False
+        self._reading_paused = False
+        self._eof_wanted = False
+        self._eof_sent = False
+        self._eof_delivered = False
+        self._closing = False
+        self._lost = False
+        tcb.on_event = self._on_event
+
+    # -- asyncio.Transport API -------------------------------------------------
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """peername, sockname, tcp_info (a dict like Linux's), tcb (the TCB itself)."""
+        tcb = self._tcb
+        if name == "peername":
+            return ip_str(tcb.remote), tcb.remote_port
+        if name == "sockname":
+            return ip_str(tcb.local), tcb.local_port
+        if name == "tcp_info":
+            return tcb.info()
+        if name == "tcb":
+            return tcb
+        return default
+
+    def is_closing(self) -> bool:
+        """True once close() or abort() was called or the connection is gone."""
+        return self._closing or self._lost
+
+    def close(self) -> None:
+        """Send what is buffered, then FIN; the connection is released afterwards."""
+        if self._closing:
+            return
+        self._closing = True
+        self._reading_paused = True
+        self._flush()
+
+    def abort(self) -> None:
+        """Reset the connection now, dropping buffered data."""
+        self._closing = True
+        self._buffer.clear()
+        if self._tcb.state is not TcpState.CLOSED:
+            self._tcb.abort(self._driver.now())
+            self._driver.poke()
+        self._connection_lost(None)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Queue ``data``; it moves into the TCB as fast as the send buffer allows."""
+        if self._eof_wanted or self._closing:
+            raise RuntimeError("write after write_eof() or close()")
+        if self._lost:
+            return
+        if not data:
+            return
+        self._buffer += data
+        self._flush()
+
+    def write_eof(self) -> None:
+        """Half-close: FIN after everything written so far."""
+        if self._eof_wanted:
+            return
+        self._eof_wanted = True
+        self._flush()
+
+    def can_write_eof(self) -> bool:
+        """TCP can half-close."""
+        return True
+
+    def get_write_buffer_size(self) -> int:
+        """Bytes written but not yet taken by the TCB."""
+        return len(self._buffer)
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        """(low, high) water marks for pause_writing/resume_writing."""
+        return self._low, self._high
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        """Set the water marks (asyncio semantics)."""
+        if high is None:
+            high = 4 * low if low is not None else 256 * 1024
+        if low is None:
+            low = high // 4
+        if not 0 <= low <= high:
+            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) >= 0")
+        self._high, self._low = high, low
+        self._check_pause()
+
+    def pause_reading(self) -> None:
+        """Stop handing data to the protocol (the TCP window will close)."""
+        self._reading_paused = True
+
+    def resume_reading(self) -> None:
+        """Hand data to the protocol again."""
+        if self._reading_paused and not self._closing:
+            self._reading_paused = False
+            self._deliver()
+
+    def is_reading(self) -> bool:
+        """Whether data is being handed to the protocol."""
+        return not self._reading_paused
+
+    # -- the TCB side ------------------------------------------------------------
+    def _flush(self) -> None:
+        tcb = self._tcb
+        if self._lost:
+            return
+        now = self._driver.now()
+        if self._buffer and tcb.state is not TcpState.CLOSED:
+            try:
+                n = tcb.send(self._buffer, now)
+            except OSError:
+                n = 0  # the error event reports it
+            if n:
+                del self._buffer[:n]
+        if not self._buffer and (self._eof_wanted or self._closing) and not self._eof_sent:
+            self._eof_sent = True
+            if self._closing:
+                tcb.close(now)
+                tcb.on_event = self._on_event  # keep hearing about the end
+            else:
+                tcb.shutdown_write(now)
+        self._check_pause()
+        self._driver.poke()
+
+    def _check_pause(self) -> None:
+        size = len(self._buffer)
+        if not self._writing_paused and size > self._high:
+            self._writing_paused = True
+            self._protocol.pause_writing()
+        elif self._writing_paused and size <= self._low:
+            self._writing_paused = False
+            self._protocol.resume_writing()
+
+    def _deliver(self) -> None:
+        tcb = self._tcb
+        while not self._reading_paused and tcb.recv_available():
+            data = tcb.recv(READ_CHUNK)
+            if not data:
+                break
+            self._protocol.data_received(data)
+        if (tcb.eof_received and not tcb.recv_available() and not self._eof_delivered
+                and not self._reading_paused):
+            self._eof_delivered = True
+            keep_open = self._protocol.eof_received()
+            if not keep_open and not self._closing:
+                self.close()
+        self._driver.poke()
+
+    def _on_event(self, tcb: Tcb, event: str) -> None:
+        if event in ("readable", "eof"):
+            self._deliver()
+        elif event == "writable":
+            self._flush()
+        elif event in ("error", "closed"):
+            if event == "closed" and (tcb.recv_available() or not self._eof_delivered):
+                self._deliver()
+            self._connection_lost(tcb.error)
+
+    def _connection_lost(self, exc: BaseException | None) -> None:
+        if self._lost:
+            return
+        self._lost = True
+        self._buffer.clear()
+        if self._writing_paused:
+            self._writing_paused = False
+            self._protocol.resume_writing()
+        self._protocol.connection_lost(exc)
+
+
+class TcpServer(asyncio.AbstractServer):
+    """A listening endpoint; each accepted connection gets a fresh protocol."""
+
+    def __init__(self, api: TcpApi, listener: Listener,
+                 factory: Callable[[], asyncio.BaseProtocol]) -> None:
+        self._api = api
+        self._listener = listener
+        self._factory = factory
+        self._closed = asyncio.Event()
+        listener.on_accept = self._accept
+
+    def _accept(self, tcb: Tcb) -> None:
+        protocol = self._factory()
+        transport = TcpTransport(tcb, protocol, self._api.driver)
+        protocol.connection_made(transport)
+        transport._deliver()  # data that arrived with the handshake
+
+    @property
+    def sockets(self) -> tuple:
+        """No kernel sockets: see :attr:`address`."""
+        return ()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """(address, port) listened on."""
+        return ip_str(self._listener.addr), self._listener.port
+
+    @property
+    def listener(self) -> Listener:
+        """The TCP listener (for splice's init_splice and statistics)."""
+        return self._listener
+
+    def close(self) -> None:
+        """Stop listening."""
+        if not self._closed.is_set():
+            self._listener.close(self._api.driver.now())
+            self._api.driver.poke()
+            self._closed.set()
+
+    def is_serving(self) -> bool:
+        """Whether it is still listening."""
+        return not self._closed.is_set()
+
+    async def wait_closed(self) -> None:
+        """Wait until close() was called."""
+        await self._closed.wait()
+
+    async def start_serving(self) -> None:
+        """Already serving from creation."""
+
+    async def serve_forever(self) -> None:
+        """Serve until closed."""
+        await self._closed.wait()
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        """The running loop."""
+        return asyncio.get_running_loop()
+
+    async def __aenter__(self) -> TcpServer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+        await self.wait_closed()
+
+
+def _addr(host: str | bytes | None) -> bytes:
+    if host is None or host in ("", "0.0.0.0"):
+        return b"\0\0\0\0"
+    if isinstance(host, bytes):
+        return host
+    try:
+        return ipaddress.IPv4Address(host).packed
+    except ValueError:
+        raise OSError(f"cannot resolve {host!r}: the stack takes IPv4 addresses") from None
+
+
+class TcpApi:
+    """asyncio-shaped calls on a stack's TCP: like ``asyncio.open_connection`` & co."""
+
+    def __init__(self, tcp: TcpLayer, driver: Driver) -> None:
+        self.tcp = tcp
+        self.driver = driver
+
+    async def create_connection(self, protocol_factory: Callable[[], asyncio.BaseProtocol],
+                                host: str, port: int, *, local_addr: tuple[str, int] | None
+                                = None) -> tuple[TcpTransport, asyncio.BaseProtocol]:
+        """Connect to (host, port); like ``loop.create_connection``."""
+        loop = asyncio.get_running_loop()
+        kw = {}
+        if local_addr is not None:
+            kw = {"src": ip_bytes(local_addr[0]), "sport": local_addr[1] or None}
+        tcb = self.tcp.connect(_addr(host), port, self.driver.now(), **kw)
+        self.driver.poke()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def on_event(t: Tcb, event: str) -> None:
+            if done.done():
+                return
+            if event == "established":
+                done.set_result(None)
+            elif event in ("error", "closed"):
+                done.set_exception(t.error or ConnectionResetError("connection closed"))
+
+        tcb.on_event = on_event
+        try:
+            await done
+        except asyncio.CancelledError:
+            tcb.abort(self.driver.now())
+            self.driver.poke()
+            raise
+        protocol = protocol_factory()
+        transport = TcpTransport(tcb, protocol, self.driver)
+        protocol.connection_made(transport)
+        transport._deliver()
+        return transport, protocol
+
+    async def create_server(self, protocol_factory: Callable[[], asyncio.BaseProtocol],
+                            host: str | None, port: int, *, backlog: int = 128) -> TcpServer:
+        """Listen on (host, port); like ``loop.create_server``."""
+        listener = self.tcp.listen(_addr(host), port, backlog)
+        return TcpServer(self, listener, protocol_factory)
+
+    async def open_connection(self, host: str, port: int, *, limit: int = DEFAULT_LIMIT,
+                              **kw: Any) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Like ``asyncio.open_connection``."""
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=limit, loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        transport, _ = await self.create_connection(lambda: protocol, host, port, **kw)
+        return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+
+    async def start_server(self, client_connected_cb: Callable[
+            [asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None] | None],
+            host: str | None, port: int, *, limit: int = DEFAULT_LIMIT,
+            backlog: int = 128) -> TcpServer:
+        """Like ``asyncio.start_server``."""
+        loop = asyncio.get_running_loop()
+
+        def factory() -> asyncio.StreamReaderProtocol:
+            reader = asyncio.StreamReader(limit=limit, loop=loop)
+            return asyncio.StreamReaderProtocol(reader, client_connected_cb, loop=loop)
+
+        return await self.create_server(factory, host, port, backlog=backlog)
