@@ -246,3 +246,14 @@ def test_bad_frames_are_counted_drops() -> None:
     assert not link.a.write(skb, 0.0)
     assert link.a.counters["tx_errors"] == 2
     assert link.poll(1.0) == []
+
+
+def test_corruption_rate_within_bounds() -> None:
+    link = MemoryLink(a_to_b=FaultModel(corrupt=0.05), seed=13, limit=4000)
+    sent = {i: numbered(i).tobytes() for i in range(4000)}
+    for i in range(4000):
+        link.a.write(SkBuff.from_bytes(sent[i]), 0.0)
+    got = link.poll(0.0)
+    damaged = sum(1 for _e, s in got if s.tobytes() not in sent.values())
+    assert damaged == link.a.counters["corrupted"]
+    assert 120 <= damaged <= 280  # 200 expected; sd ~14
