@@ -19,6 +19,7 @@ from stack.wire.vnet import (
     VIRTIO_NET_HDR_GSO_TCPV4,
     VIRTIO_NET_HDR_GSO_TCPV6,
     VIRTIO_NET_HDR_GSO_UDP,
+    VIRTIO_NET_HDR_GSO_UDP_L4,
     VNET,
     VNET_HDR_LEN,
 )
@@ -31,8 +32,6 @@ __all__ = [
 ]
 
 ETH_HLEN = 14
-#: UDP segmentation offload (USO, linux/virtio_net.h); not in stack/wire/vnet.py.
-VIRTIO_NET_HDR_GSO_UDP_L4 = 5
 _KNOWN_FLAGS = VIRTIO_NET_HDR_F_NEEDS_CSUM | VIRTIO_NET_HDR_F_DATA_VALID | 4  # 4: RSC_INFO
 _GSO_TYPES = (VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_UDP, VIRTIO_NET_HDR_GSO_TCPV6,
               VIRTIO_NET_HDR_GSO_UDP_L4)
