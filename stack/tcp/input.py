@@ -129,8 +129,17 @@ def acceptable(tcb: Tcb, seg_seq: int, seg_len: int) -> bool:
 
 def synchronized(tcb: Tcb, hdr: TcpHeader, payload: memoryview, now: float) -> None:
     """RFC 9293 §3.10.7.4 for SYN-RECEIVED ... TIME-WAIT."""
-    flags = hdr.flags
     layer = tcb.layer
+    if tcb.state is S.SYN_RECEIVED and hdr.flags & SYN and hdr.seq == tcb.irs:
+        if hdr.flags & ACK and hdr.ack == tcb.snd_nxt and not payload:
+            # Simultaneous open (RFC 9293 Figure 8): the peer's SYN-ACK acknowledges our
+            # SYN; its SYN is the one we already hold, so only the ACK is new.
+            hdr.flags &= ~SYN
+            hdr.seq = seq.add(hdr.seq, 1)
+        elif not hdr.flags & ACK:
+            output.send_syn(tcb, now)  # the peer did not get our SYN-ACK
+            return
+    flags = hdr.flags
     seg_len = len(payload) + (1 if flags & SYN else 0) + (1 if flags & FIN else 0)
     ts = hdr.options.timestamp if tcb.ts_ok else None
     if ts is not None and not flags & RST and paws_reject(tcb, ts[0], now):
@@ -141,12 +150,9 @@ def synchronized(tcb: Tcb, hdr: TcpHeader, payload: memoryview, now: float) -> N
         layer.count("seq_unacceptable")
         if flags & RST:
             return
-        if tcb.state is S.SYN_RECEIVED and flags & SYN and hdr.seq == tcb.irs:
-            output.send_syn(tcb, now)  # the peer did not get our SYN-ACK
-        else:
-            if tcb.state is S.TIME_WAIT and flags & FIN:
-                tcb.timer_close = now + 2 * tcb.config.msl  # RFC 9293 §3.10.7.4, FIN
-            output.send_ack(tcb, now)
+        if tcb.state is S.TIME_WAIT and flags & FIN:
+            tcb.timer_close = now + 2 * tcb.config.msl  # RFC 9293 §3.10.7.4, FIN
+        output.send_ack(tcb, now)
         return
     if flags & RST:
         reset_arrives(tcb, hdr, now)
