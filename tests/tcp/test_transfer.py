@@ -181,7 +181,7 @@ def test_fast_retransmit_recovers_without_rto():
         c, s = connect(net)
         lost = []
 
-        def drop_one(src, hdr, plen, lost=lost):
+        def drop_one(src, hdr, plen, lost=lost, net=net):
             if src == A and plen and net.a.counters["segs_out"] > 60 and not lost:
                 lost.append(hdr.seq)
                 return True
