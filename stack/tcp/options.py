@@ -73,6 +73,11 @@ def apply_peer_syn(tcb: Tcb, peer: TcpOptions, now: float, *, we_sent_syn: bool)
     if tcb.ts_ok and peer.timestamp is not None:
         tcb.ts_recent = peer.timestamp[0]
         tcb.ts_recent_age = now
+    if tcb.ts_ok:
+        # RFC 6691 / RFC 9293 §3.7.1: the MSS counts payload only, so options that
+        # every segment carries (timestamps: 12 bytes aligned) come out of it, or
+        # full segments would exceed the path MTU.
+        tcb.mss -= 12
     del we_sent_syn  # agreement is symmetric: both flags were offered by us when enabled
 
 
