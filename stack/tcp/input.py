@@ -181,6 +181,10 @@ def synchronized(tcb: Tcb, hdr: TcpHeader, payload: memoryview, now: float) -> N
         text_and_fin(tcb, hdr, payload, now)
     if tcb.state is S.CLOSED:
         return
+    if tcb.ack_now and tcb.out_of_order_queue:
+        # The immediate ACK goes out alone so that it can carry SACK blocks, which
+        # data segments leave out (they would not fit in the MSS).
+        output.send_ack(tcb, now)
     output.push(tcb, now)
     if tcb.ack_now or (payload and tcb.last_ack_sent != tcb.rcv_nxt):
         output.schedule_ack(tcb, now)

@@ -141,7 +141,8 @@ class TcpLayer:
         payload = seg[hdr.header_len:]
         tcb = self.connections.get((dst, hdr.dport, src, hdr.sport))
         if tcb is not None:
-            segment_arrives(tcb, hdr, payload, now)
+            if tcb.input_hook is None or not tcb.input_hook(tcb, hdr, skb, now):
+                segment_arrives(tcb, hdr, payload, now)
             self.after_call(tcb)
             return
         lst = self.listeners.get((dst, hdr.dport)) or self.listeners.get((ANY, hdr.dport))
@@ -330,8 +331,13 @@ class TcpLayer:
 
     # ------------------------------------------------------------------ connect
     def connect(self, dst: bytes, dport: int, now: float, *, src: bytes | None = None,
-                sport: int | None = None) -> Tcb:
-        """Active open: send a SYN and return the new connection (in SYN-SENT)."""
+                sport: int | None = None,
+                setup: Callable[[Tcb], None] | None = None) -> Tcb:
+        """Active open: send a SYN and return the new connection (in SYN-SENT).
+
+        ``setup`` may adjust the new connection (MSS, window scale, buffers) before
+        its SYN is built.
+        """
         route = self.ip.route(dst)
         if route is None:
             raise TcpAddressError("no route to host")
@@ -348,6 +354,8 @@ class TcpLayer:
         _init_send_seq(tcb, self.isn_gen.isn(src, sport, dst, dport, now))
         tcb.state = TcpState.SYN_SENT
         tcb.syn_time = now
+        if setup is not None:
+            setup(tcb)
         self._hash(tcb)
         output.send_syn(tcb, now)
         self.after_call(tcb)

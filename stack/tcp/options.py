@@ -74,9 +74,9 @@ def apply_peer_syn(tcb: Tcb, peer: TcpOptions, now: float, *, we_sent_syn: bool)
         tcb.ts_recent = peer.timestamp[0]
         tcb.ts_recent_age = now
     if tcb.ts_ok:
-        # RFC 6691 / RFC 9293 §3.7.1: the MSS counts payload only, so options that
-        # every segment carries (timestamps: 12 bytes aligned) come out of it, or
-        # full segments would exceed the path MTU.
+        # RFC 6691 / RFC 9293 §3.7.1: the MSS counts payload only, so the options
+        # every segment carries (timestamps, 12 bytes with padding) come out of it;
+        # full segments would exceed the path MTU otherwise.
         tcb.mss -= 12
     del we_sent_syn  # agreement is symmetric: both flags were offered by us when enabled
 

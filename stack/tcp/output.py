@@ -109,7 +109,9 @@ def send_segment(tcb: Tcb, seq_: int, flags: int, now: float, *,
                  opts: TcpOptions | None = None, ack: bool = True) -> bool:
     """Emit one segment of this connection with the current ACK, window and options."""
     if opts is None:
-        opts = segment_options(tcb, now, with_sack=bool(flags & ACK))
+        # SACK blocks only on segments without data: with them a full-sized segment
+        # would exceed the MSS (RFC 6691), which only accounts for the timestamps.
+        opts = segment_options(tcb, now, with_sack=bool(flags & ACK) and plen == 0)
     if flags & SYN:
         window = min(tcb.rcvbuf, 0xFFFF)  # RFC 7323 §2.2: never scaled on a SYN
         tcb.rcv_adv = seq.add(tcb.rcv_nxt, window)

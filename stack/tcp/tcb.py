@@ -29,12 +29,13 @@ from stack.tcp.options import tsval, wscale_for
 from stack.tcp.rtt import RttEstimator
 from stack.tcp.sack import Scoreboard
 from stack.tcp.state import CAN_SEND, Event, transition
-from stack.wire.tcp import FIN
+from stack.wire.tcp import FIN, TcpHeader
 
 if TYPE_CHECKING:
     from stack.tcp.layer import Listener, TcpLayer
 
 EventCallback = Callable[["Tcb", str], None]
+InputHook = Callable[["Tcb", TcpHeader, SkBuff, float], bool]
 
 
 class Tcb:
@@ -52,6 +53,14 @@ class Tcb:
         self.remote_port = remote_port
         self.offload = route.offload
         self.now = now
+        self._init_sequence_variables()
+        self._init_options(route, now)
+        self._init_queues()
+        self._init_recovery(now)
+        self._init_timers()
+        self._init_application(now)
+
+    def _init_sequence_variables(self) -> None:
         # -- send sequence variables (RFC 9293 §3.3.1) --
         self.iss = 0
         self.snd_una = 0
@@ -70,7 +79,9 @@ class Tcb:
         self.rcv_adv = 0            # right edge of the window we last advertised
         self.rcv_up = 0
         self.last_ack_sent = 0      # RFC 7323 §4.3 Last.ACK.sent
-        # -- options --
+
+    def _init_options(self, route: RouteInfo, now: float) -> None:
+        cfg = self.config
         self.adv_mss = max(route.mtu - 40, 64)
         self.mss = min(self.adv_mss, cfg.mss_default)
         self.rcv_mss = self.mss     # estimate of the peer's segment size (delayed ACK)
@@ -79,12 +90,13 @@ class Tcb:
         self.ts_ok = False
         self.ts_recent = 0
         self.ts_recent_age = now
-        self.ts_offset = layer.rng.getrandbits(32)
+        self.ts_offset = self.layer.rng.getrandbits(32)
         self.rcvbuf = cfg.rcvbuf_initial if cfg.rcvbuf_autotune else cfg.rcvbuf
         self.rcvbuf_limit = cfg.rcvbuf_max if cfg.rcvbuf_autotune else cfg.rcvbuf
         self.rcv_wscale = wscale_for(self.rcvbuf_limit) if cfg.window_scaling else 0
         self.sndbuf = cfg.sndbuf
-        # -- queues --
+
+    def _init_queues(self) -> None:
         self.write_queue = SkbQueue()
         self.send_head: SkBuff | None = None   # first buffer not sent yet
         self.recv_queue = SkbQueue()
@@ -93,7 +105,9 @@ class Tcb:
         self.ooo_bytes = 0
         self.last_ooo: tuple[int, int] | None = None  # latest out-of-order segment (SACK)
         self.ooo_fin: int | None = None        # sequence number of an out-of-order FIN
-        # -- retransmission and congestion control --
+
+    def _init_recovery(self, now: float) -> None:
+        cfg = self.config
         self.rtt = RttEstimator(cfg.min_rto, cfg.max_rto, cfg.initial_rto)
         self.cc: CongestionControl = make_congestion_control(cfg.congestion, self.mss, now)
         self.scoreboard = Scoreboard()
@@ -105,7 +119,9 @@ class Tcb:
         self.rto_recovery = False   # retransmitting everything after an RTO
         self.last_send = now        # time of the last data transmission (idle restart)
         self.probes_out = 0         # unanswered zero-window or keepalive probes
-        # -- timers: absolute deadlines or None --
+
+    def _init_timers(self) -> None:
+        # absolute deadlines or None
         self.timer_rtx: float | None = None    # retransmission (or persist, see rtx_kind)
         self.rtx_kind = "rtx"
         self.timer_delack: float | None = None
@@ -115,7 +131,9 @@ class Tcb:
         # -- delayed ACK --
         self.ack_pending = 0        # full-sized segments received and not acknowledged
         self.ack_now = False
-        # -- application side --
+
+    def _init_application(self, now: float) -> None:
+        cfg = self.config
         self.on_event: EventCallback | None = None
         self.events: list[str] = []
         self.eof_received = False
@@ -132,6 +150,9 @@ class Tcb:
         self.nodelay = cfg.nodelay
         self.syn_time = now
         self.rcv_rtt = 0.0          # receiver-side RTT estimate from timestamps (autotuning)
+        #: Optional hook for the splice layer: called with each arriving segment before
+        #: TCP processing; returning True means the segment was consumed.
+        self.input_hook: InputHook | None = None
         # -- statistics --
         self.bytes_acked = 0
         self.bytes_received = 0
@@ -285,6 +306,21 @@ class Tcb:
         if self.error is None:
             self.error = TcpAborted("connection aborted")
         self.set_closed()
+        self.layer.after_call(self)
+
+    def set_keepalive(self, on: bool, now: float) -> None:
+        """Enable or disable keepalive probes on this connection (RFC 9293 §3.8.4)."""
+        from stack.tcp.timers import arm_keepalive
+        self.keepalive = on
+        arm_keepalive(self, now)
+        self.layer.after_call(self)
+
+    def set_nodelay(self, on: bool, now: float) -> None:
+        """Disable (True) or enable Nagle's algorithm; pending data may leave at once."""
+        self.now = now
+        self.nodelay = on
+        if on:
+            output.push(self, now)
         self.layer.after_call(self)
 
     def info(self) -> dict[str, Any]:

@@ -64,6 +64,8 @@ class Capture:
         assert skb.headroom >= MAX_HEADER
         raw = skb.tobytes()
         hdr = TcpHeader.parse(raw)
+        size = hdr.header_len + skb.gso_size if skb.gso_size else len(raw)
+        assert size + 20 <= self.mtu, "segment larger than the MTU"
         self.sent.append(Sent(src, dst, hdr, raw[hdr.header_len:], now, skb.gso_size, raw,
                               skb.vnet_flags, skb.gso_type))
         return self.accept
@@ -135,6 +137,10 @@ class Net:
         data = skb.tobytes()
         hdr = TcpHeader.parse(data)
         plen = len(data) - hdr.header_len
+        if skb.gso_size:
+            assert hdr.header_len + skb.gso_size + 20 <= self.mtu, "GSO segments too big"
+        else:
+            assert len(data) + 20 <= self.mtu, "segment larger than the MTU"
         self.log.append((now, src, hdr, plen))
         if len(self.frames) >= self.queue_limit:
             return False

@@ -74,7 +74,7 @@ def test_handshake_events_and_options():
     (s,) = accepted
     assert s.state is S.ESTABLISHED and s.remote_address == (A, c.local_port)
     for t in (c, s):
-        assert t.ts_ok and t.sack_ok and t.wscale_ok and t.mss == 1460
+        assert t.ts_ok and t.sack_ok and t.wscale_ok and t.mss == 1448
     assert c.rtt.srtt == pytest.approx(0.02)
 
 
