@@ -229,6 +229,12 @@ def reset_arrives(tcb: Tcb, hdr: TcpHeader, now: float) -> None:
 def text_and_fin(tcb: Tcb, hdr: TcpHeader, payload: memoryview, now: float) -> None:
     """RFC 9293 §3.10.7.4 steps seven and eight."""
     fin = bool(hdr.flags & FIN)
+    if tcb.orphaned and payload and seq.gt(seq.add(hdr.seq, len(payload)), tcb.rcv_nxt):
+        # Nobody will ever read this: reset, as RFC 2525 §2.17 does for unread data.
+        tcb.layer.count("data_after_close")
+        output.send_rst(tcb, tcb.snd_nxt, now)
+        tcb.set_closed()
+        return
     if tcb.state in CAN_RECEIVE:
         fin_now = receive_data(tcb, hdr.seq, payload, fin, now)
     else:
