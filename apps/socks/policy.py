@@ -1,0 +1,211 @@
+"""Who may use the proxy, for what, and how names are resolved.
+
+A :class:`Policy` is plain data with a few checks; the server asks it whether a
+client may connect, whether credentials are right (RFC 1929), what address a
+DOMAINNAME stands for and whether a destination is allowed. The stack has no DNS
+resolver, so names come only from a hosts file or ``--host name=addr``; an
+unknown name is answered with "host unreachable" (RFC 1928 §6, X'04').
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from apps.socks.protocol import Address, Atyp
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: Bounds of the files the policy reads (a policy is small; a huge file is a mistake).
+MAX_FILE_BYTES = 1 << 20
+MAX_ENTRIES = 10_000
+
+
+class PolicyError(ValueError):
+    """A bad rule, users file or hosts file (with the file and line when known)."""
+
+
+def parse_network(text: str) -> Network:
+    """``A.B.C.D/N`` (or a single address) as a network."""
+    try:
+        return ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError as e:
+        raise PolicyError(f"bad network {text!r}: {e}") from None
+
+
+def parse_port(text: str | int) -> int:
+    """A TCP port number 1..65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise PolicyError(f"bad port {text!r}") from None
+    if not 1 <= port <= 0xFFFF:
+        raise PolicyError(f"port {port} out of range 1..65535")
+    return port
+
+
+def _norm_name(name: str) -> str:
+    # Names are case-insensitive (RFC 4343) and a trailing dot only marks them absolute.
+    return name.strip().rstrip(".").lower()
+
+
+def _check_addr(addr: str, where: str) -> str:
+    try:
+        return str(ipaddress.ip_address(addr.strip()))
+    except ValueError:
+        raise PolicyError(f"{where}: {addr!r} is not an IP address") from None
+
+
+def parse_host_mapping(text: str) -> tuple[str, str]:
+    """``name=addr`` as (normalised name, address)."""
+    name, sep, addr = text.partition("=")
+    if not sep or not _norm_name(name):
+        raise PolicyError(f"host mapping {text!r}: expected NAME=ADDRESS")
+    return _norm_name(name), _check_addr(addr, f"host mapping {text!r}")
+
+
+def _lines(path: str | Path) -> Iterable[tuple[int, str]]:
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise PolicyError(f"{path}: {size} bytes, more than {MAX_FILE_BYTES}")
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise PolicyError(f"{path}: {e}") from None
+    count = 0
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        count += 1
+        if count > MAX_ENTRIES:
+            raise PolicyError(f"{path}: more than {MAX_ENTRIES} entries")
+        yield number, line
+
+
+def load_users(path: str | Path) -> dict[str, str]:
+    """A users file: one ``user:password`` per line; lines starting with ``#`` and
+    blank lines are skipped. The password is everything after the first colon, so
+    it may itself hold colons, ``#`` and spaces. Both are 1..255 bytes (RFC 1929 §2)."""
+    users: dict[str, str] = {}
+    for number, line in _lines(path):
+        where = f"{path}:{number}"
+        user, sep, password = line.partition(":")
+        if not sep:
+            raise PolicyError(f"{where}: expected user:password")
+        for what, value in (("user", user), ("password", password)):
+            if not 1 <= len(value.encode()) <= 255:
+                raise PolicyError(f"{where}: {what} must be 1 to 255 bytes")
+        if user in users:
+            raise PolicyError(f"{where}: user {user!r} given twice")
+        users[user] = password
+    return users
+
+
+def load_hosts(path: str | Path) -> dict[str, str]:
+    """A hosts file: ``/etc/hosts`` lines (``ADDRESS NAME [NAME...]``, ``#`` starts a
+    comment) or ``NAME=ADDRESS`` lines. Returns normalised name -> address."""
+    hosts: dict[str, str] = {}
+    for number, line in _lines(path):
+        where = f"{path}:{number}"
+        line = line.partition("#")[0].strip()
+        if "=" in line:
+            name, addr = parse_host_mapping(line)
+            hosts[name] = addr
+            continue
+        words = line.split()
+        if len(words) < 2:
+            raise PolicyError(f"{where}: expected ADDRESS NAME... or NAME=ADDRESS")
+        addr = _check_addr(words[0], where)
+        for name in words[1:]:
+            hosts[_norm_name(name)] = addr
+    return hosts
+
+
+def attached_networks(interfaces: Iterable) -> list[Network]:
+    """The subnets of a stack's interfaces (anything with ``.network``)."""
+    return [iface.network for iface in interfaces]
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The access rules of one proxy.
+
+    ``allow_clients`` None means "the subnets the stack is attached to" (the server
+    fills them in); ``allow_dests`` and ``allow_ports`` None mean any; ``users``
+    None means no authentication, otherwise RFC 1929 is required.
+    """
+
+    allow_clients: tuple[Network, ...] | None = None
+    allow_dests: tuple[Network, ...] | None = None
+    allow_ports: frozenset[int] | None = None
+    users: dict[str, str] | None = None
+    hosts: dict[str, str] = field(default_factory=dict)
+    max_connections: int = 256
+    handshake_timeout: float = 10.0
+    connect_timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.max_connections < 1:
+            raise PolicyError(f"max_connections {self.max_connections} must be at least 1")
+        for name in ("handshake_timeout", "connect_timeout"):
+            value = getattr(self, name)
+            if not value > 0:
+                raise PolicyError(f"{name} {value} must be positive")
+        for port in self.allow_ports or ():
+            parse_port(port)
+        for name, addr in self.hosts.items():
+            _check_addr(addr, f"host {name!r}")
+
+    @property
+    def auth_required(self) -> bool:
+        """Whether clients must authenticate with username/password."""
+        return self.users is not None
+
+    def with_default_clients(self, networks: Iterable[Network]) -> Policy:
+        """This policy with ``networks`` as the allowed clients if none were given."""
+        if self.allow_clients is not None:
+            return self
+        return replace(self, allow_clients=tuple(networks))
+
+    def client_allowed(self, addr: str) -> bool:
+        """Whether a client at ``addr`` may use the proxy."""
+        return _within(addr, self.allow_clients or ())
+
+    def destination_allowed(self, addr: str, port: int) -> bool:
+        """Whether the proxy may connect to ``addr``:``port``."""
+        if self.allow_ports is not None and port not in self.allow_ports:
+            return False
+        return self.allow_dests is None or _within(addr, self.allow_dests)
+
+    def authenticate(self, username: bytes, password: bytes) -> bool:
+        """Check RFC 1929 credentials (compared in constant time)."""
+        if self.users is None:
+            return True
+        try:
+            stored = self.users.get(username.decode("utf-8"))
+        except UnicodeDecodeError:
+            stored = None
+        # Compare even for an unknown user, so timing does not tell which users exist.
+        expected = (stored if stored is not None else "\0").encode()
+        return hmac.compare_digest(expected, password) and stored is not None
+
+    def resolve(self, address: Address) -> str | None:
+        """The IP address ``address`` stands for; None for an unknown name."""
+        if address.atyp is not Atyp.DOMAINNAME:
+            return address.host
+        try:
+            return str(ipaddress.ip_address(address.host))  # a literal sent as a name
+        except ValueError:
+            return self.hosts.get(_norm_name(address.host))
+
+
+def _within(addr: str, networks: Iterable[Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return False
+    return any(ip.version == net.version and ip in net for net in networks)
