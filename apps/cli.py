@@ -21,13 +21,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    from apps import demo, stackcmd
+    from apps import connect, demo, stackcmd
     from tools import lab
     from tools.bench import main as bench
 
     demo.add_parser(sub)
     lab.add_parser(sub)
     stackcmd.add_parser(sub)
+    connect.add_parser(sub)
     bench.add_parser(sub)
     return parser
 

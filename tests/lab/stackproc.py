@@ -1,0 +1,47 @@
+"""Helpers for lab tests: the stack as a subprocess in the test's lab."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from tools.bench.proc import ns_cmd, wait_until
+
+
+class StackProcess:
+    """`tapsplice <command> --lab` for the test's lab, as a subprocess."""
+
+    def __init__(self, lab, command: str, *extra: str, log: Path) -> None:
+        argv = [sys.executable, "-m", "apps.cli", command, "--lab",
+                "--client-ns", lab.client_ns, "--client-tap", lab.client_tap,
+                "--server-ns", lab.server_ns, "--server-tap", lab.server_tap, *extra]
+        self.log = log
+        self.proc = subprocess.Popen(argv, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+        self.lab = lab
+
+    def wait_ready(self) -> None:
+        ok = wait_until(ns_cmd(self.lab.client_ns, "ping", "-c", "1", "-W", "1",
+                               "198.18.0.2"), timeout=20)
+        assert ok, self.log.read_text()
+
+    def stop(self) -> dict:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+            raise AssertionError("the stack did not stop on SIGTERM") from None
+        text = self.log.read_text()
+        assert self.proc.returncode == 0, text
+        return json.loads(text[text.index("{\n"):])
+
+
+def ping(ns: str, addr: str, count: int = 2, size: int = 56) -> subprocess.CompletedProcess:
+    """ping from inside a namespace."""
+    return subprocess.run(ns_cmd(ns, "ping", "-c", str(count), "-i", "0.2", "-W", "1",
+                                 "-s", str(size), addr),
+                          capture_output=True, text=True, timeout=30)
