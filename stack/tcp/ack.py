@@ -45,15 +45,17 @@ def process_ack(tcb: Tcb, hdr: TcpHeader, plen: int, now: float) -> bool:
         newly_sacked = tcb.scoreboard.update(tcb.write_queue, tcb.snd_una, blocks, tcb.snd_nxt)
     window = hdr.window << tcb.snd_wscale
     old_wnd = tcb.snd_wnd
+    # RFC 1122 §4.2.2.17: a peer that answers is alive, even with a zero window.
+    tcb.probes_out = 0
     if seq.gt(ack, tcb.snd_una):
         ack_new_data(tcb, ack, hdr, now)
     elif (ack == tcb.snd_una and plen == 0 and not hdr.flags & (SYN | FIN)
           and tcb.snd_nxt != tcb.snd_una and (window == old_wnd or newly_sacked)):
         dup_ack(tcb, now)
-    update_window(tcb, hdr, window)
+    if seq.ge(ack, tcb.snd_una):  # RFC 9293: SND.UNA =< SEG.ACK =< SND.NXT
+        update_window(tcb, hdr, window)
     if tcb.snd_wnd > old_wnd and tcb.rtx_kind == "persist":
-        tcb.timer_rtx = None
-        tcb.probes_out = 0
+        tcb.timer_rtx = None  # let push() try; it re-arms the timer if still stuck
     fin_acked_transitions(tcb, now)
     return True
 

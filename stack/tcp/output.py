@@ -281,18 +281,24 @@ def retransmit(tcb: Tcb, skb: SkBuff, now: float) -> None:
     tcb.layer.counters["retransmits"] += 1
 
 
-def retransmit_lost(tcb: Tcb, now: float) -> None:
-    """Retransmit buffers marked LOST while the pipe allows (RFC 6675 NextSeg rule 1)."""
+def retransmit_lost(tcb: Tcb, now: float, in_pipe: int) -> int:
+    """Retransmit buffers marked LOST while the pipe allows (RFC 6675 NextSeg rule 1).
+
+    Returns the pipe after the retransmissions (each one adds its length).
+    """
     if not tcb.in_recovery and not tcb.rto_recovery:
-        return
+        return in_pipe
     for skb in tcb.write_queue:
         if skb is tcb.send_head:
             break
         if skb.sacked & (SACKED | RETRANS) or not skb.sacked & LOST:
             continue
-        if pipe(tcb) + len(skb) > tcb.cc.cwnd and skb is not tcb.write_queue.first:
+        n = seq.sub(skb.end_seq, skb.seq)
+        if in_pipe + n > tcb.cc.cwnd and skb is not tcb.write_queue.first:
             break
         retransmit(tcb, skb, now)
+        in_pipe += n
+    return in_pipe
 
 
 def _nagle_holds(tcb: Tcb, plen: int, last: SkBuff) -> bool:
@@ -304,13 +310,13 @@ def _nagle_holds(tcb: Tcb, plen: int, last: SkBuff) -> bool:
     return tcb.snd_nxt != tcb.snd_una
 
 
-def write_new(tcb: Tcb, now: float) -> None:
+def write_new(tcb: Tcb, now: float, in_pipe: int) -> None:
     """Send new data from ``send_head`` as windows, Nagle and SWS avoidance allow."""
     goal = tcb.config.tso_max if tcb.offload else tcb.mss
     goal = max(goal - goal % tcb.mss, tcb.mss)
     while (first := tcb.send_head) is not None:
         wnd_avail = seq.sub(seq.add(tcb.snd_una, tcb.snd_wnd), first.seq)
-        cwnd_avail = tcb.cc.cwnd - pipe(tcb)
+        cwnd_avail = tcb.cc.cwnd - in_pipe
         n = len(first)
         seg_len = seq.sub(first.end_seq, first.seq)
         if seg_len > wnd_avail:
@@ -341,9 +347,11 @@ def write_new(tcb: Tcb, now: float) -> None:
             if skb is last:
                 break
             skb = skb.next
+        in_pipe += seq.sub(last.end_seq, first.seq)
         tcb.snd_nxt = last.end_seq
         tcb.send_head = last.next
         tcb.last_send = now
+        tcb.persist_backoff = 0
         if tcb.timer_rtx is None or tcb.rtx_kind != "rtx":
             arm_rtx(tcb, now)
 
@@ -361,8 +369,8 @@ def push(tcb: Tcb, now: float) -> None:
     if tcb.snd_nxt == tcb.snd_una and tcb.send_head is not None and tcb.bytes_acked \
             and now - tcb.last_send > tcb.rtt.rto:
         tcb.cc.on_idle_restart(now)  # RFC 5681 §4.1
-    retransmit_lost(tcb, now)
-    write_new(tcb, now)
+    in_pipe = retransmit_lost(tcb, now, pipe(tcb))
+    write_new(tcb, now, in_pipe)
     update_persist(tcb, now)
 
 
@@ -373,7 +381,8 @@ def update_persist(tcb: Tcb, now: float) -> None:
     """
     if tcb.send_head is not None and tcb.snd_nxt == tcb.snd_una:
         if tcb.timer_rtx is None:
-            interval = min(tcb.rtt.rto * (1 << min(tcb.probes_out, 16)), tcb.config.max_rto)
+            shift = min(tcb.persist_backoff, 16)
+            interval = min(tcb.rtt.rto * (1 << shift), tcb.config.max_rto)
             tcb.timer_rtx = now + interval
             tcb.rtx_kind = "persist"
     elif tcb.rtx_kind == "persist" and tcb.snd_nxt != tcb.snd_una:

@@ -118,7 +118,8 @@ class Tcb:
         self.recover = 0            # RFC 6582 "recover": snd_nxt when loss was detected
         self.rto_recovery = False   # retransmitting everything after an RTO
         self.last_send = now        # time of the last data transmission (idle restart)
-        self.probes_out = 0         # unanswered zero-window or keepalive probes
+        self.probes_out = 0         # zero-window probes without any ACK in between
+        self.persist_backoff = 0    # zero-window probes since the window closed
 
     def _init_timers(self) -> None:
         # absolute deadlines or None

@@ -97,6 +97,7 @@ def persist_timeout(tcb: Tcb, now: float) -> None:
         tcb.fail(TcpTimeout("zero-window probes unanswered"))
         return
     tcb.probes_out += 1
+    tcb.persist_backoff += 1
     tcb.layer.counters["window_probes"] += 1
     output.send_probe(tcb, now)
     output.update_persist(tcb, now)

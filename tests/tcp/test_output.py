@@ -273,3 +273,26 @@ def test_send_buffer_bound():
     tcb.on_event = lambda t, e: events.append(e)
     p.send(ACK, ack=sq.add(first.hdr.seq, MSS), now=1.1)
     assert tcb.send_space() == MSS and "writable" in events
+
+
+def test_zero_window_answered_probes_never_time_out():
+    # RFC 1122 §4.2.2.17: keep probing as long as the peer acknowledges the probes.
+    p = Peer(TcpConfig(retries2=3), window=0)
+    _, tcb, _ = p.accept_connection()
+    tcb.send(b"q" * 100, 1.0)
+    for _ in range(8):
+        t, out = p.fire()
+        assert [o.hdr.seq for o in out] == [sq.add(tcb.snd_una, -1)]
+        p.send(ACK, ack=tcb.snd_una, window=0, now=t + 0.05)
+    assert tcb.state is S.ESTABLISHED
+    # the probe interval kept doubling from the RTO of 0.3 s
+    assert p.layer.next_deadline() - t == pytest.approx(0.3 * 2 ** 8)
+
+
+def test_zero_window_unanswered_probes_time_out():
+    p = Peer(TcpConfig(retries2=3), window=0)
+    _, tcb, _ = p.accept_connection()
+    tcb.send(b"q" * 100, 1.0)
+    for _ in range(4):
+        p.fire()
+    assert tcb.state is S.CLOSED and isinstance(tcb.error, TimeoutError)
