@@ -51,7 +51,7 @@ def process_ack(tcb: Tcb, hdr: TcpHeader, plen: int, now: float) -> bool:
         ack_new_data(tcb, ack, hdr, now)
     elif (ack == tcb.snd_una and plen == 0 and not hdr.flags & (SYN | FIN)
           and tcb.snd_nxt != tcb.snd_una and (window == old_wnd or newly_sacked)):
-        dup_ack(tcb, now)
+        dup_ack(tcb, newly_sacked, now)
     if seq.ge(ack, tcb.snd_una):  # RFC 9293: SND.UNA =< SEG.ACK =< SND.NXT
         update_window(tcb, hdr, window)
     if tcb.snd_wnd > old_wnd and tcb.rtx_kind == "persist":
@@ -131,12 +131,12 @@ def ack_new_data(tcb: Tcb, ack: int, hdr: TcpHeader, now: float) -> None:
         tcb.post("writable")
 
 
-def dup_ack(tcb: Tcb, now: float) -> None:
+def dup_ack(tcb: Tcb, newly_sacked: int, now: float) -> None:
     """A duplicate ACK (RFC 5681 §2): maybe enter fast retransmit / recovery."""
     tcb.dupacks += 1
     tcb.layer.counters["dupacks"] += 1
     if tcb.in_recovery:
-        if tcb.sack_ok:
+        if tcb.sack_ok and newly_sacked:
             tcb.scoreboard.mark_lost(tcb.write_queue, tcb.snd_una, tcb.mss)
         return
     if tcb.rto_recovery:

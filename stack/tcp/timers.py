@@ -68,6 +68,8 @@ def rtx_timeout(tcb: Tcb, now: float) -> None:
     if tcb.snd_una == tcb.snd_nxt:
         return
     if tcb.retransmits >= cfg.retries2:
+        # Give up: tell the peer (if it still listens) and report the timeout.
+        output.send_rst(tcb, tcb.snd_nxt, now)
         tcb.fail(TcpTimeout("connection timed out"))
         return
     tcb.retransmits += 1

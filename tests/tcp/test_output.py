@@ -9,7 +9,7 @@ from peer import Peer
 from stack import seq as sq
 from stack.tcp.api import TcpConfig, TcpState
 from stack.wire.checksum import pseudo_header_sum
-from stack.wire.tcp import ACK, PSH, SYN
+from stack.wire.tcp import ACK, PSH, RST, SYN
 from stack.wire.vnet import VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4
 
 S = TcpState
@@ -45,8 +45,8 @@ def test_retries_exhausted_times_out():
     p.fire()
     p.fire()
     assert tcb.state is S.ESTABLISHED
-    t, _ = p.fire()
-    assert t == pytest.approx(3.1)
+    t, out = p.fire()
+    assert t == pytest.approx(3.1) and [o.flags for o in out] == [RST | ACK]
     assert tcb.state is S.CLOSED and isinstance(tcb.error, TimeoutError)
     with pytest.raises(TimeoutError):
         tcb.send(b"y", 3.2)
