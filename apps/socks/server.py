@@ -1,0 +1,359 @@
+"""The SOCKS connection handler: handshake, policy, connect, reply, relay.
+
+One :meth:`SocksServer.handle` call per client connection (it is an asyncio
+``client_connected_cb``). The handshake (greeting, RFC 1929 sub-negotiation,
+request) runs under the policy's handshake timeout, the connect under its connect
+timeout, so a stalled client or origin never holds a task. Every path ends in the
+``finally`` of :meth:`SocksServer.handle`, which closes both connections (or aborts
+them after an error) and writes one access-log line.
+
+Mode "copy" relays both directions through the streams API. Mode "splice" hands
+both connections to :meth:`SocksServer._splice`, the hook the splice layer fills.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from apps.socks import protocol as p
+from apps.socks.policy import Policy, attached_networks
+from apps.socks.protocol import Address, Command, Method, Rep, SocksError
+
+ACCESS_LOG = logging.getLogger("tapsplice.socks.access")
+log = logging.getLogger("tapsplice.socks")
+
+#: Relay read size: big reads keep the per-byte cost of copy mode down.
+CHUNK = 256 * 1024
+MODES = ("copy", "splice")
+
+
+class _ClientGone(Exception):
+    """The client closed or reset the connection during the handshake."""
+
+
+@dataclass
+class Session:
+    """What the access log records about one client connection."""
+
+    client: str
+    start: float
+    version: int = 0
+    user: str = "-"
+    dest: str = "-"
+    rep: int | None = None
+    up: int = 0      # client -> destination bytes
+    down: int = 0    # destination -> client bytes
+    duration: float = 0.0
+    note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def line(self) -> str:
+        """The access-log line."""
+        rep = "-" if self.rep is None else f"0x{self.rep:02x}"
+        version = f"socks{self.version}" if self.version else "-"
+        text = (f"{self.client} {version} user={self.user} dest={self.dest} rep={rep} "
+                f"up={self.up} down={self.down} dur={self.duration:.3f}")
+        return f"{text} {self.note}" if self.note else text
+
+
+class _Input:
+    """Bytes read from the client and not parsed yet; parses one message at a time."""
+
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        self.reader = reader
+        self.buf = bytearray()
+
+    async def fill(self) -> None:
+        """Read what the client sent next (at most MAX_MESSAGE bytes)."""
+        try:
+            data = await self.reader.read(p.MAX_MESSAGE)
+        except ConnectionError as e:
+            raise _ClientGone(str(e)) from None
+        if not data:
+            raise _ClientGone("client closed during the handshake")
+        self.buf += data
+
+    async def next(self, parse):
+        """The next message, reading more as the parser asks."""
+        while (got := parse(self.buf)) is None:
+            await self.fill()
+        msg, n = got
+        del self.buf[:n]
+        return msg
+
+
+class SocksServer:
+    """A SOCKS5/SOCKS4a proxy on an asyncio-shaped TCP API (TcpApi or TapStack)."""
+
+    def __init__(self, api: Any, *, mode: str = "copy", policy: Policy | None = None,
+                 log: logging.Logger | None = None) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode {mode!r}: expected one of {', '.join(MODES)}")
+        self.api = api
+        self.mode = mode
+        self.policy = (policy or Policy()).with_default_clients(
+            attached_networks(_interfaces(api)))
+        self.access_log = log or ACCESS_LOG
+        self.active = 0
+        self.counters: Counter[str] = Counter()
+
+    async def start(self, host: str, port: int) -> Any:
+        """Listen on (host, port); returns the server object of the API."""
+        return await self.api.start_server(self.handle, host, port)
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Serve one client connection from greeting to the end of the relay."""
+        loop = asyncio.get_running_loop()
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        s = Session(client=f"{peer[0]}:{peer[1]}", start=loop.time())
+        self.counters["accepted"] += 1
+        if self.active >= self.policy.max_connections:
+            self.counters["over_limit"] += 1
+            s.note = "connection limit"
+            writer.close()
+            self._log(s, loop.time())
+            return
+        self.active += 1
+        conns: list[asyncio.StreamWriter] = [writer]
+        failed = False
+        try:
+            await self._serve(reader, writer, s, conns)
+        except asyncio.CancelledError:
+            s.note, failed = "cancelled", True
+        except (ConnectionError, OSError, SocksError, _ClientGone) as e:
+            s.note, failed = s.note or f"error: {e}", True
+        except Exception as e:  # a bug must not leak the connections
+            log.exception("socks session %s", s.client)
+            s.note, failed = f"internal error: {e!r}", True
+        finally:
+            self.active -= 1
+            for w in conns:
+                _finish(w, failed)
+            self._log(s, loop.time())
+
+    def _log(self, s: Session, now: float) -> None:
+        s.duration = now - s.start
+        self.access_log.info("%s", s.line(), extra={"socks": s})
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     s: Session, conns: list[asyncio.StreamWriter]) -> None:
+        ip = str(s.client.rpartition(":")[0])
+        if not self.policy.client_allowed(ip):
+            self.counters["client_denied"] += 1
+            s.note = "client not allowed"
+            return
+        inp = _Input(reader)
+        try:
+            async with asyncio.timeout(self.policy.handshake_timeout):
+                address = await self._handshake(inp, writer, s)
+        except TimeoutError:
+            self.counters["handshake_timeout"] += 1
+            s.note = "handshake timeout"
+            return
+        except SocksError as e:
+            self.counters[f"bad_{e.reason}"] += 1
+            s.note = f"bad request: {e}"
+            return
+        if address is None:
+            return
+        server = await self._connect(address, writer, s)
+        if server is None:
+            return
+        server_reader, server_writer = server
+        conns.append(server_writer)
+        reply = self._reply(s.version, Rep.SUCCEEDED, server_writer.get_extra_info("sockname"))
+        if inp.buf:  # data the client sent right after its request (no wait for the reply)
+            server_writer.write(bytes(inp.buf))
+            s.up += len(inp.buf)
+            inp.buf.clear()
+        if self.mode == "copy":
+            await self._copy(reader, writer, server_reader, server_writer, reply, s)
+            return
+        try:
+            await self._splice(reader, writer, server_reader, server_writer, reply)
+        except NotImplementedError as e:
+            self.counters["splice_missing"] += 1
+            s.note = f"not spliced: {e}"
+            await self._answer(writer, s, Rep.GENERAL_FAILURE)
+
+    # -- handshake --------------------------------------------------------------------------
+    async def _handshake(self, inp: _Input, writer: asyncio.StreamWriter,
+                         s: Session) -> Address | None:
+        """Greeting, authentication and request; the destination, or None if answered."""
+        if not inp.buf:
+            await inp.fill()
+        s.version = p.detect_version(inp.buf) or 0
+        if s.version == p.SOCKS4_VERSION:
+            return await self._handshake4(inp, writer, s)
+        greeting = await inp.next(p.parse_greeting)
+        want = Method.USERPASS if self.policy.auth_required else Method.NO_AUTH
+        method = want if want in greeting.methods else Method.NO_ACCEPTABLE
+        writer.write(p.MethodSelection(method).encode())
+        if method == Method.NO_ACCEPTABLE:
+            # RFC 1928 §3: the client must then close; we do not wait for it.
+            self.counters["no_acceptable_method"] += 1
+            s.note = "no acceptable method"
+            await writer.drain()
+            return None
+        if method == Method.USERPASS and not await self._authenticate(inp, writer, s):
+            return None
+        try:
+            request = await inp.next(p.parse_request)
+        except SocksError as e:
+            s.note = f"bad request: {e}"
+            await self._answer(writer, s, e.reply)
+            return None
+        s.dest = str(request.address)
+        if request.command != Command.CONNECT:
+            s.note = f"command {request.command}"
+            await self._answer(writer, s, Rep.COMMAND_NOT_SUPPORTED)
+            return None
+        return request.address
+
+    async def _authenticate(self, inp: _Input, writer: asyncio.StreamWriter,
+                            s: Session) -> bool:
+        """RFC 1929 sub-negotiation; on failure the server closes (§2)."""
+        req = await inp.next(p.parse_userpass_request)
+        s.user = req.username.decode("utf-8", "backslashreplace")
+        ok = self.policy.authenticate(req.username, req.password)
+        writer.write(p.UserPassResponse(0 if ok else 1).encode())
+        await writer.drain()
+        if not ok:
+            self.counters["auth_failed"] += 1
+            s.note = "authentication failed"
+        return ok
+
+    async def _handshake4(self, inp: _Input, writer: asyncio.StreamWriter,
+                          s: Session) -> Address | None:
+        """A SOCKS4/4a request: CONNECT only, and never when passwords are required."""
+        req = await inp.next(p.parse_socks4_request)
+        s.user = req.userid.decode("utf-8", "backslashreplace") or "-"
+        s.dest = str(req.address)
+        if self.policy.auth_required:
+            # SOCKS4 has no passwords: a proxy that requires them must refuse it.
+            self.counters["auth_failed"] += 1
+            s.note = "socks4 cannot authenticate"
+            await self._answer(writer, s, Rep.NOT_ALLOWED)
+            return None
+        if req.command != Command.CONNECT:
+            s.note = f"command {req.command}"
+            await self._answer(writer, s, Rep.COMMAND_NOT_SUPPORTED)
+            return None
+        return req.address
+
+    # -- connect and reply ---------------------------------------------------------------
+    async def _connect(self, address: Address, writer: asyncio.StreamWriter,
+                       s: Session) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        """Check the policy and connect; on failure answer the client and return None."""
+        ip = self.policy.resolve(address)
+        rep = None
+        if ip is None:
+            s.note, rep = "unknown name", Rep.HOST_UNREACHABLE
+        elif ":" in ip:
+            s.note, rep = "IPv6 destination", Rep.ADDRESS_TYPE_NOT_SUPPORTED
+        elif not self.policy.destination_allowed(ip, address.port):
+            s.note, rep = "destination not allowed", Rep.NOT_ALLOWED
+        if rep is not None:
+            await self._answer(writer, s, rep)
+            return None
+        try:
+            async with asyncio.timeout(self.policy.connect_timeout):
+                return await self.api.open_connection(ip, address.port)
+        except TimeoutError:
+            s.note, rep = "connect timeout", Rep.TTL_EXPIRED
+        except ConnectionRefusedError:
+            s.note, rep = "refused", Rep.CONNECTION_REFUSED
+        except OSError as e:
+            unreachable = "route" in str(e) or "unreachable" in str(e)
+            s.note = f"connect: {e}"
+            rep = Rep.NETWORK_UNREACHABLE if unreachable else Rep.GENERAL_FAILURE
+        await self._answer(writer, s, rep)
+        return None
+
+    @staticmethod
+    def _reply(version: int, rep: int, bound: tuple[str, int] | None = None) -> bytes:
+        """The reply bytes for the client's protocol version."""
+        host, port = bound or ("0.0.0.0", 0)
+        if version == p.SOCKS4_VERSION:
+            status = p.Socks4Status.GRANTED if rep == Rep.SUCCEEDED else p.Socks4Status.REJECTED
+            ip = host if ":" not in host else "0.0.0.0"
+            return p.Socks4Reply(status, port, ip).encode()
+        return p.Reply(rep, Address.of(host, port)).encode()
+
+    async def _answer(self, writer: asyncio.StreamWriter, s: Session, rep: int) -> None:
+        """Send an error reply (the connection is closed afterwards)."""
+        s.rep = rep
+        self.counters[f"rep_{rep:#04x}"] += 1
+        writer.write(self._reply(s.version, rep))
+        # Bounded: a client that stops reading must not hold the task.
+        async with asyncio.timeout(self.policy.handshake_timeout):
+            await writer.drain()
+
+    # -- relay ---------------------------------------------------------------------------------
+    async def _copy(self, client_reader: asyncio.StreamReader,
+                    client_writer: asyncio.StreamWriter,
+                    server_reader: asyncio.StreamReader,
+                    server_writer: asyncio.StreamWriter, reply: bytes, s: Session) -> None:
+        """Copy mode: send the reply, then relay both ways until both ends are done."""
+        s.rep = Rep.SUCCEEDED
+        self.counters["rep_0x00"] += 1
+        client_writer.write(reply)
+
+        def up(n: int) -> None:
+            s.up += n
+
+        def down(n: int) -> None:
+            s.down += n
+
+        tasks = [asyncio.ensure_future(_pump(client_reader, server_writer, up)),
+                 asyncio.ensure_future(_pump(server_reader, client_writer, down))]
+        try:
+            done, _pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                if task.exception() is not None:
+                    raise task.exception()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _splice(self, client_reader: asyncio.StreamReader,
+                      client_writer: asyncio.StreamWriter,
+                      server_reader: asyncio.StreamReader,
+                      server_writer: asyncio.StreamWriter, reply: bytes) -> None:
+        """Splice mode: write ``reply`` to the client and splice the two connections
+        (SPLICE.md §1: ``splice(client, server, n=len(reply))``), then wait for the
+        splice to end. The splice layer provides this; until then it raises."""
+        raise NotImplementedError("splice mode needs the splice layer")
+
+
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, count) -> None:
+    """One direction of copy mode; the end of input becomes a half-close (FIN)."""
+    while data := await reader.read(CHUNK):
+        writer.write(data)
+        count(len(data))
+        await writer.drain()
+    if not writer.is_closing():
+        writer.write_eof()
+
+
+def _finish(writer: asyncio.StreamWriter, failed: bool) -> None:
+    """Release one connection: FIN after what is queued, or RST after an error (so that
+    a reset on one side reaches the other as a reset)."""
+    transport = writer.transport
+    if failed:
+        transport.abort()
+    else:
+        transport.close()
+
+
+def _interfaces(api: Any) -> list:
+    """The interfaces of the stack behind ``api`` (TapStack or TcpApi), if it says."""
+    stack = getattr(api, "stack", None)
+    if stack is None:
+        stack = getattr(getattr(api, "tcp", None), "ip", None)
+    return list(getattr(stack, "interfaces", []))

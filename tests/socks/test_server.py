@@ -1,0 +1,362 @@
+"""The SOCKS server on the simulated network (client, proxy, origin), copy mode."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+
+import pytest
+
+from apps.socks import protocol as p
+from apps.socks.policy import Policy
+from apps.socks.protocol import Address, Atyp, Rep
+from tests.socks.harness import (
+    CLIENT,
+    ECHO,
+    ENDINGS,
+    ORIGIN,
+    PROXY_C,
+    PROXY_S,
+    REPORT,
+    RESET,
+    SILENT,
+    SOCKS_PORT,
+    World,
+    read_all,
+    read_message,
+    simulate,
+    socks5,
+)
+
+
+def nets(*texts: str) -> tuple:
+    return tuple(ipaddress.ip_network(t) for t in texts)
+
+
+async def echo_once(w: World, dest: Address, payload: bytes = b"hello", **kw) -> tuple:
+    reader, writer, (sel, auth, reply) = await socks5(w, dest, **kw)
+    echoed = None
+    if reply is not None and reply.rep == Rep.SUCCEEDED:
+        writer.write(payload)
+        writer.write_eof()
+        echoed = await read_all(reader)
+    writer.close()
+    return sel, auth, reply, echoed
+
+
+def test_connect_by_ipv4_relays_and_logs() -> None:
+    async def body(w: World):
+        sel, auth, reply, echoed = await echo_once(w, Address.of(ORIGIN, ECHO), b"x" * 5000)
+        assert sel.method == p.Method.NO_AUTH and auth is None
+        assert reply.rep == Rep.SUCCEEDED
+        # BND.ADDR is the proxy's address on the origin's side (RFC 1928 §6).
+        assert reply.bound.host == PROXY_S and reply.bound.port != 0
+        assert echoed == b"x" * 5000
+        assert await w.until(lambda: w.proxy.active == 0 and w.log.sessions)
+        (s,) = w.log.sessions
+        assert (s.client.split(":")[0], s.version, s.user, s.dest, s.rep) == (
+            CLIENT, 5, "-", f"{ORIGIN}:{ECHO}", 0)
+        assert (s.up, s.down) == (5000, 5000)
+        assert "rep=0x00 up=5000 down=5000" in s.line()
+        assert await w.until(lambda: w.proxy_connections() == 0)
+
+    simulate(body)
+
+
+def test_connect_by_name_and_early_data() -> None:
+    policy = Policy(hosts={"origin.test": ORIGIN})
+
+    async def body(w: World):
+        reader, writer, (_s, _a, reply) = await socks5(
+            w, Address(Atyp.DOMAINNAME, "Origin.Test", ECHO), early=b"early bytes")
+        assert reply.rep == Rep.SUCCEEDED
+        writer.write_eof()
+        assert await read_all(reader) == b"early bytes"
+        writer.close()
+        assert await w.until(lambda: bool(w.log.sessions))
+        assert w.log.sessions[0].dest == f"Origin.Test:{ECHO}"
+
+    simulate(body, policy=policy)
+
+
+@pytest.mark.parametrize("dest,rep", [
+    (Address(Atyp.DOMAINNAME, "nowhere.test", ECHO), Rep.HOST_UNREACHABLE),
+    (Address.of(ORIGIN, 4444), Rep.CONNECTION_REFUSED),
+    (Address.of("198.19.0.99", ECHO), Rep.TTL_EXPIRED),       # nobody answers ARP
+    (Address.of("198.19.77.1", ECHO), Rep.NETWORK_UNREACHABLE),  # no route in the proxy
+    (Address.of("2001:db8::1", ECHO), Rep.ADDRESS_TYPE_NOT_SUPPORTED),
+])
+def test_connect_failures_are_answered(dest: Address, rep: int) -> None:
+    policy = Policy(connect_timeout=3.0)
+
+    async def body(w: World):
+        t0 = w.now
+        reader, writer, (_s, _a, reply) = await socks5(w, dest)
+        assert reply.rep == rep
+        assert await read_all(reader) == b""          # and the proxy closed
+        assert w.now - t0 < policy.connect_timeout + 1
+        writer.close()
+        assert await w.until(lambda: w.proxy.active == 0 and w.proxy_connections() == 0)
+        assert w.log.sessions[0].rep == rep
+
+    simulate(body, policy=policy)
+
+
+@pytest.mark.parametrize("command", [p.Command.BIND, p.Command.UDP_ASSOCIATE, 0x7F])
+def test_other_commands_are_not_supported(command: int) -> None:
+    async def body(w: World):
+        _r, writer, (_s, _a, reply) = await socks5(w, Address.of(ORIGIN, ECHO), command=command)
+        assert reply.rep == Rep.COMMAND_NOT_SUPPORTED
+        writer.close()
+
+    simulate(body)
+
+
+def test_unknown_address_type_is_answered() -> None:
+    async def body(w: World):
+        reader, writer = await w.client.open_connection(PROXY_C, SOCKS_PORT)
+        writer.write(p.Greeting((0,)).encode() + b"\x05\x01\x00\x09\x01\x02")
+        assert (await read_message(reader, p.parse_method_selection)).method == 0
+        reply = await read_message(reader, p.parse_reply)
+        assert reply.rep == Rep.ADDRESS_TYPE_NOT_SUPPORTED
+        assert await read_all(reader) == b""
+        writer.close()
+
+    simulate(body)
+
+
+@pytest.mark.parametrize("policy", [
+    Policy(allow_dests=nets("198.19.0.128/25")),
+    Policy(allow_ports=frozenset({80})),
+])
+def test_destination_policy_denies(policy: Policy) -> None:
+    async def body(w: World):
+        _r, writer, (_s, _a, reply) = await socks5(w, Address.of(ORIGIN, ECHO))
+        assert reply.rep == Rep.NOT_ALLOWED
+        writer.close()
+        # Nothing was sent to the origin: no connection was ever opened from the proxy.
+        assert not any(t.remote_port == ECHO for t in w.proxy_api.tcp.connections.values())
+
+    simulate(body, policy=policy)
+
+
+def test_client_not_allowed_is_closed_without_reply() -> None:
+    async def body(w: World):
+        reader, writer = await w.client.open_connection(PROXY_C, SOCKS_PORT)
+        writer.write(p.Greeting((0,)).encode())
+        assert await read_all(reader) == b""
+        writer.close()
+        assert await w.until(lambda: bool(w.log.sessions))
+        assert w.log.sessions[0].note == "client not allowed"
+
+    simulate(body, policy=Policy(allow_clients=nets("10.0.0.0/8")))
+
+
+USERS = Policy(users={"alice": "wonderland"})
+
+
+def test_auth_success() -> None:
+    async def body(w: World):
+        sel, auth, reply, echoed = await echo_once(
+            w, Address.of(ORIGIN, ECHO), methods=(0, 2), creds=(b"alice", b"wonderland"))
+        assert sel.method == p.Method.USERPASS and auth.ok and reply.rep == Rep.SUCCEEDED
+        assert echoed == b"hello"
+        assert await w.until(lambda: bool(w.log.sessions))
+        assert w.log.sessions[0].user == "alice"
+
+    simulate(body, policy=USERS)
+
+
+@pytest.mark.parametrize("creds", [(b"alice", b"wrong"), (b"mallory", b"wonderland")])
+def test_auth_failure_closes(creds: tuple[bytes, bytes]) -> None:
+    async def body(w: World):
+        reader, writer, (sel, auth, reply) = await socks5(
+            w, Address.of(ORIGIN, ECHO), methods=(2,), creds=creds)
+        assert sel.method == p.Method.USERPASS and not auth.ok and reply is None
+        assert await read_all(reader) == b""   # RFC 1929 §2: the server closes
+        writer.close()
+        assert await w.until(lambda: bool(w.log.sessions))
+        assert w.proxy.counters["auth_failed"] == 1
+
+    simulate(body, policy=USERS)
+
+
+def test_no_acceptable_method() -> None:
+    async def body(w: World):
+        _r, writer, (sel, _a, reply) = await socks5(w, Address.of(ORIGIN, ECHO), methods=(0,))
+        assert sel.method == p.Method.NO_ACCEPTABLE and reply is None
+        writer.close()
+
+    simulate(body, policy=USERS)
+
+
+def test_socks4_and_socks4a() -> None:
+    policy = Policy(hosts={"origin.test": ORIGIN})
+
+    async def body(w: World):
+        for req in (p.Socks4Request(1, ECHO, ORIGIN, b"bob"),
+                    p.Socks4Request(1, ECHO, "0.0.0.1", b"", "origin.test"),
+                    p.Socks4Request(1, ECHO, "0.0.0.1", b"", "unknown.test"),
+                    p.Socks4Request(2, ECHO, ORIGIN, b"")):
+            reader, writer = await w.client.open_connection(PROXY_C, SOCKS_PORT)
+            writer.write(req.encode() + b"ping")
+            reply = await read_message(reader, p.parse_socks4_reply)
+            ok = req.command == 1 and req.hostname != "unknown.test"
+            assert reply.status == (p.Socks4Status.GRANTED if ok else p.Socks4Status.REJECTED)
+            writer.write_eof()
+            assert await read_all(reader) == (b"ping" if ok else b"")
+            writer.close()
+        assert await w.until(lambda: len(w.log.sessions) == 4)
+        assert [s.rep for s in w.log.sessions] == [0, 0, Rep.HOST_UNREACHABLE,
+                                                   Rep.COMMAND_NOT_SUPPORTED]
+        assert w.log.sessions[0].user == "bob" and w.log.sessions[0].version == 4
+
+    simulate(body, policy=policy)
+
+
+def test_socks4_refused_when_passwords_are_required() -> None:
+    async def body(w: World):
+        reader, writer = await w.client.open_connection(PROXY_C, SOCKS_PORT)
+        writer.write(p.Socks4Request(1, ECHO, ORIGIN, b"alice").encode())
+        reply = await read_message(reader, p.parse_socks4_reply)
+        assert reply.status == p.Socks4Status.REJECTED
+        writer.close()
+
+    simulate(body, policy=USERS)
+
+
+@pytest.mark.parametrize("sent", [b"", b"\x05\x02\x00", b"GET / HTTP/1.1\r\n"])
+def test_stalled_or_bad_client_is_dropped_on_time(sent: bytes) -> None:
+    policy = Policy(handshake_timeout=5.0)
+
+    async def body(w: World):
+        reader, writer = await w.client.open_connection(PROXY_C, SOCKS_PORT)
+        t0 = w.now
+        writer.write(sent)
+        assert await read_all(reader) == b""
+        elapsed = w.now - t0
+        if sent.startswith(b"GET"):
+            assert elapsed < 1.0                      # garbage: dropped at once
+        else:
+            assert 5.0 <= elapsed < 6.0               # stalled: dropped at the timeout
+        writer.close()
+        assert await w.until(lambda: w.proxy.active == 0 and w.proxy_connections() == 0)
+        note = w.log.sessions[0].note
+        assert note == "handshake timeout" or note.startswith("bad request")
+
+    simulate(body, policy=policy)
+
+
+def test_connection_limit() -> None:
+    policy = Policy(max_connections=1, handshake_timeout=50.0)
+
+    async def body(w: World):
+        _r1, w1 = await w.client.open_connection(PROXY_C, SOCKS_PORT)  # holds the slot
+        assert await w.until(lambda: w.proxy.active == 1)
+        r2, w2 = await w.client.open_connection(PROXY_C, SOCKS_PORT)
+        t0 = w.now
+        assert await read_all(r2) == b""
+        assert w.now - t0 < 1.0
+        assert w.proxy.counters["over_limit"] == 1
+        w1.close()
+        w2.close()
+        assert await w.until(lambda: w.proxy.active == 0)
+        _r, w3, (_s, _a, reply) = await socks5(w, Address.of(ORIGIN, ECHO))
+        assert reply.rep == Rep.SUCCEEDED                  # the slot is free again
+        w3.close()
+
+    simulate(body, policy=policy)
+
+
+def test_half_close_is_relayed() -> None:
+    async def body(w: World):
+        reader, writer, (_s, _a, reply) = await socks5(w, Address.of(ORIGIN, REPORT))
+        assert reply.rep == Rep.SUCCEEDED
+        writer.write(b"a" * 1234)
+        writer.write_eof()  # the origin answers only once it sees our FIN
+        assert await read_all(reader) == b"got 1234"
+        writer.close()
+        assert await w.until(lambda: w.proxy.active == 0 and w.proxy_connections() == 0)
+        s = w.log.sessions[0]
+        assert (s.up, s.down, s.note) == (1234, 8, "")
+
+    simulate(body)
+
+
+def test_origin_reset_reaches_client_as_reset() -> None:
+    async def body(w: World):
+        reader, writer, (_s, _a, reply) = await socks5(w, Address.of(ORIGIN, RESET))
+        assert reply.rep == Rep.SUCCEEDED
+        writer.write(b"boom")
+        with pytest.raises(ConnectionResetError):
+            await read_all(reader)
+        assert await w.until(lambda: w.proxy.active == 0 and w.proxy_connections() == 0)
+
+    simulate(body)
+
+
+def test_client_reset_reaches_origin_and_frees_everything() -> None:
+    async def body(w: World):
+        reader, writer, (_s, _a, reply) = await socks5(w, Address.of(ORIGIN, SILENT))
+        assert reply.rep == Rep.SUCCEEDED
+        writer.write(b"data")
+        assert await w.until(lambda: w.log.sessions == [] and any(
+            t.remote_port == SILENT for t in w.proxy_api.tcp.connections.values()))
+        writer.transport.abort()
+        assert await w.until(lambda: w.proxy.active == 0 and w.proxy_connections() == 0)
+        # The origin's side was reset too, not closed with a FIN or left open.
+        assert await w.until(lambda: bool(ENDINGS))
+        assert ENDINGS == ["reset"]
+        assert w.log.sessions[0].note.startswith("error")
+
+    simulate(body)
+
+
+def pattern(n: int, seed: int) -> bytes:
+    block = bytes((i * 7 + seed) & 0xFF for i in range(4096))
+    return (block * (n // len(block) + 1))[:n]
+
+
+@pytest.mark.parametrize("size", [256 * 1024, 4 << 20])
+def test_large_transfer_both_ways(size: int) -> None:
+    data = pattern(size, 3)
+
+    async def body(w: World):
+        reader, writer, (_s, _a, reply) = await socks5(w, Address.of(ORIGIN, ECHO))
+        assert reply.rep == Rep.SUCCEEDED
+
+        async def send() -> None:
+            for i in range(0, size, 100_000):
+                writer.write(data[i:i + 100_000])
+                await writer.drain()
+            writer.write_eof()
+
+        sender = asyncio.ensure_future(send())
+        got = await read_all(reader)
+        await sender
+        assert len(got) == size and got == data
+        writer.close()
+        assert await w.until(lambda: bool(w.log.sessions))
+        s = w.log.sessions[0]
+        assert (s.up, s.down) == (size, size)
+
+    simulate(body)
+
+
+def test_splice_mode_says_it_is_missing() -> None:
+    async def body(w: World):
+        reader, writer, (_s, _a, reply) = await socks5(w, Address.of(ORIGIN, ECHO))
+        assert reply.rep == Rep.GENERAL_FAILURE
+        assert await read_all(reader) == b""
+        writer.close()
+        assert await w.until(lambda: w.proxy.active == 0 and w.proxy_connections() == 0)
+        assert "splice layer" in w.log.sessions[0].note
+
+    simulate(body, mode="splice")
+
+
+def test_bad_mode() -> None:
+    from apps.socks.server import SocksServer
+
+    with pytest.raises(ValueError):
+        SocksServer(object(), mode="zero-copy")
