@@ -1,0 +1,149 @@
+"""`tapsplice socks`: the SOCKS5/SOCKS4a proxy on the stack's TAP devices."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import replace
+
+from apps.socks.policy import (
+    Policy,
+    PolicyError,
+    attached_networks,
+    load_hosts,
+    load_users,
+    parse_host_mapping,
+    parse_network,
+    parse_port,
+)
+from apps.socks.server import MODES, SocksServer
+from apps.stackcmd import add_common, open_stack, run_stack
+
+log = logging.getLogger("tapsplice.socks")
+
+LAB_LISTEN = ("198.18.0.2", 1080)
+SPLICE_MISSING = ("tapsplice socks: --mode splice needs the splice layer, which is not "
+                  "available yet; run with --mode copy")
+
+
+def _arg(parse):
+    """An argparse type from one of the policy parsers (PolicyError -> usage error)."""
+    def convert(text: str):
+        try:
+            return parse(text)
+        except PolicyError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    convert.__name__ = parse.__name__
+    return convert
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``ADDR:PORT`` (or ``ADDR``, port 1080) as (address, port)."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = text, "1080"
+    try:
+        network = parse_network(host)
+        if network.num_addresses != 1 or network.version != 4:
+            raise PolicyError(f"{host!r} is not one IPv4 address")
+        return str(network.network_address), parse_port(port)
+    except PolicyError as e:
+        raise argparse.ArgumentTypeError(f"--listen {text!r}: {e}") from None
+
+
+def listen_address(args: argparse.Namespace) -> tuple[str, int]:
+    """Where to listen: --listen, else the lab's 198.18.0.2:1080, else the first --addr."""
+    if args.listen is not None:
+        return args.listen
+    if args.lab or not args.addr:
+        return LAB_LISTEN
+    return args.addr[0].partition("/")[0], LAB_LISTEN[1]
+
+
+def policy_from_args(args: argparse.Namespace) -> Policy:
+    """The access policy the options describe (files are read here)."""
+    hosts = load_hosts(args.hosts) if args.hosts else {}
+    hosts.update(dict(args.host))
+    return Policy(
+        allow_clients=tuple(args.allow_client) or None,
+        allow_dests=tuple(args.allow_dest) or None,
+        allow_ports=frozenset(args.allow_port) or None,
+        users=load_users(args.users) if args.users else None,
+        hosts=hosts,
+        max_connections=args.max_connections,
+        handshake_timeout=args.handshake_timeout,
+        connect_timeout=args.connect_timeout,
+    )
+
+
+def default_destinations(policy: Policy, interfaces: list, routes: list[tuple[str, str]]
+                         ) -> Policy:
+    """Without --allow-dest, only the attached subnets and the --route prefixes: the
+    proxy reaches what the stack was explicitly connected to, nothing more."""
+    if policy.allow_dests is not None:
+        return policy
+    dests = attached_networks(interfaces) + [parse_network(prefix) for prefix, _via in routes]
+    return replace(policy, allow_dests=tuple(dests))
+
+
+def cmd_socks(args: argparse.Namespace) -> int:
+    """Run the proxy until interrupted."""
+    if args.mode == "splice":
+        print(SPLICE_MISSING, file=sys.stderr)
+        return 2
+    try:
+        policy = policy_from_args(args)
+    except PolicyError as e:
+        print(f"tapsplice socks: {e}", file=sys.stderr)
+        return 2
+    host, port = listen_address(args)
+    net = open_stack(args)
+    policy = default_destinations(policy, [iface for iface, _dev in net.devices], args.route)
+
+    async def setup(net) -> None:
+        server = SocksServer(net, mode=args.mode, policy=policy)
+        await server.start(host, port)
+        log.info("socks (%s mode) on %s:%d; clients %s; destinations %s; auth %s", args.mode,
+                 host, port, ", ".join(map(str, server.policy.allow_clients or ())) or "none",
+                 ", ".join(map(str, server.policy.allow_dests or ())) or "any",
+                 "username/password" if policy.auth_required else "none")
+
+    run_stack(net, setup)
+    return 0
+
+
+def add_parser(subparsers) -> None:
+    """Register `tapsplice socks`."""
+    p = subparsers.add_parser(
+        "socks", help="run a SOCKS5/SOCKS4a proxy on the stack",
+        description="A SOCKS5 (RFC 1928, RFC 1929 username/password) and SOCKS4/4a proxy "
+                    "on the stack's TAP devices. CONNECT only. Names are resolved from "
+                    "--hosts/--host; unknown names get 'host unreachable'.")
+    add_common(p)
+    p.add_argument("--listen", type=parse_listen, default=None, metavar="ADDR:PORT",
+                   help="listen address (default with --lab: 198.18.0.2:1080)")
+    p.add_argument("--mode", choices=MODES, default="splice",
+                   help="splice (default; needs the splice layer) or copy (relay through "
+                        "the streams API)")
+    p.add_argument("--users", metavar="FILE",
+                   help='require RFC 1929 username/password; FILE has "user:password" lines')
+    p.add_argument("--hosts", metavar="FILE",
+                   help="names for DOMAINNAME requests (/etc/hosts lines or NAME=ADDRESS)")
+    p.add_argument("--host", action="append", default=[], type=_arg(parse_host_mapping),
+                   metavar="NAME=ADDR", help="one name (repeatable)")
+    p.add_argument("--allow-client", action="append", default=[], type=_arg(parse_network),
+                   metavar="NET", help="allowed client network (repeatable; default: the "
+                                       "subnets the stack is attached to)")
+    p.add_argument("--allow-dest", action="append", default=[], type=_arg(parse_network),
+                   metavar="NET", help="allowed destination network (repeatable; default: "
+                                       "the attached subnets and --route prefixes)")
+    p.add_argument("--allow-port", action="append", default=[], type=_arg(parse_port),
+                   metavar="PORT", help="allowed destination port (repeatable; default any)")
+    p.add_argument("--max-connections", type=int, default=256, metavar="N",
+                   help="client connections served at once (default 256)")
+    p.add_argument("--handshake-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="time a client has for greeting, auth and request (default 10)")
+    p.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="time to connect to the destination (default 10)")
+    p.set_defaults(func=cmd_socks)
