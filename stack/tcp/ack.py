@@ -72,15 +72,21 @@ def update_window(tcb: Tcb, hdr: TcpHeader, window: int) -> None:
 
 
 def _free_acked(tcb: Tcb, ack: int) -> tuple[int, float | None]:
-    """Unlink acknowledged buffers; return (payload bytes freed, Karn-safe send time)."""
+    """Unlink acknowledged buffers; return (payload bytes freed, Karn-safe send time).
+
+    RFC 6298 §3 (Karn): when the ACK covers any retransmitted buffer there is no
+    sample at all, since the ACK may answer the retransmission.
+    """
     q = tcb.write_queue
     freed = 0
     when: float | None = None
+    retransmitted = False
     while (skb := q.first) is not None and skb is not tcb.send_head:
         if seq.le(skb.end_seq, ack):
             q.unlink(skb)
             freed += len(skb)
-            when = skb.when if not skb.retrans else None
+            when = skb.when
+            retransmitted = retransmitted or skb.retrans > 0
             continue
         if seq.lt(skb.seq, ack):
             # Partly acknowledged (the peer trimmed to its window): drop the acked bytes.
@@ -88,8 +94,9 @@ def _free_acked(tcb: Tcb, ack: int) -> tuple[int, float | None]:
             skb.pull(min(n, len(skb)))
             skb.seq = ack
             freed += n
+            retransmitted = retransmitted or skb.retrans > 0
         break
-    return freed, when
+    return freed, None if retransmitted else when
 
 
 def ack_new_data(tcb: Tcb, ack: int, hdr: TcpHeader, now: float) -> None:

@@ -296,3 +296,15 @@ def test_zero_window_unanswered_probes_time_out():
     for _ in range(4):
         p.fire()
     assert tcb.state is S.CLOSED and isinstance(tcb.error, TimeoutError)
+
+
+def test_karn_no_rtt_sample_when_a_retransmission_is_acked():
+    p = Peer(ts=False)
+    _, tcb, _ = p.accept_connection()
+    srtt = tcb.rtt.srtt
+    tcb.send(b"k" * (2 * 1460), 1.0)
+    assert len(p.take()) == 2
+    t, out = p.fire()
+    assert len(out) == 1  # the first segment again
+    p.send(ACK, ack=tcb.snd_nxt, now=t + 3.0)
+    assert tcb.snd_una == tcb.snd_nxt and tcb.rtt.srtt == srtt
