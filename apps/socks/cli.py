@@ -147,3 +147,17 @@ def add_parser(subparsers) -> None:
     p.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS",
                    help="time to connect to the destination (default 10)")
     p.set_defaults(func=cmd_socks)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m apps.socks.cli [options]`: the command on its own, as `tapsplice socks`."""
+    parser = argparse.ArgumentParser(prog="tapsplice")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["socks", *(sys.argv[1:] if argv is None else argv)])
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
