@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from apps.socks import protocol as p
@@ -49,7 +49,6 @@ class Session:
     down: int = 0    # destination -> client bytes
     duration: float = 0.0
     note: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def line(self) -> str:
         """The access-log line."""

@@ -6,6 +6,8 @@ import asyncio
 import ipaddress
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from apps.socks import protocol as p
 from apps.socks.policy import Policy
@@ -360,3 +362,36 @@ def test_bad_mode() -> None:
 
     with pytest.raises(ValueError):
         SocksServer(object(), mode="zero-copy")
+
+
+FUZZ_POLICY = Policy(handshake_timeout=2.0, connect_timeout=2.0,
+                     hosts={"origin.test": ORIGIN})
+valid_prefix = st.sampled_from([
+    b"",
+    p.Greeting((0,)).encode(),
+    p.Greeting((0,)).encode() + p.Request(1, Address.of(ORIGIN, ECHO)).encode(),
+    p.Socks4Request(1, ECHO, "0.0.0.1", b"", "origin.test").encode(),
+    b"\x04", b"\x05",
+])
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(valid_prefix, st.binary(max_size=600), st.booleans())
+def test_arbitrary_client_bytes_end_cleanly(prefix: bytes, raw: bytes, eof: bool) -> None:
+    async def body(w: World):
+        reader, writer = await w.client.open_connection(PROXY_C, SOCKS_PORT)
+        writer.write(prefix + raw)
+        if eof:
+            writer.write_eof()
+        try:
+            # A valid CONNECT to the echo service stays open until we close: bounded.
+            async with asyncio.timeout(30):
+                await read_all(reader)
+        except (ConnectionResetError, TimeoutError):
+            pass
+        writer.close()
+        assert await w.until(lambda: w.proxy.active == 0 and w.proxy_connections() == 0)
+        (s,) = w.log.sessions
+        assert not s.note.startswith("internal"), s.note
+
+    simulate(body, policy=FUZZ_POLICY)
