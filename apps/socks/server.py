@@ -123,7 +123,9 @@ class SocksServer:
             await self._serve(reader, writer, s, conns)
         except asyncio.CancelledError:
             s.note, failed = "cancelled", True
-        except (ConnectionError, OSError, SocksError, _ClientGone) as e:
+        except _ClientGone as e:
+            s.note = str(e)
+        except (ConnectionError, OSError, SocksError) as e:
             s.note, failed = s.note or f"error: {e}", True
         except Exception as e:  # a bug must not leak the connections
             log.exception("socks session %s", s.client)
@@ -326,7 +328,15 @@ class SocksServer:
                       server_writer: asyncio.StreamWriter, reply: bytes) -> None:
         """Splice mode: write ``reply`` to the client and splice the two connections
         (SPLICE.md §1: ``splice(client, server, n=len(reply))``), then wait for the
-        splice to end. The splice layer provides this; until then it raises."""
+        splice to end. The splice layer provides this; until then it raises.
+
+        On entry both connections are established, nothing has been written to the
+        client since the request, and any bytes the client sent after its request
+        were already written to the server (they are the proxy's own data there,
+        SPLICE.md §2 PRE_SPLICED). If this returns normally the server closes both
+        handles (for a spliced pair that releases the handles only, SPLICE.md §1);
+        if it raises, both connections are aborted, except for NotImplementedError,
+        which is answered with a general-failure reply."""
         raise NotImplementedError("splice mode needs the splice layer")
 
 
