@@ -65,6 +65,8 @@ class Stack:
         self.reasm = reassembler or Reassembler()
         self.icmp_bucket = sicmp.TokenBucket(icmp_rate, icmp_burst)
         self.protocols: dict[int, ProtocolHandler] = {}
+        #: Other owners of timers (the splice layer): next_deadline() and on_timer(now).
+        self.timer_sources: list[ProtocolHandler] = []
         self.counters: Counter[str] = Counter()
         self.outbox: list[tuple[Interface, SkBuff]] = []
         self._ident = self.rng.randrange(1 << 16)
@@ -119,6 +121,7 @@ class Stack:
         """The earliest time :meth:`on_timer` must run, or None."""
         times = [self.neigh.next_deadline(), self.reasm.next_deadline()]
         times.extend(p.next_deadline() for p in self.protocols.values())
+        times.extend(t.next_deadline() for t in self.timer_sources)
         live = [t for t in times if t is not None]
         return min(live) if live else None
 
@@ -141,7 +144,7 @@ class Stack:
             if iface is not None:
                 self._icmp_error(iface.iface, quoted, wicmp.TIME_EXCEEDED,
                                  wicmp.EXC_FRAGTIME, now)
-        for p in self.protocols.values():
+        for p in (*self.protocols.values(), *self.timer_sources):
             deadline = p.next_deadline()
             if deadline is not None and deadline <= now:
                 p.on_timer(now)
@@ -300,6 +303,8 @@ class Stack:
             skb = SkBuff.from_bytes(whole.payload, headroom=HEADROOM)
             return self._deliver(iface, skb, whole.header + whole.payload[:8], proto,
                                  src, dst, now)
+        # Where the IP header starts, for layers that relay the frame as it is (splice).
+        skb.network_off = d
         skb.pull(ETH_HLEN + ihl)
         self.counters["rx_local"] += 1
         quoted = bytes(memoryview(buf)[d:d + ihl + 8])
@@ -423,6 +428,17 @@ class Stack:
             return True
         self.counters["tx_ip"] += 1
         return self._link_output(out, nexthop, skb, now, forwarded=False, has_eth=False)
+
+    def output_frame(self, skb: SkBuff, now: float) -> bool:
+        """Send a complete frame (data at its Ethernet header, IPv4 header filled in,
+        addressed to a remote host) towards its destination: route, neighbour, MACs.
+        Used by the splice relay, which rewrites received frames in place."""
+        dst = bytes(skb.buf[skb.data + ETH_HLEN + 16:skb.data + ETH_HLEN + 20])
+        route = self.routes.lookup(dst)
+        if route is None:
+            self.counters["tx_no_route"] += 1
+            return False
+        return self._link_output(route.iface, route.via or dst, skb, now, forwarded=False)
 
     def _link_output(self, out: Interface, nexthop: bytes, skb: SkBuff, now: float, *,
                      forwarded: bool, has_eth: bool = True) -> bool:

@@ -55,6 +55,7 @@ class TcpTransport(asyncio.Transport):
         self._eof_delivered = False
         self._closing = False
         self._lost = False
+        self._detached = False
         tcb.on_event = self._on_event
 
     # -- asyncio.Transport API -------------------------------------------------
@@ -75,8 +76,23 @@ class TcpTransport(asyncio.Transport):
         """True once close() or abort() was called or the connection is gone."""
         return self._closing or self._lost
 
+    def detach(self) -> bytes:
+        """Hand the connection over to the splice layer: no more reads or writes through
+        this transport; closing it later releases the handle only (no FIN, SPLICE.md
+        §1). Returns what was written but not yet taken by the TCB."""
+        unsent = bytes(self._buffer)
+        self._buffer.clear()
+        self._detached = True
+        self._reading_paused = True
+        self._check_pause()
+        return unsent
+
     def close(self) -> None:
         """Send what is buffered, then FIN; the connection is released afterwards."""
+        if self._detached:
+            self._closing = True
+            self._connection_lost(None)
+            return
         if self._closing:
             return
         self._closing = True
@@ -85,6 +101,9 @@ class TcpTransport(asyncio.Transport):
 
     def abort(self) -> None:
         """Reset the connection now, dropping buffered data."""
+        if self._detached:
+            self.close()
+            return
         self._closing = True
         self._buffer.clear()
         if self._tcb.state is not TcpState.CLOSED:
@@ -94,6 +113,8 @@ class TcpTransport(asyncio.Transport):
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Queue ``data``; it moves into the TCB as fast as the send buffer allows."""
+        if self._detached:
+            raise RuntimeError("the connection is spliced: write through the splice API")
         if self._eof_wanted or self._closing:
             raise RuntimeError("write after write_eof() or close()")
         if self._lost:
@@ -150,7 +171,7 @@ class TcpTransport(asyncio.Transport):
     # -- the TCB side ------------------------------------------------------------
     def _flush(self) -> None:
         tcb = self._tcb
-        if self._lost:
+        if self._lost or self._detached:
             return
         now = self._driver.now()
         if self._buffer and tcb.state is not TcpState.CLOSED:
@@ -181,6 +202,8 @@ class TcpTransport(asyncio.Transport):
 
     def _deliver(self) -> None:
         tcb = self._tcb
+        if self._detached:
+            return
         while not self._reading_paused and tcb.recv_available():
             data = tcb.recv(READ_CHUNK)
             if not data:
@@ -195,6 +218,10 @@ class TcpTransport(asyncio.Transport):
         self._driver.poke()
 
     def _on_event(self, tcb: Tcb, event: str) -> None:
+        if self._detached:
+            if event in ("error", "closed"):
+                self._connection_lost(None)
+            return
         if event in ("readable", "eof"):
             self._deliver()
         elif event == "writable":

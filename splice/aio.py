@@ -1,0 +1,118 @@
+"""Splicing asyncio streams: the helper a proxy author calls.
+
+::
+
+    splice = SpliceApi(splicer, driver)
+    server = await api.start_server(handle, "198.18.0.2", 1080)
+    splice.init_splice(server)
+    ...
+    async def handle(reader, writer):
+        request = await reader.readexactly(...)            # the proxy's own protocol
+        s_reader, s_writer = await splice.open_connection(writer, host, port)
+        pair = await splice.splice(writer, s_writer, reply_to_client=b"...")
+        await splice.wait_closed(pair)                      # relayed by the stack meanwhile
+
+After ``open_connection`` the client connection may not be read; after ``splice`` neither
+stream may be used, and closing them releases the handles only (SPLICE.md §1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+
+from splice.pair import SpliceError, SplicePair
+from splice.splicer import Splicer
+from stack.streams import Driver, TcpServer, TcpTransport
+from stack.tcp.tcb import Tcb
+
+
+def _tcb(writer: asyncio.StreamWriter) -> Tcb:
+    tcb = writer.transport.get_extra_info("tcb")
+    if tcb is None:
+        raise SpliceError("not a connection of this stack")
+    return tcb
+
+
+class SpliceApi:
+    """asyncio-level splice calls on top of a :class:`Splicer`."""
+
+    def __init__(self, splicer: Splicer, driver: Driver) -> None:
+        self.splicer = splicer
+        self.driver = driver
+        self._closed: dict[int, asyncio.Future[None]] = {}
+        splicer.on_close = self._pair_closed
+
+    def init_splice(self, server: TcpServer) -> None:
+        """Connections accepted by ``server`` can be spliced (SPLICE.md §1.1)."""
+        self.splicer.init_splice(server.listener)
+
+    async def open_connection(self, client_writer: asyncio.StreamWriter, host: str,
+                              port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """intend_splice + connect: the server connection, built from the client's
+        options. Raises ConnectionRefusedError, TimeoutError... like open_connection."""
+        loop = asyncio.get_running_loop()
+        client = _tcb(client_writer)
+        dst = ipaddress.IPv4Address(host).packed
+        server = self.splicer.intend_splice(client, dst, port, self.driver.now())
+        client_writer.transport.pause_reading()
+        self.driver.poke()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def on_event(t: Tcb, event: str) -> None:
+            if done.done():
+                return
+            if event == "established":
+                done.set_result(None)
+            elif event in ("error", "closed"):
+                done.set_exception(t.error or ConnectionResetError("connection closed"))
+
+        server.on_event = on_event
+        try:
+            await done
+        except BaseException:
+            self.splicer.abandon(client, self.driver.now())
+            self.driver.poke()
+            raise
+        reader = asyncio.StreamReader(loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        transport = TcpTransport(server, protocol, self.driver)
+        protocol.connection_made(transport)
+        return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+
+    async def splice(self, client_writer: asyncio.StreamWriter,
+                     server_writer: asyncio.StreamWriter, *,
+                     reply_to_client: bytes = b"") -> SplicePair:
+        """Splice the two connections; ``reply_to_client`` is written to the client
+        first (it is the write allowance n of SPLICE.md §1.3)."""
+        client, server = _tcb(client_writer), _tcb(server_writer)
+        now = self.driver.now()
+        # Bytes the application's stream took from the client but did not consume
+        # belong to the server (nothing lost at the seam). asyncio keeps them in the
+        # reader's buffer, which has no public accessor.
+        reader = getattr(client_writer, "_reader", None)
+        unread = b""
+        if reader is not None and reader._buffer:
+            unread = bytes(reader._buffer)
+            reader._buffer.clear()
+        pending_to_server = server_writer.transport.detach()
+        client_writer.transport.detach()
+        if pending_to_server:
+            Splicer._force_send(server, pending_to_server, now)
+        pair = self.splicer.splice(client, server, len(reply_to_client), now, unread=unread)
+        if reply_to_client:
+            self.splicer.write_owed(client, reply_to_client, now)
+        self._closed[id(pair)] = asyncio.get_running_loop().create_future()
+        self.driver.poke()
+        return pair
+
+    def _pair_closed(self, pair: SplicePair) -> None:
+        fut = self._closed.pop(id(pair), None)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    async def wait_closed(self, pair: SplicePair) -> None:
+        """Wait until the splice ends (TIMEWAIT over, or reset)."""
+        fut = self._closed.get(id(pair))
+        if fut is not None and not pair.closed:
+            await fut

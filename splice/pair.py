@@ -1,0 +1,81 @@
+"""The two halves of a splice and what they record (SPLICE.md §2, §4)."""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from splice.mapping import DirectionMap
+from splice.state import SpliceEvent, SpliceState, next_state
+
+if TYPE_CHECKING:
+    from stack.tcp.tcb import Tcb
+
+
+class SpliceError(RuntimeError):
+    """Misuse of the splice primitives; nothing was changed."""
+
+
+@dataclass(slots=True)
+class QueuedFrame:
+    """A private copy of a frame waiting to be relayed (the read buffer is reused)."""
+
+    frame: bytes
+    vnet: tuple[int, int, int, int, int, int]
+    tcp_off: int          # offset of the TCP header in ``frame``
+    payload: int
+
+
+@dataclass(eq=False)
+class Side:
+    """One interface of a splice pair: a connection of the proxy and its splice state."""
+
+    tcb: Tcb
+    role: str                                   # "client" or "server"
+    state: SpliceState
+    #: Frames from the other side waiting to leave through this interface.
+    pending: deque[QueuedFrame] = field(default_factory=deque)
+    pending_bytes: int = 0
+    #: Bytes the application may still write on this connection (client: n).
+    owed: int = 0
+    #: Base points at splice time: next byte we send / expect (SPLICE.md §4).
+    iss: int = 0
+    irs: int = 0
+    #: Rewrite for segments that leave through this interface.
+    out_map: DirectionMap | None = None
+    #: Sequence number, in this connection's space, just past the FIN relayed out of it.
+    fin_end: int | None = None
+    other: Side | None = None
+
+    def apply(self, event: SpliceEvent) -> SpliceState:
+        """Move along the splice state table."""
+        self.state = next_state(self.state, event)
+        return self.state
+
+
+@dataclass(eq=False)
+class SplicePair:
+    """A client connection and a server connection spliced (or about to be)."""
+
+    client: Side
+    server: Side
+    counters: Counter = field(default_factory=Counter)
+    created: float = 0.0
+    spliced_at: float | None = None
+    timewait_until: float | None = None
+    closed: bool = False
+
+    def sides(self) -> tuple[Side, Side]:
+        """(client, server)."""
+        return self.client, self.server
+
+    def info(self) -> dict:
+        """A summary for statistics and logs."""
+        def one(s: Side) -> dict:
+            t = s.tcb
+            return {"state": s.state.value, "local": f"{'.'.join(map(str, t.local))}:"
+                    f"{t.local_port}", "remote": f"{'.'.join(map(str, t.remote))}:"
+                    f"{t.remote_port}", "pending": len(s.pending)}
+        return {"client": one(self.client), "server": one(self.server),
+                "counters": dict(self.counters)}

@@ -1,0 +1,408 @@
+"""Symmetric TCP splice in the stack (SPLICE.md §1-§5).
+
+The :class:`Splicer` owns every splice pair of one stack. Its three primitives follow
+SPLICE.md §1: :meth:`Splicer.init_splice` on a listener, :meth:`Splicer.intend_splice`
+(which opens the server connection with the client connection's options), and
+:meth:`Splicer.splice` with the write allowance ``n``. From intend_splice on, the
+splicer sees every segment of both connections first (the TCB's ``input_hook``) and
+acts by the interface's splice state (splice/state.py): queue it, let the TCB take only
+its acknowledgement, or rewrite it in place and send it out of the other interface
+(splice/relay.py) — the proxy acknowledges nothing on its own behalf once relaying.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import itertools
+import struct
+from collections import Counter
+from typing import TYPE_CHECKING
+
+from splice.mapping import ConnSnapshot, make_maps
+from splice.pair import QueuedFrame, Side, SpliceError, SplicePair
+from splice.relay import RelayError, relay_rewrite
+from splice.state import RELAYING, SpliceEvent, SpliceState
+from stack import seq
+from stack.skbuff import SkBuff
+from stack.tcp import output
+from stack.tcp.api import TcpState
+from stack.tcp.input import segment_arrives
+from stack.tcp.options import tsval
+from stack.wire import checksum as cks
+from stack.wire.ethernet import ETH_HLEN
+from stack.wire.tcp import ACK, FIN, RST, TcpHeader
+from stack.wire.vnet import VIRTIO_NET_HDR_F_NEEDS_CSUM
+
+if TYPE_CHECKING:
+    from stack.core import Stack
+    from stack.tcp.layer import Listener, TcpLayer
+    from stack.tcp.tcb import Tcb
+
+S, E = SpliceState, SpliceEvent
+_L = struct.Struct("!L")
+_H = struct.Struct("!H")
+_NO_DATA = memoryview(b"")
+
+
+class Splicer:
+    """Splice pairs of one stack, their relay and their timers."""
+
+    def __init__(self, stack: Stack, tcp: TcpLayer, *, queue_limit: int = 8 << 20,
+                 timewait: float | None = None, max_pairs: int = 65536) -> None:
+        self.stack = stack
+        self.tcp = tcp
+        self.queue_limit = queue_limit
+        self.timewait = 2 * tcp.config.msl if timewait is None else timewait
+        self.max_pairs = max_pairs
+        self.sides: dict[int, Side] = {}           # id(tcb) -> its side
+        self.pairs: dict[int, SplicePair] = {}     # id(client side) -> pair
+        self.counters: Counter[str] = Counter()
+        self._heap: list[tuple[float, int, SplicePair]] = []
+        self._tie = itertools.count()
+        #: Called with each pair once it is torn down (for the asyncio helpers).
+        self.on_close = None
+        stack.timer_sources.append(self)
+
+    # -- primitives (SPLICE.md §1) --------------------------------------------------
+    def init_splice(self, listener: Listener) -> None:
+        """Connections accepted from ``listener`` can be spliced later.
+
+        Nothing has to be forced on them: every window scale can be mapped (the relay
+        rescales and rounds down, SPLICE.md §5), so the client connection keeps its
+        normal scale instead of the thesis's 0 and uploads are not held to 64 KB.
+        """
+        def mark(tcb: Tcb) -> None:
+            tcb.spliceable = True
+        listener.tcb_setup = mark
+
+    def intend_splice(self, client: Tcb, dst: bytes, dport: int, now: float) -> Tcb:
+        """Open the server connection for ``client`` with the client's options (§5);
+        from now on the application may not read from the client connection."""
+        if id(client) in self.sides:
+            raise SpliceError("the client connection is already part of a splice")
+        if client.state is not TcpState.ESTABLISHED:
+            raise SpliceError(f"the client connection is {client.state.name}, "
+                              "not ESTABLISHED")
+        if len(self.pairs) >= self.max_pairs:
+            raise SpliceError("too many splices")
+        server = self.tcp.connect(dst, dport, now, setup=lambda t: self._mirror(t, client))
+        c = Side(client, "client", S.ESTABLISHED)
+        s = Side(server, "server", S.CLOSE)
+        c.other, s.other = s, c
+        pair = SplicePair(c, s, created=now)
+        self.pairs[id(c)] = pair
+        for side in (c, s):
+            self.sides[id(side.tcb)] = side
+            side.tcb.input_hook = self._input
+            side.tcb.splice = side
+        self.counters["intended"] += 1
+        return server
+
+    def splice(self, client: Tcb, server: Tcb, n: int, now: float,
+               unread: bytes = b"") -> SplicePair:
+        """Start relaying between the two connections (§2); the application may still
+        write ``n`` bytes to the client connection. ``unread`` is client data the
+        application took from the connection but did not use (its stream buffer)."""
+        c, s = self.sides.get(id(client)), self.sides.get(id(server))
+        if c is None or s is None or c.other is not s or c.role != "client":
+            raise SpliceError("these connections were not joined by intend_splice")
+        if c.state is not S.ESTABLISHED or s.state is not S.ESTABLISHED:
+            raise SpliceError(f"cannot splice: client {c.state.value}, "
+                              f"server {s.state.value} (both must be established)")
+        if n < 0:
+            raise SpliceError("n must be >= 0")
+        pair = self.pairs[id(c)]
+        # Nothing lost at the seam (§4): what one side sent and the proxy accepted but
+        # did not use goes to the other side as the proxy's own data.
+        self._hand_over(c, s, unread + client.recv(1 << 40), now)
+        self._hand_over(s, c, server.recv(1 << 40), now)
+        c.owed = n
+        for side in (c, s):
+            tcb = side.tcb
+            side.iss = seq.add(tcb.write_seq, side.owed)
+            side.irs = tcb.rcv_nxt
+            # Data above rcv_nxt was never acknowledged: its sender will send it again
+            # and it is relayed then (RFC 2018 §8 allows dropping SACKed data).
+            tcb.out_of_order_queue.purge()
+            tcb.ooo_bytes = 0
+            if tcb.last_ack_sent != tcb.rcv_nxt:
+                output.send_ack(tcb, now)  # the peer must have everything below irs acked
+        snap_c, snap_s = self._snapshot(c, now), self._snapshot(s, now)
+        s.out_map, c.out_map = make_maps(snap_c, snap_s)
+        pair.spliced_at = now
+        for side in (c, s):
+            owes = side.owed > 0 or bool(side.tcb.write_queue)
+            side.apply(E.SPLICE_OWED if owes else E.SPLICE_CLEAN)
+            self.counters["pre_spliced" if owes else "spliced_clean"] += 1
+        for side in (c, s):
+            if side.state is S.SPLICED:
+                self._start_relaying(side, now)
+        self.counters["splices"] += 1
+        return pair
+
+    def write_owed(self, client: Tcb, data: bytes, now: float) -> None:
+        """Write part of the ``n`` bytes allowed after splice() on the client connection."""
+        side = self.sides.get(id(client))
+        if side is None or side.role != "client" or side.state not in (S.PRE_SPLICED,):
+            raise SpliceError("no bytes are owed on this connection")
+        if len(data) > side.owed:
+            raise SpliceError(f"{len(data)} bytes exceed the {side.owed} still allowed")
+        self._force_send(client, data, now)
+        side.owed -= len(data)
+        self._check_owed(side, now)
+
+    # -- state of the pair ---------------------------------------------------------------
+    def _mirror(self, server: Tcb, client: Tcb) -> None:
+        """Build the server connection's SYN from the client connection (§5)."""
+        cfg = dataclasses.replace(server.config, window_scaling=client.wscale_ok,
+                                  sack=client.sack_ok, timestamps=client.ts_ok)
+        server.config = cfg
+        # The server must send segments the client can take without a split.
+        server.adv_mss = client.mss + (12 if client.ts_ok else 0)
+        if client.wscale_ok:
+            server.rcv_wscale = client.snd_wscale  # client windows pass unchanged
+        else:
+            server.rcv_wscale = 0
+
+    def _snapshot(self, side: Side, now: float) -> ConnSnapshot:
+        t = side.tcb
+        return ConnSnapshot(
+            local=t.local, local_port=t.local_port, remote=t.remote,
+            remote_port=t.remote_port, snd_nxt=side.iss, rcv_nxt=side.irs,
+            ts_ok=t.ts_ok, ts_recent=t.ts_recent, ts_sent=tsval(t, now),
+            sack_ok=t.sack_ok,
+            snd_wscale=t.snd_wscale if t.wscale_ok else None,
+            rcv_wscale=t.rcv_wscale if t.wscale_ok else None,
+            mss=t.mss)
+
+    def _hand_over(self, src: Side, dst: Side, data: bytes, now: float) -> None:
+        if data:
+            self.counters["seam_bytes"] += len(data)
+            self._force_send(dst.tcb, data, now)
+
+    @staticmethod
+    def _force_send(tcb: Tcb, data: bytes, now: float) -> None:
+        """Queue all of ``data`` (the send buffer grows if it must: these bytes are
+        already accepted from the other peer and cannot be refused)."""
+        need = seq.sub(tcb.write_seq, tcb.snd_una) + len(data)
+        if need > tcb.sndbuf:
+            tcb.sndbuf = need
+        view = memoryview(data)
+        while view:
+            taken = tcb.send(view, now)
+            if taken <= 0:
+                raise SpliceError("the connection refused data it must carry")
+            view = view[taken:]
+
+    def _check_owed(self, side: Side, now: float) -> None:
+        if side.state is S.PRE_SPLICED and side.owed == 0 and not side.tcb.write_queue:
+            side.apply(E.OWED_DONE)
+            self._start_relaying(side, now)
+
+    def _start_relaying(self, side: Side, now: float) -> None:
+        """The interface relays from now on: its TCB falls silent; queued frames go."""
+        tcb = side.tcb
+        tcb.timer_rtx = tcb.timer_delack = tcb.timer_keepalive = tcb.timer_close = None
+        while side.pending:
+            q = side.pending.popleft()
+            side.pending_bytes -= len(q.frame)
+            skb = SkBuff.from_bytes(q.frame, headroom=128)
+            (skb.vnet_flags, skb.gso_type, skb.gso_size, skb.csum_start,
+             skb.csum_offset, skb.hdr_len) = q.vnet
+            skb.network_off = skb.data + ETH_HLEN
+            skb.data += q.tcp_off
+            hdr = TcpHeader.parse(skb.view())
+            self._relay(side, skb, hdr, now)
+
+    # -- the input hook -------------------------------------------------------------------
+    def _input(self, tcb: Tcb, hdr: TcpHeader, skb: SkBuff, now: float) -> bool:
+        side = self.sides.get(id(tcb))
+        if side is None:
+            return False
+        if side.state is S.CLOSE:
+            segment_arrives(tcb, hdr, skb.view()[hdr.header_len:], now)
+            if tcb.state is TcpState.ESTABLISHED:
+                side.apply(E.CONNECTED)
+            elif tcb.state is TcpState.CLOSED:
+                self._teardown(self.pairs[id(side if side.role == "client" else side.other)],
+                               now, abort_other=side.other)
+            return True
+        if hdr.flags & RST:
+            return self._on_rst(side, hdr, skb, now)
+        payload = len(skb) - hdr.header_len
+        if side.state is S.ESTABLISHED or side.state is S.PRE_SPLICED:
+            self._ack_only(tcb, hdr, now)
+            if payload or hdr.flags & FIN:
+                self._forward(side, skb, hdr, now)
+            self._check_owed(side, now)
+            return True
+        self._check_fin_acked(side, hdr, now)
+        self._forward(side, skb, hdr, now)
+        return True
+
+    def _ack_only(self, tcb: Tcb, hdr: TcpHeader, now: float) -> None:
+        """Let the proxy's TCB take the acknowledgement and window of a segment whose
+        text (and FIN) belong to the other connection (SPLICE.md §2: not delivered,
+        not acknowledged by the proxy)."""
+        if not hdr.flags & ACK:
+            return
+        bare = dataclasses.replace(hdr, flags=hdr.flags & ~FIN)
+        segment_arrives(tcb, bare, _NO_DATA, now)
+
+    def _forward(self, arrived: Side, skb: SkBuff, hdr: TcpHeader, now: float) -> None:
+        out = arrived.other
+        assert out is not None
+        if out.state in RELAYING:
+            self._relay(out, skb, hdr, now)
+        else:
+            self._queue(out, skb, hdr)
+
+    def _clamp_ack(self, arrived: Side, skb: SkBuff, hdr: TcpHeader) -> None:
+        """An ACK that does not yet cover the proxy's own data on the arriving
+        connection says nothing to the other peer: raise it to the base point, so that
+        it maps to what that peer already had acknowledged (never below)."""
+        if not hdr.flags & ACK or arrived.out_map is None or not seq.lt(hdr.ack, arrived.iss):
+            return
+        t = skb.data  # at the TCP header here
+        buf = skb.buf
+        old = hdr.ack
+        _L.pack_into(buf, t + 8, arrived.iss)
+        if not skb.vnet_flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
+            csum = _H.unpack_from(buf, t + 16)[0]
+            _H.pack_into(buf, t + 16, cks.update32(csum, old, arrived.iss))
+        hdr.ack = arrived.iss
+        self.counters["acks_clamped"] += 1
+
+    def _queue(self, out: Side, skb: SkBuff, hdr: TcpHeader) -> None:
+        start = skb.network_off - ETH_HLEN
+        frame = bytes(skb.buf[start:skb.tail])
+        if out.pending_bytes + len(frame) > self.queue_limit:
+            self.counters["drop.splice_queue_full"] += 1
+            return
+        payload = len(skb) - hdr.header_len
+        out.pending.append(QueuedFrame(frame, (
+            skb.vnet_flags, skb.gso_type, skb.gso_size, skb.csum_start, skb.csum_offset,
+            skb.hdr_len), skb.data - start, payload))
+        out.pending_bytes += len(frame)
+        self.counters["seam_bytes"] += payload
+
+    def _relay(self, out: Side, skb: SkBuff, hdr: TcpHeader, now: float) -> None:
+        """Rewrite the frame (data at its TCP header) in place for ``out``'s connection
+        and send it (§3)."""
+        pair = self._pair_of(out)
+        self._clamp_ack(out.other, skb, hdr)
+        skb.data = skb.network_off - ETH_HLEN
+        try:
+            res = relay_rewrite(skb, out.out_map, self.stack.routes.lookup(
+                out.tcb.remote).iface.offload)
+        except RelayError as e:
+            pair.counters["drop." + e.reason] += 1
+            self.counters["drop." + e.reason] += 1
+            return
+        key = "c2s" if out.role == "server" else "s2c"
+        pair.counters[key + "_segments"] += 1
+        pair.counters[key + "_bytes"] += res.payload_bytes
+        if len(res.frames) != 1 or res.frames[0] is not skb:
+            self.counters["copied_payload_bytes"] += res.payload_bytes
+        for frame in res.frames:
+            self.stack.output_frame(frame, now)
+        if hdr.flags & FIN:
+            t = skb.data + ETH_HLEN + ((skb.buf[skb.data + ETH_HLEN] & 15) << 2)
+            seq_out = _L.unpack_from(skb.buf, t + 4)[0]
+            out.fin_end = seq.add(seq_out, res.payload_bytes + 1)
+            out.apply(E.FIN_OUT)
+        if hdr.flags & RST:
+            self._teardown(pair, now)
+
+    def _check_fin_acked(self, side: Side, hdr: TcpHeader, now: float) -> None:
+        if (side.state is S.FIN_RELAYED and side.fin_end is not None and hdr.flags & ACK
+                and seq.ge(hdr.ack, side.fin_end)):
+            side.apply(E.FIN_ACKED)
+            other = side.other
+            if other is not None and other.state is S.SHUTDOWN:
+                side.apply(E.BOTH_SHUTDOWN)
+                other.apply(E.BOTH_SHUTDOWN)
+                pair = self._pair_of(side)
+                pair.timewait_until = now + self.timewait
+                heapq.heappush(self._heap, (pair.timewait_until, next(self._tie), pair))
+
+    def _on_rst(self, side: Side, hdr: TcpHeader, skb: SkBuff, now: float) -> bool:
+        pair = self._pair_of(side)
+        other = side.other
+        assert other is not None
+        if side.state in RELAYING or side.state is S.PRE_SPLICED:
+            if other.state in RELAYING:
+                self._relay(other, skb, hdr, now)  # tears the pair down
+                return True
+            self._teardown(pair, now, abort_other=other)
+            return True
+        # Before splice(): the TCB judges the RST itself (RFC 5961); if it takes it,
+        # the pair is over and the other connection is reset too.
+        segment_arrives(side.tcb, hdr, skb.view()[hdr.header_len:], now)
+        if side.tcb.state is TcpState.CLOSED:
+            self._teardown(pair, now, abort_other=other)
+        return True
+
+    # -- teardown and timers ------------------------------------------------------------------
+    def _pair_of(self, side: Side) -> SplicePair:
+        return self.pairs[id(side if side.role == "client" else side.other)]
+
+    def _teardown(self, pair: SplicePair, now: float, abort_other: Side | None = None) -> None:
+        if pair.closed:
+            return
+        pair.closed = True
+        for side in pair.sides():
+            tcb = side.tcb
+            tcb.input_hook = None
+            self.sides.pop(id(tcb), None)
+            if side is abort_other and tcb.state is not TcpState.CLOSED:
+                tcb.abort(now)
+            elif tcb.state is not TcpState.CLOSED:
+                tcb.set_closed()
+            side.state = S.CLOSED
+            side.pending.clear()
+            side.pending_bytes = 0
+        self.pairs.pop(id(pair.client), None)
+        self.counters["closed"] += 1
+        if self.on_close is not None:
+            self.on_close(pair)
+
+    def abandon(self, client: Tcb, now: float) -> None:
+        """Give up a splice before splice() (the server could not be reached): the
+        server connection is reset; the client connection is left to the application."""
+        side = self.sides.get(id(client))
+        if side is None or side.role != "client":
+            return
+        pair = self.pairs[id(side)]
+        pair.closed = True
+        for s in pair.sides():
+            s.tcb.input_hook = None
+            s.tcb.splice = None
+            self.sides.pop(id(s.tcb), None)
+        if pair.server.tcb.state is not TcpState.CLOSED:
+            pair.server.tcb.abort(now)
+        self.pairs.pop(id(side), None)
+        self.counters["abandoned"] += 1
+
+    def next_deadline(self) -> float | None:
+        """When the oldest pair in TIMEWAIT is due."""
+        while self._heap and self._heap[0][2].closed:
+            heapq.heappop(self._heap)
+        return self._heap[0][0] if self._heap else None
+
+    def on_timer(self, now: float) -> None:
+        """End TIMEWAIT of pairs whose 2*MSL has passed."""
+        while self._heap and self._heap[0][0] <= now:
+            _t, _tie, pair = heapq.heappop(self._heap)
+            if pair.closed:
+                continue
+            for side in pair.sides():
+                side.apply(E.TIMEOUT)
+            self._teardown(pair, now)
+        self.tcp.flush_events()
+
+    def stats(self) -> dict:
+        """Stack-wide splice counters and one line per pair."""
+        return {"counters": dict(self.counters),
+                "pairs": [p.info() for p in self.pairs.values()]}
