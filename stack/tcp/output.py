@@ -17,7 +17,17 @@ from stack.tcp.api import IPPROTO_TCP, MAX_HEADER, TcpState
 from stack.tcp.options import segment_options, syn_options, wscale_for
 from stack.tcp.sack import LOST, RETRANS, SACKED
 from stack.wire.checksum import pseudo_header_sum
-from stack.wire.tcp import ACK, FIN, PSH, RST, SYN, TcpHeader, TcpOptions, tcp_checksum
+from stack.wire.tcp import (
+    ACK,
+    FIN,
+    PSH,
+    RST,
+    SYN,
+    TCP_MAX_HLEN,
+    TcpHeader,
+    TcpOptions,
+    tcp_checksum,
+)
 from stack.wire.vnet import VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4
 
 if TYPE_CHECKING:
@@ -41,18 +51,20 @@ def wscale_for_buffer(space: int) -> int:
 def emit(layer: TcpLayer, src: bytes, dst: bytes, hdr: TcpHeader,
          parts: list[memoryview], plen: int, offload: bool, gso_size: int,
          now: float) -> bool:
-    """Build one segment (header + payload parts) and hand it to the IP layer."""
-    opts = hdr.options
-    hlen_guess = 60
-    skb = SkBuff(MAX_HEADER + hlen_guess + plen, MAX_HEADER + hlen_guess)
+    """Build one segment (header + payload parts) and hand it to the IP layer.
+
+    The payload is copied once, into a fresh buffer with MAX_HEADER headroom in
+    front of the TCP header. Offload metadata (csum_start, and hdr_len for a
+    super-segment) is relative to the TCP header, like the contract's csum_start.
+    """
+    skb = SkBuff(MAX_HEADER + TCP_MAX_HLEN + plen, MAX_HEADER + TCP_MAX_HLEN)
     for p in parts:
         skb.put_data(p)
     # the header length is only known once emitted: emit into a scratch area first
-    scratch = bytearray(60)
+    scratch = bytearray(TCP_MAX_HLEN)
     hlen = hdr.emit_into(scratch, 0)
     head = skb.push(hlen)
     head[:] = scratch[:hlen]
-    del opts
     seg = skb.view()
     total = hlen + plen
     if offload:
