@@ -43,6 +43,8 @@ S, E = SpliceState, SpliceEvent
 _L = struct.Struct("!L")
 _H = struct.Struct("!H")
 _NO_DATA = memoryview(b"")
+#: How far ahead of the proxy's own timestamp clock relayed TSvals start (ms).
+TS_HEADROOM_MS = 10_000
 
 
 class Splicer:
@@ -170,7 +172,13 @@ class Splicer:
         return ConnSnapshot(
             local=t.local, local_port=t.local_port, remote=t.remote,
             remote_port=t.remote_port, snd_nxt=side.iss, rcv_nxt=side.irs,
-            ts_ok=t.ts_ok, ts_recent=t.ts_recent, ts_sent=tsval(t, now),
+            ts_ok=t.ts_ok, ts_recent=t.ts_recent,
+            # Relayed TSvals continue from here. The proxy's own TCB may still send on
+            # a PRE_SPLICED connection, with its own clock: starting the relayed clock
+            # well ahead keeps every relayed TSval newer than any the TCB sent, or the
+            # peer's PAWS (RFC 7323 §5) would drop relayed segments. Echoes map back
+            # exactly, so the peers' RTT samples do not see the offset.
+            ts_sent=seq.add(tsval(t, now), TS_HEADROOM_MS),
             sack_ok=t.sack_ok,
             snd_wscale=t.snd_wscale if t.wscale_ok else None,
             rcv_wscale=t.rcv_wscale if t.wscale_ok else None,
