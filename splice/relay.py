@@ -1,0 +1,312 @@
+"""The relay fast path: rewrite one spliced segment in place (SPLICE.md §3-§5).
+
+:func:`relay_rewrite` takes an Ethernet frame that arrived on one spliced connection
+and turns it, in its own buffer, into the segment that leaves on the other one:
+addresses and ports of the outgoing connection, sequence, acknowledgement and
+timestamp values shifted by the constant deltas of a
+:class:`~splice.mapping.DirectionMap`, the window rescaled without ever overstating
+it, SACK blocks mapped or removed, and the checksums patched from the words that
+changed (RFC 1624) — the payload is never read.
+
+Checksums. A frame whose TCP checksum is complete gets it patched with the
+difference between the old and new header words and pseudo-header addresses. A frame
+marked VIRTIO_NET_HDR_F_NEEDS_CSUM carries only the pseudo-header sum, which the
+device completes from csum_start: only the address part of that sum changes (the TCP
+length is the same even when IP options are removed, because they are not part of
+it). The incoming checksum is not verified here: the receive path did that (or the
+device vouched for it) before handing the segment to the splice; a segment corrupted
+earlier stays detectably corrupt, since patching keeps the error.
+
+IP. Options are removed (the Ethernet and fixed IP headers move forward over them,
+the payload stays where it is), the TTL is set to 64 because the splice is an
+endpoint of both connections rather than a router, and the header checksum is
+patched. The Ethernet addresses are left for the output path (neighbour lookup).
+
+Validation happens before the first byte is written: a frame that cannot be relayed
+raises :class:`RelayError` and is left unchanged, for the caller to count and drop.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from splice.mapping import SACK_MAP, TS_MAP, DirectionMap
+from stack.gso import complete_checksum, segment_tcp4
+from stack.skbuff import SkBuff
+from stack.wire.checksum import fold, pseudo_header_sum
+from stack.wire.errors import WireError
+from stack.wire.ethernet import ETH_HLEN
+from stack.wire.tcp import ACK, CWR, SYN, TCP_MIN_HLEN, option_offsets
+from stack.wire.vnet import (
+    VIRTIO_NET_HDR_F_DATA_VALID,
+    VIRTIO_NET_HDR_F_NEEDS_CSUM,
+    VIRTIO_NET_HDR_GSO_ECN,
+    VIRTIO_NET_HDR_GSO_TCPV4,
+)
+
+_ETHERTYPE_IPV4 = 0x0800
+_IPPROTO_TCP = 6
+_IP_MIN = 20
+_TTL = 64
+_MASK32 = 0xFFFFFFFF
+_M16 = 0xFFFF
+# Offset of the TCP checksum field inside the TCP header (RFC 9293 §3.1).
+_CSUM_OFFSET = 16
+# The layout every Linux peer uses for timestamps alone: NOP, NOP, kind 8, length 10
+# (RFC 7323 Appendix A), so TSval sits at offset 24 of a 32-byte header.
+_NOP_NOP_TS = b"\x01\x01\x08\x0a"
+_FAST_TS_HLEN = TCP_MIN_HLEN + 12
+_FAST_TSVAL = TCP_MIN_HLEN + 4
+_NOPS = b"\x01" * 40
+
+_H = struct.Struct("!H")
+_II = struct.Struct("!II")
+_PORTS_SEQ_ACK = struct.Struct("!HHII")
+# ethertype at 12; then IPv4 version/IHL, TOS, total length, ident, flags/fragment
+_ETH_IP = struct.Struct("!12xHBBHHH")
+
+
+class RelayError(ValueError):
+    """A frame the relay cannot rewrite; ``reason`` names the drop counter.
+
+    The frame is left unchanged when this is raised.
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(reason, detail)
+        self.reason = reason
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.detail}" if self.detail else self.reason
+
+
+@dataclass(slots=True)
+class RelayResult:
+    """What to send after a rewrite.
+
+    ``frames`` is ``[skb]`` itself in the common case, or the software segments that
+    replace it. ``payload_bytes`` is the TCP payload relayed (for per-splice counters).
+    """
+
+    frames: list[SkBuff]
+    payload_bytes: int
+
+
+def _check_frame(skb: SkBuff) -> tuple[int, int, int, int]:
+    """Validate the frame; return (IP header length, IP total length, TCP header
+    length, TCP flags). Nothing is written."""
+    buf = skb.buf
+    d = skb.data
+    if skb.tail - d < ETH_HLEN + _IP_MIN + TCP_MIN_HLEN:
+        raise RelayError("relay_truncated", f"{skb.tail - d} bytes")
+    ethertype, vihl, _tos, tot_len, _ident, frag = _ETH_IP.unpack_from(buf, d)
+    if ethertype != _ETHERTYPE_IPV4:
+        raise RelayError("relay_not_ipv4", f"ethertype {ethertype:#06x}")
+    ihl = (vihl & 0x0F) * 4
+    if vihl >> 4 != 4 or ihl < _IP_MIN:
+        raise RelayError("relay_ip_bad_header", f"version/IHL {vihl:#04x}")
+    if frag & 0x3FFF:
+        # MF or a fragment offset: only whole datagrams can be rewritten (the stack
+        # reassembles before a segment reaches a splice).
+        raise RelayError("relay_fragment")
+    ip = d + ETH_HLEN
+    if buf[ip + 9] != _IPPROTO_TCP:
+        raise RelayError("relay_not_tcp", f"protocol {buf[ip + 9]}")
+    if tot_len < ihl + TCP_MIN_HLEN or ETH_HLEN + tot_len > skb.tail - d:
+        raise RelayError("relay_ip_bad_length", f"total length {tot_len}")
+    t = ip + ihl
+    thl = (buf[t + 12] >> 4) * 4
+    if thl < TCP_MIN_HLEN or ihl + thl > tot_len:
+        raise RelayError("relay_tcp_bad_offset", f"TCP header {thl} bytes")
+    flags = buf[t + 13]
+    if flags & SYN:
+        # Window and options of a SYN are not scaled/mapped like the others: a SYN
+        # after the splice belongs to the TCP endpoint, not to the relay.
+        raise RelayError("relay_syn")
+    return ihl, tot_len, thl, flags
+
+
+def _check_offload(skb: SkBuff, tcp_start: int) -> None:
+    """The offload metadata must describe a TCPv4 frame whose checksum field is ours."""
+    gso = skb.gso_type & ~VIRTIO_NET_HDR_GSO_ECN
+    if gso and (gso != VIRTIO_NET_HDR_GSO_TCPV4 or skb.gso_size <= 0):
+        raise RelayError("relay_gso_type", f"gso_type {skb.gso_type} size {skb.gso_size}")
+    if skb.vnet_flags & VIRTIO_NET_HDR_F_NEEDS_CSUM and (
+            skb.csum_start != tcp_start or skb.csum_offset != _CSUM_OFFSET):
+        raise RelayError("relay_csum_offsets",
+                         f"csum_start {skb.csum_start} offset {skb.csum_offset}")
+
+
+def _find_options(buf: bytearray, t: int, thl: int) -> tuple[int, int, int]:
+    """(TSval offset, first SACK block offset, SACK block count), offsets from the
+    TCP header, -1 when absent. No option at all or NOP,NOP,TS skip the option walk."""
+    if thl == TCP_MIN_HLEN:
+        return -1, -1, 0
+    if thl == _FAST_TS_HLEN and buf[t + 20:t + 24] == _NOP_NOP_TS:
+        return _FAST_TSVAL, -1, 0
+    try:
+        offs = option_offsets(memoryview(buf)[t:t + thl], thl)
+    except WireError as e:
+        raise RelayError("relay_bad_option", str(e)) from None
+    return offs.timestamp, offs.sack, offs.sack_count
+
+
+def _rewrite_ip(skb: SkBuff, m: DirectionMap, ihl: int, tot_len: int) -> int:
+    """Strip options, set addresses and TTL, patch the header checksum; return the
+    sum of the old addresses (for the TCP pseudo-header)."""
+    buf = skb.buf
+    d = skb.data
+    ip = d + ETH_HLEN
+    # Everything the old checksum covered, its own field included: the new header
+    # keeps the same field until it is patched, so the field cancels out.
+    old_sum = int.from_bytes(buf[ip:ip + ihl], "big")
+    old_addrs = int.from_bytes(buf[ip + 12:ip + 20], "big")
+    if ihl > _IP_MIN:
+        optlen = ihl - _IP_MIN
+        # Move Ethernet + fixed IP header forward over the options: the TCP header
+        # and payload stay where they are.
+        buf[d + optlen:d + optlen + ETH_HLEN + _IP_MIN] = buf[d:d + ETH_HLEN + _IP_MIN]
+        d += optlen
+        skb.data = d
+        ip = d + ETH_HLEN
+        buf[ip] = 0x45
+        _H.pack_into(buf, ip + 2, tot_len - optlen)
+        if skb.vnet_flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
+            skb.csum_start -= optlen
+        if skb.hdr_len:
+            skb.hdr_len = max(0, skb.hdr_len - optlen)
+    buf[ip + 8] = _TTL
+    buf[ip + 12:ip + 20] = m.addrs
+    new_sum = int.from_bytes(buf[ip:ip + _IP_MIN], "big")
+    csum = _H.unpack_from(buf, ip + 10)[0]
+    # RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m'); 2**16 ≡ 1 (mod 0xFFFF) lets whole
+    # headers be read as integers instead of word by word.
+    _H.pack_into(buf, ip + 10,
+                 ~fold((~csum & _M16) + new_sum % _M16 + _M16 - old_sum % _M16) & _M16)
+    return old_addrs
+
+
+def _map_options(buf: bytearray, t: int, m: DirectionMap, flags: int,
+                 ts: int, sack: int, sack_count: int) -> None:
+    """Map or NOP out the timestamp and SACK options (SPLICE.md §5)."""
+    if ts >= 0:
+        if m.ts_mode == TS_MAP:
+            tsval, tsecr = _II.unpack_from(buf, t + ts)
+            # TSecr is only meaningful with ACK set (RFC 7323 §3.2), like the ACK field.
+            if flags & ACK:
+                tsecr = (tsecr + m.tsecr_delta) & _MASK32
+            _II.pack_into(buf, t + ts, (tsval + m.tsval_delta) & _MASK32, tsecr)
+        else:
+            buf[t + ts - 2:t + ts + 8] = _NOPS[:10]
+    if sack >= 0:
+        if m.sack_mode == SACK_MAP:
+            # Block edges acknowledge data of the other direction: they map like the
+            # acknowledgement number of this segment (SPLICE.md §4).
+            delta = m.ack_delta
+            for off in range(t + sack, t + sack + 8 * sack_count, 8):
+                left, right = _II.unpack_from(buf, off)
+                _II.pack_into(buf, off, (left + delta) & _MASK32, (right + delta) & _MASK32)
+        else:
+            n = 2 + 8 * sack_count
+            buf[t + sack - 2:t + sack - 2 + n] = _NOPS[:n]
+
+
+def _rewrite_tcp(skb: SkBuff, m: DirectionMap, thl: int, flags: int, old_addrs: int,
+                 opts: tuple[int, int, int]) -> None:
+    """Ports, numbers, window, options and the checksum field of the TCP header."""
+    buf = skb.buf
+    t = skb.data + ETH_HLEN + _IP_MIN
+    partial = skb.vnet_flags & VIRTIO_NET_HDR_F_NEEDS_CSUM
+    if not partial:
+        old_hdr = int.from_bytes(buf[t:t + thl], "big")
+    _sport, _dport, seq, ack = _PORTS_SEQ_ACK.unpack_from(buf, t)
+    seq = (seq + m.seq_delta) & _MASK32
+    if flags & ACK:
+        ack = (ack + m.ack_delta) & _MASK32
+    _PORTS_SEQ_ACK.pack_into(buf, t, m.sport, m.dport, seq, ack)
+    # Window: see splice.mapping.map_window (inlined on the hot path).
+    win = (_H.unpack_from(buf, t + 14)[0] << m.win_in_shift) >> m.win_out_shift
+    _H.pack_into(buf, t + 14, win if win <= _M16 else _M16)
+    if opts[0] >= 0 or opts[1] >= 0:
+        _map_options(buf, t, m, flags, *opts)
+    new_addrs = int.from_bytes(m.addrs, "big")
+    field = _H.unpack_from(buf, t + _CSUM_OFFSET)[0]
+    if partial:
+        # The field is the folded pseudo-header sum; the device sums the header.
+        field = fold(field + new_addrs % _M16 + _M16 - old_addrs % _M16)
+    else:
+        new_hdr = int.from_bytes(buf[t:t + thl], "big")
+        field = ~fold((~field & _M16) + (new_hdr + new_addrs) % _M16 + _M16
+                      - (old_hdr + old_addrs) % _M16) & _M16
+    _H.pack_into(buf, t + _CSUM_OFFSET, field)
+
+
+def _to_partial(skb: SkBuff, m: DirectionMap, thl: int, tcp_len: int) -> None:
+    """Turn a frame with a complete checksum into NEEDS_CSUM form (field = folded
+    pseudo-header sum over the whole TCP length, not complemented)."""
+    t = ETH_HLEN + _IP_MIN
+    if not skb.vnet_flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
+        _H.pack_into(skb.buf, skb.data + t + _CSUM_OFFSET,
+                     pseudo_header_sum(m.src, m.dst, _IPPROTO_TCP, tcp_len))
+    skb.vnet_flags = VIRTIO_NET_HDR_F_NEEDS_CSUM
+    skb.csum_start = t
+    skb.csum_offset = _CSUM_OFFSET
+    skb.hdr_len = t + thl
+
+
+def _fit_offload(skb: SkBuff, m: DirectionMap, thl: int, flags: int, payload: int) -> None:
+    """Out device with TSO: keep one frame, a super-segment of at most out_mss per
+    segment (SPLICE.md §5, MSS)."""
+    if skb.gso_type:
+        if skb.gso_size > m.out_mss:
+            skb.gso_size = m.out_mss
+        if not skb.vnet_flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
+            _to_partial(skb, m, thl, thl + payload)
+    elif payload > m.out_mss:
+        _to_partial(skb, m, thl, thl + payload)
+        skb.gso_type = VIRTIO_NET_HDR_GSO_TCPV4
+        if flags & CWR:
+            # CWR goes on the first segment only (RFC 3168 §6.1.2): say so to the device.
+            skb.gso_type |= VIRTIO_NET_HDR_GSO_ECN
+        skb.gso_size = m.out_mss
+    # A received frame's "checksum verified" note means nothing on output.
+    skb.vnet_flags &= ~VIRTIO_NET_HDR_F_DATA_VALID
+
+
+def _fit_software(skb: SkBuff, m: DirectionMap, payload: int) -> list[SkBuff]:
+    """Out device without offloads: plain frames of at most out_mss payload each."""
+    mss = m.out_mss
+    if skb.gso_type and skb.gso_size < mss:
+        mss = skb.gso_size
+    if payload > mss:
+        skb.gso_type = VIRTIO_NET_HDR_GSO_TCPV4
+        skb.gso_size = mss
+        return segment_tcp4(skb)
+    complete_checksum(skb)
+    skb.clear_vnet()
+    return [skb]
+
+
+def relay_rewrite(skb: SkBuff, m: DirectionMap, out_offload: bool) -> RelayResult:
+    """Rewrite the frame in ``skb`` for the outgoing connection of ``m``, in place.
+
+    ``out_offload`` says whether the outgoing device accepts partial checksums and
+    TCPv4 segmentation offload. With it the result is always ``[skb]`` (made a
+    super-segment when its payload exceeds ``m.out_mss``); without it, plain frames
+    with complete checksums (software segments when the payload exceeds the MSS).
+    Raises :class:`RelayError` (frame unchanged) for what cannot be relayed.
+    """
+    ihl, tot_len, thl, flags = _check_frame(skb)
+    _check_offload(skb, ETH_HLEN + ihl)
+    opts = _find_options(skb.buf, skb.data + ETH_HLEN + ihl, thl)
+    payload = tot_len - ihl - thl
+    # Ethernet padding after the datagram must not reach a device that sums to the end.
+    skb.tail = skb.data + ETH_HLEN + tot_len
+    old_addrs = _rewrite_ip(skb, m, ihl, tot_len)
+    _rewrite_tcp(skb, m, thl, flags, old_addrs, opts)
+    if out_offload:
+        _fit_offload(skb, m, thl, flags, payload)
+        return RelayResult([skb], payload)
+    return RelayResult(_fit_software(skb, m, payload), payload)
