@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     from apps import connect, demo, stackcmd
+    from apps.socks import cli as socks
     from tools import lab
     from tools.bench import main as bench
 
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_parser(sub)
     stackcmd.add_parser(sub)
     connect.add_parser(sub)
+    socks.add_parser(sub)
     bench.add_parser(sub)
     return parser
 

@@ -76,8 +76,11 @@ class DirectionMap:
     win_in_shift: int
     win_out_shift: int
     out_mss: int
-    #: src + dst, as they are laid out in the IPv4 header (for the fast path).
+    #: src + dst, as they are laid out in the IPv4 header (for the relay).
     addrs: bytes = field(init=False, repr=False, compare=False)
+    #: src and dst as 32-bit integers (for the relay's fast path).
+    src_int: int = field(init=False, repr=False, compare=False)
+    dst_int: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if len(self.src) != 4 or len(self.dst) != 4:
@@ -94,6 +97,8 @@ class DirectionMap:
                                                                            SACK_STRIP):
             raise ValueError("DirectionMap: unknown ts_mode or sack_mode")
         object.__setattr__(self, "addrs", bytes(self.src) + bytes(self.dst))
+        object.__setattr__(self, "src_int", int.from_bytes(self.src, "big"))
+        object.__setattr__(self, "dst_int", int.from_bytes(self.dst, "big"))
 
 
 def _shift(wscale: int | None) -> int:

@@ -65,6 +65,7 @@ class SplicePair:
     spliced_at: float | None = None
     timewait_until: float | None = None
     closed: bool = False
+    reset: bool = False
 
     def sides(self) -> tuple[Side, Side]:
         """(client, server)."""

@@ -233,8 +233,9 @@ class Splicer:
             if tcb.state is TcpState.ESTABLISHED:
                 side.apply(E.CONNECTED)
             elif tcb.state is TcpState.CLOSED:
-                self._teardown(self.pairs[id(side if side.role == "client" else side.other)],
-                               now, abort_other=side.other)
+                # The server could not be reached: the client connection goes back to
+                # the application, which answers its client (e.g. SOCKS "refused").
+                self.abandon(side.other.tcb, now)
             return True
         if hdr.flags & RST:
             return self._on_rst(side, hdr, skb, now)
@@ -321,6 +322,7 @@ class Splicer:
             out.fin_end = seq.add(seq_out, res.payload_bytes + 1)
             out.apply(E.FIN_OUT)
         if hdr.flags & RST:
+            pair.reset = True
             self._teardown(pair, now)
 
     def _check_fin_acked(self, side: Side, hdr: TcpHeader, now: float) -> None:
@@ -343,6 +345,7 @@ class Splicer:
             if other.state in RELAYING:
                 self._relay(other, skb, hdr, now)  # tears the pair down
                 return True
+            pair.reset = True
             self._teardown(pair, now, abort_other=other)
             return True
         # Before splice(): the TCB judges the RST itself (RFC 5961); if it takes it,

@@ -282,10 +282,22 @@ class TapStack:
         for iface, dev in self.devices:
             self.driver.attach(iface, dev)
         self.api = TcpApi(self.tcp, self.driver)
+        self.splicer = None
+        self._splice_api = None
         self.open_connection = self.api.open_connection
         self.start_server = self.api.start_server
         self.create_connection = self.api.create_connection
         self.create_server = self.api.create_server
+
+    @property
+    def splice_api(self):
+        """The splice layer of this stack (splice/aio.py SpliceApi), made on first use."""
+        if self._splice_api is None:
+            from splice.aio import SpliceApi
+            from splice.splicer import Splicer
+            self.splicer = Splicer(self.stack, self.tcp)
+            self._splice_api = SpliceApi(self.splicer, self.driver)
+        return self._splice_api
 
     def start(self) -> None:
         """Start reading the devices (inside a running event loop)."""
@@ -307,6 +319,7 @@ class TapStack:
             "tcp": dict(sorted(self.tcp.counters.items())),
             "devices": {iface.name: dict(dev.counters) for iface, dev in self.devices},
             "connections": len(self.tcp.connections),
+            "splice": self.splicer.stats()["counters"] if self.splicer is not None else {},
             "neighbours": len(self.stack.neigh),
         }
 

@@ -23,8 +23,6 @@ from apps.stackcmd import add_common, open_stack, run_stack
 log = logging.getLogger("tapsplice.socks")
 
 LAB_LISTEN = ("198.18.0.2", 1080)
-SPLICE_MISSING = ("tapsplice socks: --mode splice needs the splice layer, which is not "
-                  "available yet; run with --mode copy")
 
 
 def _arg(parse):
@@ -89,9 +87,6 @@ def default_destinations(policy: Policy, interfaces: list, routes: list[tuple[st
 
 def cmd_socks(args: argparse.Namespace) -> int:
     """Run the proxy until interrupted."""
-    if args.mode == "splice":
-        print(SPLICE_MISSING, file=sys.stderr)
-        return 2
     try:
         policy = policy_from_args(args)
     except PolicyError as e:
@@ -102,7 +97,8 @@ def cmd_socks(args: argparse.Namespace) -> int:
     policy = default_destinations(policy, [iface for iface, _dev in net.devices], args.route)
 
     async def setup(net) -> None:
-        server = SocksServer(net, mode=args.mode, policy=policy)
+        splice = net.splice_api if args.mode == "splice" else None
+        server = SocksServer(net, mode=args.mode, policy=policy, splice=splice)
         await server.start(host, port)
         log.info("socks (%s mode) on %s:%d; clients %s; destinations %s; auth %s", args.mode,
                  host, port, ", ".join(map(str, server.policy.allow_clients or ())) or "none",
@@ -124,8 +120,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--listen", type=parse_listen, default=None, metavar="ADDR:PORT",
                    help="listen address (default with --lab: 198.18.0.2:1080)")
     p.add_argument("--mode", choices=MODES, default="splice",
-                   help="splice (default; needs the splice layer) or copy (relay through "
-                        "the streams API)")
+                   help="splice (default: the stack relays segments between the two "
+                        "connections) or copy (relay through the streams API)")
     p.add_argument("--users", metavar="FILE",
                    help='require RFC 1929 username/password; FILE has "user:password" lines')
     p.add_argument("--hosts", metavar="FILE",

@@ -89,11 +89,14 @@ class SocksServer:
     """A SOCKS5/SOCKS4a proxy on an asyncio-shaped TCP API (TcpApi or TapStack)."""
 
     def __init__(self, api: Any, *, mode: str = "copy", policy: Policy | None = None,
-                 log: logging.Logger | None = None) -> None:
+                 log: logging.Logger | None = None, splice: Any = None) -> None:
         if mode not in MODES:
             raise ValueError(f"mode {mode!r}: expected one of {', '.join(MODES)}")
+        if mode == "splice" and splice is None:
+            raise ValueError("splice mode needs the stack's splice API (splice=...)")
         self.api = api
         self.mode = mode
+        self.splice = splice
         self.policy = (policy or Policy()).with_default_clients(
             attached_networks(_interfaces(api)))
         self.access_log = log or ACCESS_LOG
@@ -102,7 +105,10 @@ class SocksServer:
 
     async def start(self, host: str, port: int) -> Any:
         """Listen on (host, port); returns the server object of the API."""
-        return await self.api.start_server(self.handle, host, port)
+        server = await self.api.start_server(self.handle, host, port)
+        if self.splice is not None:
+            self.splice.init_splice(server)  # SPLICE.md §1.1: before any accept
+        return server
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Serve one client connection from greeting to the end of the relay."""
@@ -161,7 +167,8 @@ class SocksServer:
             return
         if address is None:
             return
-        server = await self._connect(address, writer, s)
+        splice = self.mode == "splice" and self._spliceable(writer)
+        server = await self._connect(address, writer, s, splice)
         if server is None:
             return
         server_reader, server_writer = server
@@ -171,15 +178,10 @@ class SocksServer:
             server_writer.write(bytes(inp.buf))
             s.up += len(inp.buf)
             inp.buf.clear()
-        if self.mode == "copy":
+        if splice:
+            await self._splice(writer, server_writer, reply, s)
+        else:
             await self._copy(reader, writer, server_reader, server_writer, reply, s)
-            return
-        try:
-            await self._splice(reader, writer, server_reader, server_writer, reply)
-        except NotImplementedError as e:
-            self.counters["splice_missing"] += 1
-            s.note = f"not spliced: {e}"
-            await self._answer(writer, s, Rep.GENERAL_FAILURE)
 
     # -- handshake --------------------------------------------------------------------------
     async def _handshake(self, inp: _Input, writer: asyncio.StreamWriter,
@@ -247,8 +249,18 @@ class SocksServer:
         return req.address
 
     # -- connect and reply ---------------------------------------------------------------
+    def _spliceable(self, writer: asyncio.StreamWriter) -> bool:
+        """A client that already half-closed (sent its FIN with the request) cannot be
+        spliced (SPLICE.md §1.2 wants it ESTABLISHED): that session is copied."""
+        tcb = writer.get_extra_info("tcb")
+        if tcb is not None and tcb.state.name == "ESTABLISHED":
+            return True
+        self.counters["splice_fallback_copy"] += 1
+        return False
+
     async def _connect(self, address: Address, writer: asyncio.StreamWriter,
-                       s: Session) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+                       s: Session, splice: bool = False,
+                       ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
         """Check the policy and connect; on failure answer the client and return None."""
         ip = self.policy.resolve(address)
         rep = None
@@ -263,6 +275,10 @@ class SocksServer:
             return None
         try:
             async with asyncio.timeout(self.policy.connect_timeout):
+                if splice:
+                    # intend_splice: the server connection's SYN carries the client
+                    # connection's options (SPLICE.md §1.2, §5).
+                    return await self.splice.open_connection(writer, ip, address.port)
                 return await self.api.open_connection(ip, address.port)
         except TimeoutError:
             s.note, rep = "connect timeout", Rep.TTL_EXPIRED
@@ -322,22 +338,21 @@ class SocksServer:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _splice(self, client_reader: asyncio.StreamReader,
-                      client_writer: asyncio.StreamWriter,
-                      server_reader: asyncio.StreamReader,
-                      server_writer: asyncio.StreamWriter, reply: bytes) -> None:
-        """Splice mode: write ``reply`` to the client and splice the two connections
-        (SPLICE.md §1: ``splice(client, server, n=len(reply))``), then wait for the
-        splice to end. The splice layer provides this; until then it raises.
-
-        On entry both connections are established, nothing has been written to the
-        client since the request, and any bytes the client sent after its request
-        were already written to the server (they are the proxy's own data there,
-        SPLICE.md §2 PRE_SPLICED). If this returns normally the server closes both
-        handles (for a spliced pair that releases the handles only, SPLICE.md §1);
-        if it raises, both connections are aborted, except for NotImplementedError,
-        which is answered with a general-failure reply."""
-        raise NotImplementedError("splice mode needs the splice layer")
+    async def _splice(self, client_writer: asyncio.StreamWriter,
+                      server_writer: asyncio.StreamWriter, reply: bytes, s: Session) -> None:
+        """Splice mode: the reply is the write allowance n (SPLICE.md §1.3); from then on
+        the stack relays the two connections itself and this task only waits for the
+        end, to write the access-log line with the bytes relayed."""
+        pair = await self.splice.splice(client_writer, server_writer, reply_to_client=reply)
+        s.rep = Rep.SUCCEEDED
+        self.counters["rep_0x00"] += 1
+        self.counters["spliced"] += 1
+        try:
+            await self.splice.wait_closed(pair)
+        finally:
+            s.up += pair.counters["c2s_bytes"]
+            s.down += pair.counters["s2c_bytes"]
+            s.note = s.note or ("spliced, reset" if pair.reset else "spliced")
 
 
 async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, count) -> None:

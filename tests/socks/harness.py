@@ -59,6 +59,12 @@ class World:
             await asyncio.sleep(0.5)
         return predicate()
 
+    @property
+    def splicer(self):
+        """The proxy's splice layer (splice mode), else None."""
+        sp = self.proxy.splice
+        return None if sp is None else sp.splicer
+
     def proxy_connections(self) -> int:
         """Connections in the proxy's TCP table, TIME_WAIT excluded."""
         return sum(1 for tcb in self.proxy_api.tcp.connections.values()
@@ -104,9 +110,15 @@ async def _silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
     writer.close()
 
 
+#: The relay mode of simulate() when a test does not choose one (tests/socks/conftest.py
+#: runs the server tests once per mode).
+DEFAULT_MODE = {"mode": "copy"}
+
+
 def simulate(body: Callable[[World], Awaitable[Any]], *, policy: Policy | None = None,
-             mode: str = "copy", seed: int = 1) -> Any:
+             mode: str | None = None, seed: int = 1) -> Any:
     """Run ``body`` in a fresh three-host network with a SOCKS server on the proxy."""
+    mode = mode or DEFAULT_MODE["mode"]
     net = SimNetwork(seed)
     c, px, o = net.add_host("client"), net.add_host("proxy"), net.add_host("origin")
     net.connect(c, f"{CLIENT}/24", px, f"{PROXY_C}/24")
@@ -126,7 +138,8 @@ def simulate(body: Callable[[World], Awaitable[Any]], *, policy: Policy | None =
                               (SILENT, _silent)):
             await origin.start_server(handler, ORIGIN, port)
         proxy_api = driver.tcp(px)
-        proxy = SocksServer(proxy_api, mode=mode, policy=policy, log=access)
+        splice = driver.splice(px) if mode == "splice" else None
+        proxy = SocksServer(proxy_api, mode=mode, policy=policy, log=access, splice=splice)
         await proxy.start(PROXY_C, SOCKS_PORT)
         return await body(World(driver.tcp(c), proxy, proxy_api, origin, records))
 
