@@ -63,6 +63,10 @@ _NOPS = b"\x01" * 40
 _H = struct.Struct("!H")
 _II = struct.Struct("!II")
 _PORTS_SEQ_ACK = struct.Struct("!HHII")
+# TCP sport, dport, seq, ack, offset+flags, window, checksum (fast path)
+_TCP_FIXED = struct.Struct("!HHIIHHH")
+# IPv4 TTL, protocol, checksum, src, dst (fast path)
+_IP_TAIL = struct.Struct("!BBHII")
 # ethertype at 12; then IPv4 version/IHL, TOS, total length, ident, flags/fragment
 _ETH_IP = struct.Struct("!12xHBBHHH")
 
@@ -243,6 +247,49 @@ def _rewrite_tcp(skb: SkBuff, m: DirectionMap, thl: int, flags: int, old_addrs: 
     _H.pack_into(buf, t + _CSUM_OFFSET, field)
 
 
+def _rewrite_fast(buf: bytearray, d: int, m: DirectionMap, thl: int, flags: int,
+                  partial: int) -> None:
+    """The common case in one pass: no IP options, TCP options none or NOP,NOP,TS
+    with timestamps mapped. Each 32-bit field enters the checksum difference as one
+    integer: 2**16 ≡ 1 (mod 0xFFFF), so a 32-bit value is congruent to the sum of its
+    two 16-bit words (RFC 1071 §2), and RFC 1624 eqn. 3 needs only sums."""
+    ip = d + ETH_HLEN
+    _ttl, _proto, ipc, src, dst = _IP_TAIL.unpack_from(buf, ip + 8)
+    new_src, new_dst = m.src_int, m.dst_int
+    # IP: TTL/protocol word and both addresses change. fold(x) is inlined as
+    # (x - 1) % 0xFFFF + 1; the added 0xFFFF keeps x positive, so a sum folds to
+    # 1..0xFFFF exactly as a full computation would, and a checksum is never 0xFFFF.
+    old = (_ttl << 8 | _IPPROTO_TCP) + src + dst
+    new = (_TTL << 8 | _IPPROTO_TCP) + new_src + new_dst
+    ipc = ~(((~ipc & _M16) + (new - old) % _M16 + _M16 - 1) % _M16 + 1) & _M16
+    _IP_TAIL.pack_into(buf, ip + 8, _TTL, _IPPROTO_TCP, ipc, new_src, new_dst)
+    t = ip + _IP_MIN
+    sport, dport, seq, ack, off_flags, win, csum = _TCP_FIXED.unpack_from(buf, t)
+    new_seq = (seq + m.seq_delta) & _MASK32
+    new_ack = (ack + m.ack_delta) & _MASK32 if flags & ACK else ack
+    new_win = (win << m.win_in_shift) >> m.win_out_shift
+    if new_win > _M16:
+        new_win = _M16
+    ts_old = ts_new = 0
+    if thl == _FAST_TS_HLEN:
+        tsval, tsecr = _II.unpack_from(buf, t + _FAST_TSVAL)
+        new_tsval = (tsval + m.tsval_delta) & _MASK32
+        # TSecr is only meaningful with ACK set (RFC 7323 §3.2), like the ACK field.
+        new_tsecr = (tsecr + m.tsecr_delta) & _MASK32 if flags & ACK else tsecr
+        _II.pack_into(buf, t + _FAST_TSVAL, new_tsval, new_tsecr)
+        ts_old = tsval + tsecr
+        ts_new = new_tsval + new_tsecr
+    if partial:
+        # Only the pseudo-header addresses are in the partial sum.
+        csum = (csum + (new_src + new_dst - src - dst) % _M16 + _M16 - 1) % _M16 + 1
+    else:
+        old = src + dst + sport + dport + seq + ack + win + ts_old
+        new = new_src + new_dst + m.sport + m.dport + new_seq + new_ack + new_win + ts_new
+        csum = ~(((~csum & _M16) + (new - old) % _M16 + _M16 - 1) % _M16 + 1) & _M16
+    _TCP_FIXED.pack_into(buf, t, m.sport, m.dport, new_seq, new_ack, off_flags, new_win,
+                         csum)
+
+
 def _to_partial(skb: SkBuff, m: DirectionMap, thl: int, tcp_len: int) -> None:
     """Turn a frame with a complete checksum into NEEDS_CSUM form (field = folded
     pseudo-header sum over the whole TCP length, not complemented)."""
@@ -299,14 +346,25 @@ def relay_rewrite(skb: SkBuff, m: DirectionMap, out_offload: bool) -> RelayResul
     Raises :class:`RelayError` (frame unchanged) for what cannot be relayed.
     """
     ihl, tot_len, thl, flags = _check_frame(skb)
-    _check_offload(skb, ETH_HLEN + ihl)
-    opts = _find_options(skb.buf, skb.data + ETH_HLEN + ihl, thl)
-    payload = tot_len - ihl - thl
+    buf = skb.buf
+    d = skb.data
+    if skb.vnet_flags or skb.gso_type:
+        _check_offload(skb, ETH_HLEN + ihl)
+    t = d + ETH_HLEN + ihl
+    fast = ihl == _IP_MIN and (thl == TCP_MIN_HLEN or (
+        thl == _FAST_TS_HLEN and m.ts_mode == TS_MAP and buf[t + 20:t + 24] == _NOP_NOP_TS))
+    if not fast:
+        opts = _find_options(buf, t, thl)  # the last check: nothing written before it
     # Ethernet padding after the datagram must not reach a device that sums to the end.
-    skb.tail = skb.data + ETH_HLEN + tot_len
-    old_addrs = _rewrite_ip(skb, m, ihl, tot_len)
-    _rewrite_tcp(skb, m, thl, flags, old_addrs, opts)
+    skb.tail = d + ETH_HLEN + tot_len
+    if fast:
+        _rewrite_fast(buf, d, m, thl, flags, skb.vnet_flags & VIRTIO_NET_HDR_F_NEEDS_CSUM)
+    else:
+        old_addrs = _rewrite_ip(skb, m, ihl, tot_len)
+        _rewrite_tcp(skb, m, thl, flags, old_addrs, opts)
+    payload = tot_len - ihl - thl
     if out_offload:
-        _fit_offload(skb, m, thl, flags, payload)
+        if payload > m.out_mss or skb.vnet_flags or skb.gso_type:
+            _fit_offload(skb, m, thl, flags, payload)
         return RelayResult([skb], payload)
     return RelayResult(_fit_software(skb, m, payload), payload)
