@@ -71,11 +71,13 @@ def update_window(tcb: Tcb, hdr: TcpHeader, window: int) -> None:
             tcb.max_snd_wnd = window
 
 
-def _free_acked(tcb: Tcb, ack: int) -> tuple[int, float | None]:
-    """Unlink acknowledged buffers; return (payload bytes freed, Karn-safe send time).
+def _free_acked(tcb: Tcb, ack: int) -> tuple[int, float | None, float | None]:
+    """Unlink acknowledged buffers.
 
-    RFC 6298 §3 (Karn): when the ACK covers any retransmitted buffer there is no
-    sample at all, since the ACK may answer the retransmission.
+    Returns (payload bytes freed, Karn-safe send time, latest transmission time of
+    the newest buffer acknowledged). RFC 6298 §3 (Karn): when the ACK covers any
+    retransmitted buffer there is no sequence-based sample at all, since the ACK may
+    answer the retransmission.
     """
     q = tcb.write_queue
     freed = 0
@@ -96,17 +98,21 @@ def _free_acked(tcb: Tcb, ack: int) -> tuple[int, float | None]:
             freed += n
             retransmitted = retransmitted or skb.retrans > 0
         break
-    return freed, None if retransmitted else when
+    return freed, None if retransmitted else when, when
 
 
 def ack_new_data(tcb: Tcb, ack: int, hdr: TcpHeader, now: float) -> None:
     """SND.UNA < SEG.ACK <= SND.NXT: free data, sample RTT, drive congestion control."""
     acked = seq.sub(ack, tcb.snd_una)
-    freed, when = _free_acked(tcb, ack)
+    freed, when, last_sent = _free_acked(tcb, ack)
     rtt = None
     ts = hdr.options.timestamp if tcb.ts_ok else None
     if ts is not None and ts[1]:
         rtt = seq.sub(tsval(tcb, now), ts[1]) / 1000.0  # RFC 7323 §4.1
+        if last_sent is not None:
+            # A duplicate's ACK echoes an old TS.Recent (RFC 7323 §4.3, R2 before R3):
+            # no round trip can be longer than the time since the data last left.
+            rtt = min(rtt, now - last_sent)
         if not 0 <= rtt < 3600:
             rtt = None
     elif when is not None:
