@@ -6,6 +6,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+import dpkt
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 from splice.mapping import ConnSnapshot, make_maps
 from splice.relay import RelayError, relay_rewrite
 from stack.gso import segment_tcp4
+from stack.skbuff import SkBuff
 from stack.wire.vnet import (
     VIRTIO_NET_HDR_F_DATA_VALID,
     VIRTIO_NET_HDR_F_NEEDS_CSUM,
@@ -88,7 +90,7 @@ class Expect:
         return min(0xFFFF, (w << (self.a.snd_wscale or 0)) >> (self.b.rcv_wscale or 0))
 
 
-def check_frame(frame: bytes, b: ConnSnapshot) -> tuple[object, object, bytes]:
+def check_frame(frame: bytes, b: ConnSnapshot) -> tuple[dpkt.ip.IP, dpkt.tcp.TCP, bytes]:
     """The frame parses, belongs to b's 4-tuple, and both checksums verify."""
     assert frame[:12] == MAC_B + MAC_A  # Ethernet header carried along unchanged
     ip, tcp = parse(frame)
@@ -144,7 +146,7 @@ def test_rewrite_follows_the_formulas(data: st.DataObject, c: ConnSnapshot, s: C
     assert payload == seg.payload
 
 
-def _check_offload_state(skb: object, out_mss: int, gso_size: int, payload: int,
+def _check_offload_state(skb: SkBuff, out_mss: int, gso_size: int, payload: int,
                          seg: Segment) -> None:
     assert not skb.vnet_flags & VIRTIO_NET_HDR_F_DATA_VALID
     thl = 20 + len(encode_options(seg.options))
@@ -172,9 +174,8 @@ def _check_offload_state(skb: object, out_mss: int, gso_size: int, payload: int,
         assert (skb.csum_start, skb.csum_offset) == (34, 16)
 
 
-def make_copy(skb: object) -> object:
-    from stack.skbuff import SkBuff
-
+def make_copy(skb: SkBuff) -> SkBuff:
+    """An independent copy of a frame and its offload state."""
     cp = SkBuff.from_bytes(skb.tobytes(), headroom=16)
     cp.copy_vnet_from(skb)
     return cp
@@ -301,8 +302,6 @@ def test_bad_frames_raise_and_stay_unchanged(reason, mutate, vnet) -> None:
     raw = bytearray(_good().frame())
     if mutate:
         mutate(raw)
-    from stack.skbuff import SkBuff
-
     skb = SkBuff.from_bytes(raw, headroom=64)
     for k, v in vnet.items():
         setattr(skb, k, v)
@@ -320,8 +319,6 @@ def test_bad_frames_raise_and_stay_unchanged(reason, mutate, vnet) -> None:
        offload=st.booleans())
 def test_corrupt_headers_never_crash(pos: int, val: int, cut: int, offload: bool) -> None:
     """Any single corrupted header byte or truncation: a result or a RelayError."""
-    from stack.skbuff import SkBuff
-
     raw = bytearray(_good().frame())
     raw[pos] = val
     del raw[len(raw) - cut:]
@@ -339,3 +336,84 @@ def test_cwr_on_a_new_super_segment_sets_gso_ecn() -> None:
         skb = make_skb(incoming(SNAP_C, payload=b"q" * 2000, flags=flags))
         relay_rewrite(skb, c2s, out_offload=True)
         assert skb.gso_type == VIRTIO_NET_HDR_GSO_TCPV4 | ecn
+
+
+def test_super_segment_without_partial_checksum_is_made_partial() -> None:
+    """A GSO frame must reach the device in NEEDS_CSUM form."""
+    c2s = make_maps(SNAP_C, SNAP_S)[0]
+    skb = make_skb(incoming(SNAP_C, payload=b"g" * 3000))  # full checksum
+    skb.gso_type, skb.gso_size = VIRTIO_NET_HDR_GSO_TCPV4, 1000
+    relay_rewrite(skb, c2s, out_offload=True)
+    assert skb.vnet_flags == VIRTIO_NET_HDR_F_NEEDS_CSUM
+    assert (skb.gso_size, skb.csum_start, skb.csum_offset) == (536, 34, 16)
+    check_frame(device_bytes(skb), SNAP_S)
+
+
+@pytest.mark.parametrize("offload", [True, False])
+def test_data_valid_is_not_passed_on(offload: bool) -> None:
+    c2s = make_maps(SNAP_C, SNAP_S)[0]
+    skb = make_skb(incoming(SNAP_C, payload=b"v" * 100))
+    skb.vnet_flags = VIRTIO_NET_HDR_F_DATA_VALID
+    res = relay_rewrite(skb, c2s, out_offload=offload)
+    assert res.frames == [skb] and skb.vnet_flags == 0
+    check_frame(skb.tobytes(), SNAP_S)  # complete and valid without any device help
+
+
+def test_partial_checksum_completed_for_a_device_without_offload() -> None:
+    c2s = make_maps(SNAP_C, SNAP_S)[0]
+    skb = make_skb(incoming(SNAP_C, payload=b"w" * 300), needs_csum=True)
+    res = relay_rewrite(skb, c2s, out_offload=False)
+    assert res.frames == [skb]
+    assert (skb.vnet_flags, skb.gso_type, skb.csum_start) == (0, 0, 0)
+    check_frame(skb.tobytes(), SNAP_S)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_negative_zero_checksum_field(fast: bool) -> None:
+    """A checksum sent as 0xFFFF instead of 0 (both verify, RFC 1624 §3) still
+    verifies after patching, on the fast and the general path."""
+    c2s = make_maps(SNAP_C, SNAP_S)[0]
+    opts = [Opt(1), Opt(1), Opt(8, (1, 2))] if fast else [Opt(8, (1, 2)), Opt(1), Opt(1)]
+    seg = incoming(SNAP_C, payload=b"\x00\x00", options=opts)
+    raw = bytearray(seg.frame())
+    tcp_off = 34
+    # Choose the payload word that makes the full checksum 0, then store it as 0xFFFF.
+    c0 = struct.unpack_from("!H", raw, tcp_off + 16)[0]
+    struct.pack_into("!H", raw, len(raw) - 2, c0)
+    struct.pack_into("!H", raw, tcp_off + 16, 0)
+    assert tcp_verifies(seg.src, seg.dst, bytes(raw[tcp_off:]))
+    struct.pack_into("!H", raw, tcp_off + 16, 0xFFFF)
+    assert tcp_verifies(seg.src, seg.dst, bytes(raw[tcp_off:]))
+    skb = SkBuff.from_bytes(raw, headroom=64)
+    relay_rewrite(skb, c2s, out_offload=True)
+    check_frame(skb.tobytes(), SNAP_S)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), to_server=st.booleans(), offload=st.booleans(),
+       vnet=st.tuples(st.integers(0, 7), st.sampled_from([0, 1, 3, 0x81]),
+                      st.integers(0, 0xFFFF), st.integers(0, 200), st.integers(0, 40)),
+       hits=st.lists(st.tuples(st.integers(0, 120), st.integers(0, 255)), max_size=4),
+       cut=st.integers(0, 40))
+def test_fuzzed_frames_give_a_result_or_a_relay_error(
+        data: st.DataObject, to_server: bool, offload: bool,
+        vnet: tuple[int, int, int, int, int], hits: list[tuple[int, int]], cut: int) -> None:
+    """Random segments with corrupted bytes, truncation and arbitrary offload metadata:
+    relay_rewrite returns frames that parse, or raises RelayError; nothing else."""
+    a = SNAP_C if to_server else SNAP_S
+    seg = data.draw(segments(a.remote, a.local, a.remote_port, a.local_port))
+    raw = bytearray(seg.frame())
+    for pos, val in hits:
+        if pos < len(raw):
+            raw[pos] = val
+    del raw[max(0, len(raw) - cut):]
+    skb = SkBuff.from_bytes(raw, headroom=64)
+    (skb.vnet_flags, skb.gso_type, skb.gso_size, skb.csum_start,
+     skb.csum_offset) = vnet
+    try:
+        res = relay_rewrite(skb, make_maps(SNAP_C, SNAP_S)[0 if to_server else 1], offload)
+    except RelayError:
+        return
+    assert res.frames
+    for f in res.frames:
+        parse(device_bytes(f))
