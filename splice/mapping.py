@@ -24,6 +24,8 @@ SACK_STRIP = 1
 
 #: Largest window field value (RFC 9293 §3.1: a 16-bit field).
 MAX_WIN_FIELD = 0xFFFF
+#: Bytes the timestamp option takes in every segment (NOP, NOP, kind, length, 8 bytes).
+_TS_OPT_ROOM = 12
 #: Largest window shift a TCP may use (RFC 7323 §2.3).
 MAX_WSCALE = 14
 
@@ -60,7 +62,9 @@ class DirectionMap:
     ``src``/``dst``/``sport``/``dport`` are B's local and remote address and port;
     the deltas are added modulo 2**32. ``win_in_shift`` is A's peer window shift,
     ``win_out_shift`` the shift B's peer applies to the windows it receives (0 when
-    scaling is off). ``out_mss`` is B's peer MSS.
+    scaling is off). ``out_mss`` is B's peer MSS (see :class:`ConnSnapshot`) and
+    ``out_opt_room`` the option bytes it already leaves room for; option bytes beyond
+    that reduce the payload a segment may carry (RFC 6691, RFC 9293 §3.7.1).
     """
 
     src: bytes
@@ -76,6 +80,7 @@ class DirectionMap:
     win_in_shift: int
     win_out_shift: int
     out_mss: int
+    out_opt_room: int = 0
     #: src + dst, as they are laid out in the IPv4 header (for the relay).
     addrs: bytes = field(init=False, repr=False, compare=False)
     #: src and dst as 32-bit integers (for the relay's fast path).
@@ -93,6 +98,8 @@ class DirectionMap:
                 raise ValueError(f"DirectionMap {name} outside 0..{MAX_WSCALE}")
         if not 0 < self.out_mss <= 0xFFFF:
             raise ValueError(f"DirectionMap out_mss {self.out_mss} out of range")
+        if not 0 <= self.out_opt_room <= 40:
+            raise ValueError(f"DirectionMap out_opt_room {self.out_opt_room} out of range")
         if self.ts_mode not in (TS_MAP, TS_STRIP) or self.sack_mode not in (SACK_MAP,
                                                                            SACK_STRIP):
             raise ValueError("DirectionMap: unknown ts_mode or sack_mode")
@@ -133,6 +140,7 @@ def _direction(a: ConnSnapshot, b: ConnSnapshot) -> DirectionMap:
         win_in_shift=_shift(a.snd_wscale),
         win_out_shift=_shift(b.rcv_wscale),
         out_mss=b.mss,
+        out_opt_room=_TS_OPT_ROOM if b.ts_ok else 0,
     )
 
 

@@ -303,28 +303,39 @@ def _to_partial(skb: SkBuff, m: DirectionMap, thl: int, tcp_len: int) -> None:
     skb.hdr_len = t + thl
 
 
-def _fit_offload(skb: SkBuff, m: DirectionMap, thl: int, flags: int, payload: int) -> None:
-    """Out device with TSO: keep one frame, a super-segment of at most out_mss per
-    segment (SPLICE.md §5, MSS)."""
+def segment_limit(m: DirectionMap, thl: int) -> int:
+    """Largest payload per segment toward ``m``'s outgoing peer for a TCP header of
+    ``thl`` bytes: its MSS less the option bytes it did not already allow for
+    (RFC 6691; NOPs left where an option was stripped count too)."""
+    extra = thl - TCP_MIN_HLEN - m.out_opt_room
+    if extra <= 0:
+        return m.out_mss
+    return max(1, m.out_mss - extra)
+
+
+def _fit_offload(skb: SkBuff, m: DirectionMap, thl: int, flags: int, payload: int,
+                 limit: int) -> None:
+    """Out device with TSO: keep one frame, a super-segment of at most ``limit``
+    payload bytes per segment (SPLICE.md §5, MSS)."""
     if skb.gso_type:
-        if skb.gso_size > m.out_mss:
-            skb.gso_size = m.out_mss
+        if skb.gso_size > limit:
+            skb.gso_size = limit
         if not skb.vnet_flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
             _to_partial(skb, m, thl, thl + payload)
-    elif payload > m.out_mss:
+    elif payload > limit:
         _to_partial(skb, m, thl, thl + payload)
         skb.gso_type = VIRTIO_NET_HDR_GSO_TCPV4
         if flags & CWR:
             # CWR goes on the first segment only (RFC 3168 §6.1.2): say so to the device.
             skb.gso_type |= VIRTIO_NET_HDR_GSO_ECN
-        skb.gso_size = m.out_mss
+        skb.gso_size = limit
     # A received frame's "checksum verified" note means nothing on output.
     skb.vnet_flags &= ~VIRTIO_NET_HDR_F_DATA_VALID
 
 
-def _fit_software(skb: SkBuff, m: DirectionMap, payload: int) -> list[SkBuff]:
-    """Out device without offloads: plain frames of at most out_mss payload each."""
-    mss = m.out_mss
+def _fit_software(skb: SkBuff, payload: int, limit: int) -> list[SkBuff]:
+    """Out device without offloads: plain frames of at most ``limit`` payload each."""
+    mss = limit
     if skb.gso_type and skb.gso_size < mss:
         mss = skb.gso_size
     if payload > mss:
@@ -341,7 +352,7 @@ def relay_rewrite(skb: SkBuff, m: DirectionMap, out_offload: bool) -> RelayResul
 
     ``out_offload`` says whether the outgoing device accepts partial checksums and
     TCPv4 segmentation offload. With it the result is always ``[skb]`` (made a
-    super-segment when its payload exceeds ``m.out_mss``); without it, plain frames
+    super-segment when its payload exceeds :func:`segment_limit`); without it, plain frames
     with complete checksums (software segments when the payload exceeds the MSS).
     Raises :class:`RelayError` (frame unchanged) for what cannot be relayed.
     """
@@ -363,8 +374,9 @@ def relay_rewrite(skb: SkBuff, m: DirectionMap, out_offload: bool) -> RelayResul
         old_addrs = _rewrite_ip(skb, m, ihl, tot_len)
         _rewrite_tcp(skb, m, thl, flags, old_addrs, opts)
     payload = tot_len - ihl - thl
+    limit = m.out_mss if thl - TCP_MIN_HLEN <= m.out_opt_room else segment_limit(m, thl)
     if out_offload:
-        if payload > m.out_mss or skb.vnet_flags or skb.gso_type:
-            _fit_offload(skb, m, thl, flags, payload)
+        if payload > limit or skb.vnet_flags or skb.gso_type:
+            _fit_offload(skb, m, thl, flags, payload, limit)
         return RelayResult([skb], payload)
-    return RelayResult(_fit_software(skb, m, payload), payload)
+    return RelayResult(_fit_software(skb, payload, limit), payload)

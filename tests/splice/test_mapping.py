@@ -44,6 +44,10 @@ def test_base_points_map_onto_each_other() -> None:
     assert (s2c.src, s2c.dst, s2c.sport, s2c.dport) == (C.local, C.remote, 1080, 40000)
     assert (c2s.win_in_shift, c2s.win_out_shift, c2s.out_mss) == (7, 7, 536)
     assert (s2c.win_in_shift, s2c.win_out_shift, s2c.out_mss) == (0, 0, 1460)
+    # Both MSS values already leave room for the timestamp option.
+    assert c2s.out_opt_room == s2c.out_opt_room == 12
+    c2s, s2c = make_maps(C, dataclasses.replace(S, ts_ok=False))
+    assert (c2s.out_opt_room, s2c.out_opt_room) == (0, 12)
     assert c2s.ts_mode == s2c.ts_mode == TS_MAP
     assert c2s.sack_mode == s2c.sack_mode == SACK_MAP
 

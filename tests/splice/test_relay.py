@@ -3,6 +3,7 @@ numbers follow SPLICE.md §4/§5, whatever the options, IP options, size and off
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from dataclasses import dataclass
 
@@ -119,12 +120,15 @@ def test_rewrite_follows_the_formulas(data: st.DataObject, c: ConnSnapshot, s: C
     exp = Expect(a, b)
     assert res.payload_bytes == len(seg.payload)
     frames = res.frames
+    # RFC 6691: option bytes beyond the timestamps b's MSS allows for reduce the payload.
+    optlen = len(encode_options(seg.options))
+    seg_max = max(1, b.mss - max(0, optlen - (12 if b.ts_ok else 0)))
     if out_offload:
         assert frames == [skb]
-        _check_offload_state(skb, m.out_mss, gso_size, len(seg.payload), seg)
+        _check_offload_state(skb, seg_max, gso_size, len(seg.payload), seg)
         on_wire = [device_bytes(skb)]
     else:
-        limit = min(m.out_mss, gso_size or m.out_mss)
+        limit = min(seg_max, gso_size or seg_max)
         for f in frames:
             assert f.vnet_flags == 0 and f.gso_type == 0
             assert len(f) - 34 - 20 - len(encode_options(seg.options)) <= limit
@@ -256,8 +260,7 @@ def test_ip_options_stripped_and_padding_trimmed() -> None:
 
 def test_stripped_options_become_nops() -> None:
     c = SNAP_C
-    s = ConnSnapshot(**{**{f: getattr(SNAP_S, f) for f in SNAP_S.__slots__},
-                        "ts_ok": False, "sack_ok": False})
+    s = dataclasses.replace(SNAP_S, ts_ok=False, sack_ok=False)
     c2s = make_maps(c, s)[0]
     opts = [Opt(8, (1, 2)), Opt(5, (3, 4, 5, 6)), Opt(1), Opt(1)]
     skb = make_skb(incoming(c, options=opts))
@@ -417,3 +420,22 @@ def test_fuzzed_frames_give_a_result_or_a_relay_error(
     assert res.frames
     for f in res.frames:
         parse(device_bytes(f))
+
+
+def test_extra_options_reduce_the_segment_size() -> None:
+    """SACK blocks on a data segment, or NOPs where timestamps were stripped, take
+    room the MSS did not leave for them (RFC 6691)."""
+    c2s = make_maps(SNAP_C, SNAP_S)[0]  # server: TS agreed, MSS 536 after TS
+    opts = [Opt(1), Opt(1), Opt(8, (1, 2)), Opt(1), Opt(1), Opt(5, (1, 2, 3, 4))]
+    skb = make_skb(incoming(SNAP_C, payload=b"s" * 1000, options=opts))
+    relay_rewrite(skb, c2s, out_offload=True)
+    assert skb.gso_size == 536 - 20
+    s_no_ts = dataclasses.replace(SNAP_S, ts_ok=False)
+    c2s = make_maps(SNAP_C, s_no_ts)[0]
+    res = relay_rewrite(make_skb(incoming(SNAP_C, payload=b"t" * 1000,
+                                          options=[Opt(1), Opt(1), Opt(8, (1, 2))])),
+                        c2s, out_offload=False)
+    assert [len(parse(f.tobytes())[1].data) for f in res.frames] == [524, 476]
+    for f in res.frames:
+        _, _, raw = check_frame(f.tobytes(), s_no_ts)
+        assert raw[20:32] == b"\x01" * 12
