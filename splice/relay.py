@@ -352,9 +352,11 @@ def relay_rewrite(skb: SkBuff, m: DirectionMap, out_offload: bool) -> RelayResul
 
     ``out_offload`` says whether the outgoing device accepts partial checksums and
     TCPv4 segmentation offload. With it the result is always ``[skb]`` (made a
-    super-segment when its payload exceeds :func:`segment_limit`); without it, plain frames
-    with complete checksums (software segments when the payload exceeds the MSS).
-    Raises :class:`RelayError` (frame unchanged) for what cannot be relayed.
+    super-segment when its payload exceeds :func:`segment_limit`); without it, plain
+    frames with complete checksums: ``[skb]``, or software segments (new buffers that
+    replace ``skb``) when the payload exceeds the limit. The caller fills in the
+    Ethernet addresses. Raises :class:`RelayError` (frame unchanged) for what cannot
+    be relayed.
     """
     ihl, tot_len, thl, flags = _check_frame(skb)
     buf = skb.buf
