@@ -34,6 +34,7 @@ from tools.bench.tcp import (
     select_experiments,
 )
 from tools.bench.tcp_labs import (
+    LinePump,
     LineReader,
     _split,
     client_argv,
@@ -314,6 +315,23 @@ def test_line_reader_splits_times_out_and_sees_eof() -> None:
         os.close(w)
         with pytest.raises(CommandError, match="closed"):
             reader.read_line(1.0)
+
+
+def test_line_pump_keeps_a_chatty_child_from_stalling() -> None:
+    r, w = os.pipe()
+    lines = [json.dumps({"service": "discard", "bytes": i}) for i in range(5000)]
+    with os.fdopen(r, "rb") as rf:
+        pump = LinePump(rf)
+        writer = threading.Thread(target=lambda: (os.write(w, "\n".join(lines).encode() + b"\n"),
+                                                  os.close(w)))
+        writer.start()
+        # More than a pipe's 64 KiB: the writer finishes before anything is asked for.
+        writer.join(timeout=10)
+        assert not writer.is_alive()
+        assert [pump.read_line(1.0) for _ in lines] == lines
+        for _ in range(2):
+            with pytest.raises(CommandError, match="closed"):
+                pump.read_line(1.0)
 
 
 # -- the client's arguments and the kernel server's loops ---------------------

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import select
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import IO, Any
@@ -66,6 +68,38 @@ class LineReader:
         return line.decode(errors="replace").strip()
 
 
+class LinePump:
+    """Lines of a child's stdout, read by a thread into a bounded queue.
+
+    For a child that reports per connection: reading only after a client
+    finishes would let thousands of lines fill the pipe and stall the child.
+    """
+
+    def __init__(self, stream: IO[bytes], max_lines: int = 1_000_000) -> None:
+        self._queue: queue.Queue[str | None] = queue.Queue(max_lines)
+        self._thread = threading.Thread(target=self._pump, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _pump(self, stream: IO[bytes]) -> None:
+        try:
+            for raw in stream:
+                self._queue.put(raw[:_LINE_MAX].decode(errors="replace").strip())
+        except (OSError, ValueError):
+            pass  # the stream was closed under us: the child is being stopped
+        self._queue.put(None)
+
+    def read_line(self, timeout: float) -> str:
+        """The next line; CommandError on timeout or when the child's output ended."""
+        try:
+            line = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            raise CommandError(f"no line from the child within {timeout:g}s") from None
+        if line is None:
+            self._queue.put(None)  # stays at EOF for later readers
+            raise CommandError("the child closed its output")
+        return line
+
+
 def parse_report(text: str) -> dict[str, Any]:
     """The last JSON object line of a client's output; TransferError if none."""
     for line in reversed(text.strip().splitlines()):
@@ -110,9 +144,10 @@ def run_client(netns: str, mode: str, host: str, port: int, n: int,
         done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 15,
                               cwd=ROOT, stdin=subprocess.DEVNULL)  # fmt: skip
     except subprocess.TimeoutExpired as exc:
-        raise TransferError(f"client {mode} overran {timeout:g}s") from exc
+        raise TransferError(f"client {mode} in {netns} overran {timeout:g}s") from exc
     if done.returncode != 0:
-        raise TransferError(f"client {mode} failed ({done.returncode}): {done.stderr.strip()}")
+        raise TransferError(f"client {mode} in {netns} to {host}:{port} failed "
+                            f"({done.returncode}): {done.stderr.strip()}")  # fmt: skip
     return parse_report(done.stdout)
 
 
@@ -278,7 +313,7 @@ class KernelSide:
         self.host = cfg.server_ip
         self.lifetime = lifetime
         self.proc: subprocess.Popen[bytes] | None = None
-        self._lines: LineReader | None = None
+        self._lines: LinePump | None = None
 
     def start(self) -> None:
         """Build the twin lab and start the server in its server namespace."""
@@ -290,7 +325,7 @@ class KernelSide:
                                      stderr=subprocess.DEVNULL, cwd=ROOT,
                                      start_new_session=True)  # fmt: skip
         assert self.proc.stdout is not None
-        self._lines = LineReader(self.proc.stdout)
+        self._lines = LinePump(self.proc.stdout)
         line = self._lines.read_line(READY_TIMEOUT)
         if line != "ready":
             raise CommandError(f"kernel server said {line!r}")
