@@ -41,7 +41,9 @@ class SpliceApi:
         self.splicer = splicer
         self.driver = driver
         self._closed: dict[int, asyncio.Future[None]] = {}
+        self._finished: dict[int, asyncio.Future[None]] = {}
         splicer.on_close = self._pair_closed
+        splicer.on_finished = self._pair_finished
 
     def init_splice(self, server: TcpServer) -> None:
         """Connections accepted by ``server`` can be spliced (SPLICE.md §1.1)."""
@@ -102,14 +104,29 @@ class SpliceApi:
         pair = self.splicer.splice(client, server, len(reply_to_client), now, unread=unread)
         if reply_to_client:
             self.splicer.write_owed(client, reply_to_client, now)
-        self._closed[id(pair)] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self._closed[id(pair)] = loop.create_future()
+        self._finished[id(pair)] = loop.create_future()
         self.driver.poke()
         return pair
 
     def _pair_closed(self, pair: SplicePair) -> None:
-        fut = self._closed.pop(id(pair), None)
+        for table in (self._closed, self._finished):
+            fut = table.pop(id(pair), None)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+
+    def _pair_finished(self, pair: SplicePair) -> None:
+        fut = self._finished.pop(id(pair), None)
         if fut is not None and not fut.done():
             fut.set_result(None)
+
+    async def wait_finished(self, pair: SplicePair) -> None:
+        """Wait until both directions have ended (both FINs acknowledged, the pair is in
+        TIMEWAIT) or the splice was reset: the transfer is over."""
+        fut = self._finished.get(id(pair))
+        if fut is not None and not pair.closed:
+            await fut
 
     async def wait_closed(self, pair: SplicePair) -> None:
         """Wait until the splice ends (TIMEWAIT over, or reset)."""

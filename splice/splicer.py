@@ -64,6 +64,8 @@ class Splicer:
         self._tie = itertools.count()
         #: Called with each pair once it is torn down (for the asyncio helpers).
         self.on_close = None
+        #: Called when both directions have ended (both FINs acknowledged: TIMEWAIT).
+        self.on_finished = None
         stack.timer_sources.append(self)
 
     # -- primitives (SPLICE.md §1) --------------------------------------------------
@@ -336,6 +338,8 @@ class Splicer:
                 pair = self._pair_of(side)
                 pair.timewait_until = now + self.timewait
                 heapq.heappush(self._heap, (pair.timewait_until, next(self._tie), pair))
+                if self.on_finished is not None:
+                    self.on_finished(pair)
 
     def _on_rst(self, side: Side, hdr: TcpHeader, skb: SkBuff, now: float) -> bool:
         pair = self._pair_of(side)

@@ -348,7 +348,9 @@ class SocksServer:
         self.counters["rep_0x00"] += 1
         self.counters["spliced"] += 1
         try:
-            await self.splice.wait_closed(pair)
+            # The session is over once both directions ended; the pair's TIMEWAIT
+            # (2*MSL of relaying stray segments) goes on in the stack without it.
+            await self.splice.wait_finished(pair)
         finally:
             s.up += pair.counters["c2s_bytes"]
             s.down += pair.counters["s2c_bytes"]
