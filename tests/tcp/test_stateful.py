@@ -29,7 +29,7 @@ class Side:
 class TcpLinkMachine(RuleBasedStateMachine):
     """Two connected layers, driven by random application actions."""
 
-    @initialize(seed=st.integers(0, 2**16), loss=st.sampled_from([0.0, 0.02, 0.08]),
+    @initialize(seed=st.integers(0, 2**16), loss=st.sampled_from([0.0, 0.02, 0.08, 0.15]),
                 dup=st.sampled_from([0.0, 0.05]), reorder=st.sampled_from([0.0, 0.1]),
                 corrupt=st.sampled_from([0.0, 0.03]), offload=st.booleans(),
                 sack=st.booleans(), ts=st.booleans(), small_buf=st.booleans(),
@@ -126,6 +126,6 @@ class TcpLinkMachine(RuleBasedStateMachine):
 
 
 TcpLinkMachine.TestCase.settings = settings(
-    max_examples=40, stateful_step_count=30, deadline=None,
+    max_examples=60, stateful_step_count=30, deadline=None,
     suppress_health_check=[HealthCheck.too_slow])
 test_tcp_link = TcpLinkMachine.TestCase
