@@ -140,6 +140,8 @@ class TcpLayer:
             return
         payload = seg[hdr.header_len:]
         tcb = self.connections.get((dst, hdr.dport, src, hdr.sport))
+        if tcb is not None and tcb.state is TcpState.TIME_WAIT and self._time_wait_reuse(tcb, hdr):
+            tcb = None
         if tcb is not None:
             if tcb.input_hook is None or not tcb.input_hook(tcb, hdr, skb, now):
                 segment_arrives(tcb, hdr, payload, now)
@@ -152,6 +154,27 @@ class TcpLayer:
             self.count("no_connection")
             self.reply_rst(dst, src, hdr, len(payload), now)
         self.flush_events()
+
+    def _time_wait_reuse(self, tcb: Tcb, hdr: TcpHeader) -> bool:
+        """A new SYN may end TIME-WAIT early (RFC 9293 §3.10.7.4 note, RFC 6191).
+
+        Only a plain SYN whose sequence number (or timestamp, when both ends use
+        them) is beyond anything of the old connection, and only for a listener.
+        """
+        if hdr.flags & (SYN | ACK | RST | FIN) != SYN:
+            return False
+        if (tcb.local, tcb.local_port) not in self.listeners and \
+                (ANY, tcb.local_port) not in self.listeners:
+            return False
+        ts = hdr.options.timestamp
+        if tcb.ts_ok and ts is not None:
+            newer = seq.gt(ts[0], tcb.ts_recent)
+        else:
+            newer = seq.gt(hdr.seq, tcb.rcv_nxt)
+        if newer:
+            self.count("time_wait_reused")
+            tcb.set_closed()
+        return newer
 
     def reply_rst(self, local: bytes, remote: bytes, hdr: TcpHeader, plen: int,
                   now: float) -> None:

@@ -326,9 +326,14 @@ def write_new(tcb: Tcb, now: float, in_pipe: int) -> None:
     """Send new data from ``send_head`` as windows, Nagle and SWS avoidance allow."""
     goal = tcb.config.tso_max if tcb.offload else tcb.mss
     goal = max(goal - goal % tcb.mss, tcb.mss)
+    cwnd = tcb.cc.cwnd
+    if not tcb.in_recovery and not tcb.rto_recovery and tcb.dupacks:
+        # Limited transmit (RFC 3042): each of the first two duplicate ACKs lets
+        # one new segment out beyond cwnd, to keep the ACK clock running.
+        cwnd += min(tcb.dupacks, 2) * tcb.mss
     while (first := tcb.send_head) is not None:
         wnd_avail = seq.sub(seq.add(tcb.snd_una, tcb.snd_wnd), first.seq)
-        cwnd_avail = tcb.cc.cwnd - in_pipe
+        cwnd_avail = cwnd - in_pipe
         n = len(first)
         seg_len = seq.sub(first.end_seq, first.seq)
         if seg_len > wnd_avail:

@@ -46,7 +46,11 @@ class Peer:
         a = self.ack if ack is None else ack
         if self.ts and "timestamp" not in opts and not flags & SYN:
             opts["timestamp"] = (self.tsval if tsval is None else tsval, self.tsecr)
-        w = self.window if window is None else window
+        if window is None:
+            # the window field of a non-SYN segment is scaled (RFC 7323 §2.3)
+            w = self.window if flags & SYN else self.window >> (self.wscale or 0)
+        else:
+            w = window
         skb = seg(self.sport, self.dport, s, a, flags if flags else ACK, w, payload, **opts)
         self.layer.input(skb, B, A, self.now)
         if advance and seq is None:
@@ -99,7 +103,7 @@ class Peer:
         synack = out[0]
         self.ack = sq.add(synack.hdr.seq, 1)
         self.tsval += 100
-        self.send(ACK, now=0.1, window=self.window >> (self.wscale or 0))
+        self.send(ACK, now=0.1)
         tcb = lst.accept()
         assert tcb is not None
         return lst, tcb, synack

@@ -308,3 +308,19 @@ def test_karn_no_rtt_sample_when_a_retransmission_is_acked():
     assert len(out) == 1  # the first segment again
     p.send(ACK, ack=tcb.snd_nxt, now=t + 3.0)
     assert tcb.snd_una == tcb.snd_nxt and tcb.rtt.srtt == srtt
+
+
+def test_limited_transmit_on_first_two_dupacks():
+    p = Peer(sack=False)
+    _, tcb, _ = p.accept_connection()
+    tcb.cc.cwnd = 4 * MSS
+    tcb.send(b"l" * (8 * MSS), 1.0)
+    seqs = [o.hdr.seq for o in p.take()]
+    assert len(seqs) == 4
+    out1 = p.send(ACK, ack=seqs[0], now=1.1)
+    out2 = p.send(ACK, ack=seqs[0], now=1.11)
+    # RFC 3042: one new segment per duplicate ACK, beyond cwnd
+    assert data_segments(out1) == [(sq.add(seqs[3], MSS), MSS)]
+    assert data_segments(out2) == [(sq.add(seqs[3], 2 * MSS), MSS)]
+    out3 = p.send(ACK, ack=seqs[0], now=1.12)
+    assert data_segments(out3)[0] == (seqs[0], MSS) and tcb.in_recovery

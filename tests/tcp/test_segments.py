@@ -381,3 +381,21 @@ def test_out_of_order_fin_is_kept_until_the_hole_fills():
     assert tcb.state is S.CLOSE_WAIT and tcb.eof_received
     assert out[-1].hdr.ack == 1010
     assert tcb.recv(100) == b"headtail"
+
+
+def test_new_syn_ends_time_wait_early():
+    p = Peer()
+    lst, tcb, _ = p.accept_connection()
+    tcb.shutdown_write(1.0)
+    (fin,) = p.take()
+    p.send(FIN | ACK, ack=sq.add(fin.hdr.seq, 1), now=1.1)
+    assert tcb.state is S.TIME_WAIT
+    # an old sequence number: challenge ACK, TIME-WAIT stays
+    out = p.send(SYN, seq=500, advance=False, now=2.0, mss=1460)
+    assert [o.flags for o in out] == [ACK] and tcb.state is S.TIME_WAIT
+    # a newer incarnation: TIME-WAIT ends and the listener answers
+    p.tsval += 1000
+    out = p.send(SYN, seq=900000, advance=False, now=3.0, **p.syn_options())
+    assert [(o.flags, o.hdr.ack) for o in out] == [(SYN | ACK, 900001)]
+    assert tcb.state is S.CLOSED
+    assert p.layer.connections[(A, 80, B, 5000)].state is S.SYN_RECEIVED
