@@ -352,7 +352,7 @@ class Runner:
     def _memory(self, exp: Experiment) -> None:
         exp.note = "VmRSS of the stack process while holding, minus before; no kernel baseline"
         for n in self.plan.hold:
-            ser = Series(f"stack-{n}", f"{self.stack.label}, {n:,} held", f"{n:,} connections")
+            ser = Series(f"stack-{n}", self.stack.label, f"{n:,} held")
             exp.series.append(ser)
             for i in range(self.plan.repeats):
                 self._tick(f"memory {n} #{i}")
@@ -362,6 +362,8 @@ class Runner:
                     raise TransferError(f"held {rep['still_established']} of {n} connections "
                                    f"({rep['established']} established when opened)")  # fmt: skip
                 self._record(exp, ser, float(rep["bytes_per_connection"]), rep)
+        # Later experiments get a process without the held connections' aftermath.
+        self.stack.restart()
 
 
 # -- command line ------------------------------------------------------------
