@@ -37,6 +37,7 @@ def receive_data(tcb: Tcb, seg_seq: int, payload: memoryview, fin: bool, now: fl
         tcb.layer.count("rcv_beyond_window")
         payload = payload[:max(len(payload) - over, 0)]
         fin = False
+        tcb.ack_now = True  # tell the sender (a window probe, perhaps) where the window ends
     if seg_seq != tcb.rcv_nxt:
         tcb.ack_now = True
         if payload:

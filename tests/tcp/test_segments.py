@@ -399,3 +399,18 @@ def test_new_syn_ends_time_wait_early():
     assert [(o.flags, o.hdr.ack) for o in out] == [(SYN | ACK, 900001)]
     assert tcb.state is S.CLOSED
     assert p.layer.connections[(A, 80, B, 5000)].state is S.SYN_RECEIVED
+
+
+def test_data_on_a_closed_window_is_trimmed_and_acked():
+    cfg = TcpConfig(rcvbuf_autotune=False, rcvbuf=4000, window_scaling=False)
+    p = Peer(cfg, wscale=None)
+    _, tcb, _ = p.accept_connection()
+    p.send(ACK, b"a" * 1460, now=1.0)
+    p.send(ACK, b"b" * 1460, now=1.0)
+    p.send(ACK, b"c" * 1080, now=1.0)
+    p.tick(2.0)
+    assert tcb.rcv_adv == tcb.rcv_nxt == 1001 + 4000
+    # a one-byte window probe at RCV.NXT: its ACK is processed, its byte is not taken
+    out = p.send(ACK, b"!", now=3.0, advance=False)
+    assert [(o.flags, o.hdr.ack, o.hdr.window) for o in out] == [(ACK, 5001, 0)]
+    assert tcb.recv_available() == 4000
