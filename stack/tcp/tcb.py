@@ -296,6 +296,9 @@ class Tcb:
             self.abort(now)
             return
         self.shutdown_write(now)
+        if self.state is TcpState.FIN_WAIT_2 and self.timer_close is None:
+            # Our FIN was acknowledged before the close: bound the wait for the peer's.
+            self.timer_close = now + self.config.fin_timeout
         self.layer.after_call(self)
 
     def abort(self, now: float) -> None:

@@ -414,3 +414,16 @@ def test_data_on_a_closed_window_is_trimmed_and_acked():
     out = p.send(ACK, b"!", now=3.0, advance=False)
     assert [(o.flags, o.hdr.ack, o.hdr.window) for o in out] == [(ACK, 5001, 0)]
     assert tcb.recv_available() == 4000
+
+
+def test_close_after_shutdown_bounds_fin_wait_2():
+    p = Peer(TcpConfig(fin_timeout=5.0))
+    _, tcb, _ = p.accept_connection()
+    tcb.shutdown_write(1.0)
+    (fin,) = p.take()
+    p.send(ACK, ack=sq.add(fin.hdr.seq, 1), now=1.1)
+    assert tcb.state is S.FIN_WAIT_2 and p.layer.next_deadline() is None
+    tcb.close(2.0)
+    assert p.layer.next_deadline() == pytest.approx(7.0)
+    p.tick(7.0)
+    assert tcb.state is S.CLOSED and not p.layer.connections
