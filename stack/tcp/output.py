@@ -118,7 +118,7 @@ def select_window(tcb: Tcb) -> int:
 
 def send_segment(tcb: Tcb, seq_: int, flags: int, now: float, *,
                  parts: list[memoryview] | None = None, plen: int = 0,
-                 opts: TcpOptions | None = None, ack: bool = True) -> bool:
+                 opts: TcpOptions | None = None) -> bool:
     """Emit one segment of this connection with the current ACK, window and options."""
     if opts is None:
         # SACK blocks only on segments without data: with them a full-sized segment
@@ -135,7 +135,6 @@ def send_segment(tcb: Tcb, seq_: int, flags: int, now: float, *,
                     options=opts)
     if flags & ACK:
         tcb.last_ack_sent = tcb.rcv_nxt
-        tcb.ack_pending = 0
         tcb.ack_now = False
         tcb.timer_delack = None
     tcb.segs_out += 1

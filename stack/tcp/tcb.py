@@ -130,8 +130,7 @@ class Tcb:
         self.timer_close: float | None = None  # TIME_WAIT 2*MSL or FIN_WAIT_2 timeout
         self.heap_deadline: float | None = None  # owned by the layer's timer heap
         # -- delayed ACK --
-        self.ack_pending = 0        # full-sized segments received and not acknowledged
-        self.ack_now = False
+        self.ack_now = False        # an ACK is due at once (out-of-order data, FIN, hole filled)
 
     def _init_application(self, now: float) -> None:
         cfg = self.config
