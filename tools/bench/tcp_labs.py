@@ -17,6 +17,7 @@ import json
 import os
 import queue
 import select
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -288,8 +289,6 @@ class StackSide:
 
     def stop(self) -> None:
         """Stop the stack and remove the lab (only if this side made it)."""
-        import shutil
-
         try:
             self.stop_process()
         finally:
