@@ -12,11 +12,15 @@ from __future__ import annotations
 import heapq
 import itertools
 import random
+from collections import deque
 from dataclasses import dataclass, field
 
+from stack.netdev.pcap import PcapWriter
 from stack.skbuff import SkBuff
 from stack.tcp.api import MAX_HEADER, RouteInfo, TcpConfig
 from stack.tcp.layer import TcpLayer
+from stack.wire.ethernet import EthernetHeader
+from stack.wire.ipv4 import Ipv4Header
 from stack.wire.tcp import TcpHeader, TcpOptions, build_segment
 from stack.wire.vnet import VIRTIO_NET_HDR_F_NEEDS_CSUM
 
@@ -132,6 +136,8 @@ class Net:
         self.b = TcpLayer(_Port(self, B), config=config_b, rng=random.Random(seed * 7 + 2))
         self.layers = {A: self.a, B: self.b}
         self.dropped = 0
+        # the latest frames as sent (before faults), for a pcap of a failing run
+        self.frames_sent: deque[tuple[float, bytes, bytes, bytes]] = deque(maxlen=20000)
 
     def send(self, src: bytes, dst: bytes, skb: SkBuff, now: float) -> bool:
         data = skb.tobytes()
@@ -142,6 +148,7 @@ class Net:
         else:
             assert len(data) + 20 <= self.mtu, "segment larger than the MTU"
         self.log.append((now, src, hdr, plen))
+        self.frames_sent.append((now, src, dst, data))
         if len(self.frames) >= self.queue_limit:
             return False
         for f in self.drop_filter:
@@ -167,6 +174,16 @@ class Net:
             heapq.heappush(self.frames, _Frame(when, next(self.tie), dst, src, payload,
                                                flags & VIRTIO_NET_HDR_F_NEEDS_CSUM))
         return True
+
+    def write_pcap(self, path: str) -> str:
+        """Write the latest frames sent (as Ethernet/IPv4/TCP) to a pcap file."""
+        macs = {A: b"\x02\x00\x00\x00\x00\x01", B: b"\x02\x00\x00\x00\x00\x02"}
+        with PcapWriter(path) as w:
+            for t, src, dst, seg in self.frames_sent:
+                eth = EthernetHeader(macs[dst], macs[src], 0x0800).to_bytes()
+                ip = Ipv4Header(src, dst, 6).to_bytes(len(seg))
+                w.write(eth + ip + seg, t)
+        return path
 
     def next_event(self) -> float | None:
         times = [t for t in (self.a.next_deadline(), self.b.next_deadline()) if t is not None]

@@ -7,6 +7,9 @@ within a bounded virtual time.
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 from harness import B, Net
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -119,10 +122,15 @@ class TcpLinkMachine(RuleBasedStateMachine):
         for side in self.sides:
             side.got += side.tcb.recv(1 << 20)
         a, b = self.sides
-        assert bytes(a.got) == bytes(b.sent), (len(a.got), len(b.sent))
-        assert bytes(b.got) == bytes(a.sent), (len(b.got), len(a.sent))
-        assert a.tcb.state in DONE and b.tcb.state in DONE, (a.tcb, b.tcb)
-        assert a.tcb.error is None and b.tcb.error is None
+        ok = (bytes(a.got) == bytes(b.sent) and bytes(b.got) == bytes(a.sent)
+              and a.tcb.state in DONE and b.tcb.state in DONE
+              and a.tcb.error is None and b.tcb.error is None)
+        if not ok:
+            # Keep the evidence: the frames of the failing run, for tcpdump/wireshark.
+            pcap = net.write_pcap(os.path.join(tempfile.gettempdir(), "tcp-stateful-failure.pcap"))
+            raise AssertionError(f"delivered {len(a.got)}/{len(b.sent)} and "
+                                 f"{len(b.got)}/{len(a.sent)} bytes, states {a.tcb} {b.tcb}, "
+                                 f"errors {a.tcb.error!r} {b.tcb.error!r}; frames in {pcap}")
 
 
 TcpLinkMachine.TestCase.settings = settings(
