@@ -40,6 +40,7 @@ from tools.bench.harness import (
 from tools.bench.kernel_lab import KernelLabConfig, cleanup_stale
 from tools.bench.proc import CommandError, TransferError
 from tools.bench.router import KernelRouterPath, StackRouterPath, stack_lab_config
+from tools.bench.splice import add_splice_parser
 from tools.bench.tcp import add_tcp_parser
 from tools.lab import LabError
 from tools.lab import cleanup_stale as lab_cleanup_stale
@@ -129,6 +130,7 @@ def add_parser(subparsers: Any) -> None:
                         help=f"limit for the whole run (default: {DEFAULT_MAX_SECONDS:g})")  # fmt: skip
     router.set_defaults(func=cmd_router)
     add_tcp_parser(sub)
+    add_splice_parser(sub)
 
 
 def router_paths(args: argparse.Namespace) -> list[BenchPath]:
