@@ -11,6 +11,7 @@ from stack import seq as sq
 from stack.skbuff import SkBuff
 from stack.tcp.api import TcpConfig, TcpState
 from stack.wire.errors import WireError
+from stack.wire.tcp import ACK, FIN
 
 u32 = st.integers(0, 2**32 - 1)
 
@@ -30,12 +31,27 @@ def _abs(base: int, v: int) -> int:
     return sq.add(base, v) if v < 70001 and v > -3001 else v
 
 
-@settings(max_examples=150, deadline=None)
-@given(segments, st.booleans())
-def test_random_segments_on_an_established_connection(segs, to_connection):
-    p = Peer(TcpConfig(ooo_max_bytes=20000, ooo_max_segments=16))
+def _connection(p: Peer, start: str):
+    if start == "syn_sent":
+        tcb, _ = p.layer.connect(B, 5000, 0.0, sport=80), p.take()
+        p.ack = 0
+        return tcb
     _, tcb, _ = p.accept_connection()
     tcb.send(b"d" * 5000, 1.0)
+    if start == "fin_wait_1":
+        tcb.shutdown_write(1.0)
+    elif start == "close_wait":
+        p.send(FIN | ACK, now=1.0)
+    p.take()
+    return tcb
+
+
+@settings(max_examples=150, deadline=None)
+@given(segments, st.booleans(),
+       st.sampled_from(["established", "fin_wait_1", "close_wait", "syn_sent"]))
+def test_random_segments_on_a_connection(segs, to_connection, start):
+    p = Peer(TcpConfig(ooo_max_bytes=20000, ooo_max_segments=16))
+    tcb = _connection(p, start)
     now = 1.0
     for flags, s, a, win, payload, ts, sack, mss in segs:
         now += 0.01
