@@ -239,23 +239,24 @@ class Tcb:
         """Take up to ``max`` in-order bytes (b"" when none); may send a window update."""
         if max <= 0 or not self.recv_queue:
             return b""
-        out = bytearray()
+        parts: list[bytes] = []
+        got = 0
         q = self.recv_queue
-        while q.first is not None and len(out) < max:
+        while q.first is not None and got < max:
             skb = q.first
-            take = min(len(skb), max - len(out))
-            out += skb.view()[:take]
-            if take == len(skb):
+            take = min(len(skb), max - got)
+            parts.append(bytes(skb.pull(take)))
+            got += take
+            if not len(skb):
                 q.pop()
-            else:
-                skb.pull(take)
-        self.rcv_queued -= len(out)
-        self.autotune_copied += len(out)
+        out = parts[0] if len(parts) == 1 else b"".join(parts)
+        self.rcv_queued -= got
+        self.autotune_copied += got
         if self.state in CAN_SEND or self.state in (TcpState.FIN_WAIT_1, TcpState.FIN_WAIT_2):
             output.autotune_rcvbuf(self, self.now)
             output.maybe_window_update(self, self.now)
             self.layer.after_call(self)
-        return bytes(out)
+        return out
 
     def recv_available(self) -> int:
         """Bytes that :meth:`recv` can return right now."""
