@@ -31,8 +31,9 @@ from stack.tcp.input import segment_arrives
 from stack.tcp.options import tsval
 from stack.wire import checksum as cks
 from stack.wire.ethernet import ETH_HLEN
-from stack.wire.tcp import ACK, FIN, RST, TcpHeader
-from stack.wire.vnet import VIRTIO_NET_HDR_F_NEEDS_CSUM
+from stack.wire.ipv4 import IPPROTO_TCP
+from stack.wire.tcp import ACK, FIN, RST, SYN, TcpHeader, verify_tcp_checksum
+from stack.wire.vnet import VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM
 
 if TYPE_CHECKING:
     from stack.core import Stack
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 
 S, E = SpliceState, SpliceEvent
 _L = struct.Struct("!L")
+_HH = struct.Struct("!HH")
 _H = struct.Struct("!H")
 _NO_DATA = memoryview(b"")
 #: How far ahead of the proxy's own timestamp clock relayed TSvals start (ms).
@@ -58,6 +60,9 @@ class Splicer:
         self.timewait = 2 * tcp.config.msl if timewait is None else timewait
         self.max_pairs = max_pairs
         self.sides: dict[int, Side] = {}           # id(tcb) -> its side
+        #: Arriving 4-tuple (local, lport, remote, rport) -> side, for pairs where both
+        #: interfaces relay: their segments skip TCP's parsing (see SpliceDemux).
+        self.fast: dict[tuple[bytes, int, bytes, int], Side] = {}
         self.pairs: dict[int, SplicePair] = {}     # id(client side) -> pair
         self.counters: Counter[str] = Counter()
         self._heap: list[tuple[float, int, SplicePair]] = []
@@ -67,6 +72,8 @@ class Splicer:
         #: Called when both directions have ended (both FINs acknowledged: TIMEWAIT).
         self.on_finished = None
         stack.timer_sources.append(self)
+        if stack.protocols.get(IPPROTO_TCP) is tcp:
+            stack.register_protocol(IPPROTO_TCP, SpliceDemux(self))
 
     # -- primitives (SPLICE.md §1) --------------------------------------------------
     def init_splice(self, listener: Listener) -> None:
@@ -214,6 +221,12 @@ class Splicer:
         """The interface relays from now on: its TCB falls silent; queued frames go."""
         tcb = side.tcb
         tcb.timer_rtx = tcb.timer_delack = tcb.timer_keepalive = tcb.timer_close = None
+        other = side.other
+        if other is not None and other.state in RELAYING:
+            # Both directions relay: segments of this pair may take the fast path.
+            for s_ in (side, other):
+                t = s_.tcb
+                self.fast[(t.local, t.local_port, t.remote, t.remote_port)] = s_
         while side.pending:
             q = side.pending.popleft()
             side.pending_bytes -= len(q.frame)
@@ -223,7 +236,7 @@ class Splicer:
             skb.network_off = skb.data + ETH_HLEN
             skb.data += q.tcp_off
             hdr = TcpHeader.parse(skb.view())
-            self._relay(side, skb, hdr, now)
+            self._relay(side, skb, hdr.flags, hdr.ack, now)
 
     # -- the input hook -------------------------------------------------------------------
     def _input(self, tcb: Tcb, hdr: TcpHeader, skb: SkBuff, now: float) -> bool:
@@ -248,7 +261,7 @@ class Splicer:
                 self._forward(side, skb, hdr, now)
             self._check_owed(side, now)
             return True
-        self._check_fin_acked(side, hdr, now)
+        self._check_fin_acked(side, hdr.flags, hdr.ack, now)
         self._forward(side, skb, hdr, now)
         return True
 
@@ -265,24 +278,22 @@ class Splicer:
         out = arrived.other
         assert out is not None
         if out.state in RELAYING:
-            self._relay(out, skb, hdr, now)
+            self._relay(out, skb, hdr.flags, hdr.ack, now)
         else:
             self._queue(out, skb, hdr)
 
-    def _clamp_ack(self, arrived: Side, skb: SkBuff, hdr: TcpHeader) -> None:
+    def _clamp_ack(self, arrived: Side, skb: SkBuff, flags: int, ack: int) -> None:
         """An ACK that does not yet cover the proxy's own data on the arriving
         connection says nothing to the other peer: raise it to the base point, so that
         it maps to what that peer already had acknowledged (never below)."""
-        if not hdr.flags & ACK or arrived.out_map is None or not seq.lt(hdr.ack, arrived.iss):
+        if not flags & ACK or arrived.out_map is None or not seq.lt(ack, arrived.iss):
             return
         t = skb.data  # at the TCP header here
         buf = skb.buf
-        old = hdr.ack
         _L.pack_into(buf, t + 8, arrived.iss)
         if not skb.vnet_flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
             csum = _H.unpack_from(buf, t + 16)[0]
-            _H.pack_into(buf, t + 16, cks.update32(csum, old, arrived.iss))
-        hdr.ack = arrived.iss
+            _H.pack_into(buf, t + 16, cks.update32(csum, ack, arrived.iss))
         self.counters["acks_clamped"] += 1
 
     def _queue(self, out: Side, skb: SkBuff, hdr: TcpHeader) -> None:
@@ -298,11 +309,11 @@ class Splicer:
         out.pending_bytes += len(frame)
         self.counters["seam_bytes"] += payload
 
-    def _relay(self, out: Side, skb: SkBuff, hdr: TcpHeader, now: float) -> None:
+    def _relay(self, out: Side, skb: SkBuff, flags: int, ack: int, now: float) -> None:
         """Rewrite the frame (data at its TCP header) in place for ``out``'s connection
         and send it (§3)."""
         pair = self._pair_of(out)
-        self._clamp_ack(out.other, skb, hdr)
+        self._clamp_ack(out.other, skb, flags, ack)
         skb.data = skb.network_off - ETH_HLEN
         try:
             res = relay_rewrite(skb, out.out_map, self.stack.routes.lookup(
@@ -318,18 +329,18 @@ class Splicer:
             self.counters["copied_payload_bytes"] += res.payload_bytes
         for frame in res.frames:
             self.stack.output_frame(frame, now)
-        if hdr.flags & FIN:
+        if flags & FIN:
             t = skb.data + ETH_HLEN + ((skb.buf[skb.data + ETH_HLEN] & 15) << 2)
             seq_out = _L.unpack_from(skb.buf, t + 4)[0]
             out.fin_end = seq.add(seq_out, res.payload_bytes + 1)
             out.apply(E.FIN_OUT)
-        if hdr.flags & RST:
+        if flags & RST:
             pair.reset = True
             self._teardown(pair, now)
 
-    def _check_fin_acked(self, side: Side, hdr: TcpHeader, now: float) -> None:
-        if (side.state is S.FIN_RELAYED and side.fin_end is not None and hdr.flags & ACK
-                and seq.ge(hdr.ack, side.fin_end)):
+    def _check_fin_acked(self, side: Side, flags: int, ack: int, now: float) -> None:
+        if (side.state is S.FIN_RELAYED and side.fin_end is not None and flags & ACK
+                and seq.ge(ack, side.fin_end)):
             side.apply(E.FIN_ACKED)
             other = side.other
             if other is not None and other.state is S.SHUTDOWN:
@@ -347,7 +358,7 @@ class Splicer:
         assert other is not None
         if side.state in RELAYING or side.state is S.PRE_SPLICED:
             if other.state in RELAYING:
-                self._relay(other, skb, hdr, now)  # tears the pair down
+                self._relay(other, skb, hdr.flags, hdr.ack, now)  # tears the pair down
                 return True
             pair.reset = True
             self._teardown(pair, now, abort_other=other)
@@ -371,6 +382,7 @@ class Splicer:
             tcb = side.tcb
             tcb.input_hook = None
             self.sides.pop(id(tcb), None)
+            self.fast.pop((tcb.local, tcb.local_port, tcb.remote, tcb.remote_port), None)
             if side is abort_other and tcb.state is not TcpState.CLOSED:
                 tcb.abort(now)
             elif tcb.state is not TcpState.CLOSED:
@@ -421,3 +433,51 @@ class Splicer:
         """Stack-wide splice counters and one line per pair."""
         return {"counters": dict(self.counters),
                 "pairs": [p.info() for p in self.pairs.values()]}
+
+
+_TRUSTED = VIRTIO_NET_HDR_F_NEEDS_CSUM | VIRTIO_NET_HDR_F_DATA_VALID
+
+
+class SpliceDemux:
+    """The stack's TCP entry point once splicing is in use.
+
+    A segment of a pair whose two interfaces both relay, carrying no SYN, FIN or RST,
+    is relayed straight away: no header parsing into objects, no TCB lookup, no TCP
+    bookkeeping — the layer-3.5 path. Everything else goes to TCP (and through the
+    TCB's input hook to the splicer's full state handling)."""
+
+    def __init__(self, splicer: Splicer) -> None:
+        self.splicer = splicer
+        self.tcp = splicer.tcp
+
+    def input(self, skb: SkBuff, src: bytes, dst: bytes, now: float) -> None:
+        """One TCP segment from the IP layer (data at the TCP header)."""
+        buf = skb.buf
+        t = skb.data
+        if skb.tail - t >= 20 and not buf[t + 13] & (SYN | FIN | RST):
+            sport, dport = _HH.unpack_from(buf, t)
+            side = self.splicer.fast.get((dst, dport, src, sport))
+            if side is not None:
+                if not skb.vnet_flags & _TRUSTED and not verify_tcp_checksum(
+                        src, dst, skb.view()):
+                    self.splicer.counters["drop.relay_bad_checksum"] += 1
+                    return
+                flags = buf[t + 13]
+                ack = _L.unpack_from(buf, t + 8)[0]
+                self.splicer._check_fin_acked(side, flags, ack, now)
+                self.splicer._relay(side.other, skb, flags, ack, now)
+                self.splicer.counters["fast_path_segments"] += 1
+                return
+        self.tcp.input(skb, src, dst, now)
+
+    def next_deadline(self) -> float | None:
+        """TCP's timers."""
+        return self.tcp.next_deadline()
+
+    def on_timer(self, now: float) -> None:
+        """TCP's timers."""
+        self.tcp.on_timer(now)
+
+    def icmp_error(self, *args) -> None:
+        """ICMP errors are TCP's."""
+        self.tcp.icmp_error(*args)
