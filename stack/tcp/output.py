@@ -95,8 +95,12 @@ def select_window(tcb: Tcb) -> int:
     """The window field to advertise now; records the new right edge in ``rcv_adv``.
 
     Receiver SWS avoidance (RFC 9293 §3.8.6.2.2): the right edge only moves on when
-    it can move by min(RCV.BUFF/2, MSS). The edge never moves back (RFC 9293
-    §3.8.6.2.2, RFC 7323 §2.4), so scaling rounds the kept window up.
+    it can move by min(RCV.BUFF/2, MSS). Otherwise the current window is kept,
+    rounded up to the scale granularity when the buffer has room for that, else
+    rounded down: the edge then appears to move back by less than 2**shift bytes
+    (RFC 7323 Appendix F), which keeps rounding from overcommitting the buffer a
+    little more with every ACK. ``rcv_adv`` itself never moves back, so data up
+    to it is still accepted.
     """
     shift = tcb.rcv_wscale
     gran = 1 << shift
@@ -104,10 +108,10 @@ def select_window(tcb: Tcb) -> int:
     free = min(rcv_space(tcb), 0xFFFF << shift)
     if free - cur >= min(tcb.rcvbuf // 2, tcb.rcv_mss):
         field = free >> shift
-        if field << shift < cur:
-            field = (cur + gran - 1) >> shift
     else:
         field = (cur + gran - 1) >> shift
+        if field << shift > free:
+            field = cur >> shift
     field = min(field, 0xFFFF)
     edge = seq.add(tcb.rcv_nxt, field << shift)
     if seq.gt(edge, tcb.rcv_adv) or tcb.rcv_adv == tcb.rcv_nxt:
@@ -429,7 +433,7 @@ def maybe_window_update(tcb: Tcb, now: float) -> None:
     """Send a window update when reading opened the window significantly.
 
     As Linux's tcp_cleanup_rbuf: when the advertised window is at most half the
-    buffer and the free space is at least twice it (and one MSS more).
+    buffer and the free space is at least twice it (and one MSS more than it).
     """
     if tcb.state not in (TcpState.ESTABLISHED, TcpState.FIN_WAIT_1, TcpState.FIN_WAIT_2):
         return
@@ -437,7 +441,9 @@ def maybe_window_update(tcb: Tcb, now: float) -> None:
     if cur * 2 > tcb.rcvbuf:
         return
     free = min(rcv_space(tcb), 0xFFFF << tcb.rcv_wscale)
-    if free >= 2 * cur and free - cur >= max(tcb.rcv_mss, tcb.rcvbuf // 4 if cur == 0 else 0):
+    # the same threshold as select_window's receiver SWS avoidance: a closed window
+    # reopens (and is announced) as soon as one segment fits again
+    if free >= 2 * cur and free - cur >= min(tcb.rcvbuf // 2, tcb.rcv_mss):
         send_ack(tcb, now)
 
 

@@ -324,3 +324,20 @@ def test_limited_transmit_on_first_two_dupacks():
     assert data_segments(out2) == [(sq.add(seqs[3], 2 * MSS), MSS)]
     out3 = p.send(ACK, ack=seqs[0], now=1.12)
     assert data_segments(out3)[0] == (seqs[0], MSS) and tcb.in_recovery
+
+
+def test_closed_window_reopens_as_soon_as_one_segment_fits():
+    cfg = TcpConfig(rcvbuf_autotune=False, rcvbuf=1 << 20)
+    p = Peer(cfg)
+    _, tcb, _ = p.accept_connection()
+    n = 0
+    while tcb.rcv_adv != tcb.rcv_nxt:
+        p.send(ACK, b"f" * 1460, now=1.0)
+        n += 1
+        assert n < 2000
+    p.tick(2.0)
+    tcb.recv(1000)
+    assert p.take() == []
+    tcb.recv(2000)
+    (upd,) = p.take()
+    assert upd.hdr.window << tcb.rcv_wscale >= 1460
