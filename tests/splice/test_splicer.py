@@ -274,7 +274,10 @@ def test_faults_on_both_sides_bytes_intact_and_nothing_left(seed, loss, dup, reo
         writer.close()
         (pair,) = w.pairs
         assert await w.until(lambda: pair.closed, timeout=600)
-        assert pair.reset is reset  # a clean end goes through TIMEWAIT, a reset does not
+        # A reset always tears the pair down at once. After a clean exchange a late
+        # (reordered) segment may still draw a legitimate RST from a closed peer,
+        # so a clean run may end either way.
+        assert pair.reset or not reset
         assert not w.splicer.pairs and not w.splicer.sides and not w.splicer.fast
         assert await w.until(lambda: not w.splicer.tcp.connections)
         assert w.splicer.counters["copied_payload_bytes"] == 0
