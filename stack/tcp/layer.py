@@ -396,18 +396,29 @@ class TcpLayer:
 
     # ------------------------------------------------------------------ ICMP
     def icmp_error(self, local: bytes, remote: bytes, sport: int, dport: int, type: int,
-                   code: int, now: float) -> None:
+                   code: int, now: float, *, mtu: int = 0,
+                   seg_seq: int | None = None) -> None:
         """An ICMP error about one of our segments (RFC 5927, RFC 1122 §4.2.3.9).
 
         Soft errors are remembered (reported if the connection later times out);
         port or protocol unreachable during SYN-SENT refuses the connection.
+        ``seg_seq`` (the quoted segment's sequence number, when the IP layer passes
+        it) must lie in [SND.UNA, SND.NXT) (RFC 5927 §4.1); "fragmentation needed"
+        with a next-hop ``mtu`` lowers the MSS (RFC 1191).
         """
         tcb = self.connections.get((local, sport, remote, dport))
         if tcb is None:
             self.count("icmp_no_connection")
             return
         tcb.now = now
-        if tcb.state is TcpState.SYN_SENT and type == 3 and code in (2, 3):
+        if seg_seq is not None and not (seq.le(tcb.snd_una, seg_seq)
+                                        and seq.lt(seg_seq, tcb.snd_nxt)):
+            self.count("icmp_out_of_window")
+            return
+        if type == 3 and code == 4 and mtu:
+            self.count("icmp_frag_needed")
+            output.path_mtu_changed(tcb, mtu, now)
+        elif tcb.state is TcpState.SYN_SENT and type == 3 and code in (2, 3):
             self.count("icmp_hard_error")
             tcb.fail(TcpRefused(f"ICMP destination unreachable (code {code})"))
         else:

@@ -235,6 +235,7 @@ def split_skb(tcb: Tcb, skb: SkBuff, n: int) -> None:
     rest.seq = seq.add(skb.seq, n)
     rest.end_seq = skb.end_seq
     rest.tcp_flags = skb.tcp_flags
+    rest.when, rest.retrans, rest.sacked = skb.when, skb.retrans, skb.sacked
     skb.tcp_flags &= ~FIN
     skb.trim(n)
     skb.end_seq = rest.seq
@@ -296,6 +297,32 @@ def retransmit(tcb: Tcb, skb: SkBuff, now: float) -> None:
     tcb.layer.counters["retransmits"] += 1
 
 
+def path_mtu_changed(tcb: Tcb, mtu: int, now: float) -> None:
+    """A smaller path MTU (RFC 1191): shrink the MSS, resend what no longer fits.
+
+    Sent buffers larger than the new MSS are cut to size and marked lost, then
+    retransmitted as the congestion window allows; cwnd itself is not reduced,
+    since this is no sign of congestion (as Linux's simple retransmit).
+    """
+    new = max(mtu - 40 - (12 if tcb.ts_ok else 0), 64)
+    if new >= tcb.mss:
+        return
+    tcb.mss = new
+    tcb.cc.set_mss(new)
+    skb = tcb.write_queue.first
+    marked = False
+    while skb is not None and skb is not tcb.send_head:
+        if len(skb) > new:
+            skb.sacked = (skb.sacked | LOST) & ~(RETRANS | SACKED)
+            split_skb(tcb, skb, new)  # the rest inherits the marks
+            marked = True
+        skb = skb.next
+    if marked and not tcb.in_recovery:
+        tcb.rto_recovery = True
+        tcb.recover = tcb.snd_nxt
+    push(tcb, now)
+
+
 def retransmit_lost(tcb: Tcb, now: float, in_pipe: int) -> int:
     """Retransmit buffers marked LOST while the pipe allows (RFC 6675 NextSeg rule 1).
 
@@ -335,6 +362,8 @@ def write_new(tcb: Tcb, now: float, in_pipe: int) -> None:
         # one new segment out beyond cwnd, to keep the ACK clock running.
         cwnd += min(tcb.dupacks, 2) * tcb.mss
     while (first := tcb.send_head) is not None:
+        if len(first) > tcb.mss:
+            split_skb(tcb, first, tcb.mss)  # queued before the MSS shrank
         wnd_avail = seq.sub(seq.add(tcb.snd_una, tcb.snd_wnd), first.seq)
         cwnd_avail = cwnd - in_pipe
         n = len(first)

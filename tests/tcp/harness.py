@@ -13,6 +13,7 @@ import heapq
 import itertools
 import random
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from stack.netdev.pcap import PcapWriter
@@ -138,6 +139,11 @@ class Net:
         self.dropped = 0
         # the latest frames as sent (before faults), for a pcap of a failing run
         self.frames_sent: deque[tuple[float, bytes, bytes, bytes]] = deque(maxlen=20000)
+        self.calls: list[tuple[float, int, Callable[[float], None]]] = []
+
+    def at(self, when: float, fn: Callable[[float], None]) -> None:
+        """Run ``fn(now)`` at virtual time ``when`` (e.g. deliver an ICMP error)."""
+        heapq.heappush(self.calls, (when, next(self.tie), fn))
 
     def send(self, src: bytes, dst: bytes, skb: SkBuff, now: float) -> bool:
         data = skb.tobytes()
@@ -189,6 +195,8 @@ class Net:
         times = [t for t in (self.a.next_deadline(), self.b.next_deadline()) if t is not None]
         if self.frames:
             times.append(self.frames[0].when)
+        if self.calls:
+            times.append(self.calls[0][0])
         return min(times) if times else None
 
     def step(self) -> bool:
@@ -197,6 +205,9 @@ class Net:
         if t is None:
             return False
         self.now = max(self.now, t)
+        if self.calls and self.calls[0][0] <= self.now:
+            heapq.heappop(self.calls)[2](self.now)
+            return True
         if self.frames and self.frames[0].when <= self.now:
             fr = heapq.heappop(self.frames)
             skb = SkBuff.from_bytes(fr.data, headroom=64)

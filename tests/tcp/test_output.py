@@ -341,3 +341,26 @@ def test_closed_window_reopens_as_soon_as_one_segment_fits():
     tcb.recv(2000)
     (upd,) = p.take()
     assert upd.hdr.window << tcb.rcv_wscale >= 1460
+
+
+def test_fragmentation_needed_shrinks_mss_and_resends_in_smaller_segments():
+    p = Peer()
+    _, tcb, _ = p.accept_connection()
+    tcb.send(b"m" * (3 * MSS), 1.0)
+    sent = p.take()
+    assert [len(o.payload) for o in sent] == [MSS] * 3
+    una = tcb.snd_una
+    # RFC 5927 §4.1: a quoted sequence number outside the window is ignored
+    p.layer.icmp_error(A, B, 80, 5000, 3, 4, 1.05, mtu=1000, seg_seq=sq.add(una, -5))
+    assert p.take() == [] and tcb.mss == MSS
+    p.layer.icmp_error(A, B, 80, 5000, 3, 4, 1.05, mtu=1000, seg_seq=una)
+    out = p.take()
+    new = 1000 - 40 - 12
+    assert tcb.mss == new and out
+    assert all(len(o.payload) <= new for o in out)
+    assert out[0].hdr.seq == una
+    # acknowledging everything brings recovery to an end; new data uses the new MSS
+    p.send(ACK, ack=tcb.snd_nxt, now=1.2)
+    tcb.send(b"n" * 3000, 1.2)
+    assert all(len(o.payload) <= new for o in p.take())
+    assert not tcb.rto_recovery and tcb.cc.cwnd >= 3 * new

@@ -277,3 +277,24 @@ def test_receive_buffer_autotuning_grows_when_reader_keeps_up():
     st = Stream(c, s, pattern(3_000_000), close=False)
     run_streams(net, [st])
     assert s.rcvbuf > start and s.rcvbuf <= net.b.config.rcvbuf_max
+
+
+def test_path_mtu_drop_with_icmp_recovers_the_stream():
+    net = Net()
+    c, s = connect(net)
+
+    def narrow_link(src, hdr, plen):
+        # a router with a 1000-byte MTU on the way from A: drop and report (RFC 1191)
+        if src == A and plen + hdr.header_len + 20 > 1000:
+            net.at(net.now + net.delay, lambda now, q=hdr.seq, sp=hdr.sport, dp=hdr.dport:
+                   net.a.icmp_error(A, B, sp, dp, 3, 4, now, mtu=1000, seg_seq=q))
+            return True
+        return False
+
+    net.drop_filter.append(narrow_link)
+    data = pattern(300_000)
+    st = Stream(c, s, data)
+    run_streams(net, [st])
+    assert bytes(st.got) == data
+    assert c.mss == 1000 - 40 - 12 and net.a.counters["icmp_frag_needed"] >= 1
+    assert net.a.counters["rto_expired"] == 0
