@@ -130,15 +130,9 @@ def acceptable(tcb: Tcb, seg_seq: int, seg_len: int) -> bool:
 def synchronized(tcb: Tcb, hdr: TcpHeader, payload: memoryview, now: float) -> None:
     """RFC 9293 §3.10.7.4 for SYN-RECEIVED ... TIME-WAIT."""
     layer = tcb.layer
-    if tcb.state is S.SYN_RECEIVED and hdr.flags & SYN and hdr.seq == tcb.irs:
-        if hdr.flags & ACK and hdr.ack == tcb.snd_nxt and not payload:
-            # Simultaneous open (RFC 9293 Figure 8): the peer's SYN-ACK acknowledges our
-            # SYN; its SYN is the one we already hold, so only the ACK is new.
-            hdr.flags &= ~SYN
-            hdr.seq = seq.add(hdr.seq, 1)
-        elif not hdr.flags & ACK:
-            output.send_syn(tcb, now)  # the peer did not get our SYN-ACK
-            return
+    if tcb.state is S.SYN_RECEIVED and hdr.flags & SYN and hdr.seq == tcb.irs \
+            and repeated_syn(tcb, hdr, payload, now):
+        return
     flags = hdr.flags
     seg_len = len(payload) + (1 if flags & SYN else 0) + (1 if flags & FIN else 0)
     ts = hdr.options.timestamp if tcb.ts_ok else None
@@ -188,6 +182,20 @@ def synchronized(tcb: Tcb, hdr: TcpHeader, payload: memoryview, now: float) -> N
     output.push(tcb, now)
     if tcb.ack_now or (payload and tcb.last_ack_sent != tcb.rcv_nxt):
         output.schedule_ack(tcb, now)
+
+
+def repeated_syn(tcb: Tcb, hdr: TcpHeader, payload: memoryview, now: float) -> bool:
+    """The peer's SYN again, in SYN-RECEIVED; True when the segment was dealt with."""
+    if hdr.flags & ACK and hdr.ack == tcb.snd_nxt and not payload:
+        # Simultaneous open (RFC 9293 Figure 8): the peer's SYN-ACK acknowledges our
+        # SYN; its SYN is the one we already hold, so only the ACK is new.
+        hdr.flags &= ~SYN
+        hdr.seq = seq.add(hdr.seq, 1)
+        return False
+    if not hdr.flags & ACK:
+        output.send_syn(tcb, now)  # the peer did not get our SYN-ACK
+        return True
+    return False
 
 
 def synrecv_ack(tcb: Tcb, hdr: TcpHeader, payload: memoryview, now: float) -> bool:
