@@ -478,6 +478,6 @@ class SpliceDemux:
         """TCP's timers."""
         self.tcp.on_timer(now)
 
-    def icmp_error(self, *args) -> None:
+    def icmp_error(self, *args, **kwargs) -> None:
         """ICMP errors are TCP's."""
-        self.tcp.icmp_error(*args)
+        self.tcp.icmp_error(*args, **kwargs)

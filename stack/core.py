@@ -350,8 +350,12 @@ class Stack:
         handler = self.protocols.get(q[9])
         if handler is None or len(q) < ihl + 8 or not hasattr(handler, "icmp_error"):
             return
-        sport, dport = struct.unpack_from("!HH", q, ihl)
-        handler.icmp_error(q[12:16], q[16:20], sport, dport, msg.type, msg.code, now)
+        sport, dport, seg_seq = struct.unpack_from("!HHL", q, ihl)
+        # The quoted sequence number lets TCP check the error is about data in flight
+        # (RFC 5927 §4.1); the next-hop MTU drives path MTU discovery (RFC 1191).
+        mtu = msg.rest & 0xFFFF if msg.type == wicmp.DEST_UNREACH else 0
+        handler.icmp_error(q[12:16], q[16:20], sport, dport, msg.type, msg.code, now,
+                           mtu=mtu, seg_seq=seg_seq)
 
     def _icmp_error(self, iface: Interface, original: bytes | memoryview, type_: int,
                     code: int, now: float, mtu: int = 0) -> None:
