@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     connect.add_parser(sub)
     socks.add_parser(sub)
     bench.add_parser(sub)
+    __import__("apps.stat", fromlist=["add_parser"]).add_parser(sub)  # `tapsplice stat`
     return parser
 
 

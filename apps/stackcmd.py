@@ -67,7 +67,8 @@ def open_stack(args: argparse.Namespace, forwarding: bool = False) -> TapStack:
     try:
         return TapStack(attachments_from(args), forwarding=forwarding,
                         offload=not args.no_offload, routes=args.route, pcap=pcap,
-                        impair=args.impair, seed=args.seed)
+                        impair=args.impair, seed=args.seed,
+                        control=getattr(args, "control", None) or True)
     except (OSError, ValueError) as e:
         raise SystemExit(f"cannot attach: {e} (is the lab up? `tapsplice lab up`)") from e
 
@@ -132,6 +133,9 @@ def add_common(p: argparse.ArgumentParser) -> None:
                    help='fault injection on the stack\'s devices, both directions, e.g. '
                         '"loss=1%%,duplicate=1%%,reorder=2%%,corrupt=0.1%%,delay=1ms"')
     p.add_argument("--seed", type=int, default=0, help="seed of the fault injector")
+    p.add_argument("--control", metavar="PATH", default=None,
+                   help="control socket for `tapsplice stat` (default "
+                        "/run/tapsplice/<pid>.sock)")
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"])
     for name, default in (("client-ns", lab.client_ns), ("client-tap", lab.client_tap),

@@ -257,7 +257,7 @@ class TapStack:
     def __init__(self, attachments: list[Attachment], *, forwarding: bool = False,
                  offload: bool = True, routes: list[tuple[str, str]] | None = None,
                  pcap: PcapTee | None = None, impair: FaultModel | None = None,
-                 seed: int = 0, tcp_config=None) -> None:
+                 seed: int = 0, tcp_config=None, control: str | bool = False) -> None:
         from stack.netdev.tap import TapDevice
         from stack.streams import TcpApi
         from stack.tcp.layer import TcpLayer
@@ -288,6 +288,9 @@ class TapStack:
         self.start_server = self.api.start_server
         self.create_connection = self.api.create_connection
         self.create_server = self.api.create_server
+        # -- control socket (stack/control.py): False none, True the default path --
+        self.control_path = control
+        self.control = None
 
     @property
     def splice_api(self):
@@ -302,13 +305,27 @@ class TapStack:
     def start(self) -> None:
         """Start reading the devices (inside a running event loop)."""
         self.driver.start()
+        if self.control_path is not False and self.control is None:
+            from stack.control import ControlServer
+            path = None if self.control_path is True else self.control_path
+            self.control = ControlServer(self, path)
+            self.control.start()
 
     async def serve_forever(self, handle_signals: bool = True) -> None:
         """Run until SIGINT/SIGTERM or :meth:`close`."""
-        await self.driver.serve_forever(handle_signals)
+        try:
+            await self.driver.serve_forever(handle_signals)
+        finally:
+            # Close the control socket while its loop still runs.
+            if self.control is not None:
+                self.control.close()
+                self.control = None
 
     def close(self) -> None:
-        """Stop and release the devices."""
+        """Stop and release the devices (and the control socket)."""
+        if self.control is not None:
+            self.control.close()
+            self.control = None
         self.driver.stop()
         self.driver.close()
 
