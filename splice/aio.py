@@ -23,6 +23,7 @@ import ipaddress
 
 from splice.pair import SpliceError, SplicePair
 from splice.splicer import Splicer
+from splice.tap import Tap
 from stack.streams import Driver, TcpServer, TcpTransport
 from stack.tcp.tcb import Tcb
 
@@ -32,6 +33,31 @@ def _tcb(writer: asyncio.StreamWriter) -> Tcb:
     if tcb is None:
         raise SpliceError("not a connection of this stack")
     return tcb
+
+
+class TapOverflow(ConnectionError):
+    """The tap could not keep a complete copy (the reader fell behind, or the splice
+    was reset before the end)."""
+
+
+def _stream_tap(reader: asyncio.StreamReader, limit: int) -> Tap:
+    """A Tap that feeds ``reader``; bounded by ``limit`` bytes not yet read."""
+    tap = Tap(0, limit=limit)
+
+    def on_data(data: bytes) -> None:
+        if len(reader._buffer) + len(data) > limit:  # the reader is not keeping up
+            tap._give_up()
+            return
+        reader.feed_data(data)
+
+    def on_end(complete: bool) -> None:
+        if complete:
+            reader.feed_eof()
+        else:
+            reader.set_exception(TapOverflow("the tap lost part of the stream"))
+
+    tap.on_data, tap.on_end = on_data, on_end
+    return tap
 
 
 class SpliceApi:
@@ -84,9 +110,14 @@ class SpliceApi:
 
     async def splice(self, client_writer: asyncio.StreamWriter,
                      server_writer: asyncio.StreamWriter, *,
-                     reply_to_client: bytes = b"") -> SplicePair:
+                     reply_to_client: bytes = b"", tap: str | None = None,
+                     tap_limit: int = 4 << 20) -> SplicePair:
         """Splice the two connections; ``reply_to_client`` is written to the client
-        first (it is the write allowance n of SPLICE.md §1.3)."""
+        first (it is the write allowance n of SPLICE.md §1.3). With ``tap`` ("s2c" or
+        "c2s") ``pair.tap_reader`` is an asyncio.StreamReader with a copy of that
+        direction (TCP Tap, SPLICE.md §6): it ends at the direction's FIN, or with an
+        error if the tap fell behind by more than ``tap_limit`` bytes or the splice was
+        reset — the relay itself never waits for it."""
         client, server = _tcb(client_writer), _tcb(server_writer)
         now = self.driver.now()
         # Bytes the application's stream took from the client but did not consume
@@ -101,7 +132,14 @@ class SpliceApi:
         client_writer.transport.detach()
         if pending_to_server:
             Splicer._force_send(server, pending_to_server, now)
-        pair = self.splicer.splice(client, server, len(reply_to_client), now, unread=unread)
+        tap_obj = None
+        tap_reader = None
+        if tap is not None:
+            tap_reader = asyncio.StreamReader(limit=tap_limit)
+            tap_obj = _stream_tap(tap_reader, tap_limit)
+        pair = self.splicer.splice(client, server, len(reply_to_client), now, unread=unread,
+                                   tap=tap_obj, tap_direction=tap or "s2c")
+        pair.tap_reader = tap_reader
         if reply_to_client:
             self.splicer.write_owed(client, reply_to_client, now)
         loop = asyncio.get_running_loop()

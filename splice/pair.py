@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from splice.mapping import DirectionMap
 from splice.state import SpliceEvent, SpliceState, next_state
+from splice.tap import Tap
 
 if TYPE_CHECKING:
     from stack.tcp.tcb import Tcb
@@ -47,6 +48,8 @@ class Side:
     #: Sequence number, in this connection's space, just past the FIN relayed out of it.
     fin_end: int | None = None
     other: Side | None = None
+    #: A copy of what arrives on this interface, for the application (TCP Tap).
+    tap: Tap | None = None
 
     def apply(self, event: SpliceEvent) -> SpliceState:
         """Move along the splice state table."""
@@ -66,6 +69,8 @@ class SplicePair:
     timewait_until: float | None = None
     closed: bool = False
     reset: bool = False
+    #: With a tap: an asyncio.StreamReader holding a copy of the tapped direction.
+    tap_reader: object = None
 
     def sides(self) -> tuple[Side, Side]:
         """(client, server)."""

@@ -23,6 +23,7 @@ from splice.mapping import ConnSnapshot, make_maps
 from splice.pair import QueuedFrame, Side, SpliceError, SplicePair
 from splice.relay import RelayError, relay_rewrite
 from splice.state import RELAYING, SpliceEvent, SpliceState
+from splice.tap import Tap
 from stack import seq
 from stack.skbuff import SkBuff
 from stack.tcp import output
@@ -111,10 +112,14 @@ class Splicer:
         return server
 
     def splice(self, client: Tcb, server: Tcb, n: int, now: float,
-               unread: bytes = b"") -> SplicePair:
+               unread: bytes = b"", tap: Tap | None = None,
+               tap_direction: str = "s2c") -> SplicePair:
         """Start relaying between the two connections (§2); the application may still
         write ``n`` bytes to the client connection. ``unread`` is client data the
-        application took from the connection but did not use (its stream buffer)."""
+        application took from the connection but did not use (its stream buffer).
+        ``tap`` receives a copy of one direction (SPLICE.md §6: "s2c" is what the server
+        sends, "c2s" what the client sends), from the first byte not yet read by the
+        application on."""
         c, s = self.sides.get(id(client)), self.sides.get(id(server))
         if c is None or s is None or c.other is not s or c.role != "client":
             raise SpliceError("these connections were not joined by intend_splice")
@@ -123,11 +128,20 @@ class Splicer:
                               f"server {s.state.value} (both must be established)")
         if n < 0:
             raise SpliceError("n must be >= 0")
+        if tap_direction not in ("s2c", "c2s"):
+            raise SpliceError(f"tap direction {tap_direction!r}: 's2c' or 'c2s'")
         pair = self.pairs[id(c)]
         # Nothing lost at the seam (§4): what one side sent and the proxy accepted but
         # did not use goes to the other side as the proxy's own data.
-        self._hand_over(c, s, unread + client.recv(1 << 40), now)
-        self._hand_over(s, c, server.recv(1 << 40), now)
+        from_c = unread + client.recv(1 << 40)
+        from_s = server.recv(1 << 40)
+        self._hand_over(c, s, from_c, now)
+        self._hand_over(s, c, from_s, now)
+        if tap is not None:
+            tapped, seam = (s, from_s) if tap_direction == "s2c" else (c, from_c)
+            tap.next_seq = seq.add(tapped.tcb.rcv_nxt, -len(seam))
+            tap.feed(tap.next_seq, seam)  # what the proxy held comes first
+            tapped.tap = tap
         c.owed = n
         for side in (c, s):
             tcb = side.tcb
@@ -313,7 +327,13 @@ class Splicer:
         """Rewrite the frame (data at its TCP header) in place for ``out``'s connection
         and send it (§3)."""
         pair = self._pair_of(out)
-        self._clamp_ack(out.other, skb, flags, ack)
+        arrived = out.other
+        self._clamp_ack(arrived, skb, flags, ack)
+        if arrived.tap is not None:
+            t = skb.data
+            thl = (skb.buf[t + 12] >> 4) << 2
+            arrived.tap.feed(_L.unpack_from(skb.buf, t + 4)[0],
+                             memoryview(skb.buf)[t + thl:skb.tail], bool(flags & FIN))
         skb.data = skb.network_off - ETH_HLEN
         try:
             res = relay_rewrite(skb, out.out_map, self.stack.routes.lookup(
@@ -388,6 +408,8 @@ class Splicer:
             elif tcb.state is not TcpState.CLOSED:
                 tcb.set_closed()
             side.state = S.CLOSED
+            if side.tap is not None:
+                side.tap.close()
             side.pending.clear()
             side.pending_bytes = 0
         self.pairs.pop(id(pair.client), None)
