@@ -25,6 +25,7 @@ from tools.bench.splice import (
     build_splice_report,
     path_ratios,
     plan_from_args,
+    splice_drops,
     targets,
 )
 from tools.bench.splice_paths import (
@@ -127,6 +128,12 @@ def test_report_is_json_with_raw_samples_and_ratios() -> None:
     assert first["vs_kernel"] == pytest.approx(1.5)
     assert report["unavailable"] == {"microsocks": "not installed"}
     assert report["parameters"]["size"] == 1 << 20
+
+
+def test_splice_drops_only_from_a_stack_summary() -> None:
+    summary = {"splice": {"splices": 3, "drop.relay_syn": 4, "drop.other": 0}}
+    assert splice_drops(summary) == {"relay_syn": 4}
+    assert splice_drops({"accepted": 2}) == {} and splice_drops({"splice": None}) == {}
 
 
 # -- transfer checks -------------------------------------------------------------------------

@@ -175,14 +175,23 @@ def transfer_table(out: Outcome, size: int) -> Table:
     return table
 
 
+def splice_drops(summary: dict[str, Any]) -> dict[str, int]:
+    """The ``drop.*`` counters of a stack process's splice summary (none for others)."""
+    counters = summary.get("splice") or {}
+    return {k[5:]: v for k, v in counters.items() if k.startswith("drop.") and v}
+
+
 def extra_table(out: Outcome) -> Table:
     """Requests per second and memory of idle pairs."""
     table = Table(title="Requests per second (1 KiB objects) and idle-pair memory")
     for col in ("measurement", "figure", "detail"):
         table.add_column(col, justify="right" if col == "figure" else "left")
     for name, r in out.rps.items():
-        table.add_row(f"req/s through {name}", f"{r.get('rps', 0):,.0f}",
-                      f"{r.get('ok')} ok, {r.get('errors')} errors in {r.get('seconds', 0):.1f} s")
+        detail = f"{r.get('ok')} ok, {r.get('errors')} errors in {r.get('seconds', 0):.1f} s"
+        drops = splice_drops(out.summaries.get(name, {}))
+        if drops:
+            detail += "; splice drops " + ", ".join(f"{k} {v}" for k, v in drops.items())
+        table.add_row(f"req/s through {name}", f"{r.get('rps', 0):,.0f}", detail)
     m = out.memory
     if m is not None:
         per = m.get("bytes_per_pair")
