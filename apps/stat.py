@@ -12,6 +12,7 @@ import json
 import socket
 import sys
 import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +180,66 @@ def emit_json(snap: dict[str, Any], counters: bool) -> str:
     return json.dumps(snap, indent=1, sort_keys=True)
 
 
+# -- a Prometheus endpoint ------------------------------------------------------------------
+
+class _MetricsHandler(BaseHTTPRequestHandler):
+    """GET /metrics: the stack's counters, read through its control socket per scrape."""
+
+    control: Path = Path()
+    timeout = 5  # seconds a scraper may take to send its request (socket timeout)
+
+    def do_GET(self) -> None:  # noqa: N802 - the http.server protocol
+        """Answer one scrape."""
+        if self.path.split("?", 1)[0] != "/metrics":
+            return self._send(404, "only /metrics here\n")
+        try:
+            text = query(self.control, {"cmd": "metrics"})["metrics"]
+        except (ControlError, KeyError) as e:
+            return self._send(503, f"the stack did not answer: {e}\n")
+        self._send(200, text)
+
+    def _send(self, code: int, text: str) -> None:
+        body = text.encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - base signature
+        """Scrapes are not logged."""
+
+
+def metrics_server(control: Path, host: str, port: int) -> HTTPServer:
+    """An HTTP server (one request at a time) exposing ``/metrics`` of the stack at
+    ``control``; the caller runs ``serve_forever()`` and ``server_close()``."""
+    handler = type("MetricsHandler", (_MetricsHandler,), {"control": control})
+    return HTTPServer((host, port), handler)
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``ADDR:PORT`` for --metrics."""
+    addr, port = parse_addr(text)
+    if port is None:
+        raise argparse.ArgumentTypeError("--metrics needs ADDR:PORT, e.g. 127.0.0.1:9650")
+    return addr or "127.0.0.1", port
+
+
+def _serve_metrics(path: Path, listen: tuple[str, int]) -> int:
+    query(path, {"cmd": "ping"})  # fail now, not at the first scrape, if no stack is there
+    try:
+        server = metrics_server(path, *listen)
+    except OSError as e:
+        print(f"tapsplice stat: cannot listen on {listen[0]}:{listen[1]}: {e}", file=sys.stderr)
+        return 1
+    print(f"serving http://{listen[0]}:{server.server_address[1]}/metrics", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+    return 0
+
+
 # -- the command -----------------------------------------------------------------------
 
 def cmd_stat(args: argparse.Namespace) -> int:
@@ -186,6 +247,8 @@ def cmd_stat(args: argparse.Namespace) -> int:
     console = Console()
     try:
         path = Path(args.control) if args.control else find_socket()
+        if args.metrics:
+            return _serve_metrics(path, args.metrics)
         request = build_request(args)
         refreshes = MAX_REFRESHES if args.watch else 1
         for i in range(refreshes):
@@ -236,4 +299,7 @@ def add_parser(subparsers) -> None:
                    help="refresh every SECONDS until Ctrl-C")
     p.add_argument("--counters", action="store_true",
                    help="show stack counters (drops by reason, ARP, TCP, devices, splice)")
+    p.add_argument("--metrics", type=parse_listen, default=None, metavar="ADDR:PORT",
+                   help="instead of printing, serve the counters for Prometheus at "
+                        "http://ADDR:PORT/metrics until Ctrl-C")
     p.set_defaults(func=cmd_stat)

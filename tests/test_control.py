@@ -409,3 +409,55 @@ def test_stat_rejects_bad_options(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as e:
         cli_main(["stat", *argv])
     assert e.value.code == 2
+
+
+def test_stat_watch_refreshes_until_interrupted(live_server: Path, capsys,
+                                                monkeypatch) -> None:
+    pauses: list[float] = []
+
+    def fake_sleep(seconds: float) -> None:  # stands in for the user's Ctrl-C
+        pauses.append(seconds)
+        if len(pauses) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr("apps.stat.time.sleep", fake_sleep)
+    assert cli_main(["stat", "--control", str(live_server), "--json", "--watch", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert pauses == [0.5, 0.5]
+    snaps = [json.loads(chunk) for chunk in out.replace("}\n{", "}\0{").split("\0")]
+    assert len(snaps) == 2 and all(len(s["connections"]) == 4 for s in snaps)
+
+
+def test_metrics_endpoint(live_server: Path) -> None:
+    from urllib.error import HTTPError
+    from urllib.request import urlopen
+
+    from apps.stat import metrics_server
+
+    server = metrics_server(live_server, "127.0.0.1", 0)
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        with urlopen(f"{base}/metrics", timeout=10) as r:
+            assert r.status == 200
+            assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+            text = r.read().decode()
+        assert 'tapsplice_connections{state="TIME_WAIT"} 1' in text.splitlines()
+        with pytest.raises(HTTPError) as e:
+            urlopen(f"{base}/other", timeout=10)
+        assert e.value.code == 404
+        dead = metrics_server(live_server.with_name("none.sock"), "127.0.0.1", 0)
+        td = threading.Thread(target=dead.serve_forever, daemon=True)
+        td.start()
+        try:
+            with pytest.raises(HTTPError) as e:
+                urlopen(f"http://127.0.0.1:{dead.server_address[1]}/metrics", timeout=10)
+            assert e.value.code == 503
+        finally:
+            dead.shutdown()
+            dead.server_close()
+    finally:
+        server.shutdown()
+        server.server_close()
+        t.join(10)
