@@ -262,6 +262,8 @@ def parse_request(line: bytes) -> dict[str, Any]:
         req = json.loads(line)
     except (UnicodeDecodeError, ValueError) as e:
         raise RequestError(f"not JSON: {e}") from None
+    except RecursionError:  # "[[[[..." within MAX_REQUEST nests deeper than Python recurses
+        raise RequestError("not JSON: nested too deeply") from None
     if not isinstance(req, dict):
         raise RequestError("a request is a JSON object")
     cmd = req.get("cmd")

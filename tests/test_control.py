@@ -217,7 +217,7 @@ def test_metrics_text(tmp_path: Path) -> None:
     b'{"cmd": "snapshot", "addr": "1.2.3"}\n', b'{"cmd": "snapshot", "addr": 7}\n',
     b'{"cmd": "snapshot", "state": 3}\n', b'{"cmd": "snapshot", "bogus": 1}\n',
     b'{"cmd": "metrics", "state": "LISTEN"}\n', b"\xff\xfe\n",
-    b'{"cmd": "' + b"x" * MAX_REQUEST + b'"}\n',
+    b'{"cmd": "' + b"x" * MAX_REQUEST + b'"}\n', b"[" * 4000 + b"\n", b"\n",
 ])
 def test_bad_request_gets_an_error_and_is_closed(tmp_path: Path, raw: bytes) -> None:
     path = tmp_path / "c.sock"
@@ -255,6 +255,24 @@ def test_silent_client_times_out_and_busy_server_refuses(tmp_path: Path) -> None
     assert "busy" in busy["error"]
     assert "within 2 s" in silent["error"]
     assert counters["busy"] == 1 and counters["timeouts"] == 1
+
+
+def test_vanishing_client_and_request_ended_by_eof(tmp_path: Path) -> None:
+    path = tmp_path / "c.sock"
+
+    async def body(view: SimpleNamespace, _ports: dict) -> tuple[dict, dict]:
+        async with ControlServer(view, path):
+            _r, w = await asyncio.open_unix_connection(str(path))
+            w.close()  # gone before sending anything
+            reader, writer = await asyncio.open_unix_connection(str(path))
+            writer.write(b'{"cmd": "ping"}')  # no newline: the half-close ends the line
+            writer.write_eof()
+            answer = json.loads(await reader.readline())
+            writer.close()
+            return answer, await aquery(path, {"cmd": "ping"})
+
+    answer, after = in_world(body)
+    assert answer == after == {"pong": os.getpid()}
 
 
 # -- the socket file ------------------------------------------------------------------------
