@@ -265,16 +265,19 @@ def test_proxy_relays_both_ways_and_passes_the_half_close() -> None:
     assert counters["connected"] == 1 and counters["relayed_bytes"] == 2 * len(payload)
 
 
-def test_proxy_passes_bytes_sent_before_the_reply() -> None:
+@pytest.mark.parametrize("early", [b"early", os.urandom(1 << 20)])
+def test_proxy_passes_bytes_sent_before_the_reply(early: bytes) -> None:
     async def body(paddr, eaddr, proxy):
         reader, writer = await asyncio.open_connection(*paddr)
-        writer.write(b"\x05\x01\x00" + splice_load.socks_request(*eaddr) + b"early")
+        # Greeting, request and data in one write: more than a handshake's worth,
+        # and for the large case more than the proxy buffers before pausing.
+        writer.write(b"\x05\x01\x00" + splice_load.socks_request(*eaddr) + early)
         await reader.readexactly(2 + 10)
-        got = await reader.readexactly(5)
+        got = await reader.readexactly(len(early))
         writer.close()
         return got
 
-    assert asyncio.run(_with_proxy(body)) == b"early"
+    assert asyncio.run(_with_proxy(body)) == early
 
 
 def _raw_exchange(send: bytes, want: int):

@@ -50,6 +50,8 @@ REP_ADDRESS_TYPE_NOT_SUPPORTED = 0x08
 
 # Longest handshake message: a request with a 255-byte domain name.
 MAX_HANDSHAKE = 4 + 1 + 255 + 2
+# Bytes a client may send after its request before the reply; then it is paused.
+EARLY_DATA_LIMIT = 256 << 10
 HANDSHAKE_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 10.0
 WRITE_HIGH_WATER = 4 << 20
@@ -228,17 +230,21 @@ class _ClientSide(_Side):
             super().data_received(data)
             return
         self.buf += data
-        if len(self.buf) > MAX_HANDSHAKE:
+        if not self.connecting:
+            try:
+                self._advance()
+            except SocksProtocolError as exc:
+                self._fail(str(exc), exc.reply)
+                return
+        if self.connecting:
+            # Bytes after the request wait in buf until the relay starts; past a
+            # bound the client is paused rather than buffered without end.
+            if len(self.buf) > EARLY_DATA_LIMIT and self.transport is not None:
+                self.transport.pause_reading()
+        elif len(self.buf) > MAX_HANDSHAKE:
             self._fail("handshake too long", REP_GENERAL_FAILURE)
-            return
-        try:
-            self._advance()
-        except SocksProtocolError as exc:
-            self._fail(str(exc), exc.reply)
 
     def _advance(self) -> None:
-        if self.connecting:
-            return  # bytes after the request wait in buf until the relay starts
         if not self.greeted:
             got = parse_greeting(self.buf)
             if got is None:
@@ -283,6 +289,7 @@ class _ClientSide(_Side):
         if self.buf:  # the client did not wait for the reply
             early, self.buf = bytes(self.buf), bytearray()
             super().data_received(early)
+        self.transport.resume_reading()
         if self.eof:
             transport.write_eof()
 
@@ -353,7 +360,7 @@ def raise_nofile(wanted: int) -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-async def _serve(host: str, port: int, max_connections: int, proxy: SocksProxy) -> None:
+async def _serve(host: str, port: int, proxy: SocksProxy) -> None:
     server = await proxy.start(host, port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -380,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--max-connections must be at least 1")
     raise_nofile(2 * args.max_connections + 64)
     proxy = SocksProxy(args.max_connections)
-    uvloop.run(_serve(host, port, args.max_connections, proxy))
+    uvloop.run(_serve(host, port, proxy))
     print(json.dumps(dict(proxy.counters)), file=sys.stderr)
     return 0
 
