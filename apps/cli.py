@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     from apps import connect, demo, stackcmd
+    from apps import stat as stat_cmd
     from apps.socks import cli as socks
     from tools import lab
     from tools.bench import main as bench
@@ -32,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     connect.add_parser(sub)
     socks.add_parser(sub)
     bench.add_parser(sub)
-    __import__("apps.stat", fromlist=["add_parser"]).add_parser(sub)  # `tapsplice stat`
+    stat_cmd.add_parser(sub)
     return parser
 
 

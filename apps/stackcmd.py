@@ -12,6 +12,7 @@ import uvloop
 
 from apps.services import start_services
 from stack.aio import Attachment, TapStack
+from stack.control import ControlError
 from stack.netdev.faults import FaultModel
 from stack.netdev.pcap import PcapTee, PcapWriter
 from stack.wire.ipv4 import ip_str
@@ -90,6 +91,10 @@ def run_stack(net: TapStack, setup: Callable[[TapStack], Awaitable[None]] | None
         uvloop.run(main())
     except KeyboardInterrupt:
         pass
+    except (ControlError, OSError) as e:
+        # e.g. --control on a path that cannot be bound: say so, no traceback
+        net.close()
+        raise SystemExit(f"tapsplice: {e}") from None
     finally:
         net.close()
     print(json.dumps(net.summary(), indent=1), file=sys.stderr)
