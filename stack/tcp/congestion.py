@@ -51,6 +51,9 @@ class CongestionControl:
     ``cwnd`` and ``ssthresh`` are in bytes. ``cwnd`` never drops below one MSS.
     """
 
+    __slots__ = ("mss", "_fixed_iw", "cwnd", "ssthresh", "bytes_acked", "in_recovery",
+                 "_rto_streak", "_last_event")
+
     #: Name used by :func:`make_congestion_control`.
     name = "reno"
     #: Multiplicative decrease factor on a congestion event.
@@ -159,6 +162,8 @@ class CongestionControl:
 class NewReno(CongestionControl):
     """RFC 5681 slow start and congestion avoidance with RFC 6582's recovery windows."""
 
+    __slots__ = ()
+
     name = "newreno"
 
 
@@ -178,6 +183,9 @@ class Cubic(CongestionControl):
     The curve is computed in segments (RFC 9438 §4.1 defines W in MSS-sized
     segments) and converted to bytes with the current MSS.
     """
+
+    __slots__ = ("fast_convergence", "w_max", "k", "t_epoch", "cwnd_epoch", "w_est",
+                 "cwnd_prior", "alpha", "_after_rto", "_rtt", "_frac")
 
     name = "cubic"
     beta = CUBIC_BETA

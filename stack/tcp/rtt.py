@@ -8,7 +8,6 @@ it) and feeds it to :meth:`RttEstimator.sample`. No clock is read here.
 from __future__ import annotations
 
 import math
-from collections import deque
 
 #: RFC 6298 §2 constants.
 ALPHA = 1.0 / 8.0
@@ -57,7 +56,9 @@ class RttEstimator:
         self._base_rto = self._clamp(initial_rto)
         self._backoffs = 0
         # (key, rtt) pairs with strictly increasing rtt: the front is the minimum.
-        self._min_q: deque[tuple[float, float]] = deque()
+        # A short list (bounded by MIN_RTT_SLOTS), made on the first sample: a deque
+        # costs over 600 bytes even when empty, a lot for an idle connection.
+        self._min_q: list[tuple[float, float]] | None = None
         self._count = 0
 
     def _clamp(self, rto: float) -> float:
@@ -85,7 +86,8 @@ class RttEstimator:
     @property
     def min_rtt(self) -> float | None:
         """The smallest sample within the recent window, or None before any sample."""
-        return self._min_q[0][1] if self._min_q else None
+        q = self._min_q
+        return q[0][1] if q else None
 
     def sample(self, rtt: float, now: float | None = None) -> None:
         """Take one round-trip measurement ``rtt`` (seconds).
@@ -117,6 +119,8 @@ class RttEstimator:
         else:
             key, window = float(self._count), float(MIN_RTT_WINDOW_SAMPLES)
         q = self._min_q
+        if q is None:
+            q = self._min_q = []
         if q and key < q[-1][0]:
             # The key kind changed or time went backwards: start the window afresh.
             q.clear()
@@ -124,13 +128,11 @@ class RttEstimator:
             q.pop()
         q.append((key, rtt))
         while q[0][0] < key - window:
-            q.popleft()
+            del q[0]
         if len(q) > MIN_RTT_SLOTS:
             # Keep the bound: forget the second-smallest, the minimum stays exact
             # until it ages out.
-            first = q.popleft()
-            q.popleft()
-            q.appendleft(first)
+            del q[1]
 
     def backoff(self) -> None:
         """Double the RTO after a retransmission timeout (RFC 6298 §5.5), capped at max_rto."""

@@ -41,6 +41,37 @@ InputHook = Callable[["Tcb", TcpHeader, SkBuff, float], bool]
 class Tcb:
     """One TCP connection."""
 
+    # Fixed attributes: an idle connection must stay small (no per-instance dict).
+    __slots__ = (
+        "layer", "config", "state", "local", "local_port", "remote", "remote_port",
+        "offload", "now",
+        # sequence variables (RFC 9293 §3.3.1)
+        "iss", "snd_una", "snd_nxt", "snd_wnd", "snd_wl1", "snd_wl2", "snd_up",
+        "snd_wscale", "max_snd_wnd", "write_seq", "irs", "rcv_nxt", "rcv_wnd", "rcv_adv",
+        "rcv_up", "last_ack_sent",
+        # options
+        "adv_mss", "mss", "rcv_mss", "wscale_ok", "sack_ok", "ts_ok", "ts_recent",
+        "ts_recent_age", "ts_offset", "rcvbuf", "rcvbuf_limit", "rcv_wscale", "sndbuf",
+        # queues
+        "write_queue", "send_head", "recv_queue", "rcv_queued", "out_of_order_queue",
+        "ooo_bytes", "last_ooo", "ooo_fin",
+        # loss recovery
+        "rtt", "cc", "_scoreboard", "retransmits", "total_retrans", "dupacks",
+        "in_recovery", "recover", "rto_recovery", "last_send", "probes_out",
+        "persist_backoff", "rack_xmit", "rack_end",
+        # timers
+        "timer_rtx", "rtx_kind", "timer_delack", "timer_keepalive", "timer_close",
+        "heap_deadline", "ack_now",
+        # application
+        "on_event", "events", "eof_received", "error", "soft_error", "listener",
+        "orphaned", "user_shutdown", "passive", "hashed", "in_syn_queue", "keepalive",
+        "keepalive_probes", "nodelay", "syn_time", "rcv_rtt", "input_hook",
+        "bytes_acked", "bytes_received", "segs_in", "segs_out", "autotune_copied",
+        "autotune_start", "last_recv",
+        # set by the splice layer (splice/splicer.py)
+        "splice", "spliceable",
+    )
+
     def __init__(self, layer: TcpLayer, local: bytes, local_port: int, remote: bytes,
                  remote_port: int, route: RouteInfo, now: float) -> None:
         cfg: TcpConfig = layer.config
@@ -110,7 +141,7 @@ class Tcb:
         cfg = self.config
         self.rtt = RttEstimator(cfg.min_rto, cfg.max_rto, cfg.initial_rto)
         self.cc: CongestionControl = make_congestion_control(cfg.congestion, self.mss, now)
-        self.scoreboard = Scoreboard()
+        self._scoreboard: Scoreboard | None = None  # made on the first SACK block
         self.retransmits = 0        # consecutive RTO expirations of the same data
         self.total_retrans = 0
         self.dupacks = 0
@@ -120,6 +151,10 @@ class Tcb:
         self.last_send = now        # time of the last data transmission (idle restart)
         self.probes_out = 0         # zero-window probes without any ACK in between
         self.persist_backoff = 0    # zero-window probes since the window closed
+        # RACK (RFC 8985 §6.1): send time and end of the most recently sent data
+        # known to have been delivered (SACKed or cumulatively acknowledged).
+        self.rack_xmit = 0.0
+        self.rack_end = 0
 
     def _init_timers(self) -> None:
         # absolute deadlines or None
@@ -161,6 +196,17 @@ class Tcb:
         self.autotune_copied = 0
         self.autotune_start = now
         self.last_recv = now
+        self.splice: Any = None
+        self.spliceable = False
+
+    @property
+    def scoreboard(self) -> Scoreboard:
+        """The sender's SACK scoreboard, created when first needed (idle connections
+        never need one)."""
+        sb = self._scoreboard
+        if sb is None:
+            sb = self._scoreboard = Scoreboard()
+        return sb
 
     # ------------------------------------------------------------------ events
     def post(self, event: str) -> None:
