@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.lab.stackproc import StackProcess
+from tests.lab.stackproc import StackProcess, kernel_drops, kernel_loss
 from tools.bench.proc import ns_cmd
 from tools.origin import Origin
 
@@ -163,6 +163,27 @@ def test_half_close_and_resets_are_relayed(lab, kernel_server, spliced):
     assert socks_client(lab, "reset", 7002, 0) == (1, 1)
     summary = finish(spliced)
     assert summary["splice"]["splices"] == 2
+
+
+def test_loss_on_both_kernel_sides_and_faults_on_the_stack(lab, kernel_server, tmp_path):
+    """Loss in both namespaces (nftables; this kernel has no netem) plus the stack's own
+    --impair: the peers' TCPs repair everything end to end through the splice."""
+    for ns in (lab.client_ns, lab.server_ns):
+        kernel_loss(ns, 10)
+    stack = StackProcess(lab, "socks", "--mode", "splice", "--impair",
+                         "loss=0.5%,duplicate=0.5%,reorder=1%,delay=1ms", "--seed", "5",
+                         log=tmp_path / "f.log")
+    try:
+        stack.wait_ready()
+        assert socks_client(lab, "echo", 7000, 16 << 20) == (1, 1)
+        assert socks_client(lab, "upload", 7001, 16 << 20) == (1, 1)
+        assert all(kernel_drops(ns) > 0 for ns in (lab.client_ns, lab.server_ns))
+    finally:
+        for ns in (lab.client_ns, lab.server_ns):
+            kernel_loss(ns, None)
+        summary = stack.stop()
+    assert summary["splice"]["splices"] == 2
+    assert summary["splice"].get("copied_payload_bytes", 0) == 0
 
 
 def test_many_concurrent_splices(lab, kernel_server, spliced):

@@ -11,7 +11,7 @@ import textwrap
 import pytest
 
 from apps.services import CHARGEN_BLOCK
-from tests.lab.stackproc import StackProcess
+from tests.lab.stackproc import StackProcess, kernel_drops, kernel_loss
 from tools.bench.proc import ns_cmd
 
 pytestmark = pytest.mark.lab
@@ -63,31 +63,6 @@ def client(ns: str, mode: str, size: int, timeout: float = 240) -> list[str]:
                           capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.split()
-
-
-def kernel_loss(ns: str, per_mille: int | None) -> None:
-    """Random loss of the kernel's TCP packets both ways, with nftables.
-
-    This machine's kernel has no netem qdisc (CONFIG_NET_SCH_NETEM is unset), so the
-    kernel side drops with nftables' random number generator; duplication, reordering,
-    corruption and delay come from the stack's --impair on the other side of the wire.
-    """
-    if per_mille is None:
-        subprocess.run(ns_cmd(ns, "nft", "delete", "table", "inet", "tsfault"),
-                       capture_output=True, timeout=10)
-        return
-    rule = f"meta l4proto tcp numgen random mod 1000 < {per_mille} counter drop"
-    ruleset = ("table inet tsfault {\n"
-               f"  chain out {{ type filter hook output priority 0; {rule}; }}\n"
-               f"  chain in {{ type filter hook input priority 0; {rule}; }}\n}}\n")
-    subprocess.run(ns_cmd(ns, "nft", "-f", "-"), input=ruleset, text=True, check=True,
-                   timeout=10)
-
-
-def kernel_drops(ns: str) -> int:
-    out = subprocess.run(ns_cmd(ns, "nft", "list", "table", "inet", "tsfault"),
-                         capture_output=True, text=True, timeout=10).stdout
-    return sum(int(w.split()[1]) for w in out.split("counter")[1:])
 
 
 def sysctl(ns: str, key: str, value: int) -> None:
