@@ -46,6 +46,10 @@ _L = struct.Struct("!L")
 _HH = struct.Struct("!HH")
 _H = struct.Struct("!H")
 _NO_DATA = memoryview(b"")
+#: "rescale": windows rescaled between any scales, rounded down (SPLICE.md §5's better
+#: scheme); "thesis": the client connection's receive scale is 0 (windows toward the
+#: client clamped to 65,535), as in the thesis.
+WINDOW_SCHEMES = ("rescale", "thesis")
 #: How far ahead of the proxy's own timestamp clock relayed TSvals start (ms).
 TS_HEADROOM_MS = 10_000
 
@@ -54,9 +58,13 @@ class Splicer:
     """Splice pairs of one stack, their relay and their timers."""
 
     def __init__(self, stack: Stack, tcp: TcpLayer, *, queue_limit: int = 8 << 20,
-                 timewait: float | None = None, max_pairs: int = 65536) -> None:
+                 timewait: float | None = None, max_pairs: int = 65536,
+                 window_scheme: str = "rescale") -> None:
+        if window_scheme not in WINDOW_SCHEMES:
+            raise ValueError(f"window scheme {window_scheme!r}: one of {WINDOW_SCHEMES}")
         self.stack = stack
         self.tcp = tcp
+        self.window_scheme = window_scheme
         self.queue_limit = queue_limit
         self.timewait = 2 * tcp.config.msl if timewait is None else timewait
         self.max_pairs = max_pairs
@@ -80,12 +88,18 @@ class Splicer:
     def init_splice(self, listener: Listener) -> None:
         """Connections accepted from ``listener`` can be spliced later.
 
-        Nothing has to be forced on them: every window scale can be mapped (the relay
-        rescales and rounds down, SPLICE.md §5), so the client connection keeps its
-        normal scale instead of the thesis's 0 and uploads are not held to 64 KB.
+        With the "rescale" scheme (default) nothing is forced on them: every window scale
+        can be mapped (the relay rescales and rounds down, SPLICE.md §5), so the client
+        connection keeps its normal scale and server-to-client windows are not held to
+        64 KB. The "thesis" scheme sets the client's receive scale to 0, as the thesis
+        did (for comparison in benchmarks).
         """
+        thesis = self.window_scheme == "thesis"
+
         def mark(tcb: Tcb) -> None:
             tcb.spliceable = True
+            if thesis:
+                tcb.rcv_wscale = 0
         listener.tcb_setup = mark
 
     def intend_splice(self, client: Tcb, dst: bytes, dport: int, now: float) -> Tcb:

@@ -284,6 +284,8 @@ class TapStack:
         self.api = TcpApi(self.tcp, self.driver)
         self.splicer = None
         self._splice_api = None
+        #: How the splice maps windows (splice/splicer.py WINDOW_SCHEMES).
+        self.window_scheme = "rescale"
         self.open_connection = self.api.open_connection
         self.start_server = self.api.start_server
         self.create_connection = self.api.create_connection
@@ -298,7 +300,7 @@ class TapStack:
         if self._splice_api is None:
             from splice.aio import SpliceApi
             from splice.splicer import Splicer
-            self.splicer = Splicer(self.stack, self.tcp)
+            self.splicer = Splicer(self.stack, self.tcp, window_scheme=self.window_scheme)
             self._splice_api = SpliceApi(self.splicer, self.driver)
         return self._splice_api
 

@@ -97,6 +97,7 @@ def cmd_socks(args: argparse.Namespace) -> int:
     policy = default_destinations(policy, [iface for iface, _dev in net.devices], args.route)
 
     async def setup(net) -> None:
+        net.window_scheme = args.window_scheme
         splice = net.splice_api if args.mode == "splice" else None
         server = SocksServer(net, mode=args.mode, policy=policy, splice=splice)
         await server.start(host, port)
@@ -122,6 +123,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--mode", choices=MODES, default="splice",
                    help="splice (default: the stack relays segments between the two "
                         "connections) or copy (relay through the streams API)")
+    p.add_argument("--window-scheme", choices=("rescale", "thesis"), default="rescale",
+                   help="splice window mapping: rescale between any scales, rounding down "
+                        "(default), or the thesis's receive scale 0 toward the client "
+                        "(windows clamped to 64 KB; for comparison)")
     p.add_argument("--users", metavar="FILE",
                    help='require RFC 1929 username/password; FILE has "user:password" lines')
     p.add_argument("--hosts", metavar="FILE",

@@ -66,7 +66,8 @@ class World:
 
 
 def simulate(body, *, faults: FaultModel | None = None, seed: int = 1,
-             timewait: float = 60.0, origin_handler=None, offload: bool = True):
+             timewait: float = 60.0, origin_handler=None, offload: bool = True,
+             window_scheme: str = "rescale"):
     net = SimNetwork(seed)
     c, p, o = net.add_host("c"), net.add_host("p"), net.add_host("o")
     f = faults or FaultModel()
@@ -77,6 +78,7 @@ def simulate(body, *, faults: FaultModel | None = None, seed: int = 1,
 
     async def main(driver):
         w = World(driver, net, (c, p, o), timewait)
+        w.splicer.window_scheme = window_scheme
         origin = driver.tcp(o)
         await origin.start_server(origin_handler or echo, ORIGIN, 80)
         server = await driver.tcp(p).start_server(w.proxy, PROXY_C, 1080)
@@ -300,3 +302,24 @@ def test_heavy_loss_on_both_sides_is_recovered_by_the_peers():
         assert w.splicer.counters["copied_payload_bytes"] == 0
 
     simulate(body, faults=faults, seed=7, offload=False)
+
+
+@pytest.mark.parametrize("scheme", ["rescale", "thesis"])
+def test_window_schemes(scheme):
+    data = bytes(range(256)) * 2048
+
+    async def body(w: World):
+        reader, writer = await connect(w)
+        (pair,) = w.pairs
+        assert await exchange(reader, writer, data) == data
+        client_view = [t for t in w.driver.tcp(w.c).tcp.connections.values()]
+        peer_wscale = pair.client.tcb.rcv_wscale  # what the client applies to our windows
+        if scheme == "thesis":
+            # Windows toward the client are unscaled: at most 64 KB in flight downloads.
+            assert peer_wscale == 0
+            assert all(t.snd_wnd <= 0xFFFF for t in client_view)
+        else:
+            assert peer_wscale > 0
+            assert max(t.max_snd_wnd for t in client_view) > 0xFFFF
+
+    simulate(body, window_scheme=scheme)
