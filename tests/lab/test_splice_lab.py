@@ -186,6 +186,23 @@ def test_loss_on_both_kernel_sides_and_faults_on_the_stack(lab, kernel_server, t
     assert summary["splice"].get("copied_payload_bytes", 0) == 0
 
 
+def test_smaller_mtu_toward_the_server_splits_client_segments(lab, kernel_server, tmp_path):
+    """The server's MSS is smaller than the client's (SPLICE.md §5): client segments are
+    relayed as super-segments cut to the server's MSS by the kernel (gso_size)."""
+    subprocess.run(["ip", "-n", lab.server_ns, "link", "set", lab.server_tap, "mtu", "1280"],
+                   check=True, timeout=10)
+    stack = StackProcess(lab, "socks", "--mode", "splice", log=tmp_path / "mtu.log")
+    try:
+        stack.wait_ready()
+        assert socks_client(lab, "upload", 7001, 16 << 20) == (1, 1)
+        assert socks_client(lab, "echo", 7000, 4 << 20) == (1, 1)
+    finally:
+        summary = stack.stop()
+    assert summary["splice"]["splices"] == 2
+    assert summary["splice"].get("copied_payload_bytes", 0) == 0
+    assert summary["devices"][lab.server_tap]["tx_dropped_gso"] == 0
+
+
 def test_many_concurrent_splices(lab, kernel_server, spliced):
     ok, total = socks_client(lab, "echo", 7000, 32 << 10, count=1000)
     assert (ok, total) == (1000, 1000)
