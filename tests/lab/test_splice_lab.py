@@ -203,6 +203,20 @@ def test_smaller_mtu_toward_the_server_splits_client_segments(lab, kernel_server
     assert summary["devices"][lab.server_tap]["tx_dropped_gso"] == 0
 
 
+def test_splice_without_offloads(lab, kernel_server, tmp_path):
+    stack = StackProcess(lab, "socks", "--mode", "splice", "--no-offload",
+                         log=tmp_path / "plain.log")
+    try:
+        stack.wait_ready()
+        assert socks_client(lab, "echo", 7000, 8 << 20) == (1, 1)
+    finally:
+        summary = stack.stop()
+    assert summary["splice"]["splices"] == 1
+    assert summary["splice"].get("copied_payload_bytes", 0) == 0
+    # Plain frames: the kernel handed over MTU-sized segments, thousands of them.
+    assert summary["splice"]["fast_path_segments"] > 8 << 20 >> 11
+
+
 def test_many_concurrent_splices(lab, kernel_server, spliced):
     ok, total = socks_client(lab, "echo", 7000, 32 << 10, count=1000)
     assert (ok, total) == (1000, 1000)
