@@ -24,7 +24,7 @@ import ipaddress
 from splice.pair import SpliceError, SplicePair
 from splice.splicer import Splicer
 from splice.tap import Tap
-from stack.streams import Driver, TcpServer, TcpTransport
+from stack.streams import Driver, TcpServer, TcpTransport, established
 from stack.tcp.tcb import Tcb
 
 
@@ -85,19 +85,8 @@ class SpliceApi:
         server = self.splicer.intend_splice(client, dst, port, self.driver.now())
         client_writer.transport.pause_reading()
         self.driver.poke()
-        done: asyncio.Future[None] = loop.create_future()
-
-        def on_event(t: Tcb, event: str) -> None:
-            if done.done():
-                return
-            if event == "established":
-                done.set_result(None)
-            elif event in ("error", "closed"):
-                done.set_exception(t.error or ConnectionResetError("connection closed"))
-
-        server.on_event = on_event
         try:
-            await done
+            await established(server)
         except BaseException:
             self.splicer.abandon(client, self.driver.now())
             self.driver.poke()

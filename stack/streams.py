@@ -319,6 +319,22 @@ def _addr(host: str | bytes | None) -> bytes:
         raise OSError(f"cannot resolve {host!r}: the stack takes IPv4 addresses") from None
 
 
+def established(tcb: Tcb) -> asyncio.Future[None]:
+    """A future that completes when ``tcb``'s handshake does, or fails with its error."""
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def on_event(t: Tcb, event: str) -> None:
+        if done.done():
+            return
+        if event == "established":
+            done.set_result(None)
+        elif event in ("error", "closed"):
+            done.set_exception(t.error or ConnectionResetError("connection closed"))
+
+    tcb.on_event = on_event
+    return done
+
+
 class TcpApi:
     """asyncio-shaped calls on a stack's TCP: like ``asyncio.open_connection`` & co."""
 
@@ -336,19 +352,8 @@ class TcpApi:
             kw = {"src": ip_bytes(local_addr[0]), "sport": local_addr[1] or None}
         tcb = self.tcp.connect(_addr(host), port, self.driver.now(), **kw)
         self.driver.poke()
-        done: asyncio.Future[None] = loop.create_future()
-
-        def on_event(t: Tcb, event: str) -> None:
-            if done.done():
-                return
-            if event == "established":
-                done.set_result(None)
-            elif event in ("error", "closed"):
-                done.set_exception(t.error or ConnectionResetError("connection closed"))
-
-        tcb.on_event = on_event
         try:
-            await done
+            await established(tcb)
         except asyncio.CancelledError:
             tcb.abort(self.driver.now())
             self.driver.poke()
