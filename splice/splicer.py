@@ -282,6 +282,14 @@ class Splicer:
             return True
         if hdr.flags & RST:
             return self._on_rst(side, hdr, skb, now)
+        if hdr.flags & SYN and side.state is S.TIMEWAIT:
+            # A new connection on the 4-tuple of a pair in TIMEWAIT (the peer closed
+            # last and reuses its port): as a TIME-WAIT TCB may (RFC 9293 §3.10.7.4,
+            # RFC 6191), end the old pair now and let the SYN reach the listener.
+            self.counters["timewait_reopened"] += 1
+            self._teardown(self._pair_of(side), now)
+            self.tcp.input(skb, tcb.remote, tcb.local, now)
+            return True
         payload = len(skb) - hdr.header_len
         if side.state is S.ESTABLISHED or side.state is S.PRE_SPLICED:
             self._ack_only(tcb, hdr, now)

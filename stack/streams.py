@@ -346,7 +346,6 @@ class TcpApi:
                                 host: str, port: int, *, local_addr: tuple[str, int] | None
                                 = None) -> tuple[TcpTransport, asyncio.BaseProtocol]:
         """Connect to (host, port); like ``loop.create_connection``."""
-        loop = asyncio.get_running_loop()
         kw = {}
         if local_addr is not None:
             kw = {"src": ip_bytes(local_addr[0]), "sport": local_addr[1] or None}

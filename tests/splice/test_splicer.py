@@ -323,3 +323,29 @@ def test_window_schemes(scheme):
             assert max(t.max_snd_wnd for t in client_view) > 0xFFFF
 
     simulate(body, window_scheme=scheme)
+
+
+def test_new_syn_on_the_four_tuple_of_a_pair_in_timewait_reopens():
+    async def speaks_first(reader, writer):
+        writer.write(b"bye")          # the origin closes first: the client closes last
+        writer.write_eof()
+        await reader.read(-1)
+
+    async def body(w: World):
+        api = w.driver.tcp(w.c)
+        reader, writer = await api.open_connection(PROXY_C, 1080)
+        port = writer.get_extra_info("sockname")[1]
+        writer.write(f"{ORIGIN} 80\n".encode())
+        assert await reader.read(-1) == b"OK\nbye"
+        writer.close()
+        (pair,) = w.pairs
+        assert await w.until(lambda: pair.client.state is S.TIMEWAIT, timeout=5)
+        # Same client port again, while the old pair waits out its 2*MSL.
+        reader, writer = await api.open_connection(PROXY_C, 1080,
+                                                   local_addr=(CLIENT, port))
+        writer.write(f"{ORIGIN} 80\n".encode())
+        assert await reader.read(-1) == b"OK\nbye"
+        assert pair.closed and w.splicer.counters["timewait_reopened"] == 1
+        assert len(w.pairs) == 2
+
+    simulate(body, origin_handler=speaks_first)
