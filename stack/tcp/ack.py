@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from stack import seq
-from stack.tcp import output
+from stack.skbuff import SkBuff
+from stack.tcp import output, rack
 from stack.tcp.api import TcpState
 from stack.tcp.options import tsval
 from stack.tcp.sack import LOST, RETRANS, SACKED
@@ -39,10 +40,14 @@ def process_ack(tcb: Tcb, hdr: TcpHeader, plen: int, now: float) -> bool:
         return False
     if tcb.state is S.TIME_WAIT:
         return True
-    blocks = list(hdr.options.sack_blocks) if tcb.sack_ok else []
+    blocks = hdr.options.sack_blocks if tcb.sack_ok else None
     newly_sacked = 0
     if blocks and tcb.snd_nxt != tcb.snd_una:
-        newly_sacked = tcb.scoreboard.update(tcb.write_queue, tcb.snd_una, blocks, tcb.snd_nxt)
+        delivered: list[SkBuff] = []
+        newly_sacked = tcb.scoreboard.update(tcb.write_queue, tcb.snd_una, list(blocks),
+                                             tcb.snd_nxt, delivered)
+        for skb in delivered:
+            rack.on_delivered(tcb, skb, now)
     window = hdr.window << tcb.snd_wscale
     old_wnd = tcb.snd_wnd
     # RFC 1122 §4.2.2.17: a peer that answers is alive, even with a zero window.
@@ -54,10 +59,21 @@ def process_ack(tcb: Tcb, hdr: TcpHeader, plen: int, now: float) -> bool:
         dup_ack(tcb, newly_sacked, now)
     if seq.ge(ack, tcb.snd_una):  # RFC 9293: SND.UNA =< SEG.ACK =< SND.NXT
         update_window(tcb, hdr, window)
+    sb = tcb._scoreboard
+    if (sb is not None and sb.highest_sacked is not None and tcb.snd_una != tcb.snd_nxt
+            and seq.gt(sb.highest_sacked, tcb.snd_una)):
+        rack_loss(tcb, now)
     if tcb.snd_wnd > old_wnd and tcb.rtx_kind == "persist":
         tcb.timer_rtx = None  # let push() try; it re-arms the timer if still stuck
     fin_acked_transitions(tcb, now)
     return True
+
+
+def rack_loss(tcb: Tcb, now: float) -> None:
+    """RACK (RFC 8985 §6.2) on an ACK while holes remain: mark what is lost by time;
+    a first loss starts fast recovery (§6.2 step 5 hands over to RFC 6675)."""
+    if rack.detect_loss(tcb, now) and not tcb.in_recovery and not tcb.rto_recovery:
+        enter_recovery(tcb, now)
 
 
 def update_window(tcb: Tcb, hdr: TcpHeader, window: int) -> None:
@@ -83,12 +99,14 @@ def _free_acked(tcb: Tcb, ack: int) -> tuple[int, float | None, float | None]:
     freed = 0
     when: float | None = None
     retransmitted = False
+    last: SkBuff | None = None
     while (skb := q.first) is not None and skb is not tcb.send_head:
         if seq.le(skb.end_seq, ack):
             q.unlink(skb)
             freed += len(skb)
             when = skb.when
             retransmitted = retransmitted or skb.retrans > 0
+            last = skb
             continue
         if seq.lt(skb.seq, ack):
             # Partly acknowledged (the peer trimmed to its window): drop the acked bytes.
@@ -98,6 +116,8 @@ def _free_acked(tcb: Tcb, ack: int) -> tuple[int, float | None, float | None]:
             freed += n
             retransmitted = retransmitted or skb.retrans > 0
         break
+    if last is not None and not last.sacked & SACKED:
+        rack.on_delivered(tcb, last, tcb.now)  # RFC 8985 §6.2 step 2
     return freed, None if retransmitted else when, when
 
 
@@ -125,6 +145,7 @@ def ack_new_data(tcb: Tcb, ack: int, hdr: TcpHeader, now: float) -> None:
     tcb.retransmits = 0
     tcb.probes_out = 0
     tcb.rtt.reset_backoff()
+    rack.probe_acked(tcb, ack)
     if tcb.in_recovery:
         if seq.ge(ack, tcb.recover):
             exit_recovery(tcb, now)

@@ -81,6 +81,8 @@ class TcpConfig:
     challenge_ack_limit: int = 1000  # per second, RFC 5961 §7
     tso_max: int = 65535 - 40 - 60   # largest super-segment payload (64 KB - headers)
     max_events: int = 1024           # bound of the pending event list
+    tlp: bool = True                 # tail loss probes (RFC 8985 §7)
+    tlp_min: float = 0.005           # floor of the probe timeout (seconds)
 
 
 class TcpState(enum.Enum):

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from stack import seq
 from stack.skbuff import SkBuff
+from stack.tcp import rack
 from stack.tcp.api import IPPROTO_TCP, MAX_HEADER, TcpState
 from stack.tcp.options import segment_options, syn_options, wscale_for
 from stack.tcp.sack import LOST, RETRANS, SACKED
@@ -406,7 +407,13 @@ def write_new(tcb: Tcb, now: float, in_pipe: int) -> None:
 
 
 def arm_rtx(tcb: Tcb, now: float) -> None:
-    """(Re)start the retransmission timer (RFC 6298 §5.1, §5.3)."""
+    """(Re)start the retransmission timer (RFC 6298 §5.1, §5.3), or the loss probe
+    timer in its place where RFC 8985 §7.2 schedules one (it fires first)."""
+    pto = rack.probe_timeout(tcb)
+    if pto is not None:
+        tcb.timer_rtx = now + pto
+        tcb.rtx_kind = "tlp"
+        return
     tcb.timer_rtx = now + tcb.rtt.rto
     tcb.rtx_kind = "rtx"
 

@@ -114,11 +114,12 @@ class Scoreboard:
         return valid
 
     def update(self, write_queue: SkbQueue, snd_una: int, blocks: list[tuple[int, int]],
-               snd_nxt: int | None = None) -> int:
+               snd_nxt: int | None = None, delivered: list[SkBuff] | None = None) -> int:
         """Mark buffers wholly covered by a valid block SACKED; return newly SACKed bytes.
 
         ``snd_nxt`` defaults to the end of the last buffer in the queue (when the
-        queue holds only sent data).
+        queue holds only sent data). Newly SACKed buffers are appended to
+        ``delivered`` when given (for RACK, RFC 8985 §6.2).
         """
         if snd_nxt is None:
             tail = write_queue.peek_tail()
@@ -138,6 +139,8 @@ class Scoreboard:
                 if seq.le(start, skb.seq) and seq.le(skb.end_seq, end):
                     skb.sacked = (skb.sacked | SACKED) & ~LOST
                     newly += seq.sub(skb.end_seq, skb.seq)
+                    if delivered is not None:
+                        delivered.append(skb)
                     if self.highest_sacked is None or seq.gt(skb.end_seq, self.highest_sacked):
                         self.highest_sacked = skb.end_seq
                     break

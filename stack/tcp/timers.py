@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from stack import seq
 from stack.tcp import output
 from stack.tcp.api import TcpState, TcpTimeout
 from stack.tcp.sack import RETRANS
@@ -32,6 +33,8 @@ def run_timers(tcb: Tcb, now: float) -> None:
         tcb.timer_rtx = None
         if tcb.rtx_kind == "persist":
             persist_timeout(tcb, now)
+        elif tcb.rtx_kind == "tlp":
+            probe_timeout(tcb, now)
         else:
             rtx_timeout(tcb, now)
         if tcb.state is S.CLOSED:
@@ -78,6 +81,7 @@ def rtx_timeout(tcb: Tcb, now: float) -> None:
     tcb.rtt.backoff()
     tcb.in_recovery = False
     tcb.dupacks = 0
+    tcb.tlp_end = None
     tcb.rto_recovery = True
     tcb.recover = tcb.snd_nxt
     tcb.scoreboard.mark_all_lost(tcb.write_queue, tcb.snd_nxt)
@@ -86,6 +90,32 @@ def rtx_timeout(tcb: Tcb, now: float) -> None:
         head.sacked &= ~RETRANS
         output.retransmit(tcb, head, now)
     output.arm_rtx(tcb, now)
+
+
+def probe_timeout(tcb: Tcb, now: float) -> None:
+    """RFC 8985 §7.3: send a tail loss probe, then arm the retransmission timer.
+
+    The probe is one segment of new data when the peer's window takes it (it
+    also makes progress), else the last segment sent, again.
+    """
+    if tcb.state not in output.SENDING or tcb.snd_una == tcb.snd_nxt:
+        return
+    tcb.layer.counters["tlp_probes"] += 1
+    first = tcb.send_head
+    wnd_end = seq.add(tcb.snd_una, tcb.snd_wnd)
+    if first is not None and len(first) <= tcb.mss and seq.le(first.end_seq, wnd_end):
+        output.transmit(tcb, first, first, len(first), now)
+        first.when = now
+        tcb.snd_nxt = first.end_seq
+        tcb.send_head = first.next
+        tcb.last_send = now
+    else:
+        last = first.prev if first is not None else tcb.write_queue.last
+        if last is None:
+            return
+        output.retransmit(tcb, last, now)
+    tcb.tlp_end = tcb.snd_nxt
+    output.arm_rtx(tcb, now)  # an RTO now: the probe is outstanding (RFC 8985 §7.3)
 
 
 def persist_timeout(tcb: Tcb, now: float) -> None:

@@ -21,7 +21,7 @@ def data_segments(out):
 
 
 def test_rto_exact_timing_and_backoff():
-    p = Peer()
+    p = Peer(TcpConfig(tlp=False))  # RFC 6298 alone: no loss probe in front of the RTO
     _, tcb, _ = p.accept_connection()
     # one RTT sample of 0.1 s: SRTT 0.1, RTTVAR 0.05, RTO = 0.1 + 4 * 0.05 = 0.3
     assert tcb.rtt.rto == pytest.approx(0.3)
@@ -39,7 +39,7 @@ def test_rto_exact_timing_and_backoff():
 
 
 def test_retries_exhausted_times_out():
-    p = Peer(TcpConfig(retries2=2))
+    p = Peer(TcpConfig(retries2=2, tlp=False))
     _, tcb, _ = p.accept_connection()
     tcb.send(b"x", 1.0)
     p.fire()
