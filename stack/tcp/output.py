@@ -16,7 +16,7 @@ from stack.skbuff import SkBuff
 from stack.tcp import rack
 from stack.tcp.api import IPPROTO_TCP, MAX_HEADER, TcpState
 from stack.tcp.options import segment_options, syn_options, wscale_for
-from stack.tcp.sack import LOST, RETRANS, SACKED
+from stack.tcp.sack import LOST, RETRANS, SACKED, split_buffer
 from stack.wire.checksum import pseudo_header_sum
 from stack.wire.tcp import (
     ACK,
@@ -185,23 +185,39 @@ def send_probe(tcb: Tcb, now: float) -> None:
 
 
 # ------------------------------------------------------------------ queueing
-def queue_data(tcb: Tcb, data: memoryview) -> None:
-    """Append ``data`` to the write queue in buffers of at most one MSS."""
+def send_goal(tcb: Tcb) -> int:
+    """Largest segment to build: a whole TSO super-segment (a multiple of the MSS)
+    on an offloading route, else one MSS."""
     mss = tcb.mss
+    if not tcb.offload:
+        return mss
+    goal = tcb.config.tso_max
+    return max(goal - goal % mss, mss)
+
+
+def queue_data(tcb: Tcb, data: memoryview) -> None:
+    """Append ``data`` to the write queue in buffers of up to one send goal.
+
+    Few large buffers keep the per-segment Python work down: a buffer is one
+    TSO super-segment when the route offloads, and it is cut at transmit time
+    only if a window does not take all of it. Small writes get small buffers,
+    so that an idle connection with a little unacknowledged data stays small.
+    """
+    goal = send_goal(tcb)
     pos = 0
     n = len(data)
     tail = tcb.write_queue.last
-    # Buffers from send_head on are unsent: the tail may still grow up to one MSS.
+    # Buffers from send_head on are unsent: the tail may still grow up to the goal.
     if tail is not None and tcb.send_head is not None and not tail.tcp_flags & FIN:
-        room = min(tail.tailroom, mss - len(tail))
+        room = min(tail.tailroom, goal - len(tail))
         if room > 0:
             take = min(room, n)
             tail.put_data(data[:take])
             tail.end_seq = seq.add(tail.end_seq, take)
             pos = take
     while pos < n:
-        take = min(mss, n - pos)
-        skb = SkBuff(mss)
+        take = min(goal, n - pos)
+        skb = SkBuff(max(take, min(goal, 4096)))
         skb.put_data(data[pos:pos + take])
         skb.seq = seq.add(tcb.write_seq, pos)
         skb.end_seq = seq.add(skb.seq, take)
@@ -230,17 +246,9 @@ def queue_fin(tcb: Tcb) -> None:
 
 
 def split_skb(tcb: Tcb, skb: SkBuff, n: int) -> None:
-    """Cut ``skb`` after ``n`` payload bytes; the rest (and any FIN) becomes a new buffer."""
-    rest = SkBuff(max(len(skb) - n, 0))
-    rest.put_data(skb.view()[n:])
-    rest.seq = seq.add(skb.seq, n)
-    rest.end_seq = skb.end_seq
-    rest.tcp_flags = skb.tcp_flags
-    rest.when, rest.retrans, rest.sacked = skb.when, skb.retrans, skb.sacked
-    skb.tcp_flags &= ~FIN
-    skb.trim(n)
-    skb.end_seq = rest.seq
-    tcb.write_queue.insert_after(skb, rest)
+    """Cut ``skb`` after ``n`` payload bytes; the rest (and any FIN) becomes a new
+    buffer over the same memory (no copy)."""
+    split_buffer(tcb.write_queue, skb, n)
 
 
 # ------------------------------------------------------------------ pipe
@@ -337,8 +345,16 @@ def retransmit_lost(tcb: Tcb, now: float, in_pipe: int) -> int:
         if skb.sacked & (SACKED | RETRANS) or not skb.sacked & LOST:
             continue
         n = seq.sub(skb.end_seq, skb.seq)
-        if in_pipe + n > tcb.cc.cwnd and skb is not tcb.write_queue.first:
-            break
+        if in_pipe + n > tcb.cc.cwnd:
+            # A large buffer is cut to what cwnd takes (whole segments), so
+            # that recovery with a small cwnd still moves one segment at a time.
+            room = tcb.cc.cwnd - in_pipe
+            room -= room % tcb.mss
+            if 0 < room < len(skb):
+                split_skb(tcb, skb, room)
+                n = room
+            elif skb is not tcb.write_queue.first:
+                break
         retransmit(tcb, skb, now)
         in_pipe += n
     return in_pipe
@@ -355,20 +371,24 @@ def _nagle_holds(tcb: Tcb, plen: int, last: SkBuff) -> bool:
 
 def write_new(tcb: Tcb, now: float, in_pipe: int) -> None:
     """Send new data from ``send_head`` as windows, Nagle and SWS avoidance allow."""
-    goal = tcb.config.tso_max if tcb.offload else tcb.mss
-    goal = max(goal - goal % tcb.mss, tcb.mss)
+    goal = send_goal(tcb)
+    mss = tcb.mss
     cwnd = tcb.cc.cwnd
     if not tcb.in_recovery and not tcb.rto_recovery and tcb.dupacks:
         # Limited transmit (RFC 3042): each of the first two duplicate ACKs lets
         # one new segment out beyond cwnd, to keep the ACK clock running.
         cwnd += min(tcb.dupacks, 2) * tcb.mss
     while (first := tcb.send_head) is not None:
-        if len(first) > tcb.mss:
-            split_skb(tcb, first, tcb.mss)  # queued before the MSS shrank
+        if len(first) > goal:
+            split_skb(tcb, first, goal)  # queued before the MSS shrank
         wnd_avail = seq.sub(seq.add(tcb.snd_una, tcb.snd_wnd), first.seq)
         cwnd_avail = cwnd - in_pipe
         n = len(first)
         seg_len = seq.sub(first.end_seq, first.seq)
+        if seg_len > wnd_avail and n > mss and wnd_avail >= mss:
+            # The peer's window takes part of a large buffer: whole segments of it.
+            split_skb(tcb, first, wnd_avail - wnd_avail % mss)
+            continue
         if seg_len > wnd_avail:
             # Sender SWS avoidance (RFC 9293 §3.8.6.2.1): a partial segment only if it
             # is at least half the largest window the peer ever offered.
@@ -377,13 +397,23 @@ def write_new(tcb: Tcb, now: float, in_pipe: int) -> None:
                 continue
             break
         if n > cwnd_avail:
+            # cwnd takes only part of a large buffer. With data in flight, wait
+            # for ACKs to open at least a third of cwnd (or a whole goal), as
+            # Linux's TSO deferral does: cutting a piece per ACK would answer
+            # every ACK with a small segment and keep the segments small for good.
+            room = cwnd_avail - cwnd_avail % mss
+            if in_pipe > 0 and room < min(goal, cwnd // 3):
+                break
+            if 0 < room < n:
+                split_skb(tcb, first, room)
+                continue
             break
         last, plen, room = first, n, min(wnd_avail - seg_len, cwnd_avail - n, goal - n)
         while not last.tcp_flags & FIN and last.next is not None:
             nxt = last.next
             need = seq.sub(nxt.end_seq, nxt.seq)
-            if need > room and plen < tcb.mss and 0 < room < len(nxt):
-                split_skb(tcb, nxt, min(room, tcb.mss - plen))  # fill up a short segment
+            if need > room and plen < mss and 0 < room < len(nxt):
+                split_skb(tcb, nxt, min(room, mss - plen))  # fill up a short segment
                 continue
             if need > room:
                 break

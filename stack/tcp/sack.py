@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 from stack import seq
 from stack.skbuff import SkbQueue, SkBuff
+from stack.wire.tcp import FIN
 
 #: ``skb.sacked`` flags.
 SACKED = 1
@@ -41,6 +42,30 @@ def _merged_blocks(out_of_order_queue: SkbQueue) -> list[tuple[int, int]]:
         else:
             merged.append([lo, hi])
     return [(seq.add(base, lo), seq.add(base, hi)) for lo, hi in merged]
+
+
+def split_buffer(queue: SkbQueue, skb: SkBuff, n: int) -> SkBuff:
+    """Cut ``skb`` (on ``queue``) after ``n`` of its payload bytes, without copying.
+
+    The rest becomes a new buffer over the same bytearray, inserted right after
+    ``skb``; it takes the FIN flag (if any) and the send state (time, marks).
+    ``skb`` keeps its allocation but is never written to again: only the last
+    buffer of a write queue grows, and the rest now comes after it.
+    """
+    if not 0 < n < skb.tail - skb.data:
+        raise ValueError(f"cannot split a buffer of {skb.tail - skb.data} bytes at {n}")
+    rest = SkBuff(skb.end, skb.data + n, buf=skb.buf)
+    rest.head = rest.data
+    rest.tail = skb.tail
+    rest.seq = seq.add(skb.seq, n)
+    rest.end_seq = skb.end_seq
+    rest.tcp_flags = skb.tcp_flags
+    rest.when, rest.retrans, rest.sacked = skb.when, skb.retrans, skb.sacked
+    skb.tcp_flags &= ~FIN
+    skb.tail = skb.data + n
+    skb.end_seq = rest.seq
+    queue.insert_after(skb, rest)
+    return rest
 
 
 def _overlaps(block: tuple[int, int], span: tuple[int, int]) -> bool:
@@ -130,21 +155,38 @@ class Scoreboard:
         if not valid:
             return 0
         newly = 0
-        for skb in write_queue:
-            if seq.ge(skb.seq, snd_nxt):
+        skb = write_queue.first
+        while skb is not None:
+            cur, skb = skb, skb.next
+            if seq.ge(cur.seq, snd_nxt):
                 break
-            if skb.sacked & SACKED or seq.le(skb.end_seq, snd_una):
+            if cur.sacked & SACKED or seq.le(cur.end_seq, snd_una):
                 continue
+            # A block edge inside a (TSO-sized) buffer: cut it there, so that the
+            # SACKed part is marked and the rest stays a candidate for loss.
+            self._cut_at_edges(write_queue, cur, valid)
+            skb = cur.next
             for start, end in valid:
-                if seq.le(start, skb.seq) and seq.le(skb.end_seq, end):
-                    skb.sacked = (skb.sacked | SACKED) & ~LOST
-                    newly += seq.sub(skb.end_seq, skb.seq)
+                if seq.le(start, cur.seq) and seq.le(cur.end_seq, end):
+                    cur.sacked = (cur.sacked | SACKED) & ~LOST
+                    newly += seq.sub(cur.end_seq, cur.seq)
                     if delivered is not None:
-                        delivered.append(skb)
-                    if self.highest_sacked is None or seq.gt(skb.end_seq, self.highest_sacked):
-                        self.highest_sacked = skb.end_seq
+                        delivered.append(cur)
+                    if self.highest_sacked is None or seq.gt(cur.end_seq, self.highest_sacked):
+                        self.highest_sacked = cur.end_seq
                     break
         return newly
+
+    @staticmethod
+    def _cut_at_edges(write_queue: SkbQueue, skb: SkBuff,
+                      valid: list[tuple[int, int]]) -> None:
+        """Split ``skb`` at the first block edge strictly inside its payload."""
+        lo, hi = skb.seq, seq.add(skb.seq, skb.tail - skb.data)
+        for start, end in valid:
+            for edge in (start, end):
+                if seq.lt(lo, edge) and seq.lt(edge, hi):
+                    split_buffer(write_queue, skb, seq.sub(edge, lo))
+                    return
 
     @staticmethod
     def is_lost(skb: SkBuff, mss: int) -> bool:

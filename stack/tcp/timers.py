@@ -102,8 +102,11 @@ def probe_timeout(tcb: Tcb, now: float) -> None:
         return
     tcb.layer.counters["tlp_probes"] += 1
     first = tcb.send_head
+    mss = tcb.mss
     wnd_end = seq.add(tcb.snd_una, tcb.snd_wnd)
-    if first is not None and len(first) <= tcb.mss and seq.le(first.end_seq, wnd_end):
+    if first is not None and len(first) > mss:
+        output.split_skb(tcb, first, mss)  # the probe is one segment (§7.3)
+    if first is not None and seq.le(first.end_seq, wnd_end):
         output.transmit(tcb, first, first, len(first), now)
         first.when = now
         tcb.snd_nxt = first.end_seq
@@ -113,6 +116,9 @@ def probe_timeout(tcb: Tcb, now: float) -> None:
         last = first.prev if first is not None else tcb.write_queue.last
         if last is None:
             return
+        if len(last) > mss:
+            output.split_skb(tcb, last, len(last) - mss)
+            last = last.next
         output.retransmit(tcb, last, now)
     tcb.tlp_end = tcb.snd_nxt
     output.arm_rtx(tcb, now)  # an RTO now: the probe is outstanding (RFC 8985 §7.3)

@@ -146,9 +146,9 @@ def _drop_nth_transmissions(nth_frame, times):
 @pytest.mark.parametrize("offload", [False, True])
 def test_transfer_survives_a_lost_retransmission_without_rto(offload):
     net = Net(delay=0.005, offload=offload)
-    f, state = _drop_nth_transmissions(30, 2)
+    f, state = _drop_nth_transmissions(15, 2)
     net.drop_filter.append(f)
-    assert _transfer(net, 1 << 20, until=30.0)
+    assert _transfer(net, 4 << 20, until=30.0)
     assert state["dropped"] == 2
     assert net.a.counters["rto_expired"] == 0 and net.a.counters["rack_lost_bytes"] > 0
 
