@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+from collections.abc import Callable
 
 from splice.pair import SpliceError, SplicePair
 from splice.splicer import Splicer
@@ -66,8 +67,10 @@ class SpliceApi:
     def __init__(self, splicer: Splicer, driver: Driver) -> None:
         self.splicer = splicer
         self.driver = driver
-        self._closed: dict[int, asyncio.Future[None]] = {}
-        self._finished: dict[int, asyncio.Future[None]] = {}
+        # pair id -> [(until, callback)]: callbacks for "finished" (both directions
+        # ended: TIMEWAIT or reset) and "closed" (torn down). No future or task is kept
+        # per pair, so idle splices cost nothing here.
+        self._callbacks: dict[int, list[tuple[str, Callable[[], None]]]] = {}
         splicer.on_close = self._pair_closed
         splicer.on_finished = self._pair_finished
 
@@ -131,32 +134,50 @@ class SpliceApi:
         pair.tap_reader = tap_reader
         if reply_to_client:
             self.splicer.write_owed(client, reply_to_client, now)
-        loop = asyncio.get_running_loop()
-        self._closed[id(pair)] = loop.create_future()
-        self._finished[id(pair)] = loop.create_future()
         self.driver.poke()
         return pair
 
+    def _fire(self, pair: SplicePair, until: str) -> None:
+        keep = []
+        for kind, cb in self._callbacks.pop(id(pair), []):
+            if kind == "finished" or until == "closed":
+                cb()
+            else:
+                keep.append((kind, cb))
+        if keep:
+            self._callbacks[id(pair)] = keep
+
     def _pair_closed(self, pair: SplicePair) -> None:
-        for table in (self._closed, self._finished):
-            fut = table.pop(id(pair), None)
-            if fut is not None and not fut.done():
-                fut.set_result(None)
+        self._fire(pair, "closed")
 
     def _pair_finished(self, pair: SplicePair) -> None:
-        fut = self._finished.pop(id(pair), None)
-        if fut is not None and not fut.done():
-            fut.set_result(None)
+        self._fire(pair, "finished")
+
+    def when_finished(self, pair: SplicePair, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once both directions have ended (both FINs acknowledged:
+        the pair is in TIMEWAIT) or the splice was reset."""
+        if pair.closed or pair.timewait_until is not None:
+            asyncio.get_running_loop().call_soon(callback)
+        else:
+            self._callbacks.setdefault(id(pair), []).append(("finished", callback))
+
+    def when_closed(self, pair: SplicePair, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the pair is torn down (after TIMEWAIT, or a reset)."""
+        if pair.closed:
+            asyncio.get_running_loop().call_soon(callback)
+        else:
+            self._callbacks.setdefault(id(pair), []).append(("closed", callback))
 
     async def wait_finished(self, pair: SplicePair) -> None:
-        """Wait until both directions have ended (both FINs acknowledged, the pair is in
-        TIMEWAIT) or the splice was reset: the transfer is over."""
-        fut = self._finished.get(id(pair))
-        if fut is not None and not pair.closed:
-            await fut
+        """Wait until both directions have ended (TIMEWAIT) or the splice was reset."""
+        await self._wait(self.when_finished, pair)
 
     async def wait_closed(self, pair: SplicePair) -> None:
-        """Wait until the splice ends (TIMEWAIT over, or reset)."""
-        fut = self._closed.get(id(pair))
-        if fut is not None and not pair.closed:
-            await fut
+        """Wait until the splice is torn down (TIMEWAIT over, or reset)."""
+        await self._wait(self.when_closed, pair)
+
+    @staticmethod
+    async def _wait(register, pair: SplicePair) -> None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        register(pair, lambda: fut.done() or fut.set_result(None))
+        await fut

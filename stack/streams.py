@@ -83,6 +83,7 @@ class TcpTransport(asyncio.Transport):
         unsent = bytes(self._buffer)
         self._buffer.clear()
         self._detached = True
+        self._tcb.on_event = None  # the splice layer owns the connection now
         self._reading_paused = True
         self._check_pause()
         return unsent

@@ -49,6 +49,7 @@ class Session:
     down: int = 0    # destination -> client bytes
     duration: float = 0.0
     note: str = ""
+    spliced: bool = False   # handed to the splice layer: logged when the splice ends
 
     def line(self) -> str:
         """The access-log line."""
@@ -137,10 +138,13 @@ class SocksServer:
             log.exception("socks session %s", s.client)
             s.note, failed = f"internal error: {e!r}", True
         finally:
-            self.active -= 1
             for w in conns:
                 _finish(w, failed)
-            self._log(s, loop.time())
+            if not s.spliced:
+                self.active -= 1
+                self._log(s, loop.time())
+            # A spliced session is logged (and its slot freed) when the splice ends;
+            # this task, its streams and their buffers are gone meanwhile.
 
     def _log(self, s: Session, now: float) -> None:
         s.duration = now - s.start
@@ -341,20 +345,24 @@ class SocksServer:
     async def _splice(self, client_writer: asyncio.StreamWriter,
                       server_writer: asyncio.StreamWriter, reply: bytes, s: Session) -> None:
         """Splice mode: the reply is the write allowance n (SPLICE.md §1.3); from then on
-        the stack relays the two connections itself and this task only waits for the
-        end, to write the access-log line with the bytes relayed."""
+        the stack relays the two connections itself. Nothing waits here: the access-log
+        line (with the bytes relayed) is written when both directions have ended (the
+        pair's TIMEWAIT goes on in the stack without the session), so an idle spliced
+        pair costs the proxy no task, stream or buffer."""
         pair = await self.splice.splice(client_writer, server_writer, reply_to_client=reply)
         s.rep = Rep.SUCCEEDED
+        s.spliced = True
         self.counters["rep_0x00"] += 1
         self.counters["spliced"] += 1
-        try:
-            # The session is over once both directions ended; the pair's TIMEWAIT
-            # (2*MSL of relaying stray segments) goes on in the stack without it.
-            await self.splice.wait_finished(pair)
-        finally:
+
+        def finished() -> None:
+            self.active -= 1
             s.up += pair.counters["c2s_bytes"]
             s.down += pair.counters["s2c_bytes"]
             s.note = s.note or ("spliced, reset" if pair.reset else "spliced")
+            self._log(s, asyncio.get_running_loop().time())
+
+        self.splice.when_finished(pair, finished)
 
 
 async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, count) -> None:
