@@ -1,0 +1,1 @@
+"""Testing kit: packetdrill-style scripts, hypothesis strategies, a TCP state machine."""
