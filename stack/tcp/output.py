@@ -215,10 +215,17 @@ def queue_data(tcb: Tcb, data: memoryview) -> None:
             tail.put_data(data[:take])
             tail.end_seq = seq.add(tail.end_seq, take)
             pos = take
+    # Data in an immutable bytes object is referenced, not copied: its only copy
+    # is the one into each segment sent (emit).
+    shared = isinstance(data.obj, bytes)
     while pos < n:
         take = min(goal, n - pos)
-        skb = SkBuff(max(take, min(goal, 4096)))
-        skb.put_data(data[pos:pos + take])
+        if shared and take >= tcb.mss:
+            skb = SkBuff(take, 0, buf=data[pos:pos + take])  # type: ignore[arg-type]
+            skb.tail = take
+        else:
+            skb = SkBuff(max(take, min(goal, 4096)))
+            skb.put_data(data[pos:pos + take])
         skb.seq = seq.add(tcb.write_seq, pos)
         skb.end_seq = seq.add(skb.seq, take)
         tcb.write_queue.append(skb)

@@ -46,7 +46,7 @@ def receive_data(tcb: Tcb, seg_seq: int, payload: memoryview, fin: bool, now: fl
             tcb.ooo_fin = seq.add(seg_seq, len(payload))
         return False
     if payload:
-        skb = SkBuff.from_bytes(payload)
+        skb = _held(payload)
         skb.seq = seg_seq
         skb.end_seq = seq.add(seg_seq, len(payload))
         tcb.recv_queue.append(skb)
@@ -64,6 +64,16 @@ def receive_data(tcb: Tcb, seg_seq: int, payload: memoryview, fin: bool, now: fl
         tcb.ooo_fin = None
         return True
     return False
+
+
+def _held(payload: memoryview) -> SkBuff:
+    """A receive queue buffer over an immutable copy of ``payload`` (the one copy of
+    received data): when the application takes the whole buffer, recv() hands it
+    this very bytes object, without a second copy."""
+    data = bytes(payload)
+    skb = SkBuff(len(data), 0, buf=data)  # type: ignore[arg-type]  # read-only on purpose
+    skb.tail = len(data)
+    return skb
 
 
 def ooo_insert(tcb: Tcb, start: int, payload: memoryview) -> None:
@@ -93,7 +103,7 @@ def ooo_insert(tcb: Tcb, start: int, payload: memoryview) -> None:
 
 def _insert_piece(tcb: Tcb, payload: memoryview, base: int, lo: int, hi: int,
                   before: SkBuff | None) -> None:
-    piece = SkBuff.from_bytes(payload[seq.sub(lo, base):seq.sub(hi, base)])
+    piece = _held(payload[seq.sub(lo, base):seq.sub(hi, base)])
     piece.seq = lo
     piece.end_seq = hi
     if before is None:

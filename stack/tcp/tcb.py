@@ -292,8 +292,14 @@ class Tcb:
         q = self.recv_queue
         while q.first is not None and got < max:
             skb = q.first
-            take = min(len(skb), max - got)
-            parts.append(bytes(skb.pull(take)))
+            n = len(skb)
+            take = min(n, max - got)
+            buf = skb.buf
+            if take == n and type(buf) is bytes and skb.data == 0 and n == len(buf):
+                parts.append(buf)  # the buffer itself: no copy (reassembly._held)
+                skb.pull(take)
+            else:
+                parts.append(bytes(skb.pull(take)))
             got += take
             if not len(skb):
                 q.pop()

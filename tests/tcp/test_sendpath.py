@@ -127,3 +127,30 @@ def test_cwnd_limited_sender_waits_for_a_third_of_cwnd():
     out = [o for o in p.send(ACK, ack=sq.add(base, 12 * MSS), now=1.11) if o.payload]
     assert [len(o.payload) for o in out] == [12 * MSS]
     assert out[0].hdr.seq == sq.add(base, 30 * MSS)
+
+
+def test_bytes_written_are_referenced_not_copied():
+    p, tcb = _big_window_peer()
+    tcb.cc.cwnd = 2 * MSS
+    data = _pattern(5 * MSS)
+    tcb.send(data, 1.0)
+    skb = tcb.write_queue.first
+    assert isinstance(skb.buf, memoryview) and skb.buf.obj is data
+    assert b"".join(s.tobytes() for s in tcb.write_queue) == data
+    # a mutable buffer is copied: changing it later cannot change what is sent
+    buf = bytearray(b"z" * MSS)
+    tcb.send(buf, 1.0)
+    buf[:] = b"y" * MSS
+    assert tcb.write_queue.last.tobytes() == b"z" * MSS
+
+
+def test_recv_hands_over_a_whole_buffer_without_copying():
+    p = Peer()
+    _, tcb, _ = p.accept_connection()
+    p.send(ACK, b"q" * 1000, now=1.0)
+    held = tcb.recv_queue.first.buf
+    out = tcb.recv()
+    assert out == b"q" * 1000 and out is held
+    p.send(ACK, b"r" * 1000, now=1.1)
+    assert tcb.recv(10) == b"r" * 10      # part of a buffer: a copy of that part
+    assert tcb.recv() == b"r" * 990
