@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -45,10 +46,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=getattr(logging, str(getattr(args, "log_level", "info")).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    profile = os.environ.get("TAPSPLICE_PROFILE")
+    if profile:
+        # A cProfile of the whole command, written at exit (stacks stop on SIGTERM).
+        import cProfile
+        prof = cProfile.Profile()
+        prof.enable()
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
+    finally:
+        if profile:
+            prof.disable()
+            prof.dump_stats(profile)
 
 
 if __name__ == "__main__":
