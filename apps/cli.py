@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     stackcmd.add_parser(sub)
     connect.add_parser(sub)
     socks.add_parser(sub)
+    __import__("apps.httpproxy.cli", fromlist=["add_parser"]).add_parser(sub)  # http-proxy
     bench.add_parser(sub)
     stat_cmd.add_parser(sub)
     return parser

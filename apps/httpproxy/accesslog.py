@@ -1,0 +1,41 @@
+"""The access log in Squid's native format.
+
+One line per request: ``time elapsed client code/status bytes method URL user
+hierarchy/peer type`` where time is seconds since the epoch with milliseconds,
+elapsed is milliseconds, bytes are those sent to the client, and code is the
+cache result (TCP_MISS, TCP_HIT, TCP_MEM_HIT, TCP_REFRESH_HIT, TCP_REFRESH_MISS,
+TCP_TUNNEL, TCP_DENIED; NONE when no request could be read).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Entry:
+    """What the access log records about one request."""
+
+    client: str
+    start: float         # wall clock, seconds since the epoch
+    method: str = "NONE"
+    url: str = "-"
+    code: str = "NONE"
+    status: int = 0
+    bytes: int = 0       # sent to the client, heads included
+    user: str = "-"
+    peer: str = "-"      # origin address, when contacted
+    type: str = "-"
+    elapsed: float = 0.0
+    note: str = ""
+
+    @property
+    def hierarchy(self) -> str:
+        """HIER_DIRECT/addr when the origin was contacted, else HIER_NONE/-."""
+        return f"HIER_DIRECT/{self.peer}" if self.peer != "-" else "HIER_NONE/-"
+
+    def line(self) -> str:
+        """The Squid native line."""
+        return (f"{self.start:.3f} {int(self.elapsed * 1000):6d} {self.client} "
+                f"{self.code}/{self.status:03d} {self.bytes} {self.method} {self.url} "
+                f"{self.user} {self.hierarchy} {self.type}")

@@ -1,0 +1,264 @@
+"""HTTP caching rules for a shared cache (RFC 9111), as pure functions.
+
+Nothing here reads a clock or touches the store: every function takes the header
+fields and the times it needs (seconds since the epoch), so the rules can be
+tested exhaustively. The server combines them: :func:`storable` when a response
+arrives, :func:`vary_matches` and :func:`decide` when a request may be served from the
+cache, :func:`conditional_headers` and :func:`freshen` for revalidation, and
+:func:`invalidated_uris` after unsafe methods.
+"""
+
+from __future__ import annotations
+
+import email.utils
+from collections.abc import Iterable
+from enum import Enum
+from urllib.parse import urljoin, urlsplit
+
+from apps.httpproxy.parser import Headers
+
+#: RFC 9110 §15.1: status codes heuristically cacheable (206 left out: no ranges here).
+HEURISTIC_STATUS = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
+#: Status codes this cache understands well enough to store (§3 "understood").
+UNDERSTOOD_STATUS = HEURISTIC_STATUS | {302, 303, 307}
+#: §4.2.2: at most 10% of the time since Last-Modified; and never more than a day.
+HEURISTIC_FRACTION = 0.1
+HEURISTIC_MAX = 86400.0
+#: Header fields a 304 must not replace in the stored response (§3.2).
+_NOT_UPDATED = frozenset({"content-length", "content-encoding", "transfer-encoding",
+                          "content-range", "connection", "keep-alive", "trailer", "te",
+                          "upgrade", "proxy-connection"})
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+#: Delta-seconds beyond this are this value (RFC 9111 §1.2.2: 2**31).
+MAX_DELTA = 2**31
+
+
+def parse_cache_control(headers: Headers) -> dict[str, str | None]:
+    """Cache-Control directives, names lower-cased, quotes removed (§5.2). A
+    directive given twice keeps its first value."""
+    out: dict[str, str | None] = {}
+    for value in headers.get_all("cache-control"):
+        for part in _split_list(value):
+            name, sep, arg = part.partition("=")
+            name = name.strip().lower()
+            if name and name not in out:
+                out[name] = arg.strip().strip('"') if sep else None
+    return out
+
+
+def _split_list(value: str) -> Iterable[str]:
+    """Comma-separated elements, commas inside quoted strings kept."""
+    part, quoted = [], False
+    for ch in value:
+        if ch == '"':
+            quoted = not quoted
+        if ch == "," and not quoted:
+            yield "".join(part)
+            part = []
+        else:
+            part.append(ch)
+    yield "".join(part)
+
+
+def delta_seconds(value: str | None) -> int | None:
+    """A delta-seconds argument (§1.2.2); None if missing or invalid."""
+    if value is None or not value.isdigit():
+        return None
+    return min(int(value), MAX_DELTA)
+
+
+def parse_http_date(value: str | None) -> float | None:
+    """An HTTP-date (RFC 9110 §5.6.7) as seconds since the epoch; None if invalid."""
+    if not value:
+        return None
+    try:
+        parsed = email.utils.parsedate_tz(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if parsed is None:
+        return None
+    try:
+        return float(email.utils.mktime_tz(parsed))
+    except (OverflowError, ValueError):
+        return None
+
+
+def format_http_date(t: float) -> str:
+    """IMF-fixdate for ``t``."""
+    return email.utils.formatdate(t, usegmt=True)
+
+
+def request_no_store(method: str, req_headers: Headers) -> bool:
+    """Whether the cache must not be used at all for this request."""
+    return method not in ("GET", "HEAD") or "no-store" in parse_cache_control(req_headers)
+
+
+def storable(method: str, req_headers: Headers, status: int, resp_headers: Headers) -> bool:
+    """Whether a shared cache may store this response (§3, §3.5)."""
+    if method != "GET" or status not in UNDERSTOOD_STATUS:
+        return False
+    req_cc, cc = parse_cache_control(req_headers), parse_cache_control(resp_headers)
+    if "no-store" in req_cc or "no-store" in cc or "private" in cc:
+        return False
+    if "*" in resp_headers.tokens("vary"):
+        return False   # §4.1: never matches a later request
+    if req_headers.get("authorization") is not None and not (
+            {"public", "s-maxage", "must-revalidate"} & cc.keys()):
+        return False   # §3.5
+    explicit = (delta_seconds(cc.get("s-maxage")) is not None
+                or delta_seconds(cc.get("max-age")) is not None
+                or resp_headers.get("expires") is not None)
+    return explicit or "public" in cc or "no-cache" in cc or status in HEURISTIC_STATUS
+
+
+def freshness_lifetime(status: int, headers: Headers) -> float:
+    """The freshness lifetime of a response in a shared cache (§4.2.1, §4.2.2)."""
+    cc = parse_cache_control(headers)
+    for directive in ("s-maxage", "max-age"):
+        if directive in cc:
+            value = delta_seconds(cc[directive])
+            return 0.0 if value is None else float(value)   # invalid means stale (§4.2.1)
+    date = parse_http_date(headers.get("date"))
+    if headers.get("expires") is not None:
+        expires = parse_http_date(headers.get("expires"))
+        if expires is None or date is None:
+            return 0.0   # §5.3: an invalid Expires is in the past
+        return max(0.0, expires - date)
+    if status not in HEURISTIC_STATUS and "public" not in cc:
+        return 0.0
+    last_modified = parse_http_date(headers.get("last-modified"))
+    if last_modified is None or date is None or last_modified >= date:
+        return 0.0
+    return min(HEURISTIC_FRACTION * (date - last_modified), HEURISTIC_MAX)
+
+
+def current_age(headers: Headers, request_time: float, response_time: float,
+                now: float) -> float:
+    """The age of a stored response at ``now`` (§4.2.3)."""
+    age_value = delta_seconds((headers.get("age") or "").split(",")[0].strip()) or 0
+    date_value = parse_http_date(headers.get("date"))
+    if date_value is None:
+        date_value = response_time
+    apparent_age = max(0.0, response_time - date_value)
+    response_delay = max(0.0, response_time - request_time)
+    corrected_age_value = age_value + response_delay
+    corrected_initial_age = max(apparent_age, corrected_age_value)
+    resident_time = max(0.0, now - response_time)
+    return corrected_initial_age + resident_time
+
+
+class Decision(Enum):
+    """What to do with a stored response for a request."""
+
+    FRESH = "fresh"            # serve it
+    REVALIDATE = "revalidate"  # ask the origin (conditional request)
+
+
+def _client_wants_revalidation(req_headers: Headers, req_cc: dict[str, str | None]) -> bool:
+    if "no-cache" in req_cc:
+        return True
+    # §5.4: Pragma: no-cache counts only without Cache-Control (HTTP/1.0 clients).
+    return (not req_headers.get_all("cache-control")
+            and "no-cache" in req_headers.tokens("pragma"))
+
+
+def decide(req_headers: Headers, status: int, headers: Headers,
+           request_time: float, response_time: float, now: float) -> Decision:
+    """Whether a stored response may be served for this request (§4.2, §5.2)."""
+    req_cc, cc = parse_cache_control(req_headers), parse_cache_control(headers)
+    if _client_wants_revalidation(req_headers, req_cc) or "no-cache" in cc:
+        return Decision.REVALIDATE
+    lifetime = freshness_lifetime(status, headers)
+    age = current_age(headers, request_time, response_time, now)
+    max_age = delta_seconds(req_cc.get("max-age"))
+    if max_age is not None and age > max_age:
+        return Decision.REVALIDATE
+    min_fresh = delta_seconds(req_cc.get("min-fresh")) or 0
+    if lifetime - age > min_fresh:
+        return Decision.FRESH
+    # Stale: a client may accept it (max-stale) unless the origin forbids (§4.2.4).
+    if "max-stale" in req_cc and not ({"must-revalidate", "proxy-revalidate", "s-maxage"}
+                                      & cc.keys()):
+        value = req_cc["max-stale"]
+        allowed = delta_seconds(value)
+        if value is None or (allowed is not None and age - lifetime <= allowed):
+            return Decision.FRESH
+    return Decision.REVALIDATE
+
+
+def vary_names(headers: Headers) -> tuple[str, ...]:
+    """The request field names a response varies on, normalised (§4.1)."""
+    return tuple(sorted(set(headers.tokens("vary"))))
+
+
+def secondary_key(names: Iterable[str], req_headers: Headers) -> tuple[tuple[str, str], ...]:
+    """The values of the Vary fields in a request, normalised by whitespace (§4.1)."""
+    return tuple((n, " ".join((req_headers.get(n) or "").split())) for n in names)
+
+
+def vary_matches(stored_headers: Headers, stored_key: tuple[tuple[str, str], ...],
+                 req_headers: Headers) -> bool:
+    """Whether a stored response selected by Vary may serve ``req_headers``."""
+    names = vary_names(stored_headers)
+    if "*" in names:
+        return False
+    return secondary_key(names, req_headers) == stored_key
+
+
+def conditional_headers(req_headers: Headers, stored_headers: Headers) -> Headers:
+    """The request to send to the origin to revalidate a stored response (§4.3.1)."""
+    out = req_headers.copy()
+    etag = stored_headers.get("etag")
+    if etag is not None:
+        out.set("If-None-Match", etag)
+    last_modified = stored_headers.get("last-modified")
+    if last_modified is not None:
+        out.set("If-Modified-Since", last_modified)
+    return out
+
+
+def can_revalidate(stored_headers: Headers) -> bool:
+    """Whether the stored response has a validator."""
+    return stored_headers.get("etag") is not None or \
+        stored_headers.get("last-modified") is not None
+
+
+def freshen(stored_headers: Headers, not_modified: Headers) -> Headers:
+    """The stored header fields updated with those of a 304 (§4.3.4, §3.2)."""
+    replace = {n.lower() for n, _v in not_modified if n.lower() not in _NOT_UPDATED}
+    kept = [(n, v) for n, v in stored_headers if n.lower() not in replace]
+    added = [(n, v) for n, v in not_modified if n.lower() in replace]
+    return Headers(kept + added)
+
+
+def validator_matches(stored_headers: Headers, not_modified: Headers) -> bool:
+    """Whether a 304 is about the stored response (§4.3.4): same strong ETag when the
+    304 has one, else same Last-Modified when it has one, else yes."""
+    etag = not_modified.get("etag")
+    if etag is not None:
+        return etag == stored_headers.get("etag")
+    last_modified = not_modified.get("last-modified")
+    if last_modified is not None:
+        return last_modified == stored_headers.get("last-modified")
+    return True
+
+
+def invalidated_uris(method: str, status: int, uri: str, headers: Headers) -> list[str]:
+    """URIs to drop after an unsafe request with a non-error response (§4.4): the
+    target, and Location and Content-Location when they have the same origin."""
+    if method in SAFE_METHODS or not 200 <= status < 400:
+        return []
+    out = [uri]
+    origin = urlsplit(uri)[:2]
+    for name in ("location", "content-location"):
+        value = headers.get(name)
+        if value:
+            target = urljoin(uri, value.strip())
+            if urlsplit(target)[:2] == origin:
+                out.append(target)
+    return out
+
+
+def age_header(age: float) -> str:
+    """The Age value (§5.1), whole seconds."""
+    return str(min(int(age), MAX_DELTA))

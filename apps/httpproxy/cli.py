@@ -1,0 +1,162 @@
+"""`tapsplice http-proxy`: the HTTP forward proxy on the stack's TAP devices."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from apps.httpproxy.policy import HttpPolicy, PolicyError
+from apps.httpproxy.server import MODES, HttpProxy
+from apps.httpproxy.store import CacheStore
+from apps.socks.cli import _arg, default_destinations
+from apps.socks.policy import (
+    load_hosts,
+    load_users,
+    parse_host_mapping,
+    parse_network,
+    parse_port,
+)
+from apps.stackcmd import add_common, open_stack, run_stack
+
+log = logging.getLogger("tapsplice.httpproxy")
+
+LAB_LISTEN = ("198.18.0.2", 3128)
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``ADDR:PORT`` (or ``ADDR``, port 3128) as (address, port)."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = text, str(LAB_LISTEN[1])
+    try:
+        network = parse_network(host)
+        if network.num_addresses != 1 or network.version != 4:
+            raise PolicyError(f"{host!r} is not one IPv4 address")
+        return str(network.network_address), parse_port(port)
+    except PolicyError as e:
+        raise argparse.ArgumentTypeError(f"--listen {text!r}: {e}") from None
+
+
+def parse_size(text: str) -> int:
+    """A byte count with an optional K, M or G suffix (powers of 1024)."""
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    scale = units.get(text[-1:].lower(), 1)
+    digits = text[:-1] if scale != 1 else text
+    if not digits.isdigit():
+        raise argparse.ArgumentTypeError(f"bad size {text!r} (e.g. 64M)")
+    return int(digits) * scale
+
+
+def listen_address(args: argparse.Namespace) -> tuple[str, int]:
+    """Where to listen: --listen, else the lab's 198.18.0.2:3128, else the first --addr."""
+    if args.listen is not None:
+        return args.listen
+    if args.lab or not args.addr:
+        return LAB_LISTEN
+    return args.addr[0].partition("/")[0], LAB_LISTEN[1]
+
+
+def policy_from_args(args: argparse.Namespace) -> HttpPolicy:
+    """The access policy the options describe (files are read here)."""
+    hosts = load_hosts(args.hosts) if args.hosts else {}
+    hosts.update(dict(args.host))
+    return HttpPolicy(
+        allow_clients=tuple(args.allow_client) or None,
+        users=load_users(args.users) if args.users else None,
+        hosts=hosts,
+        max_connections=args.max_connections,
+        handshake_timeout=args.request_timeout,
+        connect_timeout=args.connect_timeout,
+        connect_ports=frozenset(args.connect_port or [443]),
+        idle_timeout=args.idle_timeout,
+        response_timeout=args.response_timeout,
+    )
+
+
+def cmd_http_proxy(args: argparse.Namespace) -> int:
+    """Run the proxy until interrupted."""
+    try:
+        policy = policy_from_args(args)
+        cache = None
+        if args.cache_size > 0:
+            cache = CacheStore(args.cache_size, args.max_object, args.cache_dir)
+    except (PolicyError, ValueError, OSError) as e:
+        print(f"tapsplice http-proxy: {e}", file=sys.stderr)
+        return 2
+    host, port = listen_address(args)
+    net = open_stack(args)
+    policy = default_destinations(policy, [iface for iface, _dev in net.devices], args.route)
+
+    async def setup(net) -> None:
+        splice = net.splice_api if args.mode == "splice" else None
+        proxy = HttpProxy(net, mode=args.mode, policy=policy, splice=splice, cache=cache)
+        await proxy.start(host, port)
+        log.info("http-proxy (%s mode) on %s:%d; cache %s; CONNECT ports %s; auth %s",
+                 args.mode, host, port,
+                 "off" if cache is None else f"{args.cache_size} bytes"
+                 + (f" in {args.cache_dir}" if args.cache_dir else " in memory"),
+                 ",".join(map(str, sorted(policy.connect_ports))),
+                 "basic" if policy.auth_required else "none")
+
+    run_stack(net, setup)
+    return 0
+
+
+def add_parser(subparsers) -> None:
+    """Register `tapsplice http-proxy`."""
+    p = subparsers.add_parser(
+        "http-proxy", help="run an HTTP forward proxy with a cache on the stack",
+        description="An HTTP/1.1 forward proxy (absolute-form requests, CONNECT) with a "
+                    "shared RFC 9111 cache and a Squid-format access log. Names are "
+                    "resolved from --hosts/--host; unknown names get 502.")
+    add_common(p)
+    p.add_argument("--listen", type=parse_listen, default=None, metavar="ADDR:PORT",
+                   help="listen address (default with --lab: 198.18.0.2:3128)")
+    p.add_argument("--mode", choices=MODES, default="splice",
+                   help="splice (default): CONNECT tunnels are spliced by the stack; plain "
+                        "HTTP responses are still copied through the streams until the "
+                        "asymmetric splice lands. copy: everything copied")
+    p.add_argument("--cache-size", type=parse_size, default=64 << 20, metavar="BYTES",
+                   help="cache bound in bytes, K/M/G suffixes (default 64M; 0: no cache)")
+    p.add_argument("--max-object", type=parse_size, default=8 << 20, metavar="BYTES",
+                   help="largest response stored (default 8M)")
+    p.add_argument("--cache-dir", metavar="DIR", default=None,
+                   help="keep the cache in DIR across restarts (default: memory only)")
+    p.add_argument("--users", metavar="FILE",
+                   help='require Basic Proxy-Authorization; FILE has "user:password" lines')
+    p.add_argument("--hosts", metavar="FILE",
+                   help="names for URLs (/etc/hosts lines or NAME=ADDRESS)")
+    p.add_argument("--host", action="append", default=[], type=_arg(parse_host_mapping),
+                   metavar="NAME=ADDR", help="one name (repeatable)")
+    p.add_argument("--allow-client", action="append", default=[], type=_arg(parse_network),
+                   metavar="NET", help="allowed client network (repeatable; default: the "
+                                       "subnets the stack is attached to)")
+    p.add_argument("--connect-port", action="append", default=[], type=_arg(parse_port),
+                   metavar="PORT", help="port CONNECT may reach (repeatable; default 443)")
+    p.add_argument("--max-connections", type=int, default=256, metavar="N",
+                   help="client connections served at once (default 256)")
+    p.add_argument("--request-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="time a client has to send a request head (default 10)")
+    p.add_argument("--idle-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="a kept-alive client connection with no request (default 30)")
+    p.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="time to connect to the origin (default 10; then 504)")
+    p.add_argument("--response-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="time the origin has for its response head and each body read "
+                        "(default 30; then 504)")
+    p.set_defaults(func=cmd_http_proxy)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m apps.httpproxy.cli [options]`: the command as `tapsplice http-proxy`."""
+    parser = argparse.ArgumentParser(prog="tapsplice")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["http-proxy", *(sys.argv[1:] if argv is None else argv)])
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,427 @@
+"""Incremental HTTP/1.x message heads, body framing and hop-by-hop rules (RFC 9112).
+
+Sans-I/O: the parse functions take the bytes received so far and return either
+None (need more) or the message and how many bytes its head used. Limits are
+checked on partial input too, so an endless head is refused as soon as it passes
+a limit rather than buffered. Every rejection is an :class:`HttpError` carrying the
+status code a proxy answers with (400, 414, 431 for requests; 502 for responses).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from enum import Enum
+
+#: Limits of a request (and response) head.
+MAX_START_LINE = 8 * 1024
+MAX_HEADER_BYTES = 64 * 1024
+MAX_HEADERS = 100
+#: A chunk-size line with extensions, and the trailer section of a chunked body.
+MAX_CHUNK_LINE = 4096
+MAX_TRAILER_BYTES = 16 * 1024
+
+# RFC 9110 §5.6.2: token = 1*tchar.
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_VERSION = re.compile(rb"HTTP/1\.[0-9]\Z")
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+#: RFC 9110 §7.6.1 and the proxy-only fields; plus whatever Connection names.
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
+    "upgrade", "proxy-authorization", "proxy-authenticate",
+})
+
+
+class HttpError(ValueError):
+    """A message the proxy refuses; ``status`` is what it answers the client with."""
+
+    status = 400
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        if status is not None:
+            self.status = status
+
+
+class BadRequest(HttpError):
+    """A malformed request (400)."""
+
+
+class UriTooLong(HttpError):
+    """A request line longer than MAX_START_LINE (414, RFC 9112 §3)."""
+
+    status = 414
+
+
+class HeadersTooLarge(HttpError):
+    """More header bytes or fields than allowed (431, RFC 6585 §5)."""
+
+    status = 431
+
+
+class BadResponse(HttpError):
+    """A malformed response from the origin (502, RFC 9110 §15.6.3)."""
+
+    status = 502
+
+
+class Headers:
+    """Header fields in order, names compared case-insensitively."""
+
+    def __init__(self, fields: Iterable[tuple[str, str]] = ()) -> None:
+        self.fields: list[tuple[str, str]] = list(fields)
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(self.fields)
+
+    def __len__(self) -> int:
+        return len(self.fields)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Headers) and self.fields == other.fields
+
+    def __repr__(self) -> str:
+        return f"Headers({self.fields!r})"
+
+    def get_all(self, name: str) -> list[str]:
+        """Every value of ``name``, in order."""
+        name = name.lower()
+        return [v for n, v in self.fields if n.lower() == name]
+
+    def get(self, name: str) -> str | None:
+        """The values of ``name`` joined with ", " (RFC 9110 §5.3), or None."""
+        values = self.get_all(name)
+        return ", ".join(values) if values else None
+
+    def tokens(self, name: str) -> list[str]:
+        """The comma-separated list elements of ``name``, lower-cased."""
+        return [t.strip().lower() for v in self.get_all(name) for t in v.split(",")
+                if t.strip()]
+
+    def remove(self, name: str) -> None:
+        """Drop every field called ``name``."""
+        name = name.lower()
+        self.fields = [(n, v) for n, v in self.fields if n.lower() != name]
+
+    def set(self, name: str, value: str) -> None:
+        """Replace every ``name`` field with one field."""
+        self.remove(name)
+        self.fields.append((name, value))
+
+    def add(self, name: str, value: str) -> None:
+        """Append a field."""
+        self.fields.append((name, value))
+
+    def copy(self) -> Headers:
+        """An independent copy."""
+        return Headers(self.fields)
+
+    def encode(self) -> bytes:
+        """The field lines and the empty line that ends the head."""
+        return b"".join(f"{n}: {v}\r\n".encode("latin-1") for n, v in self.fields) + b"\r\n"
+
+
+@dataclass
+class Request:
+    """A request head. ``target`` is as received; the rest is derived from it."""
+
+    method: str
+    target: str
+    version: str = "HTTP/1.1"
+    headers: Headers = field(default_factory=Headers)
+    scheme: str = ""
+    host: str = ""
+    port: int = 0
+    path: str = ""
+
+    @property
+    def uri(self) -> str:
+        """The effective request URI (RFC 9110 §7.1), normalised for cache keys."""
+        if self.method == "CONNECT":
+            return f"{self.host}:{self.port}"
+        default = 443 if self.scheme == "https" else 80
+        port = "" if self.port == default else f":{self.port}"
+        return f"{self.scheme}://{self.host}{port}{self.path}"
+
+    @property
+    def keep_alive(self) -> bool:
+        """Whether the client wants the connection kept after the response (RFC 9112
+        §9.3): HTTP/1.1 unless "close"; HTTP/1.0 only with "keep-alive"."""
+        conn = self.headers.tokens("connection")
+        if "close" in conn:
+            return False
+        return self.version != "HTTP/1.0" or "keep-alive" in conn
+
+    def encode_origin_form(self) -> bytes:
+        """The request line in origin form and the head, for the origin server."""
+        line = f"{self.method} {self.path} HTTP/1.1\r\n".encode("latin-1")
+        return line + self.headers.encode()
+
+
+@dataclass
+class Response:
+    """A response head."""
+
+    status: int
+    reason: str = ""
+    version: str = "HTTP/1.1"
+    headers: Headers = field(default_factory=Headers)
+
+    def encode(self) -> bytes:
+        """The status line and the head."""
+        line = f"HTTP/1.1 {self.status} {self.reason}\r\n".encode("latin-1")
+        return line + self.headers.encode()
+
+
+def _split_head(buf: bytes | bytearray, error: type[HttpError],
+                line_error: type[HttpError]) -> tuple[list[bytes], int] | None:
+    """The lines of a complete head and its length; None if incomplete."""
+    start = 0
+    # RFC 9112 §2.2: a server SHOULD ignore at least one empty line before a request.
+    while buf.startswith(b"\r\n", start):
+        start += 2
+    end = buf.find(b"\r\n\r\n", start)
+    first = buf.find(b"\r\n", start)
+    if (first < 0 and len(buf) - start > MAX_START_LINE) or first - start > MAX_START_LINE:
+        raise line_error("start line too long")
+    limit = MAX_START_LINE + MAX_HEADER_BYTES
+    if (end < 0 and len(buf) - start > limit) or end - first > MAX_HEADER_BYTES:
+        raise HeadersTooLarge("header section too large")
+    if end < 0:
+        if buf.count(b"\r\n", start) > MAX_HEADERS + 1:
+            raise HeadersTooLarge(f"more than {MAX_HEADERS} header fields")
+        return None
+    lines = bytes(buf[start:end]).split(b"\r\n")
+    if len(lines) - 1 > MAX_HEADERS:
+        raise HeadersTooLarge(f"more than {MAX_HEADERS} header fields")
+    if any(b"\n" in line or b"\r" in line for line in lines):
+        raise error("bare CR or LF in the head")
+    return lines, end + 4
+
+
+def _fields(lines: list[bytes], error: type[HttpError]) -> Headers:
+    headers = Headers()
+    for line in lines:
+        if line[:1] in (b" ", b"\t"):
+            # RFC 9112 §5.2: obsolete line folding; we reject rather than unfold.
+            raise error("obsolete header line folding")
+        name, sep, value = line.partition(b":")
+        if not sep or not _TOKEN.match(name):
+            # §5.1: no whitespace between name and colon, and the name is a token.
+            raise error(f"bad header field {line[:40]!r}")
+        value = value.strip(b" \t")
+        if _BAD_VALUE.search(value):
+            raise error(f"control character in header {name.decode()!r}")
+        headers.add(name.decode("ascii"), value.decode("latin-1"))
+    return headers
+
+
+def parse_request_head(buf: bytes | bytearray) -> tuple[Request, int] | None:
+    """A request head from the start of ``buf``: (request, bytes used) or None."""
+    got = _split_head(buf, BadRequest, UriTooLong)
+    if got is None:
+        return None
+    lines, used = got
+    parts = lines[0].split(b" ")
+    if len(parts) != 3 or not _TOKEN.match(parts[0]) or not _VERSION.match(parts[2]):
+        raise BadRequest(f"bad request line {lines[0][:60]!r}")
+    try:
+        target = parts[1].decode("ascii")
+    except UnicodeDecodeError:
+        raise BadRequest("non-ASCII request target") from None
+    if not target or not target.isprintable():
+        raise BadRequest("bad request target")
+    req = Request(parts[0].decode(), target, parts[2].decode(), _fields(lines[1:], BadRequest))
+    _resolve_target(req)
+    return req, used
+
+
+def _authority(text: str, default_port: int | None) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or "]" in port:
+        host, port = text, ""
+    if not port:
+        if default_port is None:
+            raise BadRequest(f"no port in {text!r}")
+        return _check_host(host), default_port
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise BadRequest(f"bad port in {text!r}")
+    return _check_host(host), int(port)
+
+
+def _check_host(host: str) -> str:
+    if host.startswith("[") or not re.fullmatch(r"[A-Za-z0-9.\-_]{1,253}", host):
+        # No IPv6 literals: the stack speaks IPv4 only. No userinfo (RFC 9110 §4.2.4).
+        raise BadRequest(f"bad or unsupported host {host[:60]!r}")
+    return host.lower()
+
+
+def _resolve_target(req: Request) -> None:
+    """Fill scheme/host/port/path from the target (RFC 9112 §3.2)."""
+    target = req.target
+    if req.method == "CONNECT":
+        req.host, req.port = _authority(target, None)   # authority-form, §3.2.3
+        return
+    scheme, sep, rest = target.partition("://")
+    if not sep or scheme.lower() not in ("http", "https"):
+        raise BadRequest("a proxy needs an absolute-form target")
+    auth, slash, path = rest.partition("/")
+    auth, _q, query = auth.partition("?")
+    if "@" in auth or not auth:
+        raise BadRequest("bad authority in the target")
+    req.scheme = scheme.lower()
+    req.host, req.port = _authority(auth, 443 if req.scheme == "https" else 80)
+    path = (slash + path) or "/"
+    req.path = path + (f"?{query}" if _q else "")
+    if req.version == "HTTP/1.1" and req.headers.get("host") is None:
+        raise BadRequest("HTTP/1.1 request without Host")  # RFC 9112 §3.2
+
+
+def parse_response_head(buf: bytes | bytearray) -> tuple[Response, int] | None:
+    """A response head from the start of ``buf``: (response, bytes used) or None."""
+    got = _split_head(buf, BadResponse, BadResponse)
+    if got is None:
+        return None
+    lines, used = got
+    version, _sp, rest = lines[0].partition(b" ")
+    code, _sp, reason = rest.partition(b" ")
+    if not _VERSION.match(version) or len(code) != 3 or not code.isdigit():
+        raise BadResponse(f"bad status line {lines[0][:60]!r}")
+    headers = _fields(lines[1:], BadResponse)
+    return Response(int(code), reason.decode("latin-1"), version.decode(), headers), used
+
+
+# -- body framing (RFC 9112 §6) ----------------------------------------------------------
+
+class Framing(Enum):
+    """How a message body ends."""
+
+    NONE = "none"        # no body
+    LENGTH = "length"    # Content-Length bytes
+    CHUNKED = "chunked"  # chunked transfer coding
+    CLOSE = "close"      # until the connection closes (responses only)
+    TUNNEL = "tunnel"    # 2xx to CONNECT: the connection becomes a tunnel
+
+
+def _content_length(headers: Headers, error: type[HttpError]) -> int | None:
+    values = headers.tokens("content-length")
+    if not values:
+        return None
+    # §6.3 item 5: repeated identical values are one value; anything else is an error.
+    if len(set(values)) != 1 or not values[0].isdigit() or len(values[0]) > 18:
+        raise error(f"bad Content-Length {values[:3]}")
+    return int(values[0])
+
+
+def request_framing(req: Request) -> tuple[Framing, int]:
+    """The request body's framing and length (0 unless LENGTH)."""
+    codings = req.headers.tokens("transfer-encoding")
+    if codings:
+        if req.version == "HTTP/1.0" or codings[-1] != "chunked":
+            # §6.3 item 4: the request body length cannot be determined reliably.
+            raise BadRequest("Transfer-Encoding without final chunked")
+        if req.headers.get("content-length") is not None:
+            # §6.1: both present is a smuggling attempt; refuse rather than choose.
+            raise BadRequest("both Transfer-Encoding and Content-Length")
+        return Framing.CHUNKED, 0
+    n = _content_length(req.headers, BadRequest)
+    return (Framing.LENGTH, n) if n else (Framing.NONE, 0)
+
+
+def response_framing(method: str, resp: Response) -> tuple[Framing, int]:
+    """The response body's framing and length for a request ``method`` (§6.3)."""
+    if method == "HEAD" or resp.status < 200 or resp.status in (204, 304):
+        return Framing.NONE, 0
+    if method == "CONNECT" and resp.status < 300:
+        return Framing.TUNNEL, 0
+    codings = resp.headers.tokens("transfer-encoding")
+    if codings:
+        return (Framing.CHUNKED, 0) if codings[-1] == "chunked" else (Framing.CLOSE, 0)
+    n = _content_length(resp.headers, BadResponse)
+    if n is None:
+        return Framing.CLOSE, 0
+    return (Framing.LENGTH, n) if n else (Framing.NONE, 0)
+
+
+class ChunkedDecoder:
+    """Incremental chunked decoding (RFC 9112 §7.1): :meth:`feed` returns the payload
+    bytes and how many input bytes it used; ``done`` once the last chunk and the
+    trailer section were read (bytes after that are not used)."""
+
+    def __init__(self, error: type[HttpError] = BadResponse) -> None:
+        self.error = error
+        self.remaining = 0        # payload bytes left in the current chunk
+        self.state = "size"       # size, data, data_crlf, trailer, done
+        self.trailer_bytes = 0
+
+    @property
+    def done(self) -> bool:
+        """True after the whole chunked body was consumed."""
+        return self.state == "done"
+
+    def feed(self, data: bytes | bytearray | memoryview) -> tuple[bytes, int]:
+        """Decode from ``data``: (payload, bytes of ``data`` used)."""
+        data = bytes(data)
+        out: list[bytes] = []
+        pos = 0
+        while pos < len(data) and self.state != "done":
+            if self.state == "data":
+                take = min(self.remaining, len(data) - pos)
+                out.append(data[pos:pos + take])
+                pos += take
+                self.remaining -= take
+                if self.remaining == 0:
+                    self.state = "data_crlf"
+                continue
+            end = data.find(b"\r\n", pos)
+            if end < 0:
+                if len(data) - pos > MAX_CHUNK_LINE:
+                    raise self.error("chunk line too long")
+                break   # a line split across reads: the caller feeds it again
+            self._line(data[pos:end])
+            pos = end + 2
+        return b"".join(out), pos
+
+    def _line(self, line: bytes) -> None:
+        if self.state == "data_crlf":
+            if line:
+                raise self.error("chunk data not followed by CRLF")
+            self.state = "size"
+        elif self.state == "size":
+            size = line.partition(b";")[0].strip(b" \t")
+            if not size or len(size) > 16 or not all(c in b"0123456789abcdefABCDEF"
+                                                     for c in size):
+                raise self.error(f"bad chunk size {line[:20]!r}")
+            self.remaining = int(size, 16)
+            self.state = "data" if self.remaining else "trailer"
+        elif self.state == "trailer":
+            self.trailer_bytes += len(line) + 2
+            if self.trailer_bytes > MAX_TRAILER_BYTES:
+                raise self.error("trailer section too large")
+            if not line:
+                self.state = "done"
+
+
+def encode_chunk(data: bytes) -> bytes:
+    """One chunk of the chunked coding (the empty chunk ends the body)."""
+    return b"%x\r\n%s\r\n" % (len(data), data) if data else b"0\r\n\r\n"
+
+
+# -- forwarding ----------------------------------------------------------------------------
+
+def strip_hop_by_hop(headers: Headers) -> Headers:
+    """A copy without hop-by-hop fields (RFC 9110 §7.6.1), including those named in
+    Connection."""
+    named = set(headers.tokens("connection")) | set(headers.tokens("proxy-connection"))
+    drop = HOP_BY_HOP | named
+    return Headers((n, v) for n, v in headers if n.lower() not in drop)
+
+
+def add_via(headers: Headers, version: str, pseudonym: str) -> None:
+    """Append this proxy to Via (RFC 9110 §7.6.3): "1.1 tapsplice"."""
+    received = version.removeprefix("HTTP/")
+    entry = f"{received} {pseudonym}"
+    current = headers.get("via")
+    headers.set("Via", f"{current}, {entry}" if current else entry)

@@ -1,0 +1,37 @@
+"""Who may use the HTTP proxy, where it may connect, and its timeouts.
+
+The access rules are the SOCKS proxy's (:class:`apps.socks.policy.Policy`: client
+networks, users file, hosts mapping, destinations); this adds what only HTTP has:
+the ports CONNECT may reach and the timeouts of an exchange.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from apps.socks.policy import Policy, PolicyError, parse_port
+
+__all__ = ["HttpPolicy", "PolicyError"]
+
+
+@dataclass(frozen=True)
+class HttpPolicy(Policy):
+    """The SOCKS access rules plus HTTP's. ``handshake_timeout`` is the time a client
+    has to send a complete request head (slowloris bound)."""
+
+    connect_ports: frozenset[int] = frozenset({443})
+    idle_timeout: float = 30.0       # a kept-alive client connection with no request
+    response_timeout: float = 30.0   # origin's response head, and each body read
+    via: str = "tapsplice"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for port in self.connect_ports:
+            parse_port(port)
+        for name in ("idle_timeout", "response_timeout"):
+            if not getattr(self, name) > 0:
+                raise PolicyError(f"{name} {getattr(self, name)} must be positive")
+
+    def connect_allowed(self, port: int) -> bool:
+        """Whether CONNECT may reach ``port``."""
+        return port in self.connect_ports

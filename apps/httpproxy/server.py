@@ -1,0 +1,586 @@
+"""The HTTP forward proxy: requests, access checks, cache, origin exchange, tunnels.
+
+One :meth:`HttpProxy.handle` call per client connection (an asyncio
+``client_connected_cb``). It reads requests one after the other on the kept-alive
+connection; each request is answered from the cache, by the origin (a fresh
+origin connection per request, asked to close), or by an error response. CONNECT
+turns the connection into a tunnel: spliced by the stack in splice mode, copied
+through the streams otherwise. Every wait is bounded by a policy timeout, and
+every path ends in the ``finally`` of :meth:`HttpProxy.handle`, which closes both
+connections (or aborts them after an error); one access-log line per request.
+
+The response body is relayed by :meth:`HttpProxy._relay_body`, the one place that
+moves body bytes from the origin to the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import http
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from apps.httpproxy import cache as rules
+from apps.httpproxy.accesslog import Entry
+from apps.httpproxy.conn import BufferedStream, PeerClosed
+from apps.httpproxy.parser import (
+    BadResponse,
+    Framing,
+    Headers,
+    HttpError,
+    Request,
+    Response,
+    add_via,
+    parse_request_head,
+    parse_response_head,
+    request_framing,
+    response_framing,
+    strip_hop_by_hop,
+)
+from apps.httpproxy.policy import HttpPolicy
+from apps.httpproxy.store import CacheStore, StoredResponse
+from apps.socks.policy import attached_networks
+from apps.socks.protocol import Address
+
+ACCESS_LOG = logging.getLogger("tapsplice.httpproxy.access")
+log = logging.getLogger("tapsplice.httpproxy")
+
+MODES = ("splice", "copy")
+CONNECT_REPLY = b"HTTP/1.1 200 Connection established\r\n\r\n"
+CHUNK = 256 * 1024
+
+
+class _Abort(Exception):
+    """The exchange cannot go on and no response can be sent any more (the response
+    head was already sent): the client connection is reset."""
+
+
+class _Capture:
+    """The body of a response being stored, bounded by the per-object limit."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.overflow = False
+
+    def add(self, data: bytes) -> None:
+        """Keep ``data`` unless the object became too large to store."""
+        if self.overflow:
+            return
+        self.size += len(data)
+        if self.size > self.limit:
+            self.overflow, self.parts = True, []
+        else:
+            self.parts.append(data)
+
+
+class HttpProxy:
+    """An HTTP/1.1 forward proxy with a shared cache on an asyncio-shaped TCP API."""
+
+    def __init__(self, api: Any, *, splice: Any = None, mode: str = "splice",
+                 cache: CacheStore | None = None, policy: HttpPolicy | None = None,
+                 log: logging.Logger | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode {mode!r}: expected one of {', '.join(MODES)}")
+        if mode == "splice" and splice is None:
+            raise ValueError("splice mode needs the stack's splice API (splice=...)")
+        self.api = api
+        self.mode = mode
+        self.splice = splice
+        self.cache = cache
+        self.policy = (policy or HttpPolicy()).with_default_clients(
+            attached_networks(_interfaces(api)))
+        self.access_log = log or ACCESS_LOG
+        self.clock = clock
+        self.active = 0
+        self.counters: Counter[str] = Counter()
+
+    async def start(self, host: str, port: int) -> Any:
+        """Listen on (host, port); returns the server object of the API."""
+        server = await self.api.start_server(self.handle, host, port)
+        if self.splice is not None:
+            self.splice.init_splice(server)  # SPLICE.md §1.1: before any accept
+        return server
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Serve one client connection: every request on it, or one tunnel."""
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        self.counters["accepted"] += 1
+        if self.active >= self.policy.max_connections:
+            self.counters["over_limit"] += 1
+            writer.transport.abort()
+            return
+        self.active += 1
+        conns: list[asyncio.StreamWriter] = [writer]
+        failed = False
+        try:
+            await self._serve(BufferedStream(reader, writer), str(peer[0]), conns)
+        except asyncio.CancelledError:
+            failed = True
+        except (_Abort, ConnectionError, OSError, HttpError, TimeoutError) as e:
+            self.counters["aborted"] += 1
+            log.debug("client %s: %s", peer[0], e)
+            failed = True
+        except Exception:  # a bug must not leak the connections
+            log.exception("http session %s", peer[0])
+            failed = True
+        finally:
+            self.active -= 1
+            for w in conns:
+                _finish(w, failed)
+
+    async def _serve(self, client: BufferedStream, ip: str,
+                     conns: list[asyncio.StreamWriter]) -> None:
+        loop = asyncio.get_running_loop()
+        first = True
+        while True:
+            entry = Entry(client=ip, start=self.clock())
+            t0 = loop.time()
+            keep = False
+            try:
+                req = await self._read_request(client, entry, first)
+                if req is not None:
+                    keep = await self._exchange(client, req, entry, conns)
+            finally:
+                entry.elapsed = loop.time() - t0
+                if entry.method != "NONE" or entry.status:
+                    self.access_log.info("%s", entry.line(), extra={"http": entry})
+            if not keep:
+                return
+            first = False
+
+    async def _read_request(self, client: BufferedStream, entry: Entry,
+                            first: bool) -> Request | None:
+        """The next request head; None when the connection ends without one (after an
+        error response if it was malformed or too slow)."""
+        try:
+            if not first and not client.buf:
+                # A kept-alive connection may stay quiet for the idle timeout.
+                async with asyncio.timeout(self.policy.idle_timeout):
+                    if not await client.fill():
+                        return None
+            # The whole head within the handshake timeout: a slowloris client that
+            # trickles bytes is cut off (and answered 408 if it sent something).
+            async with asyncio.timeout(self.policy.handshake_timeout):
+                return await client.read_head(parse_request_head)
+        except TimeoutError:
+            self.counters["client_timeout"] += 1
+            if client.buf.strip():
+                entry.note = "request timeout"
+                await self._error(client, entry, 408, "request head not received in time")
+            return None
+        except PeerClosed:
+            return None
+        except HttpError as e:
+            self.counters[f"bad_request_{e.status}"] += 1
+            entry.note = str(e)
+            await self._error(client, entry, e.status, str(e))
+            return None
+
+    # -- one exchange ------------------------------------------------------------------------
+    async def _exchange(self, client: BufferedStream, req: Request, entry: Entry,
+                        conns: list[asyncio.StreamWriter]) -> bool:
+        """Answer one request; whether the client connection stays open for another."""
+        entry.method, entry.url = req.method, req.uri
+        if not await self._access(client, req, entry):
+            return False
+        if req.method == "CONNECT":
+            await self._tunnel(client, req, entry, conns)
+            return False
+        if req.scheme != "http":
+            await self._error(client, entry, 400, "https URLs go through CONNECT")
+            return False
+        try:
+            framing, length = request_framing(req)
+        except HttpError as e:
+            await self._error(client, entry, e.status, str(e))
+            return False
+        stored = None
+        if self.cache is not None and framing is Framing.NONE and \
+                not rules.request_no_store(req.method, req.headers):
+            stored = self._lookup(req)
+            if stored is not None and self._fresh(req, stored):
+                entry.code = "TCP_HIT" if self.cache.on_disk else "TCP_MEM_HIT"
+                self.counters["hit"] += 1
+                return await self._send_stored(client, req, stored, entry)
+            if stored is not None and not rules.can_revalidate(stored.headers):
+                stored = None
+        return await self._forward(client, req, (framing, length), stored, entry)
+
+    async def _access(self, client: BufferedStream, req: Request, entry: Entry) -> bool:
+        """Client network and Proxy-Authorization (RFC 9110 §11.7.1) checks."""
+        if not self.policy.client_allowed(entry.client):
+            self.counters["client_denied"] += 1
+            entry.code = "TCP_DENIED"
+            await self._error(client, entry, 403, "client not allowed")
+            return False
+        if not self.policy.auth_required:
+            return True
+        user, password = _basic_credentials(req.headers.get("proxy-authorization"))
+        if user is not None:
+            entry.user = user.decode("utf-8", "backslashreplace") or "-"
+        if user is None or not self.policy.authenticate(user, password):
+            self.counters["auth_failed"] += 1
+            entry.code = "TCP_DENIED"
+            await self._error(client, entry, 407, "proxy authentication required",
+                              [("Proxy-Authenticate", 'Basic realm="tapsplice"')])
+            return False
+        return True
+
+    def _lookup(self, req: Request) -> StoredResponse | None:
+        """A stored response whose Vary fields match the request (RFC 9111 §4.1)."""
+        assert self.cache is not None
+        for stored in self.cache.variants(req.uri):
+            if rules.vary_matches(stored.headers, stored.vary_key, req.headers):
+                return stored
+        return None
+
+    def _fresh(self, req: Request, stored: StoredResponse) -> bool:
+        decision = rules.decide(req.headers, stored.status, stored.headers,
+                                stored.request_time, stored.response_time, self.clock())
+        return decision is rules.Decision.FRESH
+
+    async def _send_stored(self, client: BufferedStream, req: Request,
+                           stored: StoredResponse, entry: Entry) -> bool:
+        """Answer from the cache, with its current Age (RFC 9111 §4, §5.1)."""
+        assert self.cache is not None
+        self.cache.touch(stored)
+        headers = stored.headers.copy()
+        age = rules.current_age(stored.headers, stored.request_time, stored.response_time,
+                                self.clock())
+        headers.set("Age", rules.age_header(age))
+        if stored.status != 204:
+            headers.set("Content-Length", str(len(stored.body)))
+        add_via(headers, "HTTP/1.1", self.policy.via)
+        keep = req.keep_alive
+        _connection_header(headers, req, keep)
+        head = Response(stored.status, stored.reason, headers=headers).encode()
+        body = b"" if req.method == "HEAD" else stored.body
+        entry.status, entry.type = stored.status, headers.get("content-type") or "-"
+        await self._write(client.writer, head + body, entry)
+        return keep
+
+    # -- to the origin -------------------------------------------------------------------
+    async def _open_origin(self, client: BufferedStream, host: str, port: int,
+                           entry: Entry, splice: bool = False) -> BufferedStream | None:
+        """Resolve, check and connect; on failure answer the client and return None."""
+        ip = self.policy.resolve(Address.of(host, port))
+        if ip is None:
+            await self._error(client, entry, 502, f"unknown host name {host!r}")
+            return None
+        if ":" in ip or not self.policy.destination_allowed(ip, port):
+            entry.code = "TCP_DENIED"
+            await self._error(client, entry, 403, "destination not allowed")
+            return None
+        entry.peer = ip
+        try:
+            async with asyncio.timeout(self.policy.connect_timeout):
+                if splice:
+                    # intend_splice: the server SYN carries the client's options (SPLICE.md §1.2)
+                    pair = await self.splice.open_connection(client.writer, ip, port)
+                else:
+                    pair = await self.api.open_connection(ip, port)
+        except TimeoutError:
+            await self._error(client, entry, 504, f"connect to {host}:{port} timed out")
+            return None
+        except OSError as e:
+            await self._error(client, entry, 502, f"connect to {host}:{port}: {e}")
+            return None
+        return BufferedStream(*pair)
+
+    async def _forward(self, client: BufferedStream, req: Request,
+                       body: tuple[Framing, int], stored: StoredResponse | None,
+                       entry: Entry) -> bool:
+        """Send the request to the origin and relay (or use) its response."""
+        origin = await self._open_origin(client, req.host, req.port, entry)
+        if origin is None:
+            return False
+        try:
+            request_time = self.clock()
+            await self._send_request(client, origin, req, body, stored)
+            resp = await self._response_head(client, origin, req, entry)
+            if resp is None:
+                return False
+            response_time = self.clock()
+            if self.cache is not None:
+                for uri in rules.invalidated_uris(req.method, resp.status, req.uri,
+                                                  resp.headers):
+                    self.cache.invalidate(uri)
+            if stored is not None and resp.status == 304 and \
+                    rules.validator_matches(stored.headers, resp.headers):
+                fresh = self._freshen(stored, resp, request_time, response_time)
+                entry.code = "TCP_REFRESH_HIT"
+                return await self._send_stored(client, req, fresh, entry)
+            entry.code = "TCP_REFRESH_MISS" if stored is not None else "TCP_MISS"
+            return await self._relay_response(client, origin, req, resp, entry,
+                                              (request_time, response_time))
+        finally:
+            _finish(origin.writer, False)
+
+    def _freshen(self, stored: StoredResponse, resp: Response, request_time: float,
+                 response_time: float) -> StoredResponse:
+        assert self.cache is not None
+        self.counters["refresh_hit"] += 1
+        headers = rules.freshen(stored.headers, strip_hop_by_hop(resp.headers))
+        return self.cache.replace_headers(stored, headers, request_time, response_time)
+
+    async def _send_request(self, client: BufferedStream, origin: BufferedStream,
+                            req: Request, body: tuple[Framing, int],
+                            stored: StoredResponse | None) -> None:
+        """The request in origin form (RFC 9112 §3.2.1), then its body as received."""
+        headers = strip_hop_by_hop(req.headers)
+        if stored is not None:
+            headers = rules.conditional_headers(headers, stored.headers)
+        # §3.2.2: a proxy replaces Host with the target's authority.
+        default = 80
+        headers.set("Host", req.host if req.port == default else f"{req.host}:{req.port}")
+        add_via(headers, req.version, self.policy.via)
+        framing, length = body
+        if framing is Framing.CHUNKED:
+            headers.add("Transfer-Encoding", "chunked")   # relayed as received
+        headers.add("Connection", "close")  # one origin connection per request
+        out = Request(req.method, req.target, "HTTP/1.1", headers, path=req.path)
+        origin.writer.write(out.encode_origin_form())
+        pieces = client.body(framing, length, HttpError)
+        while True:
+            async with asyncio.timeout(self.policy.handshake_timeout):
+                piece = await anext(pieces, None)
+            if piece is None:
+                break
+            origin.writer.write(piece[0])
+            await origin.writer.drain()
+
+    async def _response_head(self, client: BufferedStream, origin: BufferedStream,
+                             req: Request, entry: Entry) -> Response | None:
+        """The origin's final response head (interim 1xx forwarded to HTTP/1.1
+        clients, RFC 9110 §15.2); None after answering 502/504."""
+        try:
+            async with asyncio.timeout(self.policy.response_timeout):
+                while True:
+                    resp = await origin.read_head(parse_response_head)
+                    if resp.status >= 200 or resp.status == 101:
+                        break
+                    if req.version == "HTTP/1.1":
+                        client.writer.write(resp.encode())
+        except TimeoutError:
+            self.counters["origin_timeout"] += 1
+            await self._error(client, entry, 504, "the origin did not answer in time")
+            return None
+        except (PeerClosed, BadResponse) as e:
+            self.counters["bad_response"] += 1
+            await self._error(client, entry, 502, f"bad response from the origin: {e}")
+            return None
+        if resp.status == 101:  # we removed Upgrade; an origin switching anyway is broken
+            await self._error(client, entry, 502, "unexpected 101 from the origin")
+            return None
+        return resp
+
+    async def _relay_response(self, client: BufferedStream, origin: BufferedStream,
+                              req: Request, resp: Response, entry: Entry,
+                              times: tuple[float, float]) -> bool:
+        """Send the response head to the client, relay the body, store it if allowed."""
+        try:
+            framing, length = response_framing(req.method, resp)
+        except HttpError as e:
+            await self._error(client, entry, 502, str(e))
+            return False
+        headers = strip_hop_by_hop(resp.headers)
+        keep = req.keep_alive
+        rechunk = framing is Framing.CHUNKED and req.version == "HTTP/1.1"
+        if rechunk:
+            headers.add("Transfer-Encoding", "chunked")
+        elif framing in (Framing.CHUNKED, Framing.CLOSE):
+            keep = False   # the body ends when we close (RFC 9112 §6.3 item 8)
+        store = headers.copy()
+        add_via(headers, resp.version, self.policy.via)
+        _connection_header(headers, req, keep)
+        entry.status, entry.type = resp.status, headers.get("content-type") or "-"
+        await self._write(client.writer, Response(resp.status, resp.reason, headers=headers)
+                          .encode(), entry)
+        capture = None
+        if self.cache is not None and rules.storable(req.method, req.headers, resp.status,
+                                                     resp.headers):
+            capture = _Capture(self.cache.max_object)
+        await self._relay_body(origin, client.writer, (framing, length), rechunk, capture,
+                               entry)
+        if capture is not None and not capture.overflow:
+            self._store(req, resp, store, b"".join(capture.parts), times)
+        return keep
+
+    async def _relay_body(self, origin: BufferedStream, client_writer: asyncio.StreamWriter,
+                          body: tuple[Framing, int], raw: bool, capture: _Capture | None,
+                          entry: Entry) -> None:
+        """Copy the response body from the origin to the client, by its framing: the
+        received bytes when ``raw`` (chunked to an HTTP/1.1 client), else the payload.
+        A body cut short or stalled resets the client (its head was already sent)."""
+        framing, length = body
+        pieces = origin.body(framing, length, BadResponse)
+        try:
+            while True:
+                async with asyncio.timeout(self.policy.response_timeout):
+                    piece = await anext(pieces, None)
+                if piece is None:
+                    return
+                data, payload = piece
+                if capture is not None:
+                    capture.add(payload)
+                await self._write(client_writer, data if raw else payload, entry)
+        except (TimeoutError, HttpError, PeerClosed) as e:
+            self.counters["body_cut"] += 1
+            entry.note = f"response body: {e}"
+            raise _Abort(entry.note) from None
+
+    def _store(self, req: Request, resp: Response, headers: Headers, body: bytes,
+               times: tuple[float, float]) -> None:
+        assert self.cache is not None
+        headers.remove("content-length")
+        key = rules.secondary_key(rules.vary_names(resp.headers), req.headers)
+        entry = StoredResponse(req.uri, key, resp.status, resp.reason, headers, body, *times)
+        if self.cache.put(entry):
+            self.counters["stored"] += 1
+
+    # -- CONNECT -----------------------------------------------------------------------------
+    async def _tunnel(self, client: BufferedStream, req: Request, entry: Entry,
+                      conns: list[asyncio.StreamWriter]) -> None:
+        """CONNECT (RFC 9110 §9.3.6): a tunnel to an allowed port."""
+        if not self.policy.connect_allowed(req.port):
+            self.counters["connect_denied"] += 1
+            entry.code = "TCP_DENIED"
+            await self._error(client, entry, 403, f"CONNECT to port {req.port} not allowed")
+            return
+        splice = self.mode == "splice" and _spliceable(client.writer)
+        origin = await self._open_origin(client, req.host, req.port, entry, splice)
+        if origin is None:
+            return
+        conns.append(origin.writer)
+        entry.code, entry.status = "TCP_TUNNEL", 200
+        if client.buf:   # early data (a TLS ClientHello sent with the CONNECT)
+            origin.writer.write(bytes(client.buf))
+            client.buf.clear()
+        if splice:
+            pair = await self.splice.splice(client.writer, origin.writer,
+                                            reply_to_client=CONNECT_REPLY)
+            self.counters["spliced"] += 1
+            try:
+                await self.splice.wait_finished(pair)
+            finally:
+                entry.bytes += len(CONNECT_REPLY) + pair.counters["s2c_bytes"]
+            return
+        await self._write(client.writer, CONNECT_REPLY, entry)
+        await _copy_both(client, origin, entry)
+
+    # -- output -----------------------------------------------------------------------------
+    async def _write(self, writer: asyncio.StreamWriter, data: bytes, entry: Entry) -> None:
+        """Write and wait for room, bounded: a client that stops reading is dropped."""
+        writer.write(data)
+        entry.bytes += len(data)
+        async with asyncio.timeout(self.policy.idle_timeout):
+            await writer.drain()
+
+    async def _error(self, client: BufferedStream, entry: Entry, status: int, message: str,
+                     extra: list[tuple[str, str]] | None = None) -> None:
+        """An error response with a short text body; the connection closes after it."""
+        if entry.code == "NONE" and status >= 500:
+            entry.code = "TCP_MISS"
+        entry.status = status
+        entry.note = entry.note or message
+        body = f"{status} {_phrase(status)}: {message}\n".encode("utf-8", "replace")
+        headers = Headers([("Content-Type", "text/plain; charset=utf-8"),
+                           ("Content-Length", str(len(body))), ("Connection", "close"),
+                           *(extra or [])])
+        add_via(headers, "HTTP/1.1", self.policy.via)
+        entry.type = "text/plain"
+        try:
+            await self._write(client.writer,
+                              Response(status, _phrase(status), headers=headers).encode()
+                              + body, entry)
+        except (TimeoutError, ConnectionError):
+            pass   # the connection is closed right after anyway
+
+
+def _phrase(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def _connection_header(headers: Headers, req: Request, keep: bool) -> None:
+    if not keep:
+        headers.set("Connection", "close")
+    elif req.version == "HTTP/1.0":
+        headers.set("Connection", "keep-alive")
+
+
+def _basic_credentials(value: str | None) -> tuple[bytes | None, bytes]:
+    """(user, password) from ``Basic base64(user:password)`` (RFC 7617)."""
+    if not value:
+        return None, b""
+    scheme, _sp, token = value.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None, b""
+    try:
+        decoded = base64.b64decode(token.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return None, b""
+    user, sep, password = decoded.partition(b":")
+    return (user, password) if sep else (None, b"")
+
+
+def _spliceable(writer: asyncio.StreamWriter) -> bool:
+    """Only an ESTABLISHED client connection can be spliced (SPLICE.md §1.2)."""
+    tcb = writer.get_extra_info("tcb")
+    return tcb is not None and tcb.state.name == "ESTABLISHED"
+
+
+async def _copy_both(client: BufferedStream, origin: BufferedStream, entry: Entry) -> None:
+    """Copy-mode tunnel: relay both ways until both ends are done."""
+    def down(n: int) -> None:
+        entry.bytes += n
+
+    tasks = [asyncio.ensure_future(_pump(client.reader, origin.writer, None)),
+             asyncio.ensure_future(_pump(origin.reader, client.writer, down))]
+    try:
+        done, _pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            if task.exception() is not None:
+                raise task.exception()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                count: Callable[[int], None] | None) -> None:
+    """One direction of a copied tunnel; the end of input becomes a half-close (FIN)."""
+    while data := await reader.read(CHUNK):
+        writer.write(data)
+        if count is not None:
+            count(len(data))
+        await writer.drain()
+    if not writer.is_closing():
+        writer.write_eof()
+
+
+def _finish(writer: asyncio.StreamWriter, failed: bool) -> None:
+    """FIN after what is queued, or RST after an error."""
+    if failed:
+        writer.transport.abort()
+    else:
+        writer.transport.close()
+
+
+def _interfaces(api: Any) -> list:
+    """The interfaces of the stack behind ``api`` (TapStack or TcpApi), if it says."""
+    stack = getattr(api, "stack", None)
+    if stack is None:
+        stack = getattr(getattr(api, "tcp", None), "ip", None)
+    return list(getattr(stack, "interfaces", []))
