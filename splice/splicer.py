@@ -13,6 +13,7 @@ its acknowledgement, or rewrite it in place and send it out of the other interfa
 from __future__ import annotations
 
 import dataclasses
+import functools
 import heapq
 import itertools
 import struct
@@ -44,6 +45,13 @@ if TYPE_CHECKING:
 S, E = SpliceState, SpliceEvent
 _L = struct.Struct("!L")
 _HH = struct.Struct("!HH")
+_TRUSTED = VIRTIO_NET_HDR_F_NEEDS_CSUM | VIRTIO_NET_HDR_F_DATA_VALID
+
+
+def _flow_key(tcb: Tcb) -> bytes:
+    """The core's flow-table key of segments arriving on ``tcb``'s connection."""
+    return (tcb.remote + tcb.local + tcb.remote_port.to_bytes(2, "big")
+            + tcb.local_port.to_bytes(2, "big"))
 _H = struct.Struct("!H")
 _NO_DATA = memoryview(b"")
 #: "rescale": windows rescaled between any scales, rounded down (SPLICE.md §5's better
@@ -251,10 +259,11 @@ class Splicer:
         tcb.timer_rtx = tcb.timer_delack = tcb.timer_keepalive = tcb.timer_close = None
         other = side.other
         if other is not None and other.state in RELAYING:
-            # Both directions relay: segments of this pair may take the fast path.
+            # Both directions relay: segments of this pair may take the fast paths.
             for s_ in (side, other):
                 t = s_.tcb
                 self.fast[(t.local, t.local_port, t.remote, t.remote_port)] = s_
+                self.stack.flows[_flow_key(t)] = functools.partial(self._flow_relay, s_)
         while side.pending:
             q = side.pending.popleft()
             side.pending_bytes -= len(q.frame)
@@ -380,6 +389,33 @@ class Splicer:
             pair.reset = True
             self._teardown(pair, now)
 
+    def _flow_relay(self, side: Side, skb: SkBuff, now: float) -> bool:
+        """The shortest path (the core's flow table): a frame of a pair relaying both
+        ways, straight from the device. Anything unusual goes the normal way (False)."""
+        buf = skb.buf
+        ip = skb.data + ETH_HLEN
+        totlen = (buf[ip + 2] << 8) | buf[ip + 3]
+        if (totlen > skb.tail - ip or totlen < 40 or buf[ip + 6] & 0x3F or buf[ip + 7]
+                or cks.ones_sum(memoryview(buf)[ip:ip + 20]) != 0xFFFF):
+            return False
+        t = ip + 20
+        flags = buf[t + 13]
+        if flags & (SYN | FIN | RST):
+            return False
+        skb.tail = ip + totlen
+        if not skb.vnet_flags & _TRUSTED:
+            tcb = side.tcb
+            if not verify_tcp_checksum(tcb.remote, tcb.local, memoryview(buf)[t:skb.tail]):
+                return False
+        skb.network_off = ip
+        skb.data = t
+        ack = _L.unpack_from(buf, t + 8)[0]
+        if side.state is S.FIN_RELAYED:
+            self._check_fin_acked(side, flags, ack, now)
+        self._relay(side.other, skb, flags, ack, now)
+        self.counters["flow_path_segments"] += 1
+        return True
+
     def _check_fin_acked(self, side: Side, flags: int, ack: int, now: float) -> None:
         if (side.state is S.FIN_RELAYED and side.fin_end is not None and flags & ACK
                 and seq.ge(ack, side.fin_end)):
@@ -425,6 +461,7 @@ class Splicer:
             tcb.input_hook = None
             self.sides.pop(id(tcb), None)
             self.fast.pop((tcb.local, tcb.local_port, tcb.remote, tcb.remote_port), None)
+            self.stack.flows.pop(_flow_key(tcb), None)
             if side is abort_other and tcb.state is not TcpState.CLOSED:
                 tcb.abort(now)
             elif tcb.state is not TcpState.CLOSED:
@@ -479,7 +516,6 @@ class Splicer:
                 "pairs": [p.info() for p in self.pairs.values()]}
 
 
-_TRUSTED = VIRTIO_NET_HDR_F_NEEDS_CSUM | VIRTIO_NET_HDR_F_DATA_VALID
 
 
 class SpliceDemux:

@@ -214,7 +214,7 @@ def test_splice_without_offloads(lab, kernel_server, tmp_path):
     assert summary["splice"]["splices"] == 1
     assert summary["splice"].get("copied_payload_bytes", 0) == 0
     # Plain frames: the kernel handed over MTU-sized segments, thousands of them.
-    assert summary["splice"]["fast_path_segments"] > 8 << 20 >> 11
+    assert summary["splice"]["flow_path_segments"] > 8 << 20 >> 11
 
 
 def test_many_concurrent_splices(lab, kernel_server, spliced):

@@ -369,7 +369,7 @@ def test_splice_mode_relays_without_copies_and_tears_down() -> None:
         assert got == data
         sp = w.splicer.counters
         assert sp["splices"] == 1 and sp["copied_payload_bytes"] == 0
-        assert sp["fast_path_segments"] > 0  # steady state skipped TCP entirely
+        assert sp["flow_path_segments"] > 0  # steady state skipped IP and TCP entirely
         # The proxy's own TCP sent nothing for the relayed megabytes (at most the ACK
         # it owed at splice time): the stack relayed the peers' segments.
         assert w.proxy_api.tcp.counters["segs_out"] - sent_before <= 2
