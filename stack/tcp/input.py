@@ -179,8 +179,22 @@ def synchronized(tcb: Tcb, hdr: TcpHeader, payload: memoryview, now: float) -> N
         # The immediate ACK goes out alone so that it can carry SACK blocks, which
         # data segments leave out (they would not fit in the MSS).
         output.send_ack(tcb, now)
+    if tcb.layer.batching:
+        tcb.layer.defer_output(tcb)  # one push and one ACK at the end of the batch
+        return
     output.push(tcb, now)
     if tcb.ack_now or (payload and tcb.last_ack_sent != tcb.rcv_nxt):
+        output.schedule_ack(tcb, now)
+
+
+def output_after_batch(tcb: Tcb, now: float) -> None:
+    """What :func:`synchronized` leaves to the end of an input batch: transmit what
+    the ACKs allow, then acknowledge the data received (at once or delayed)."""
+    if tcb.state is S.CLOSED:
+        return
+    tcb.now = now
+    output.push(tcb, now)
+    if tcb.ack_now or tcb.last_ack_sent != tcb.rcv_nxt:
         output.schedule_ack(tcb, now)
 
 

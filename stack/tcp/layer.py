@@ -27,7 +27,7 @@ from stack.tcp.api import (
     TcpRefused,
     TcpState,
 )
-from stack.tcp.input import segment_arrives
+from stack.tcp.input import output_after_batch, segment_arrives
 from stack.tcp.isn import IsnGenerator
 from stack.tcp.options import apply_peer_syn
 from stack.tcp.syncookies import SynCookies, decode_ts_options, encode_ts_options
@@ -108,6 +108,9 @@ class TcpLayer:
         self._firing = False
         self._ca_second = -1
         self._ca_count = 0
+        #: Between begin_batch() and end_batch(): connections whose output waits.
+        self.batching = False
+        self._deferred: dict[Tcb, None] = {}
 
     # ------------------------------------------------------------------ misc
     def count(self, reason: str) -> None:
@@ -124,6 +127,32 @@ class TcpLayer:
             return False
         self._ca_count += 1
         return True
+
+    # ------------------------------------------------------------------ batches
+    def begin_batch(self) -> None:
+        """The driver is about to feed a batch of frames read together.
+
+        Until :meth:`end_batch`, segments that arrive for a connection do not
+        make it transmit or acknowledge at once: each connection gets one output
+        pass at the end, with every ACK and all data of the batch taken in
+        (fewer, larger segments; one ACK for several data segments, as GRO gives
+        a kernel). ACKs that carry SACK information still leave at once.
+        """
+        self.batching = True
+
+    def end_batch(self, now: float) -> None:
+        """The batch is over: one output pass for each connection that had input."""
+        self.batching = False
+        pending, self._deferred = self._deferred, {}
+        for tcb in pending:
+            output_after_batch(tcb, now)
+            self.schedule(tcb)
+        self.flush_events()
+
+    def defer_output(self, tcb: Tcb) -> None:
+        """Remember ``tcb`` for the output pass of :meth:`end_batch` (once each;
+        the dict is bounded by the connection table)."""
+        self._deferred[tcb] = None
 
     # ------------------------------------------------------------------ input
     def input(self, skb: SkBuff, src: bytes, dst: bytes, now: float) -> None:
