@@ -186,8 +186,8 @@ def _split_head(buf: bytes | bytearray, error: type[HttpError],
     first = buf.find(b"\r\n", start)
     if (first < 0 and len(buf) - start > MAX_START_LINE) or first - start > MAX_START_LINE:
         raise line_error("start line too long")
-    limit = MAX_START_LINE + MAX_HEADER_BYTES
-    if (end < 0 and len(buf) - start > limit) or end - first > MAX_HEADER_BYTES:
+    header_bytes = (len(buf) if end < 0 else end) - first
+    if first >= 0 and header_bytes > MAX_HEADER_BYTES:
         raise HeadersTooLarge("header section too large")
     if end < 0:
         if buf.count(b"\r\n", start) > MAX_HEADERS + 1:
