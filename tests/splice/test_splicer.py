@@ -15,7 +15,7 @@ from stack.sim import SimNetwork
 from stack.simloop import run
 from stack.skbuff import SkBuff
 from stack.tcp.api import TcpState
-from stack.wire.ipv4 import ip_bytes
+from stack.wire.ipv4 import Ipv4Header, ip_bytes
 from stack.wire.tcp import ACK, TcpHeader, build_segment
 
 S = SpliceState
@@ -349,3 +349,43 @@ def test_new_syn_on_the_four_tuple_of_a_pair_in_timewait_reopens():
         assert len(w.pairs) == 2
 
     simulate(body, origin_handler=speaks_first)
+
+
+def test_mutated_frames_on_a_spliced_flow_never_break_the_relay():
+    """Bad frames that match a relayed pair's 4-tuple take the normal path and are
+    dropped there (counted); the pair goes on working."""
+    import random
+
+    async def body(w: World):
+        reader, writer = await connect(w)
+        (pair,) = w.pairs
+        assert await w.until(lambda: pair.client.state in RELAYING)
+        tcb = pair.client.tcb
+        iface = w.p.interfaces[0]
+        assert len(w.splicer.stack.flows) == 2  # both directions of the pair
+        rng = random.Random(5)
+        seg = build_segment(tcb.remote, tcb.local,
+                            TcpHeader(tcb.remote_port, tcb.local_port, 1, 1, ACK, 100), b"z")
+        ip = Ipv4Header(tcb.remote, tcb.local, 6, df=True).to_bytes(len(seg))
+        base = iface.mac + b"\x02\0\0\0\0\x01" + b"\x08\x00" + ip + seg
+        # the unmutated frame is a valid segment of the pair: it takes the flow path
+        w.p.receive_frame(iface, SkBuff.from_bytes(base, headroom=64), w.driver.now())
+        w.p.drain()
+        assert w.splicer.counters["flow_path_segments"] >= 1
+        before = w.p.counters["rx_frames"]
+        flow_before = w.splicer.counters["flow_path_segments"]
+        for _ in range(3000):
+            f = bytearray(base)
+            for _ in range(rng.randrange(1, 4)):
+                f[rng.randrange(14, len(f))] = rng.randrange(256)
+            w.p.receive_frame(iface, SkBuff.from_bytes(bytes(f), headroom=64), w.driver.now())
+            w.p.drain()
+        c = w.p.counters
+        assert c["rx_frames"] - before == 3000
+        # most mutations are caught by the flow path's checks and go the normal way
+        assert w.splicer.counters["flow_path_segments"] - flow_before < 3000
+        assert c["rx_frames"] == c["rx_arp"] + c["rx_local"] + c["rx_forwarded"] + c["rx_dropped"]
+        data = bytes(range(256)) * 512
+        assert await exchange(reader, writer, data) == data  # the pair still relays
+
+    simulate(body)
