@@ -376,6 +376,39 @@ def _nagle_holds(tcb: Tcb, plen: int, last: SkBuff) -> bool:
     return tcb.snd_nxt != tcb.snd_una
 
 
+def _fit_first(tcb: Tcb, first: SkBuff, wnd_avail: int, cwnd_avail: int, in_pipe: int,
+               cwnd: int, goal: int) -> bool | None:
+    """Whether the buffer at send_head may leave as it is (True), was cut to what the
+    windows take (None: look again) or must wait (False)."""
+    mss = tcb.mss
+    n = len(first)
+    seg_len = seq.sub(first.end_seq, first.seq)
+    if seg_len > wnd_avail and n > mss and wnd_avail >= mss:
+        # The peer's window takes part of a large buffer: whole segments of it.
+        split_skb(tcb, first, wnd_avail - wnd_avail % mss)
+        return None
+    if seg_len > wnd_avail:
+        # Sender SWS avoidance (RFC 9293 §3.8.6.2.1): a partial segment only if it
+        # is at least half the largest window the peer ever offered.
+        if n > 0 and wnd_avail > 0 and wnd_avail >= tcb.max_snd_wnd // 2 and wnd_avail < n:
+            split_skb(tcb, first, wnd_avail)
+            return None
+        return False
+    if n > cwnd_avail:
+        # cwnd takes only part of a large buffer. With data in flight, wait
+        # for ACKs to open at least a third of cwnd (or a whole goal), as
+        # Linux's TSO deferral does: cutting a piece per ACK would answer
+        # every ACK with a small segment and keep the segments small for good.
+        room = cwnd_avail - cwnd_avail % mss
+        if in_pipe > 0 and room < min(goal, cwnd // 3):
+            return False
+        if 0 < room < n:
+            split_skb(tcb, first, room)
+            return None
+        return False
+    return True
+
+
 def write_new(tcb: Tcb, now: float, in_pipe: int) -> None:
     """Send new data from ``send_head`` as windows, Nagle and SWS avoidance allow."""
     goal = send_goal(tcb)
@@ -390,32 +423,14 @@ def write_new(tcb: Tcb, now: float, in_pipe: int) -> None:
             split_skb(tcb, first, goal)  # queued before the MSS shrank
         wnd_avail = seq.sub(seq.add(tcb.snd_una, tcb.snd_wnd), first.seq)
         cwnd_avail = cwnd - in_pipe
-        n = len(first)
-        seg_len = seq.sub(first.end_seq, first.seq)
-        if seg_len > wnd_avail and n > mss and wnd_avail >= mss:
-            # The peer's window takes part of a large buffer: whole segments of it.
-            split_skb(tcb, first, wnd_avail - wnd_avail % mss)
+        fits = _fit_first(tcb, first, wnd_avail, cwnd_avail, in_pipe, cwnd, goal)
+        if fits is None:
             continue
-        if seg_len > wnd_avail:
-            # Sender SWS avoidance (RFC 9293 §3.8.6.2.1): a partial segment only if it
-            # is at least half the largest window the peer ever offered.
-            if n > 0 and wnd_avail > 0 and wnd_avail >= tcb.max_snd_wnd // 2 and wnd_avail < n:
-                split_skb(tcb, first, wnd_avail)
-                continue
+        if not fits:
             break
-        if n > cwnd_avail:
-            # cwnd takes only part of a large buffer. With data in flight, wait
-            # for ACKs to open at least a third of cwnd (or a whole goal), as
-            # Linux's TSO deferral does: cutting a piece per ACK would answer
-            # every ACK with a small segment and keep the segments small for good.
-            room = cwnd_avail - cwnd_avail % mss
-            if in_pipe > 0 and room < min(goal, cwnd // 3):
-                break
-            if 0 < room < n:
-                split_skb(tcb, first, room)
-                continue
-            break
-        last, plen, room = first, n, min(wnd_avail - seg_len, cwnd_avail - n, goal - n)
+        n = len(first)
+        last, plen = first, n
+        room = min(wnd_avail - seq.sub(first.end_seq, first.seq), cwnd_avail - n, goal - n)
         while not last.tcp_flags & FIN and last.next is not None:
             nxt = last.next
             need = seq.sub(nxt.end_seq, nxt.seq)
@@ -428,19 +443,24 @@ def write_new(tcb: Tcb, now: float, in_pipe: int) -> None:
         if _nagle_holds(tcb, plen, last):
             break
         transmit(tcb, first, last, plen, now)
-        skb: SkBuff | None = first
-        while skb is not None:
-            skb.when = now
-            if skb is last:
-                break
-            skb = skb.next
+        mark_sent(tcb, first, last, now)
         in_pipe += seq.sub(last.end_seq, first.seq)
-        tcb.snd_nxt = last.end_seq
-        tcb.send_head = last.next
-        tcb.last_send = now
-        tcb.persist_backoff = 0
-        if tcb.timer_rtx is None or tcb.rtx_kind != "rtx":
-            arm_rtx(tcb, now)
+
+
+def mark_sent(tcb: Tcb, first: SkBuff, last: SkBuff, now: float) -> None:
+    """Bookkeeping after new data first..last left: send times, SND.NXT, timers."""
+    skb: SkBuff | None = first
+    while skb is not None:
+        skb.when = now
+        if skb is last:
+            break
+        skb = skb.next
+    tcb.snd_nxt = last.end_seq
+    tcb.send_head = last.next
+    tcb.last_send = now
+    tcb.persist_backoff = 0
+    if tcb.timer_rtx is None or tcb.rtx_kind != "rtx":
+        arm_rtx(tcb, now)
 
 
 def arm_rtx(tcb: Tcb, now: float) -> None:

@@ -108,10 +108,7 @@ def probe_timeout(tcb: Tcb, now: float) -> None:
         output.split_skb(tcb, first, mss)  # the probe is one segment (§7.3)
     if first is not None and seq.le(first.end_seq, wnd_end):
         output.transmit(tcb, first, first, len(first), now)
-        first.when = now
-        tcb.snd_nxt = first.end_seq
-        tcb.send_head = first.next
-        tcb.last_send = now
+        output.mark_sent(tcb, first, first, now)
     else:
         last = first.prev if first is not None else tcb.write_queue.last
         if last is None:
