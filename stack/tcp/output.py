@@ -3,7 +3,9 @@
 Transmission follows RFC 9293 §3.8.6 and RFC 5681/6675: new data leaves when the
 peer's window, the congestion window, Nagle (RFC 896) and sender SWS avoidance allow;
 segments marked LOST are retransmitted first, while the pipe stays below cwnd.
-With an offloading route consecutive full segments leave as one TSO super-segment.
+With an offloading route the write queue holds TSO-sized buffers that leave as
+one super-segment each; while cwnd-limited, small openings are left to grow
+(TSO deferral) so that segments stay large.
 """
 
 from __future__ import annotations

@@ -3,9 +3,11 @@
 A :class:`Tcb` holds the send and receive sequence variables under their RFC
 names, the negotiated options, the timers and three queues:
 
-- ``write_queue``: SkBuffs of at most one MSS each, covering ``[snd_una, write_seq)``:
-  unacknowledged data first, then data not sent yet (from ``send_head`` on). Our
-  FIN is the FIN flag of the last buffer (it takes one sequence number).
+- ``write_queue``: SkBuffs of up to one TSO super-segment each (one MSS without
+  offload), covering ``[snd_una, write_seq)``: unacknowledged data first, then data
+  not sent yet (from ``send_head`` on). Buffers are cut (without copying) where a
+  window, a SACK block or a loss probe needs it. Our FIN is the FIN flag of the
+  last buffer (it takes one sequence number).
 - ``recv_queue``: in-order payload waiting for the application.
 - ``out_of_order_queue``: payload above ``rcv_nxt``, sorted and non-overlapping.
 
