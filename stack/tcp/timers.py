@@ -88,6 +88,8 @@ def rtx_timeout(tcb: Tcb, now: float) -> None:
     head = tcb.write_queue.first
     if head is not None and head is not tcb.send_head:
         head.sacked &= ~RETRANS
+        if len(head) > tcb.mss:
+            output.split_skb(tcb, head, tcb.mss)  # cwnd is one segment now
         output.retransmit(tcb, head, now)
     output.arm_rtx(tcb, now)
 

@@ -154,3 +154,18 @@ def test_recv_hands_over_a_whole_buffer_without_copying():
     p.send(ACK, b"r" * 1000, now=1.1)
     assert tcb.recv(10) == b"r" * 10      # part of a buffer: a copy of that part
     assert tcb.recv() == b"r" * 990
+
+
+def test_rto_resends_one_segment_of_a_large_buffer():
+    p, tcb = _big_window_peer()
+    tcb.cc.cwnd = 1 << 20
+    tcb.send(_pattern(40 * MSS), 1.0)
+    (sent,) = p.take()
+    assert len(sent.payload) == 40 * MSS
+    out = []
+    for _ in range(3):  # the loss probe first, then the RTO
+        out += p.fire()[1]
+        if p.layer.counters["rto_expired"]:
+            break
+    assert p.layer.counters["rto_expired"] == 1
+    assert [len(o.payload) for o in out][-1] == MSS and out[-1].hdr.seq == sent.hdr.seq
