@@ -550,6 +550,14 @@ class SpliceDemux:
                 return
         self.tcp.input(skb, src, dst, now)
 
+    def begin_batch(self) -> None:
+        """TCP's output batching (stack.core Stack.begin_batch)."""
+        self.tcp.begin_batch()
+
+    def end_batch(self, now: float) -> None:
+        """TCP's output batching."""
+        self.tcp.end_batch(now)
+
     def next_deadline(self) -> float | None:
         """TCP's timers."""
         return self.tcp.next_deadline()

@@ -128,6 +128,7 @@ class StackDriver:
             if not skbs:
                 break
             now = self.loop.time()
+            stack.begin_batch()
             for skb in skbs:
                 if self.pcap is not None:
                     self.pcap.rx(iface.name, skb, now)
@@ -135,6 +136,7 @@ class StackDriver:
                     self._impaired(True, iface, skb, now)
                 else:
                     stack.receive_frame(iface, skb, now)
+            stack.end_batch(now)
             self._flush()
             if len(skbs) < dev.batch:
                 break

@@ -115,6 +115,21 @@ class Stack:
             self._send_arp(iface, ARP_REQUEST, BROADCAST, iface.addr, b"\0" * 6, iface.addr)
 
     # -- driver interface ------------------------------------------------------
+    def begin_batch(self) -> None:
+        """Frames read together follow: protocols may hold their output until
+        :meth:`end_batch` (one pass per connection, like GRO batches a kernel's)."""
+        for p in self.protocols.values():
+            begin = getattr(p, "begin_batch", None)
+            if begin is not None:
+                begin()
+
+    def end_batch(self, now: float) -> None:
+        """The batch is over: protocols send what they held."""
+        for p in self.protocols.values():
+            end = getattr(p, "end_batch", None)
+            if end is not None:
+                end(now)
+
     def drain(self) -> list[tuple[Interface, SkBuff]]:
         """Take the frames queued for transmission since the last call."""
         out = self.outbox

@@ -143,6 +143,8 @@ class SimNetwork:
             self.clock.advance_to(t)
         now = self.now
         self.events += 1
+        for stack in self.hosts.values():
+            stack.begin_batch()
         for link in self.links:
             for end, skb in link.poll(now):
                 probe = self.probes.get(id(end))
@@ -151,6 +153,8 @@ class SimNetwork:
                     continue
                 stack, iface = self.ends[id(end)]
                 stack.receive_frame(iface, skb, now)
+        for stack in self.hosts.values():
+            stack.end_batch(now)
         for stack in self.hosts.values():
             d = stack.next_deadline()
             if d is not None and d <= now:
