@@ -41,13 +41,10 @@ class BufferedStream:
         return bool(data)
 
     async def read_head(self, parse: Callable[[bytearray], tuple[T, int] | None]) -> T:
-        """The next head; :class:`PeerClosed` if the stream ends first (with
-        ``partial`` telling whether some of a head had arrived)."""
+        """The next head; :class:`PeerClosed` if the stream ends first."""
         while (got := parse(self.buf)) is None:
             if not await self.fill():
-                err = PeerClosed("closed before a complete head")
-                err.partial = bool(self.buf.strip())   # type: ignore[attr-defined]
-                raise err
+                raise PeerClosed("closed before a complete head")
         head, n = got
         del self.buf[:n]
         return head

@@ -1,0 +1,388 @@
+"""The HTTP proxy on the simulated network: cache behaviour, keep-alive, bodies, CONNECT
+and every error path, on virtual time."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ipaddress
+
+import pytest
+
+from apps.httpproxy.policy import HttpPolicy
+from tests.httpproxy.harness import (
+    BIG,
+    CLIENT,
+    ORIGIN,
+    OTHER,
+    TLS,
+    World,
+    _big,
+    fetch,
+    origin_url,
+    read_response,
+    simulate,
+)
+
+
+def codes(w: World) -> list[str]:
+    return [f"{e.code}/{e.status}" for e in w.log.entries]
+
+
+def test_cacheable_object_reaches_the_origin_once() -> None:
+    async def body(w: World):
+        conn = await w.connect()
+        r1, b1 = await fetch(conn, origin_url("/fresh"))
+        await w.until(lambda: False, timeout=5)
+        r2, b2 = await fetch(conn, origin_url("/fresh"))
+        assert (r1.status, r2.status) == (200, 200) and b1 == b2 and b1
+        assert w.origin.hits["/fresh"] == 1
+        assert r1.headers.get("via") == "1.1 tapsplice"
+        assert 5 <= int(r2.headers.get("age")) <= 6
+        assert codes(w) == ["TCP_MISS/200", "TCP_MEM_HIT/200"]
+        # The origin got origin form with Host, Via and no proxy fields.
+        method, target, head = w.origin.requests[0]
+        assert (method, target, head["host"], head["via"]) == ("GET", "/fresh", ORIGIN,
+                                                               "1.1 tapsplice")
+        fields = w.log.entries[0].line().split()
+        assert fields[2:] == [CLIENT, "TCP_MISS/200", str(w.log.entries[0].bytes), "GET",
+                              origin_url("/fresh"), "-", f"HIER_DIRECT/{ORIGIN}", "-"]
+        assert w.log.entries[1].line().split()[-2] == "HIER_NONE/-"
+        conn.writer.close()
+
+    simulate(body)
+
+
+def test_revalidation_with_304_and_with_a_changed_object() -> None:
+    async def body(w: World):
+        conn = await w.connect()
+        _r, b1 = await fetch(conn, origin_url("/etag"))
+        r2, b2 = await fetch(conn, origin_url("/etag"))
+        assert b2 == b1 and r2.status == 200
+        assert r2.headers.get("x-refreshed") == "yes"         # freshened from the 304
+        assert w.origin.requests[1][2].get("if-none-match") == '"v1"'
+        w.origin.version = "v2"
+        r3, b3 = await fetch(conn, origin_url("/etag"))
+        assert b3 != b1 and b"v2" in b3 and r3.headers.get("etag") == '"v2"'
+        r4, b4 = await fetch(conn, origin_url("/etag"))
+        assert b4 == b3                                       # the new object was stored
+        assert codes(w) == ["TCP_MISS/200", "TCP_REFRESH_HIT/200", "TCP_REFRESH_MISS/200",
+                            "TCP_REFRESH_HIT/200"]
+        assert w.origin.hits["/etag"] == 4
+        conn.writer.close()
+
+    simulate(body)
+
+
+def test_heuristic_freshness_from_last_modified() -> None:
+    async def body(w: World):
+        await fetch(await w.connect(), origin_url("/lm"))
+        await w.until(lambda: False, timeout=50)
+        await fetch(await w.connect(), origin_url("/lm"))     # within 10% of 1000 s
+        assert w.origin.hits["/lm"] == 1
+        await w.until(lambda: False, timeout=60)
+        await fetch(await w.connect(), origin_url("/lm"))     # stale: If-Modified-Since
+        assert w.origin.hits["/lm"] == 2
+        assert "if-modified-since" in w.origin.requests[-1][2]
+        assert codes(w)[1:] == ["TCP_MEM_HIT/200", "TCP_REFRESH_MISS/200"]
+
+    simulate(body)
+
+
+@pytest.mark.parametrize("fields,version", [
+    ([("Cache-Control", "no-cache")], "HTTP/1.1"),
+    ([("Pragma", "no-cache")], "HTTP/1.0"),
+    ([("Cache-Control", "no-store")], "HTTP/1.1"),
+])
+def test_client_no_cache_goes_to_the_origin(fields, version) -> None:
+    async def body(w: World):
+        await fetch(await w.connect(), origin_url("/fresh"))
+        r, b = await fetch(await w.connect(), origin_url("/fresh"), fields=fields,
+                           version=version)
+        assert r.status == 200 and b
+        assert w.origin.hits["/fresh"] == 2
+
+    simulate(body)
+
+
+def test_no_store_is_never_served_from_the_cache() -> None:
+    async def body(w: World):
+        conn = await w.connect()
+        for _ in range(3):
+            r, _b = await fetch(conn, origin_url("/nostore"))
+            assert r.status == 200
+        assert w.origin.hits["/nostore"] == 3 and len(w.proxy.cache) == 0
+        conn.writer.close()
+
+    simulate(body)
+
+
+def test_vary_selects_the_variant() -> None:
+    async def body(w: World):
+        conn = await w.connect()
+        got = []
+        for lang in ("en", "fr", "en", "fr"):
+            _r, b = await fetch(conn, origin_url("/vary"), fields=[("Accept-Language", lang)])
+            got.append(b)
+        assert got == [b"lang=en", b"lang=fr", b"lang=en", b"lang=fr"]
+        assert w.origin.hits["/vary"] == 2
+        conn.writer.close()
+
+    simulate(body)
+
+
+def test_unsafe_method_invalidates() -> None:
+    async def body(w: World):
+        conn = await w.connect()
+        await fetch(conn, origin_url("/fresh"))
+        r, b = await fetch(conn, origin_url("/fresh"), method="POST", body=b"payload")
+        assert (r.status, b) == (201, b"payload")
+        await fetch(conn, origin_url("/fresh"))
+        assert w.origin.hits["/fresh"] == 3
+        conn.writer.close()
+
+    simulate(body)
+
+
+@pytest.mark.parametrize("mode", ["copy", "splice"])
+def test_keep_alive_and_pipelining_on_one_connection(mode: str) -> None:
+    async def body(w: World):
+        conn = await w.connect()
+        r, b = await fetch(conn, origin_url("/chunked"))
+        assert r.headers.get("transfer-encoding") == "chunked" and len(b) == len("/chunked v1 ") * 20 * 50
+        r, b = await fetch(conn, origin_url("/missing"))
+        assert r.status == 404 and b == b"not found\n"
+        r, _b = await fetch(conn, origin_url("/chunked"), method="HEAD")
+        assert r.status == 200
+        # Two requests in one write: both answered, in order.
+        two = b"".join(f"GET {origin_url(p)} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+                       for p in ("/fresh", "/vary"))
+        conn.writer.write(two)
+        (r1, b1), (r2, b2) = await read_response(conn), await read_response(conn)
+        assert (r1.status, r2.status) == (200, 200)
+        assert b1.startswith(b"/fresh v1") and b2 == b"lang="
+        # A close-delimited response ends the connection.
+        r, b = await fetch(conn, origin_url("/close"))
+        assert r.headers.get("connection") == "close" and len(b) == len("/close v1 ") * 20 * 50
+        assert await conn.read_some() == b""
+        assert w.proxy.counters["accepted"] == 1 and len(w.log.entries) == 6
+        conn.writer.close()
+
+    simulate(body, mode=mode)
+
+
+def test_chunked_to_an_http10_client_is_close_delimited() -> None:
+    async def body(w: World):
+        conn = await w.connect()
+        r, b = await fetch(conn, origin_url("/chunked"), version="HTTP/1.0")
+        assert r.headers.get("transfer-encoding") is None
+        assert r.headers.get("connection") == "close" and len(b) == len("/chunked v1 ") * 20 * 50
+        # ... and it was stored: the next client gets Content-Length from the cache.
+        r, b2 = await fetch(await w.connect(), origin_url("/chunked"))
+        assert b2 == b and r.headers.get("content-length") == str(len(b))
+        assert w.origin.hits["/chunked"] == 1
+
+    simulate(body)
+
+
+def test_large_object_intact_and_cached() -> None:
+    async def body(w: World):
+        for _ in range(2):
+            conn = await w.connect()
+            r, b = await fetch(conn, origin_url("/big"))
+            assert r.status == 200 and len(b) == BIG and b == _big()
+            conn.writer.close()
+        assert w.origin.hits["/big"] == 1
+
+    simulate(body)
+
+
+def test_object_over_the_per_object_limit_is_relayed_not_stored() -> None:
+    from apps.httpproxy.store import CacheStore
+
+    async def body(w: World):
+        for _ in range(2):
+            r, b = await fetch(await w.connect(), origin_url("/big"))
+            assert b == _big()
+        assert w.origin.hits["/big"] == 2 and len(w.proxy.cache) == 0
+
+    simulate(body, cache=CacheStore(16 << 20, 1 << 20))
+
+
+# -- CONNECT -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["copy", "splice"])
+def test_connect_to_443_is_tunnelled(mode: str) -> None:
+    async def body(w: World):
+        conn = await w.connect()
+        conn.writer.write(f"CONNECT {ORIGIN}:{TLS} HTTP/1.1\r\nHost: x\r\n\r\nearly".encode())
+        head = await conn.read_head(lambda buf: (None if b"\r\n\r\n" not in buf else
+                                                 (bytes(buf), buf.index(b"\r\n\r\n") + 4)))
+        assert head.startswith(b"HTTP/1.1 200 ")
+        payload = b"t" * 200_000
+        conn.writer.write(payload)
+        conn.writer.write_eof()
+        got = bytearray(conn.buf)
+        conn.buf.clear()
+        while data := await conn.reader.read(65536):
+            got += data
+        assert bytes(got) == b"early" + payload
+        assert await w.until(lambda: bool(w.log.entries))
+        assert codes(w) == ["TCP_TUNNEL/200"]
+        assert w.log.entries[0].bytes >= len(payload)
+        assert w.proxy.counters["spliced"] == (mode == "splice")
+        conn.writer.close()
+
+    simulate(body, mode=mode)
+
+
+def test_connect_to_another_port_is_403() -> None:
+    async def body(w: World):
+        conn = await w.connect()
+        conn.writer.write(f"CONNECT {ORIGIN}:{OTHER} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        r, b = await read_response(conn)
+        assert r.status == 403 and b"port 8443" in b
+        assert await conn.read_some() == b""
+        assert codes(w) == ["TCP_DENIED/403"]
+
+    simulate(body, mode="splice")
+
+
+def test_connect_ports_are_configurable() -> None:
+    async def body(w: World):
+        conn = await w.connect()
+        conn.writer.write(f"CONNECT {ORIGIN}:{OTHER} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert (await conn.read_some()).startswith(b"HTTP/1.1 200 ")
+        conn.writer.close()
+
+    simulate(body, policy=HttpPolicy(connect_ports=frozenset({OTHER})))
+
+
+# -- errors -------------------------------------------------------------------------------
+
+async def raw_exchange(w: World, data: bytes) -> tuple[bytes, float]:
+    """Send ``data``, read until the proxy closes; (what came back, time taken)."""
+    conn = await w.connect()
+    t0 = w.now
+    conn.writer.write(data)
+    out = bytearray()
+    while chunk := await conn.read_some():
+        out += chunk
+    conn.writer.close()
+    return bytes(out), w.now - t0
+
+
+@pytest.mark.parametrize("data,status", [
+    (b"GET /relative HTTP/1.1\r\nHost: h\r\n\r\n", 400),
+    (b"GET http://h/ HTTP/1.1\r\nHost: h\r\n folded\r\n\r\n", 400),
+    (b"BLAH\r\n\r\n", 400),
+    (b"GET http://h/ HTTP/1.1\r\nHost: h\r\n" + b"X: " + b"y" * 70_000 + b"\r\n\r\n", 431),
+    (b"GET http://h/" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n", 414),
+])
+def test_bad_requests_are_answered_and_closed(data: bytes, status: int) -> None:
+    async def body(w: World):
+        out, _t = await raw_exchange(w, data)
+        assert out.startswith(f"HTTP/1.1 {status} ".encode())
+        assert w.log.entries[0].status == status
+
+    simulate(body)
+
+
+@pytest.mark.parametrize("url,status,text", [
+    ("http://nowhere.test/", 502, b"unknown host name 'nowhere.test'"),
+    (origin_url("/", 81), 502, b"connect to"),                       # refused
+    ("http://198.19.0.99/", 504, b"timed out"),                       # nobody there
+    (origin_url("/slow"), 504, b"did not answer in time"),
+    (origin_url("/garbage"), 502, b"bad response"),
+])
+def test_origin_failures(url: str, status: int, text: bytes) -> None:
+    policy = HttpPolicy(connect_timeout=3.0, response_timeout=5.0)
+
+    async def body(w: World):
+        t0 = w.now
+        r, b = await fetch(await w.connect(), url)
+        assert r.status == status and text in b
+        assert w.now - t0 < 10
+        assert w.log.entries[0].status == status
+        assert await w.until(lambda: w.proxy.active == 0 and w.proxy_connections() == 0)
+
+    simulate(body, policy=policy)
+
+
+def test_slowloris_is_cut_off() -> None:
+    policy = HttpPolicy(handshake_timeout=4.0)
+
+    async def body(w: World):
+        conn = await w.connect()
+        t0 = w.now
+        conn.writer.write(b"GET http://h/ HTTP/1.1\r\n")
+        out = b""
+        for _ in range(20):             # one header byte a second, never finishing
+            try:
+                async with asyncio.timeout(1):
+                    out = await conn.read_some()
+                break
+            except TimeoutError:
+                conn.writer.write(b"X")
+        assert out.startswith(b"HTTP/1.1 408 ")
+        assert w.now - t0 < 6
+        assert await w.until(lambda: w.proxy.active == 0)
+
+    simulate(body, policy=policy)
+
+
+def test_idle_keep_alive_connection_is_closed_silently() -> None:
+    policy = HttpPolicy(idle_timeout=7.0)
+
+    async def body(w: World):
+        conn = await w.connect()
+        await fetch(conn, origin_url("/fresh"))
+        t0 = w.now
+        assert await conn.read_some() == b""
+        assert 6 < w.now - t0 < 9 and len(w.log.entries) == 1
+
+    simulate(body, policy=policy)
+
+
+def test_client_network_is_checked() -> None:
+    policy = HttpPolicy(allow_clients=(ipaddress.ip_network("10.0.0.0/8"),))
+
+    async def body(w: World):
+        r, _b = await fetch(await w.connect(), origin_url("/fresh"))
+        assert r.status == 403 and codes(w) == ["TCP_DENIED/403"]
+        assert w.origin.hits["/fresh"] == 0
+
+    simulate(body, policy=policy)
+
+
+def test_proxy_authorization_basic() -> None:
+    policy = HttpPolicy(users={"alice": "wonder:land"})
+
+    def auth(user: str, password: str) -> list[tuple[str, str]]:
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        return [("Proxy-Authorization", f"Basic {token}")]
+
+    async def body(w: World):
+        r, _b = await fetch(await w.connect(), origin_url("/fresh"))
+        assert r.status == 407 and r.headers.get("proxy-authenticate").startswith("Basic")
+        r, _b = await fetch(await w.connect(), origin_url("/fresh"), fields=auth("alice", "x"))
+        assert r.status == 407
+        r, b = await fetch(await w.connect(), origin_url("/fresh"),
+                           fields=auth("alice", "wonder:land"))
+        assert r.status == 200 and b
+        assert "proxy-authorization" not in w.origin.requests[0][2]   # never forwarded
+        assert [e.user for e in w.log.entries] == ["-", "alice", "alice"]
+        assert codes(w) == ["TCP_DENIED/407", "TCP_DENIED/407", "TCP_MISS/200"]
+
+    simulate(body, policy=policy)
+
+
+def test_without_a_cache_everything_goes_to_the_origin() -> None:
+    async def body(w: World):
+        conn = await w.connect()
+        for _ in range(2):
+            await fetch(conn, origin_url("/fresh"))
+        assert w.origin.hits["/fresh"] == 2
+        conn.writer.close()
+
+    simulate(body, cache=None)
