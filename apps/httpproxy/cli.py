@@ -9,7 +9,7 @@ import sys
 from apps.httpproxy.policy import HttpPolicy, PolicyError
 from apps.httpproxy.server import MODES, HttpProxy
 from apps.httpproxy.store import CacheStore
-from apps.socks.cli import _arg, default_destinations
+from apps.socks.cli import default_destinations
 from apps.socks.policy import (
     load_hosts,
     load_users,
@@ -22,6 +22,17 @@ from apps.stackcmd import add_common, open_stack, run_stack
 log = logging.getLogger("tapsplice.httpproxy")
 
 LAB_LISTEN = ("198.18.0.2", 3128)
+
+
+def _arg(parse):
+    """An argparse type from one of the policy parsers (PolicyError -> usage error)."""
+    def convert(text: str):
+        try:
+            return parse(text)
+        except PolicyError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    convert.__name__ = parse.__name__
+    return convert
 
 
 def parse_listen(text: str) -> tuple[str, int]:

@@ -75,6 +75,8 @@ class CacheStore:
         self._entries: OrderedDict[tuple[str, VaryKey], StoredResponse] = OrderedDict()
         self._sizes: dict[tuple[str, VaryKey], int] = {}
         self._body_lens: dict[tuple[str, VaryKey], int] = {}   # disk mode only
+        # uri -> its variants' secondary keys, least recently used first.
+        self._by_uri: dict[str, dict[VaryKey, None]] = {}
         self.bytes = 0
         self.counters: Counter[str] = Counter()
         if self.directory is not None:
@@ -91,7 +93,7 @@ class CacheStore:
 
     def variants(self, uri: str) -> list[StoredResponse]:
         """Every stored variant of ``uri`` (bodies read from disk), most recent first."""
-        keys = [k for k in reversed(self._entries) if k[0] == uri]
+        keys = [(uri, v) for v in reversed(self._by_uri.get(uri, {}))]
         out = []
         for key in keys:
             entry = self._read(key)
@@ -104,6 +106,8 @@ class CacheStore:
         key = (entry.uri, entry.vary_key)
         if key in self._entries:
             self._entries.move_to_end(key)
+            variants = self._by_uri[entry.uri]
+            variants[entry.vary_key] = variants.pop(entry.vary_key)
             self._save_index()
 
     def put(self, entry: StoredResponse) -> bool:
@@ -113,7 +117,7 @@ class CacheStore:
         if entry.size > self.max_object:
             self.counters["too_large"] += 1
             return False
-        same_uri = [k for k in self._entries if k[0] == entry.uri]
+        same_uri = [(entry.uri, v) for v in self._by_uri.get(entry.uri, {})]
         for old in same_uri[:max(0, len(same_uri) - MAX_VARIANTS + 1)]:
             self._drop(old)
         while self._entries and (self.bytes + entry.size > self.max_bytes
@@ -126,6 +130,7 @@ class CacheStore:
                 return False
             entry = StoredResponse(**{**entry.__dict__, "body": b""})
         self._entries[key] = entry
+        self._by_uri.setdefault(entry.uri, {})[entry.vary_key] = None
         self._sizes[key] = self._entry_size(key, entry)
         self.bytes += self._sizes[key]
         self.counters["stored"] += 1
@@ -142,7 +147,7 @@ class CacheStore:
 
     def invalidate(self, uri: str) -> int:
         """Drop every variant of ``uri``; how many were dropped."""
-        keys = [k for k in self._entries if k[0] == uri]
+        keys = [(uri, v) for v in self._by_uri.get(uri, {})]
         for key in keys:
             self._drop(key)
         if keys:
@@ -158,6 +163,10 @@ class CacheStore:
     def _drop(self, key: tuple[str, VaryKey]) -> None:
         if self._entries.pop(key, None) is None:
             return
+        variants = self._by_uri[key[0]]
+        del variants[key[1]]
+        if not variants:
+            del self._by_uri[key[0]]
         self.bytes -= self._sizes.pop(key, 0)
         if self.directory is not None:
             self._body_lens.pop(key, None)
@@ -229,10 +238,11 @@ class CacheStore:
             key = (entry.uri, entry.vary_key)
             body_len = item.get("body_len", 0)
             size = entry.size + body_len
-            if not self._path(key).exists() or self.bytes + size > self.max_bytes \
+            if key in self._entries or not self._path(key).exists() or self.bytes + size > self.max_bytes \
                     or len(self._entries) >= self.max_entries:
                 continue
             self._entries[key] = entry
+            self._by_uri.setdefault(entry.uri, {})[entry.vary_key] = None
             self._body_lens[key] = body_len
             self._sizes[key] = size
             self.bytes += size

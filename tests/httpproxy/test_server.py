@@ -377,6 +377,23 @@ def test_proxy_authorization_basic() -> None:
     simulate(body, policy=policy)
 
 
+def test_disk_cache_hits_across_a_restart(tmp_path) -> None:
+    from apps.httpproxy.store import CacheStore
+
+    async def body(w: World):
+        r, b = await fetch(await w.connect(), origin_url("/fresh"))
+        r2, b2 = await fetch(await w.connect(), origin_url("/fresh"))
+        assert r.status == r2.status == 200 and b2 == b
+        assert w.origin.hits["/fresh"] == codes(w).count("TCP_MISS/200")
+        return codes(w)
+
+    assert simulate(body, cache=CacheStore(1 << 20, directory=tmp_path)) == [
+        "TCP_MISS/200", "TCP_HIT/200"]
+    # A new proxy on the same directory: the origin is not asked again.
+    assert simulate(body, cache=CacheStore(1 << 20, directory=tmp_path)) == [
+        "TCP_HIT/200", "TCP_HIT/200"]
+
+
 def test_without_a_cache_everything_goes_to_the_origin() -> None:
     async def body(w: World):
         conn = await w.connect()
