@@ -339,23 +339,28 @@ class HttpProxy:
         if stored is not None:
             headers = rules.conditional_headers(headers, stored.headers)
         # §3.2.2: a proxy replaces Host with the target's authority.
-        default = 80
-        headers.set("Host", req.host if req.port == default else f"{req.host}:{req.port}")
+        headers.set("Host", req.host if req.port == 80 else f"{req.host}:{req.port}")
         add_via(headers, req.version, self.policy.via)
         framing, length = body
         if framing is Framing.CHUNKED:
             headers.add("Transfer-Encoding", "chunked")   # relayed as received
         headers.add("Connection", "close")  # one origin connection per request
+        if framing is not Framing.NONE and "100-continue" in headers.tokens("expect"):
+            # RFC 9110 §10.1.1: we read the body before the origin's answer, so the
+            # client is told to send it now rather than after its own timeout.
+            headers.remove("expect")
+            if req.version == "HTTP/1.1":
+                client.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         out = Request(req.method, req.target, "HTTP/1.1", headers, path=req.path)
         origin.writer.write(out.encode_origin_form())
         pieces = client.body(framing, length, HttpError)
         while True:
             async with asyncio.timeout(self.policy.handshake_timeout):
                 piece = await anext(pieces, None)
-            if piece is None:
-                break
-            origin.writer.write(piece[0])
-            await origin.writer.drain()
+                if piece is None:
+                    break
+                origin.writer.write(piece[0])
+                await origin.writer.drain()
 
     async def _response_head(self, client: BufferedStream, origin: BufferedStream,
                              req: Request, entry: Entry) -> Response | None:

@@ -20,6 +20,7 @@ from apps.httpproxy.cache import format_http_date
 from apps.httpproxy.conn import BufferedStream
 from apps.httpproxy.parser import (
     BadResponse,
+    ChunkedDecoder,
     Headers,
     Response,
     encode_chunk,
@@ -109,7 +110,7 @@ class Origin:
         if target == "/garbage":
             writer.write(b"NOT HTTP AT ALL\r\n\r\n")
         elif method == "POST":
-            body = await reader.readexactly(int(head.get("content-length", "0")))
+            body = await _request_body(reader, head)
             writer.write(b"HTTP/1.1 201 Created\r\nContent-Length: %d\r\n\r\n%s"
                          % (len(body), body))
         else:
@@ -129,6 +130,18 @@ class Origin:
         if method == "HEAD" or status == 304:
             body = b""
         return Response(status, "X", headers=headers).encode() + body
+
+
+async def _request_body(reader: asyncio.StreamReader, head: dict[str, str]) -> bytes:
+    if head.get("transfer-encoding") != "chunked":
+        return await reader.readexactly(int(head.get("content-length", "0")))
+    decoder, out, pending = ChunkedDecoder(), bytearray(), b""
+    while not decoder.done:
+        pending += await reader.read(65536)
+        payload, used = decoder.feed(pending)
+        out += payload
+        pending = pending[used:]
+    return bytes(out)
 
 
 def _big() -> bytes:

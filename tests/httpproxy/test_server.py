@@ -144,6 +144,28 @@ def test_unsafe_method_invalidates() -> None:
     simulate(body)
 
 
+def test_request_bodies_chunked_and_with_expect() -> None:
+    async def body(w: World):
+        conn = await w.connect()
+        chunks = b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+        conn.writer.write(f"POST {origin_url('/post')} HTTP/1.1\r\nHost: x\r\n"
+                          "Transfer-Encoding: chunked\r\n\r\n".encode() + chunks)
+        r, b = await read_response(conn, "POST")
+        assert (r.status, b) == (201, b"hello world")
+        # Expect: 100-continue: the proxy says 100 before the client sends the body.
+        conn.writer.write(f"POST {origin_url('/post')} HTTP/1.1\r\nHost: x\r\n"
+                          "Expect: 100-continue\r\nContent-Length: 4\r\n\r\n".encode())
+        interim, _b = await read_response(conn)
+        assert interim.status == 100
+        conn.writer.write(b"body")
+        r, b = await read_response(conn, "POST")
+        assert (r.status, b) == (201, b"body")
+        assert "expect" not in w.origin.requests[-1][2]
+        conn.writer.close()
+
+    simulate(body)
+
+
 @pytest.mark.parametrize("mode", ["copy", "splice"])
 def test_keep_alive_and_pipelining_on_one_connection(mode: str) -> None:
     async def body(w: World):
