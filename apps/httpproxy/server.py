@@ -129,6 +129,7 @@ class HttpProxy:
             log.debug("client %s: %s", peer[0], e)
             failed = True
         except Exception:  # a bug must not leak the connections
+            self.counters["internal_error"] += 1
             log.exception("http session %s", peer[0])
             failed = True
         finally:

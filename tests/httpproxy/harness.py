@@ -109,6 +109,11 @@ class Origin:
             return
         if target == "/garbage":
             writer.write(b"NOT HTTP AT ALL\r\n\r\n")
+        elif target == "/badlen":
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 12abc\r\n\r\n")
+        elif target == "/short":   # promises more than it sends, then closes
+            writer.write(b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\n"
+                         b"Content-Length: 100000\r\n\r\n" + b"s" * 5000)
         elif method == "POST":
             body = await _request_body(reader, head)
             writer.write(b"HTTP/1.1 201 Created\r\nContent-Length: %d\r\n\r\n%s"

@@ -8,6 +8,8 @@ import base64
 import ipaddress
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from apps.httpproxy.policy import HttpPolicy
 from tests.httpproxy.harness import (
@@ -316,6 +318,7 @@ def test_bad_requests_are_answered_and_closed(data: bytes, status: int) -> None:
     ("http://198.19.0.99/", 504, b"timed out"),                       # nobody there
     (origin_url("/slow"), 504, b"did not answer in time"),
     (origin_url("/garbage"), 502, b"bad response"),
+    (origin_url("/badlen"), 502, b"Content-Length"),
 ])
 def test_origin_failures(url: str, status: int, text: bytes) -> None:
     policy = HttpPolicy(connect_timeout=3.0, response_timeout=5.0)
@@ -327,6 +330,50 @@ def test_origin_failures(url: str, status: int, text: bytes) -> None:
         assert w.now - t0 < 10
         assert w.log.entries[0].status == status
         assert await w.until(lambda: w.proxy.active == 0 and w.proxy_connections() == 0)
+
+    simulate(body, policy=policy)
+
+
+def test_body_cut_short_resets_the_client_and_is_not_stored() -> None:
+    async def body(w: World):
+        for _ in range(2):
+            conn = await w.connect()
+            conn.writer.write(f"GET {origin_url('/short')} HTTP/1.1\r\nHost: x\r\n\r\n"
+                              .encode())
+            out, reset = bytearray(), False
+            try:
+                while chunk := await conn.read_some():
+                    out += chunk
+            except ConnectionError:
+                reset = True
+            assert reset and out.startswith(b"HTTP/1.1 200 ") and len(out) < 100000
+        assert w.origin.hits["/short"] == 2 and len(w.proxy.cache) == 0
+        assert await w.until(lambda: w.proxy.active == 0 and w.proxy_connections() == 0)
+
+    simulate(body)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.sampled_from([
+    b"GET ", b"http://198.19.0.1/fresh", b"http://h/", b" HTTP/1.1\r\n", b"Host: x\r\n",
+    b"\r\n", b"Content-Length: 3\r\n", b"Transfer-Encoding: chunked\r\n", b"abc",
+    b"CONNECT 198.19.0.1:443", b"\x00\xff", b" ", b"0\r\n\r\n", b"Connection: close\r\n",
+]), max_size=25))
+def test_fuzzed_clients_never_leave_a_session_behind(parts) -> None:
+    policy = HttpPolicy(handshake_timeout=3.0, idle_timeout=3.0, response_timeout=3.0)
+
+    async def body(w: World):
+        conn = await w.connect()
+        conn.writer.write(b"".join(parts))
+        conn.writer.write_eof()
+        try:
+            while await conn.read_some():
+                pass
+        except ConnectionError:
+            pass
+        conn.writer.close()
+        assert await w.until(lambda: w.proxy.active == 0, timeout=60)
+        assert w.proxy.counters["internal_error"] == 0
 
     simulate(body, policy=policy)
 
