@@ -198,6 +198,12 @@ class HttpProxy:
         if req.scheme != "http":
             await self._error(client, entry, 400, "https URLs go through CONNECT")
             return False
+        if any(hop.split()[-1:] == [self.policy.via.lower()]
+               for hop in req.headers.tokens("via")):
+            # RFC 9110 §7.6.3: Via lets a proxy see a request that already passed it.
+            self.counters["loop"] += 1
+            await self._error(client, entry, 508, "forwarding loop")
+            return False
         try:
             framing, length = request_framing(req)
         except HttpError as e:

@@ -413,6 +413,18 @@ def test_idle_keep_alive_connection_is_closed_silently() -> None:
     simulate(body, policy=policy)
 
 
+def test_forwarding_loop_is_refused() -> None:
+    async def body(w: World):
+        r, b = await fetch(await w.connect(), origin_url("/fresh"),
+                           fields=[("Via", "1.0 other, 1.1 tapsplice")])
+        assert r.status == 508 and b"loop" in b and w.origin.hits["/fresh"] == 0
+        r, _b = await fetch(await w.connect(), origin_url("/fresh"),
+                            fields=[("Via", "1.1 tapsplice-2")])
+        assert r.status == 200
+
+    simulate(body)
+
+
 def test_client_network_is_checked() -> None:
     policy = HttpPolicy(allow_clients=(ipaddress.ip_network("10.0.0.0/8"),))
 
