@@ -431,7 +431,10 @@ class HttpProxy:
                           entry: Entry) -> None:
         """Copy the response body from the origin to the client, by its framing: the
         received bytes when ``raw`` (chunked to an HTTP/1.1 client), else the payload.
-        A body cut short or stalled resets the client (its head was already sent)."""
+        ``capture`` (when not None) receives the payload for the cache. A body cut
+        short or stalled resets the client (its head was already sent). This is the
+        only place body bytes move origin -> client; bytes of the body already read
+        with the head are in ``origin.buf``."""
         framing, length = body
         pieces = origin.body(framing, length, BadResponse)
         try:
