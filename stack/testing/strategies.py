@@ -46,7 +46,12 @@ def fault_models(*, max_loss: float = 0.1, max_reorder: float = 0.1,
                  max_duplicate: float = 0.05, max_corrupt: float = 0.02,
                  max_delay: float = 0.05, jitter: bool = True) -> st.SearchStrategy[FaultModel]:
     """FaultModels with each probability at most its ``max_*`` (often exactly 0) and a
-    one-way delay up to ``max_delay`` seconds (jitter at most a quarter of it)."""
+    one-way delay up to ``max_delay`` seconds (jitter at most a quarter of it).
+
+    Corruption hits every frame, ARP included, and ARP has no checksum: a corrupted
+    ARP can point a neighbour entry at a wrong MAC until it is resolved again. Pass
+    ``max_corrupt=0`` where a test cannot tolerate such an outage.
+    """
 
     def prob(top: float) -> st.SearchStrategy[float]:
         if top <= 0:
