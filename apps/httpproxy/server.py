@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from apps.httpproxy import cache as rules
+from apps.httpproxy import spliced
 from apps.httpproxy.accesslog import Entry
 from apps.httpproxy.conn import BufferedStream, PeerClosed
 from apps.httpproxy.parser import (
@@ -306,6 +307,8 @@ class HttpProxy:
                        body: tuple[Framing, int], stored: StoredResponse | None,
                        entry: Entry) -> bool:
         """Send the request to the origin and relay (or use) its response."""
+        if stored is None and spliced.can_splice(self, client, req, body[0]):
+            return await spliced.forward_spliced(self, client, req, body, entry)
         origin = await self._open_origin(client, req.host, req.port, entry)
         if origin is None:
             return False

@@ -484,3 +484,41 @@ def test_without_a_cache_everything_goes_to_the_origin() -> None:
         conn.writer.close()
 
     simulate(body, cache=None)
+
+
+@pytest.mark.parametrize("path,version,fields", [
+    ("/big", "HTTP/1.1", [("Connection", "close")]),
+    ("/close", "HTTP/1.0", []),
+    ("/chunked", "HTTP/1.1", [("Connection", "close")]),
+])
+def test_last_response_is_spliced_and_its_tapped_copy_fills_the_cache(path, version, fields):
+    async def body(w: World):
+        conn = await w.connect()
+        r1, b1 = await fetch(conn, origin_url(path), fields=fields, version=version)
+        assert r1.status == 200 and b1
+        assert r1.headers.get("via") is None   # relayed byte for byte by the stack
+        sp = w.proxy.splice.splicer.counters
+        assert sp["splices"] == 1 and sp["copied_payload_bytes"] == 0
+        conn.writer.close()   # as clients do after a "close" response: the splice ends
+        assert await w.until(lambda: len(w.log.entries) == 1)
+        assert codes(w) == ["TCP_MISS/200"] and w.log.entries[0].note == "spliced"
+        conn2 = await w.connect()
+        r2, b2 = await fetch(conn2, origin_url(path))   # kept alive: copied, or a hit
+        assert (r2.status, b2) == (200, b1)
+        assert w.origin.hits[path] == 1                 # the tap filled the cache
+        assert codes(w)[1].endswith("HIT/200")
+        conn2.writer.close()
+
+    simulate(body, mode="splice")
+
+
+def test_kept_alive_requests_are_not_spliced():
+    async def body(w: World):
+        conn = await w.connect()
+        for _ in range(2):
+            r, b = await fetch(conn, origin_url("/nostore"))
+            assert r.status == 200 and r.headers.get("via") == "1.1 tapsplice"
+        assert w.proxy.splice.splicer.counters["splices"] == 0
+        conn.writer.close()
+
+    simulate(body, mode="splice")
