@@ -41,13 +41,15 @@ class TapOverflow(ConnectionError):
     was reset before the end)."""
 
 
-def _stream_tap(reader: asyncio.StreamReader, limit: int) -> Tap:
-    """A Tap that feeds ``reader``; bounded by ``limit`` bytes not yet read."""
+def _stream_tap(reader: asyncio.StreamReader, limit: int, total: int | None) -> Tap:
+    """A Tap that feeds ``reader``; bounded by ``limit`` bytes not yet read and, when
+    ``total`` is given, by that many bytes in all (a cache wants at most one object)."""
     tap = Tap(0, limit=limit)
 
     def on_data(data: bytes) -> None:
-        if len(reader._buffer) + len(data) > limit:  # the reader is not keeping up
-            tap._give_up()
+        if len(reader._buffer) + len(data) > limit or (
+                total is not None and tap.delivered > total):
+            tap._give_up()  # the reader is not keeping up, or has had all it wants
             return
         reader.feed_data(data)
 
@@ -103,13 +105,14 @@ class SpliceApi:
     async def splice(self, client_writer: asyncio.StreamWriter,
                      server_writer: asyncio.StreamWriter, *,
                      reply_to_client: bytes = b"", tap: str | None = None,
-                     tap_limit: int = 4 << 20) -> SplicePair:
+                     tap_limit: int = 4 << 20, tap_total: int | None = None) -> SplicePair:
         """Splice the two connections; ``reply_to_client`` is written to the client
         first (it is the write allowance n of SPLICE.md §1.3). With ``tap`` ("s2c" or
         "c2s") ``pair.tap_reader`` is an asyncio.StreamReader with a copy of that
         direction (TCP Tap, SPLICE.md §6): it ends at the direction's FIN, or with an
-        error if the tap fell behind by more than ``tap_limit`` bytes or the splice was
-        reset — the relay itself never waits for it."""
+        error if the tap fell behind by more than ``tap_limit`` bytes, passed
+        ``tap_total`` bytes in all, or the splice was reset — the relay itself never
+        waits for it."""
         client, server = _tcb(client_writer), _tcb(server_writer)
         now = self.driver.now()
         # Bytes the application's stream took from the client but did not consume
@@ -128,7 +131,7 @@ class SpliceApi:
         tap_reader = None
         if tap is not None:
             tap_reader = asyncio.StreamReader(limit=tap_limit)
-            tap_obj = _stream_tap(tap_reader, tap_limit)
+            tap_obj = _stream_tap(tap_reader, tap_limit, tap_total)
         pair = self.splicer.splice(client, server, len(reply_to_client), now, unread=unread,
                                    tap=tap_obj, tap_direction=tap or "s2c")
         pair.tap_reader = tap_reader

@@ -61,7 +61,8 @@ async def forward_spliced(proxy: HttpProxy, client: BufferedStream, req: Request
             not rules.request_no_store(req.method, req.headers):
         tap = "s2c"
     limit = (proxy.cache.max_object if proxy.cache is not None else 0) + HEAD_ROOM
-    pair = await proxy.splice.splice(client.writer, origin.writer, tap=tap, tap_limit=limit)
+    pair = await proxy.splice.splice(client.writer, origin.writer, tap=tap, tap_limit=limit,
+                                     tap_total=limit)
     proxy.counters["spliced"] += 1
     entry.code, entry.note = "TCP_MISS", "spliced"
     copy = None

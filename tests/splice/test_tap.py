@@ -82,3 +82,37 @@ def test_tap_through_a_splice_copies_the_server_direction():
         assert w.splicer.counters["copied_payload_bytes"] == 0  # the relay copied nothing
 
     simulate(test, origin_handler=origin)
+
+
+def test_a_tap_with_a_total_limit_gives_up_and_the_relay_goes_on():
+    body = bytes(range(256)) * 4000   # ~1 MB, the tap wants at most 100 KB
+
+    async def origin(reader, writer):
+        await reader.read(-1)
+        writer.write(body)
+        await writer.drain()
+        writer.write_eof()
+
+    async def test(w: World):
+        results = []
+
+        async def proxy(reader, writer) -> None:
+            host, port = (await reader.readline()).split()
+            _sr, sw = await w.splice.open_connection(writer, host.decode(), int(port))
+            pair = await w.splice.splice(writer, sw, reply_to_client=b"OK\n", tap="s2c",
+                                         tap_total=100_000)
+            try:
+                await pair.tap_reader.read(-1)
+                results.append("complete")
+            except ConnectionError:
+                results.append("gave up")
+
+        server = await w.driver.tcp(w.p).start_server(proxy, "198.18.0.2", 1082)
+        w.splice.init_splice(server)
+        reader, writer = await w.driver.tcp(w.c).open_connection("198.18.0.2", 1082)
+        writer.write(f"{ORIGIN} 80\n".encode())
+        assert await reader.readexactly(3) == b"OK\n"
+        assert await exchange(reader, writer, b"go") == body   # the relay is unaffected
+        assert results == ["gave up"]
+
+    simulate(test, origin_handler=origin)
