@@ -14,6 +14,7 @@ added, hop-by-hop fields are not removed), as in the thesis's proxy.
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 from apps.httpproxy import cache as rules
@@ -65,31 +66,40 @@ async def forward_spliced(proxy: HttpProxy, client: BufferedStream, req: Request
                                      tap_total=limit)
     proxy.counters["spliced"] += 1
     entry.code, entry.note = "TCP_MISS", "spliced"
-    copy = None
-    if pair.tap_reader is not None:
-        try:
-            copy = await pair.tap_reader.read(-1)
-        except ConnectionError:
-            copy = None  # the tap fell behind or the splice was reset: nothing stored
+    head, rest = await _read_tap(pair.tap_reader)
     await proxy.splice.wait_finished(pair)
     entry.bytes = pair.counters["s2c_bytes"]
-    if copy:
-        _learn(proxy, req, copy, entry, (request_time, proxy.clock()))
+    if head:
+        _learn(proxy, req, head, rest, entry, (request_time, proxy.clock()))
     return False
 
 
-def _learn(proxy: HttpProxy, req: Request, data: bytes, entry: Entry,
+async def _read_tap(reader) -> tuple[bytes, bytes | None]:
+    """(response head, the rest or None when the copy is incomplete) from the tap."""
+    if reader is None:
+        return b"", None
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+        return b"", None
+    try:
+        return head, await reader.read(-1)
+    except ConnectionError:
+        return head, None  # larger than the cache takes, or reset: nothing stored
+
+
+def _learn(proxy: HttpProxy, req: Request, head: bytes, rest: bytes | None, entry: Entry,
            times: tuple[float, float]) -> None:
     """Fill the access-log status and the cache from the tapped response."""
     try:
-        got = parse_response_head(data)
+        got = parse_response_head(head)
         if got is None:
             return
-        resp, n = got
+        resp, _n = got
         entry.status = resp.status
         entry.type = resp.headers.get("content-type") or "-"
         framing, length = response_framing(req.method, resp)
-        payload = _payload(data[n:], framing, length)
+        payload = None if rest is None else _payload(rest, framing, length)
     except HttpError:
         return
     if payload is None or proxy.cache is None:

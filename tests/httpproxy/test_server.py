@@ -522,3 +522,21 @@ def test_kept_alive_requests_are_not_spliced():
         conn.writer.close()
 
     simulate(body, mode="splice")
+
+
+def test_spliced_response_larger_than_the_cache_takes_is_logged_not_stored():
+    from apps.httpproxy.store import CacheStore
+
+    async def body(w: World):
+        conn = await w.connect()
+        r1, b1 = await fetch(conn, origin_url("/big"), fields=[("Connection", "close")])
+        assert r1.status == 200 and b1 == _big()
+        conn.writer.close()
+        assert await w.until(lambda: len(w.log.entries) == 1)
+        assert codes(w) == ["TCP_MISS/200"]          # status from the tapped head
+        conn2 = await w.connect()
+        r2, b2 = await fetch(conn2, origin_url("/big"))
+        assert b2 == b1 and w.origin.hits["/big"] == 2   # nothing was stored
+        conn2.writer.close()
+
+    simulate(body, mode="splice", cache=CacheStore(16 << 20, 100_000))
