@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    from apps import connect, demo, stackcmd
+    from apps import connect, demo, replay, stackcmd
     from apps import stat as stat_cmd
     from apps.socks import cli as socks
     from tools import lab
@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     __import__("apps.httpproxy.cli", fromlist=["add_parser"]).add_parser(sub)  # http-proxy
     bench.add_parser(sub)
     stat_cmd.add_parser(sub)
+    replay.add_parser(sub)
     return parser
 
 
