@@ -7,8 +7,10 @@ Brings the lab up (or reuses it), then:
    is checked, and the stack's splice counters are shown (splices, bytes relayed,
    payload bytes copied = 0); the same download through the proxy in copy mode gives
    the spliced-versus-copy speed;
-2. the stack as a router (`tapsplice router --lab`): ping from both sides, and the same
-   download routed through it.
+2. the HTTP proxy with its cache (`tapsplice http-proxy --lab`): a miss then a hit, two
+   requests on one kept-alive connection, and a large response spliced (Connection: close);
+3. the stack as a router (`tapsplice router --lab`): ping from both sides, and a download
+   routed through it.
 
 Everything it started is stopped at the end; the lab is removed again unless it was
 there before (or --keep-lab is given).
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -122,6 +125,50 @@ def _socks_part(cfg: LabConfig, origin: Origin, f, tmp: Path, extra: list[str]) 
     return ok
 
 
+def _curl(cfg: LabConfig, *args: str) -> subprocess.CompletedProcess:
+    argv = ns_cmd(cfg.client_ns, "env", "-u", "http_proxy", "-u", "HTTP_PROXY", "curl", "-sS",
+                  "--fail", "--max-time", "120", "-x", "http://198.18.0.2:3128", *args)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=130)
+
+
+def _http_part(cfg: LabConfig, tmp: Path, extra: list[str]) -> bool:
+    _say("HTTP proxy on the stack with its cache (tapsplice http-proxy --lab)")
+    log = tmp / "http.log"
+    proc = _start_stack(cfg, "http-proxy", ["--log-level", "info", *extra], log)
+    ok = True
+    try:
+        with Origin(cfg.server_ns) as origin:
+            small = origin.make_file("page.bin", 1 << 20, random=True)
+            big = origin.make_file("big.bin", 256 << 20, random=False)
+            day_ago = time.time() - 86400   # Last-Modified a day ago: heuristically fresh
+            os.utime(small.path, (day_ago, day_ago))
+            url, big_url = origin.url(small, "198.19.0.1"), origin.url(big, "198.19.0.1")
+            for what in ("miss", "hit"):
+                r = _curl(cfg, "-o", str(tmp / "page"), url)
+                intact = r.returncode == 0 and hashlib.sha256(
+                    (tmp / "page").read_bytes()).hexdigest() == small.sha256
+                ok &= intact
+                print(f"   GET {url} ({what} expected): {'intact' if intact else r.stderr}")
+            r = _curl(cfg, "-o", "/dev/null", "-o", "/dev/null", "-w", "%{num_connects} ",
+                      url, url)
+            ok &= r.returncode == 0 and r.stdout.split() == ["1", "0"]
+            print(f"   two GETs on one curl command line: new connections per request "
+                  f"{r.stdout.split()} (the second rides the kept-alive connection)")
+            r = _curl(cfg, "-H", "Connection: close", "-o", "/dev/null", "-w",
+                      "%{size_download} %{time_total}", big_url)
+            ok &= r.returncode == 0
+            if r.returncode == 0:
+                size, secs = r.stdout.split()
+                print(f"   GET {big_url} with Connection: close (the response is spliced): "
+                      f"{int(size)} bytes, {int(size) * 8 / float(secs) / 1e9:.2f} Gbit/s")
+    finally:
+        _stop_stack(proc, log)
+    for line in log.read_text().splitlines():
+        if "tapsplice.httpproxy.access" in line:
+            print("   access:", line.split("access: ", 1)[-1])
+    return ok
+
+
 def _router_part(cfg: LabConfig, size: int, tmp: Path, extra: list[str]) -> bool:
     _say("the stack as a router between tsc and tss (tapsplice router --lab)")
     log = tmp / "router.log"
@@ -168,6 +215,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             with Origin(cfg.server_ns) as origin:
                 f = origin.make_file("demo-socks.bin", args.socks_size, random=True)
                 ok = _socks_part(cfg, origin, f, Path(tmp), extra)
+            ok &= _http_part(cfg, Path(tmp), extra)
             ok &= _router_part(cfg, args.size, Path(tmp), extra)
         finally:
             if not existed and not args.keep_lab:
