@@ -136,3 +136,30 @@ def test_run_writes_a_pcap(tmp_path: Path):
     frames = read_pcap(path)
     # SYN, SYN-ACK, ACK, data, ACK at least, all on the virtual clock from t=1000.
     assert len(frames) >= 5 and frames[0][0] == pytest.approx(1000.0)
+
+
+def test_config_option_changes_the_stack():
+    # MSL of 1 s: TIME-WAIT lasts 2 s, so a late ACK at +2.1 meets no connection.
+    text = "--config=msl=1.0\n" + HANDSHAKE + """\
++0    close(4) = 0
++0    > FP. 1:1(0) ack 1 <nop,nop,TS val 200 ecr 200>
++.1   < F. 1:1(0) ack 2 win 512 <nop,nop,TS val 300 ecr 200>
++0    > . 2:2(0) ack 2 <nop,nop,TS val 300 ecr 300>
++2.1  < . 2:2(0) ack 2 win 512 <nop,nop,TS val 400 ecr 300>
++0    > R 2:2(0) win 0
+"""
+    run_text(text)
+    with pytest.raises(ScriptFailure, match="nothing was sent"):
+        run_text(text.replace("--config=msl=1.0", "--config=msl=30"))
+
+
+def test_so_error_value_is_checked():
+    with pytest.raises(ScriptFailure, match="SO_ERROR is 0, the script expects 111"):
+        run_text(HANDSHAKE + "+0 getsockopt(4, SOL_SOCKET, SO_ERROR, [111], [4]) = 0\n")
+
+
+def test_server_side_and_splice_calls_need_the_splice_option():
+    with pytest.raises(ScriptFailure, match="no server side"):
+        run_text(HANDSHAKE + "+0 server < . 1:1(0) ack 1 win 1\n")
+    with pytest.raises(ScriptFailure, match="need the --splice option"):
+        run_text(HANDSHAKE + "+0 init_splice(3) = 0\n")
