@@ -55,6 +55,7 @@ by the last event's time plus the tolerance.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections import deque
 from dataclasses import dataclass, field
@@ -70,12 +71,21 @@ from stack.tcp.layer import TcpLayer
 from stack.tcp.tcb import Tcb
 from stack.testing import pd_wire
 from stack.testing.pd_calls import Calls, UnsupportedCall
-from stack.testing.pd_parse import Call, Event, Packet, Script, TsOpt, parse_script
+from stack.testing.pd_parse import (
+    Call,
+    Event,
+    Packet,
+    Script,
+    ScriptSyntaxError,
+    TsOpt,
+    parse_script,
+)
 from stack.wire.arp import ARP_REPLY, ARP_REQUEST, ArpPacket
 from stack.wire.errors import WireError
 from stack.wire.ipv4 import IPPROTO_TCP, ip_bytes
 
-__all__ = ["ScriptFailure", "ScriptResult", "Runner", "run_script", "parse_script"]
+__all__ = ["ScriptFailure", "ScriptResult", "ScriptSyntaxError", "Runner", "run_script",
+           "parse_script"]
 
 ANY_WAIT = 3600.0
 MAX_EVENTS = 200_000
@@ -125,12 +135,16 @@ class Runner:
     def __init__(self, script: Script, *, config: TcpConfig | None = None,
                  pcap: str | os.PathLike[str] | None = None) -> None:
         self.script = script
-        self.tolerance = int(script.options.get("tolerance_usecs", "4000")) / 1e6
+        try:
+            self.tolerance = int(script.options.get("tolerance_usecs", "4000")) / 1e6
+            tcp_config = _config(config, script)
+        except ValueError as e:
+            raise ScriptSyntaxError(script.name, 0, f"bad option: {e}") from None
         self.tee = PcapTee(PcapWriter(pcap)) if pcap is not None else None
         self.net = SimNetwork(0, pcap=self.tee, start_time=1000.0)
         self.t0 = self.net.now
         self.stack = self.net.add_host("dut")
-        self.layer = TcpLayer(self.stack, config=_config(config, script), rng=self.stack.rng)
+        self.layer = TcpLayer(self.stack, config=tcp_config, rng=self.stack.rng)
         self.stack.register_protocol(IPPROTO_TCP, self.layer)
         self.sides: dict[str, Side] = {}
         for name in ("client", "server") if "splice" in script.options else ("client",):
@@ -394,16 +408,19 @@ def _config(config: TcpConfig | None, script: Script) -> TcpConfig:
     for item in filter(None, (p.strip() for p in text.split(","))):
         key, _, value = item.partition("=")
         if key not in types:
-            raise UnsupportedCall(f"--config: no TcpConfig field {key!r}")
+            raise ValueError(f"--config: no TcpConfig field {key!r}")
         kind = types[key]
         if kind in ("bool", bool):
             changes[key] = value.lower() in ("1", "true", "yes")
-        elif kind in ("int", int):
-            changes[key] = int(value)
-        elif kind in ("float", float):
-            changes[key] = float(value)
-        else:
+        elif kind in ("int", int, "float", float):
+            number = (int if kind in ("int", int) else float)(value)
+            if not math.isfinite(number) or number < 0:
+                raise ValueError(f"--config: {key}={value} must be a finite number >= 0")
+            changes[key] = number
+        elif kind in ("str", str):
             changes[key] = value
+        else:
+            raise ValueError(f"--config: {key} cannot be set from a script")
     return dataclasses.replace(cfg, **changes)
 
 

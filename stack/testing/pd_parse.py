@@ -98,6 +98,8 @@ _CALL = re.compile(r"^([a-z_]+)\((.*)\)\s*=\s*(-?\d+)\s*([A-Z][A-Z0-9_]*)?\s*(\(
 _SEQ = re.compile(r"^(\d+):(\d+)\((\d+)\)$")
 _OPTION_LINE = re.compile(r"^--([a-z_]+)(?:=(.*))?$")
 KNOWN_OPTIONS = ("tolerance_usecs", "config", "splice")
+#: Largest payload of one packet line (an IPv4 datagram of 64 KB, minimal headers).
+MAX_PAYLOAD = 65535 - 40
 
 
 def _strip_comments(text: str) -> list[str]:
@@ -163,7 +165,10 @@ def _option(item: str) -> OptItem:
     if kind in ("nop", "eol", "sackOK") and not rest:
         return (kind,)
     if kind in ("mss", "wscale") and len(rest) == 1:
-        return (kind, _int(rest[0], kind))
+        value = _int(rest[0], kind)
+        if value > (0xFFFF if kind == "mss" else 0xFF):
+            raise ValueError(f"{kind} {value} does not fit in its field")
+        return (kind, value)
     if kind == "TS" and len(rest) == 4 and rest[0] == "val" and rest[2] == "ecr":
         return ("TS", TsOpt(_ts_value(rest[1]), _ts_value(rest[3])))
     if kind == "sack" and 1 <= len(rest) <= 4:
@@ -209,6 +214,8 @@ def parse_packet(side: str, direction: str, text: str) -> Packet:
     start, end, length = (int(g) for g in m.groups())
     if (end - start) % (1 << 32) != length:
         raise ValueError(f"sequence {words[1]!r}: end - start is not {length}")
+    if length > MAX_PAYLOAD:
+        raise ValueError(f"payload of {length} bytes: at most {MAX_PAYLOAD} fit in a packet")
     pkt = Packet(side, direction, flags, start % (1 << 32), end % (1 << 32))
     rest = words[2:]
     while rest:
@@ -238,15 +245,17 @@ def _call(rest: str) -> Call:
 
 
 def _event(rest: str) -> Packet | Call:
+    if not rest:
+        raise ValueError("nothing follows the time")
     if rest.startswith("`") or rest.startswith("%{"):
         raise ValueError("unsupported in this runner: shell commands and Python blocks")
     words = rest.split(None, 1)
     side = "client"
     if words and words[0] in SIDES and len(words) > 1:
         side, rest = words[0], words[1]
-    if rest[:1] in "<>" and rest[:1]:
+    if rest[:1] in ("<", ">"):
         return parse_packet(side, rest[0], rest[1:])
-    if side != "client" or rest.split(None, 1)[0] in SIDES:
+    if side != "client" or rest.split()[0] in SIDES:
         raise ValueError("a side name must be followed by < or >")
     return _call(rest)
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stack.netdev.pcap import read_pcap
 from stack.testing.packetdrill import ScriptFailure, run_script
@@ -163,3 +165,34 @@ def test_server_side_and_splice_calls_need_the_splice_option():
         run_text(HANDSHAKE + "+0 server < . 1:1(0) ack 1 win 1\n")
     with pytest.raises(ScriptFailure, match="need the --splice option"):
         run_text(HANDSHAKE + "+0 init_splice(3) = 0\n")
+
+
+@pytest.mark.parametrize("option", [
+    "--config=nonsense=1", "--config=msl=-1", "--config=msl=nan",
+    "--config=ephemeral_ports=1", "--tolerance_usecs=abc",
+])
+def test_bad_options_are_syntax_errors(option: str):
+    with pytest.raises(ScriptSyntaxError, match="bad option"):
+        run_text(option + "\n" + HANDSHAKE)
+
+
+MUTATIONS = st.sampled_from([
+    "+0", "+.1", "*", "~+1", "< . 1:1(0) ack 1 win 1", "> R 0:0(0)", "S.", "ack 99999",
+    "<nop,nop,TS val 1 ecr 2>", "<sack 1:2>", "read(4, ..., 5) = 5", "close(3) = 0",
+    "write(4, ..., 70000) = 70000", "accept(3, ..., ...) = 9", "win 70000", "mss 99999",
+    "1:70000(69999)", "(", ")", "=", "-1", "EAGAIN", "server", "<...>", "..."])
+
+
+@settings(max_examples=150, deadline=None, database=None)
+@given(base=st.sampled_from(SCRIPTS), line=st.integers(0, 60), cut=st.integers(0, 80),
+       insert=MUTATIONS, extra=st.lists(MUTATIONS, max_size=3))
+def test_mutated_scripts_fail_cleanly(base: Path, line: int, cut: int, insert: str,
+                                      extra: list[str]):
+    """Whatever a script says, the runner passes it or raises one of its two errors."""
+    lines = base.read_text().splitlines()
+    i = min(line, len(lines) - 1)
+    lines[i] = lines[i][:cut] + " " + insert + " " + " ".join(extra)
+    try:
+        run_text("\n".join(lines) + "\n")
+    except (ScriptFailure, ScriptSyntaxError):
+        pass
