@@ -184,7 +184,7 @@ class StackDriver:
             # A delayed or corrupted frame outlives the read buffer: copy it.
             copy = SkBuff.from_bytes(skb.view(), headroom=128)
             copy.copy_vnet_from(skb)
-            if d.corrupt:
+            if d.corrupt and copy.buf[copy.data + 12:copy.data + 14] == b"\x08\x00":
                 complete_checksum(copy)
                 copy.clear_vnet()
                 fault.flip_bit(copy.buf, copy.data + ETH_HLEN, copy.tail)

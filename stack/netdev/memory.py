@@ -141,7 +141,10 @@ class MemoryLink:
         if lost:
             c["lost"] += 1
             return
-        if corrupt:
+        if corrupt and data[12:14] == b"\x08\x00":
+            # Only IPv4 frames are damaged: the IP, TCP, UDP and ICMP checksums are
+            # what such noise tests. An ARP frame has no checksum of its own (a real
+            # wire's FCS drops it), and a damaged one would poison a neighbour cache.
             vnet = _corrupt(data, vnet, bitpos)
             c["corrupted"] += 1
         arrival = depart + max(0.0, f.delay + jitter)
