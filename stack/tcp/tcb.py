@@ -280,7 +280,11 @@ class Tcb:
         if n <= 0:
             return 0
         output.queue_data(self, memoryview(data)[:n])
-        if self.state not in (TcpState.SYN_SENT, TcpState.SYN_RECEIVED):
+        if self.layer.batching:
+            # Called back from an event inside an input batch: the batch's output
+            # pass sends it, together with what the batch's ACKs allow.
+            self.layer.defer_output(self)
+        elif self.state not in (TcpState.SYN_SENT, TcpState.SYN_RECEIVED):
             output.push(self, now)
         self.layer.after_call(self)
         return n

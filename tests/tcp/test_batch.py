@@ -95,3 +95,19 @@ def test_a_connection_closed_inside_the_batch_is_skipped():
     sent, n = _deliver_batch(net, B)
     assert n == 2 and s.state is TcpState.CLOSED and sent == []
     assert not net.b.batching and net.b._deferred == {}
+
+
+def test_data_written_during_a_batch_leaves_with_the_batch_output():
+    net, c = _acks_in_flight()
+    frames = [f for f in net.frames if f.dst == A]
+    start = len(net.log)
+    net.a.begin_batch()
+    c.send(bytes(10 * c.mss), net.now)  # as a "writable" callback would
+    assert [e for e in net.log[start:] if e[1] == A] == []
+    for f in frames:
+        skb = SkBuff.from_bytes(f.data, headroom=64)
+        skb.vnet_flags = f.vnet_flags
+        net.a.input(skb, f.src, f.dst, f.when)
+    assert [e for e in net.log[start:] if e[1] == A] == []
+    net.a.end_batch(max(f.when for f in frames))
+    assert len([e for e in net.log[start:] if e[1] == A and e[3]]) == 1
