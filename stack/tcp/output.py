@@ -549,6 +549,9 @@ def schedule_ack(tcb: Tcb, now: float) -> None:
         send_ack(tcb, now)
         return
     if tcb.timer_delack is None:
-        ato = tcb.rtt.srtt / 2 if tcb.rtt.srtt else tcb.config.delack_max
+        # An SRTT of 0.0 after a sample is a round trip below the 1 ms timestamp
+        # granularity: the shortest delay, not the longest (which would match a
+        # 200 ms minimum RTO and let the sender time out before our ACK leaves).
+        ato = tcb.rtt.srtt / 2 if tcb.rtt.has_sample else tcb.config.delack_max
         ato = min(max(ato, tcb.config.delack_min), tcb.config.delack_max)
         tcb.timer_delack = now + ato

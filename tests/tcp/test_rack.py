@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from harness import B, Net
+from harness import A, B, Net
 from peer import Peer
 
 from stack import seq as sq
@@ -171,3 +171,18 @@ def test_lost_tail_is_repaired_by_a_probe():
     assert _transfer(net, size, until=30.0, on_connect=conn.append)
     assert dropped and net.a.counters["tlp_probes"] >= 1
     assert net.a.counters["rto_expired"] == 0
+
+
+def test_delayed_ack_after_a_sub_millisecond_handshake_is_the_shortest():
+    from stack.wire.tcp import SYN
+    p = Peer()
+    lst = p.layer.listen(A, 80)
+    (synack,) = p.send(SYN, now=0.0, **p.syn_options())
+    p.ack = sq.add(synack.hdr.seq, 1)
+    p.send(ACK, now=0.0002)  # RTT below the 1 ms timestamp clock: SRTT 0.0
+    tcb = lst.accept()
+    assert tcb.rtt.has_sample and tcb.rtt.srtt == 0.0
+    assert p.send(ACK, b"x" * 100, now=1.0) == []
+    # delayed, but by delack_min: a 200 ms delay would equal the peer's minimum RTO,
+    # and a loss probe answered that late would not save it from timing out
+    assert p.layer.next_deadline() == pytest.approx(1.0 + TcpConfig().delack_min)
