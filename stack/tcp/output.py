@@ -468,7 +468,7 @@ def mark_sent(tcb: Tcb, first: SkBuff, last: SkBuff, now: float) -> None:
 def arm_rtx(tcb: Tcb, now: float) -> None:
     """(Re)start the retransmission timer (RFC 6298 §5.1, §5.3), or the loss probe
     timer in its place where RFC 8985 §7.2 schedules one (it fires first)."""
-    pto = rack.probe_timeout(tcb)
+    pto = rack.pto_delay(tcb)
     if pto is not None:
         tcb.timer_rtx = now + pto
         tcb.rtx_kind = "tlp"

@@ -91,7 +91,7 @@ def detect_loss(tcb: Tcb, now: float) -> int:
     return newly
 
 
-def probe_timeout(tcb: Tcb) -> float | None:
+def pto_delay(tcb: Tcb) -> float | None:
     """RFC 8985 §7.2: the PTO to arm now, or None when no probe may be scheduled.
 
     A probe needs SACK (its ACK must be able to tell what arrived), an RTT sample,
