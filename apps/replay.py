@@ -35,8 +35,9 @@ def _port(text: str) -> int:
     return int(text)
 
 
-def print_result(result: ReplayResult, start: float, out=sys.stdout) -> None:
+def print_result(result: ReplayResult, start: float, out=None) -> None:
     """The frames sent (time relative to the first captured frame) and the counters."""
+    out = out if out is not None else sys.stdout  # looked up now: tests swap it
     for i, (t, dev, frame) in enumerate(result.sent):
         if i == MAX_PRINTED:
             print(f"... {len(result.sent) - MAX_PRINTED} more frames", file=out)
