@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -9,9 +10,13 @@ from typing import TYPE_CHECKING
 from splice.mapping import DirectionMap
 from splice.state import SpliceEvent, SpliceState, next_state
 from splice.tap import Tap
+from stack.wire.ipv4 import ip_str
 
 if TYPE_CHECKING:
     from stack.tcp.tcb import Tcb
+
+
+log = logging.getLogger("tapsplice.splice")
 
 
 class SpliceError(RuntimeError):
@@ -52,8 +57,14 @@ class Side:
     tap: Tap | None = None
 
     def apply(self, event: SpliceEvent) -> SpliceState:
-        """Move along the splice state table."""
-        self.state = next_state(self.state, event)
+        """Move along the splice state table (logged at debug level: --log-level debug)."""
+        old = self.state
+        self.state = next_state(old, event)
+        if log.isEnabledFor(logging.DEBUG):
+            t = self.tcb
+            log.debug("splice %s %s:%d<->%s:%d %s -%s-> %s", self.role,
+                      ip_str(t.local), t.local_port, ip_str(t.remote), t.remote_port,
+                      old.value, event.value, self.state.value)
         return self.state
 
 

@@ -389,3 +389,18 @@ def test_mutated_frames_on_a_spliced_flow_never_break_the_relay():
         assert await exchange(reader, writer, data) == data  # the pair still relays
 
     simulate(body)
+
+
+def test_state_transitions_are_traced_at_debug_level(caplog):
+    import logging
+
+    async def body(w: World):
+        reader, writer = await connect(w)
+        assert await exchange(reader, writer, b"x") == b"x"
+
+    with caplog.at_level(logging.DEBUG, logger="tapsplice.splice"):
+        simulate(body)
+    lines = [r.getMessage() for r in caplog.records if r.name == "tapsplice.splice"]
+    assert any("server" in m and "close -connected-> established" in m for m in lines)
+    assert any("client" in m and "-fin_acked-> shutdown" in m for m in lines)
+    assert any("-both_shutdown-> timewait" in m for m in lines)
