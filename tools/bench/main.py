@@ -42,6 +42,7 @@ from tools.bench.proc import CommandError, TransferError
 from tools.bench.router import KernelRouterPath, StackRouterPath, stack_lab_config
 from tools.bench.splice import add_splice_parser
 from tools.bench.tcp import add_tcp_parser
+from tools.bench.thesis import add_thesis_parser
 from tools.lab import LabError
 from tools.lab import cleanup_stale as lab_cleanup_stale
 from tools.origin import OriginError
@@ -131,6 +132,7 @@ def add_parser(subparsers: Any) -> None:
     router.set_defaults(func=cmd_router)
     add_tcp_parser(sub)
     add_splice_parser(sub)
+    add_thesis_parser(sub)
 
 
 def router_paths(args: argparse.Namespace) -> list[BenchPath]:
