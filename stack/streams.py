@@ -122,7 +122,18 @@ class TcpTransport(asyncio.Transport):
             return
         if not data:
             return
-        self._buffer += data
+        if not self._buffer and isinstance(data, bytes) and \
+                self._tcb.state is not TcpState.CLOSED:
+            # TCP keeps a reference to immutable bytes instead of copying them: hand
+            # them over directly and keep only what did not fit.
+            try:
+                n = self._tcb.send(data, self._driver.now())
+            except OSError:
+                n = 0  # the error event reports it
+            if n < len(data):
+                self._buffer += memoryview(data)[n:]
+        else:
+            self._buffer += data
         self._flush()
 
     def write_eof(self) -> None:
@@ -190,7 +201,8 @@ class TcpTransport(asyncio.Transport):
             else:
                 tcb.shutdown_write(now)
         self._check_pause()
-        self._driver.poke()
+        if not tcb.layer.batching:  # inside a read batch the driver sends at its end
+            self._driver.poke()
 
     def _check_pause(self) -> None:
         size = len(self._buffer)
