@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -59,6 +60,7 @@ from tools.bench.thesis_run import (
     planned_steps,
     read_json_lines,
     repeats_for,
+    signals_deferred,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -398,6 +400,22 @@ def test_read_json_lines_stops_at_the_deadline() -> None:
     finally:
         proc.kill()
         proc.wait(timeout=STEP)
+
+
+def test_signals_are_deferred_to_the_end_of_the_block() -> None:
+    from tools.bench.splice import _sigterm_as_interrupt
+
+    steps = []
+    with _sigterm_as_interrupt():
+        with pytest.raises(KeyboardInterrupt):
+            with signals_deferred():
+                signal.raise_signal(signal.SIGTERM)
+                steps.append("teardown finished")
+        steps.append("interrupted after")
+    assert steps == ["teardown finished", "interrupted after"]
+    with _sigterm_as_interrupt():
+        with signals_deferred():
+            steps.append("no signal")  # nothing pending: nothing raised
 
 
 # -- end to end ------------------------------------------------------------------------------

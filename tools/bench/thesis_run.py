@@ -9,11 +9,14 @@ import json
 import os
 import select
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from tools.bench.harness import BenchTimeout
@@ -131,6 +134,34 @@ def object_name(size: int) -> str:
 
 
 Progress = Callable[[str, bool], None]
+DEFERRED_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM back while a lab, a route or the client starts or stops.
+
+    An interruption in the middle of a teardown would skip the steps after it
+    (an nginx left running in a removed namespace was seen that way), and one
+    inside a spawn would lose the pid of the child. The Python handlers are
+    swapped for one that only notes the signal (a signal mask would not do:
+    rich's refresh thread would take the signal instead); once the block ends
+    the signal is raised again. Starting and stopping are bounded by their own
+    timeouts. Call from the main thread only.
+    """
+    caught: list[int] = []
+
+    def note(signum: int, frame: FrameType | None) -> None:
+        caught.append(signum)
+
+    old = {sig: signal.signal(sig, note) for sig in DEFERRED_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        if caught:
+            signal.raise_signal(caught[0])
 
 
 def _nothing(text: str, advance: bool) -> None:
@@ -168,12 +199,14 @@ class ThesisRunner:
             lab = lab_cls()
             self.progress(f"{lab.kind} lab: setting up", False)
             try:
-                lab.start(SMALL_SIZE)
-                self._make_objects(lab)
+                with signals_deferred():
+                    lab.start(SMALL_SIZE)
+                    self._make_objects(lab)
                 for route in mine:
                     self._route(lab, route)
             finally:
-                lab.stop()
+                with signals_deferred():
+                    lab.stop()
         order = {name: i for i, name in enumerate(THESIS_PATHS)}
         self.outcomes.sort(key=lambda o: order.get(o.name, len(order)))
         return self.outcomes
@@ -187,14 +220,16 @@ class ThesisRunner:
         outcome = PathOutcome(route.name, route.label)
         self.outcomes.append(outcome)
         self.progress(f"{route.label}: starting", False)
-        route.start(lab)
+        with signals_deferred():
+            route.start(lab)
         try:
             if self.plan.sizes:
                 self._sizes(lab, route, outcome)
             if self.plan.levels:
                 self._load(lab, route, outcome)
         finally:
-            outcome.summary = route.stop()
+            with signals_deferred():
+                outcome.summary = route.stop()
 
     def _base_argv(self, lab: BenchLab, route: Route, mode: str) -> list[str]:
         proxy = route.proxy(lab)
@@ -246,8 +281,9 @@ class ThesisRunner:
         left = self.left(what)
         argv = ns_cmd(lab.client_ns, *python_argv("tools.bench.thesis_client", *args,
                                                   "--deadline", f"{left:.0f}"))
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, start_new_session=True)
+        with signals_deferred():
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, start_new_session=True)
         try:
             for obj in read_json_lines(proc, self.deadline + 60.0, self.clock):
                 if obj.get("kind") == "done":
@@ -256,7 +292,8 @@ class ThesisRunner:
             err = proc.stderr.read(4000).decode(errors="replace") if proc.stderr else ""
             raise CommandError(f"the thesis client stopped early during {what}: {err}")
         finally:
-            stop_process(proc)
+            with signals_deferred():
+                stop_process(proc)
             for pipe in (proc.stdout, proc.stderr):
                 if pipe is not None:
                     pipe.close()
