@@ -59,7 +59,7 @@ def _nginx_conf(tmp: Path, docroot: Path, addr: str, port: int) -> str:
         f"{user}worker_processes 1;\n"
         f"pid {tmp / 'nginx.pid'};\n"
         f"error_log {tmp / 'error.log'} warn;\n"
-        "events { worker_connections 256; }\n"
+        "events { worker_connections 4096; }\n"
         "http {\n"
         "    access_log off;\n"
         "    sendfile on;\n"

@@ -5,7 +5,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
-APT_PACKAGES=(python3 python3-venv python3-dev gcc iproute2 iputils-ping curl nginx-light procps tcpdump tshark nftables microsocks)
+APT_PACKAGES=(python3 python3-venv python3-dev gcc iproute2 iputils-ping curl nginx-light procps tcpdump tshark nftables microsocks dante-server)
 
 if [ "$(id -u)" != 0 ]; then
     echo "tapsplice set-up needs root (network namespaces, TAP devices, apt-get)" >&2
@@ -24,9 +24,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 # nginx-light's package starts a system nginx on port 80 in the root namespace; the
 # project never uses it, so stop it (the lab starts its own origin inside tss).
-if command -v systemctl >/dev/null && systemctl is-active --quiet nginx 2>/dev/null; then
-    systemctl stop nginx || true
-fi
+# The same for dante-server (a benchmark baseline, started by the harness in a namespace).
+for svc in nginx danted; do
+    if command -v systemctl >/dev/null && systemctl is-enabled --quiet "$svc" 2>/dev/null; then
+        systemctl disable --now "$svc" >/dev/null 2>&1 || true
+    fi
+done
 
 PY="${TAPSPLICE_PYTHON:-python3}"
 if ! "$PY" -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null; then

@@ -10,6 +10,7 @@ consistent again, never from the middle of an update.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import itertools
 import random
@@ -101,7 +102,9 @@ class TcpLayer:
         self.counters: Counter[str] = Counter()
         self.isn_gen = IsnGenerator(self.rng.randbytes(32))
         self.cookies = SynCookies(self.rng.randbytes(32))
-        self.cookie_ts_offset = self.rng.getrandbits(32)
+        self._ts_key = self.rng.randbytes(32)
+        self._port_key = self.rng.randbytes(32)
+        self._port_counter = 0
         self._heap: list[tuple[float, int, Tcb]] = []
         self._tie = itertools.count()
         self._pending: list[Tcb | Listener] = []
@@ -305,7 +308,7 @@ class TcpLayer:
             # Window scale and SACK-permitted survive only inside our TSval.
             ws = peer.wscale if self.config.window_scaling else None
             sack = peer.sack_permitted and self.config.sack
-            base = (int(now * 1000) + self.cookie_ts_offset) & seq.MASK
+            base = (int(now * 1000) + self.ts_offset_for(dst, src)) & seq.MASK
             opts.timestamp = (encode_ts_options(base, None if ws is None else min(ws, 14),
                                                 sack), peer.timestamp[0])
             if ws is not None:
@@ -350,7 +353,7 @@ class TcpLayer:
         if ts is not None and decoded is not None and self.config.timestamps:
             peer.timestamp = ts
             peer.wscale, peer.sack_permitted = decoded
-            tcb.ts_offset = self.cookie_ts_offset
+            tcb.ts_offset = self.ts_offset_for(dst, src)
         apply_peer_syn(tcb, peer, now, we_sent_syn=False)
         if tcb.wscale_ok:
             tcb.rcv_wscale = output.wscale_for_buffer(tcb.rcvbuf_limit)
@@ -413,13 +416,28 @@ class TcpLayer:
         self.after_call(tcb)
         return tcb
 
+    def ts_offset_for(self, local: bytes, remote: bytes) -> int:
+        """Our timestamp clock's offset toward ``remote``: keyed per address pair, as
+        RFC 7323 §5.4 suggests, so that every connection to one peer sees one
+        monotonic clock. A new connection reusing a 4-tuple the peer still holds in
+        TIME-WAIT then carries newer timestamps, which the peer accepts (RFC 6191);
+        a random offset per connection made such SYNs look old to its PAWS check."""
+        digest = hashlib.blake2s(local + remote, key=self._ts_key, digest_size=4).digest()
+        return int.from_bytes(digest, "big")
+
     def _ephemeral(self, src: bytes, dst: bytes, dport: int) -> int:
+        """RFC 6056 §3.3.3 (Algorithm 3): a keyed per-destination offset plus a global
+        counter, so that ports toward one destination are used in turn, not reused at
+        random while the peer may still hold them in TIME-WAIT."""
         lo, hi = self.config.ephemeral_ports
         n = hi - lo + 1
-        start = self.rng.randrange(n)
+        digest = hashlib.blake2s(src + dst + dport.to_bytes(2, "big"), key=self._port_key,
+                                 digest_size=4).digest()
+        offset = int.from_bytes(digest, "big")
         for i in range(n):
-            port = lo + (start + i) % n
+            port = lo + (offset + self._port_counter + i) % n
             if (src, port, dst, dport) not in self.connections:
+                self._port_counter += i + 1
                 return port
         raise TcpAddressError("no free ephemeral port")
 

@@ -123,7 +123,7 @@ class Tcb:
         self.ts_ok = False
         self.ts_recent = 0
         self.ts_recent_age = now
-        self.ts_offset = self.layer.rng.getrandbits(32)
+        self.ts_offset = self.layer.ts_offset_for(self.local, self.remote)
         self.rcvbuf = cfg.rcvbuf_initial if cfg.rcvbuf_autotune else cfg.rcvbuf
         self.rcvbuf_limit = cfg.rcvbuf_max if cfg.rcvbuf_autotune else cfg.rcvbuf
         self.rcv_wscale = wscale_for(self.rcvbuf_limit) if cfg.window_scaling else 0
