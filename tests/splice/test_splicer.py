@@ -315,7 +315,8 @@ def test_window_schemes(scheme):
         client_view = [t for t in w.driver.tcp(w.c).tcp.connections.values()]
         peer_wscale = pair.client.tcb.rcv_wscale  # what the client applies to our windows
         if scheme == "thesis":
-            # Windows toward the client are unscaled: at most 64 KB in flight downloads.
+            # Windows toward the client are unscaled: at most 64 KB of the client's
+            # data (uploads) in flight.
             assert peer_wscale == 0
             assert all(t.snd_wnd <= 0xFFFF for t in client_view)
         else:
