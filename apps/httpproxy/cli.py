@@ -6,9 +6,11 @@ import argparse
 import logging
 import sys
 
+from apps import proxycli
 from apps.httpproxy.policy import HttpPolicy, PolicyError
 from apps.httpproxy.server import MODES, HttpProxy
 from apps.httpproxy.store import CacheStore
+from apps.proxycli import listen_parser, policy_type
 from apps.socks.cli import default_destinations
 from apps.socks.policy import (
     load_hosts,
@@ -24,29 +26,8 @@ log = logging.getLogger("tapsplice.httpproxy")
 LAB_LISTEN = ("198.18.0.2", 3128)
 
 
-def _arg(parse):
-    """An argparse type from one of the policy parsers (PolicyError -> usage error)."""
-    def convert(text: str):
-        try:
-            return parse(text)
-        except PolicyError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
-    convert.__name__ = parse.__name__
-    return convert
-
-
-def parse_listen(text: str) -> tuple[str, int]:
-    """``ADDR:PORT`` (or ``ADDR``, port 3128) as (address, port)."""
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        host, port = text, str(LAB_LISTEN[1])
-    try:
-        network = parse_network(host)
-        if network.num_addresses != 1 or network.version != 4:
-            raise PolicyError(f"{host!r} is not one IPv4 address")
-        return str(network.network_address), parse_port(port)
-    except PolicyError as e:
-        raise argparse.ArgumentTypeError(f"--listen {text!r}: {e}") from None
+_arg = policy_type
+parse_listen = listen_parser(LAB_LISTEN[1])
 
 
 def parse_size(text: str) -> int:
@@ -61,11 +42,7 @@ def parse_size(text: str) -> int:
 
 def listen_address(args: argparse.Namespace) -> tuple[str, int]:
     """Where to listen: --listen, else the lab's 198.18.0.2:3128, else the first --addr."""
-    if args.listen is not None:
-        return args.listen
-    if args.lab or not args.addr:
-        return LAB_LISTEN
-    return args.addr[0].partition("/")[0], LAB_LISTEN[1]
+    return proxycli.listen_address(args, LAB_LISTEN)
 
 
 def policy_from_args(args: argparse.Namespace) -> HttpPolicy:

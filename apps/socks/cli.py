@@ -7,6 +7,8 @@ import logging
 import sys
 from dataclasses import replace
 
+from apps import proxycli
+from apps.proxycli import listen_parser, policy_type
 from apps.socks.policy import (
     Policy,
     PolicyError,
@@ -25,38 +27,13 @@ log = logging.getLogger("tapsplice.socks")
 LAB_LISTEN = ("198.18.0.2", 1080)
 
 
-def _arg(parse):
-    """An argparse type from one of the policy parsers (PolicyError -> usage error)."""
-    def convert(text: str):
-        try:
-            return parse(text)
-        except PolicyError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
-    convert.__name__ = parse.__name__
-    return convert
-
-
-def parse_listen(text: str) -> tuple[str, int]:
-    """``ADDR:PORT`` (or ``ADDR``, port 1080) as (address, port)."""
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        host, port = text, "1080"
-    try:
-        network = parse_network(host)
-        if network.num_addresses != 1 or network.version != 4:
-            raise PolicyError(f"{host!r} is not one IPv4 address")
-        return str(network.network_address), parse_port(port)
-    except PolicyError as e:
-        raise argparse.ArgumentTypeError(f"--listen {text!r}: {e}") from None
+_arg = policy_type
+parse_listen = listen_parser(LAB_LISTEN[1])
 
 
 def listen_address(args: argparse.Namespace) -> tuple[str, int]:
     """Where to listen: --listen, else the lab's 198.18.0.2:1080, else the first --addr."""
-    if args.listen is not None:
-        return args.listen
-    if args.lab or not args.addr:
-        return LAB_LISTEN
-    return args.addr[0].partition("/")[0], LAB_LISTEN[1]
+    return proxycli.listen_address(args, LAB_LISTEN)
 
 
 def policy_from_args(args: argparse.Namespace) -> Policy:

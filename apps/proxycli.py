@@ -1,0 +1,46 @@
+"""Command-line pieces shared by the proxies (`tapsplice socks`, `tapsplice http-proxy`)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any
+
+from apps.socks.policy import PolicyError, parse_network, parse_port
+
+
+def policy_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type from one of the policy parsers (PolicyError -> usage error)."""
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except PolicyError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    convert.__name__ = parse.__name__
+    return convert
+
+
+def listen_parser(default_port: int) -> Callable[[str], tuple[str, int]]:
+    """An argparse type for ``ADDR:PORT`` (or ``ADDR`` and ``default_port``)."""
+    def parse_listen(text: str) -> tuple[str, int]:
+        host, sep, port = text.rpartition(":")
+        if not sep:
+            host, port = text, str(default_port)
+        try:
+            network = parse_network(host)
+            if network.num_addresses != 1 or network.version != 4:
+                raise PolicyError(f"{host!r} is not one IPv4 address")
+            return str(network.network_address), parse_port(port)
+        except PolicyError as e:
+            raise argparse.ArgumentTypeError(f"--listen {text!r}: {e}") from None
+    parse_listen.__doc__ = f"``ADDR:PORT`` (or ``ADDR``, port {default_port}) as (address, port)."
+    return parse_listen
+
+
+def listen_address(args: argparse.Namespace, lab: tuple[str, int]) -> tuple[str, int]:
+    """Where to listen: --listen, else ``lab`` with --lab, else the first --addr."""
+    if args.listen is not None:
+        return args.listen
+    if args.lab or not args.addr:
+        return lab
+    return args.addr[0].partition("/")[0], lab[1]
