@@ -403,7 +403,7 @@ def test_read_json_lines_stops_at_the_deadline() -> None:
 
 
 def test_signals_are_deferred_to_the_end_of_the_block() -> None:
-    from tools.bench.splice import _sigterm_as_interrupt
+    from tools.bench.proc import sigterm_as_interrupt as _sigterm_as_interrupt
 
     steps = []
     with _sigterm_as_interrupt():

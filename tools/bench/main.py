@@ -11,12 +11,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import signal
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from rich.console import Console
@@ -38,7 +35,7 @@ from tools.bench.harness import (
     write_json,
 )
 from tools.bench.kernel_lab import KernelLabConfig, cleanup_stale
-from tools.bench.proc import CommandError, TransferError
+from tools.bench.proc import CommandError, TransferError, sigterm_as_interrupt
 from tools.bench.router import KernelRouterPath, StackRouterPath, stack_lab_config
 from tools.bench.splice import add_splice_parser
 from tools.bench.tcp import add_tcp_parser
@@ -171,19 +168,6 @@ def results_table(results: Sequence[PathResult], baseline: str) -> Table:
     return table
 
 
-def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM into KeyboardInterrupt so every finally (cleanup) still runs."""
-    old = signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
 
 def _measure(paths: Sequence[BenchPath], args: argparse.Namespace,
              console: Console) -> list[PathResult]:  # fmt: skip
@@ -214,7 +198,7 @@ def cmd_router(args: argparse.Namespace) -> int:
     for ns in cleanup_stale() + lab_cleanup_stale():
         console.print(f"removed stale namespace {ns}")
     try:
-        with _sigterm_as_interrupt():
+        with sigterm_as_interrupt():
             results = _measure(paths, args, console)
     except (CommandError, TransferError, BenchTimeout, OriginError, LabError) as exc:
         console.print(f"[red]bench router failed:[/red] {exc}")

@@ -10,8 +10,10 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from types import FrameType
 
 # Seconds a plain administrative command (ip, sysctl, ss) may take.
 ADMIN_TIMEOUT = 20.0
@@ -145,3 +147,17 @@ def wait_until(probe: Sequence[str], timeout: float, interval: float = 0.2) -> b
         if deadline - time.monotonic() <= interval:
             return False
         time.sleep(interval)
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM becomes KeyboardInterrupt, so every cleanup in a finally still runs."""
+    old = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)

@@ -20,12 +20,9 @@ import argparse
 import dataclasses
 import os
 import shutil
-import signal
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from rich.console import Console
@@ -42,7 +39,7 @@ from tools.bench.harness import (
     parse_size,
     write_json,
 )
-from tools.bench.proc import CommandError, TransferError
+from tools.bench.proc import CommandError, TransferError, sigterm_as_interrupt
 from tools.bench.splice_paths import ALL_ROUTES, DIRECTIONS
 from tools.bench.splice_run import Outcome, Plan, Runner, planned_steps
 
@@ -252,19 +249,6 @@ def build_splice_report(plan: Plan, out: Outcome, argv: Sequence[str]) -> dict[s
     return report
 
 
-def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM becomes KeyboardInterrupt, so every cleanup in a finally still runs."""
-    old = signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
 
 def measure(plan: Plan, console: Console) -> Outcome:
     """Run the plan under a progress bar."""
@@ -295,7 +279,7 @@ def cmd_splice(args: argparse.Namespace) -> int:
     for ns in cleanup_stale() + lab_cleanup_stale():
         console.print(f"removed stale namespace {ns}")
     try:
-        with _sigterm_as_interrupt():
+        with sigterm_as_interrupt():
             out = measure(plan, console)
     except (CommandError, TransferError, BenchTimeout, OriginError, LabError) as exc:
         console.print(f"[red]bench splice failed:[/red] {exc}")

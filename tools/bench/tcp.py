@@ -25,14 +25,11 @@ import argparse
 import dataclasses
 import datetime as _dt
 import os
-import signal
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any, Protocol
 
 from rich.console import Console
@@ -51,7 +48,7 @@ from tools.bench.harness import (
     versions,
     write_json,
 )
-from tools.bench.proc import CommandError, TransferError
+from tools.bench.proc import CommandError, TransferError, sigterm_as_interrupt
 from tools.bench.router import transfer_timeout
 
 SCHEMA_VERSION = 1
@@ -439,19 +436,6 @@ def add_tcp_parser(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
-def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM becomes KeyboardInterrupt, so every cleanup in a finally still runs."""
-    old = signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
 
 def _run_sides(plan: Plan, console: Console) -> tuple[list[Experiment], dict[str, Any]]:
     """Bring both sides up, run the plan with a progress bar, tear both down."""
@@ -504,7 +488,7 @@ def cmd_tcp(args: argparse.Namespace) -> int:
     for ns in cleanup_stale() + lab_cleanup_stale():
         console.print(f"removed stale namespace {ns}")
     try:
-        with _sigterm_as_interrupt():
+        with sigterm_as_interrupt():
             results, extra = _run_sides(plan, console)
     except (CommandError, TransferError, BenchTimeout, LabError, OSError) as exc:
         console.print(f"[red]bench tcp failed:[/red] {exc}")

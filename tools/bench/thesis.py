@@ -225,7 +225,7 @@ def write_plots(plan: ThesisPlan, outcomes: Sequence[PathOutcome], sizes_png: Pa
 def cmd_thesis(args: argparse.Namespace) -> int:
     """`tapsplice bench thesis`: measure, print the tables, write JSON and PNGs."""
     from tools.bench.kernel_lab import cleanup_stale
-    from tools.bench.splice import _sigterm_as_interrupt
+    from tools.bench.proc import sigterm_as_interrupt as _sigterm_as_interrupt
     from tools.lab import LabError
     from tools.lab import cleanup_stale as lab_cleanup_stale
     from tools.origin import OriginError
