@@ -19,8 +19,7 @@ from dataclasses import dataclass, field
 from stack.core import Stack
 from stack.gso import complete_checksum
 from stack.iface import Interface
-from stack.impair import FaultInjector
-from stack.netdev.faults import FaultModel
+from stack.netdev.faults import FaultDecider, FaultModel, flip_bit
 from stack.netdev.pcap import PcapTee
 from stack.skbuff import SkBuff
 from stack.wire.ethernet import ETH_HLEN
@@ -55,8 +54,8 @@ class StackDriver:
         self._stopped = asyncio.Event()
         self._writers: set[int] = set()
         rng = random.Random(seed)
-        self._rx_fault = FaultInjector(impair, random.Random(rng.random())) if impair else None
-        self._tx_fault = FaultInjector(impair, random.Random(rng.random())) if impair else None
+        self._rx_fault = FaultDecider(impair, random.Random(rng.random())) if impair else None
+        self._tx_fault = FaultDecider(impair, random.Random(rng.random())) if impair else None
         self._delayed: list[_Delayed] = []
         self._delay_order = 0
         self._impair_limit = impair_limit
@@ -171,25 +170,31 @@ class StackDriver:
 
     # -- impairment (--impair) ------------------------------------------------------
     def _impaired(self, rx: bool, iface: Interface, skb: SkBuff, now: float) -> None:
-        fault = self._rx_fault if rx else self._tx_fault
-        plan = fault.plan(now, len(skb))
-        if not plan:
+        fate = (self._rx_fault if rx else self._tx_fault).decide(now, len(skb))
+        c = self.stack.counters
+        if fate.lost:
+            c["impair_lost"] += 1
             return
-        if len(plan) == 1 and plan[0].at <= now and not plan[0].corrupt:
+        damaged = fate.corrupt and skb.buf[skb.data + 12:skb.data + 14] == b"\x08\x00"
+        if fate.copies == 1 and fate.arrival <= now and not damaged:
             return self._deliver(rx, iface, skb, now)
-        for d in plan:
+        c["impair_duplicated"] += fate.copies - 1
+        c["impair_reordered"] += fate.reordered
+        for _ in range(fate.copies):
             if len(self._delayed) >= self._impair_limit:
-                self.stack.counters["impair_queue_full"] += 1
+                c["impair_queue_full"] += 1
                 continue
-            # A delayed or corrupted frame outlives the read buffer: copy it.
+            # A delayed or damaged frame outlives the read buffer: copy it.
             copy = SkBuff.from_bytes(skb.view(), headroom=128)
             copy.copy_vnet_from(skb)
-            if d.corrupt and copy.buf[copy.data + 12:copy.data + 14] == b"\x08\x00":
+            if damaged:  # only IPv4: an ARP has no checksum (a wire's FCS drops it)
+                c["impair_corrupted"] += 1
                 complete_checksum(copy)
                 copy.clear_vnet()
-                fault.flip_bit(copy.buf, copy.data + ETH_HLEN, copy.tail)
+                flip_bit(copy.buf, copy.data + ETH_HLEN, copy.tail, fate.bitpos)
             self._delay_order += 1
-            heapq.heappush(self._delayed, _Delayed(d.at, self._delay_order, rx, iface, copy))
+            heapq.heappush(self._delayed,
+                           _Delayed(fate.arrival, self._delay_order, rx, iface, copy))
         self._reschedule()
 
     def _deliver(self, rx: bool, iface: Interface, skb: SkBuff, now: float) -> None:

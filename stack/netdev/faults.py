@@ -114,3 +114,55 @@ def _parse_value(key: str, value: str) -> float:
         return num * _RATE_UNITS.get(unit, 1.0)
     known = ", ".join((*_PROBS, *_TIMES, "rate"))
     raise ValueError(f"unknown impairment {key!r} (known: {known})")
+
+
+@dataclass(slots=True)
+class Fate:
+    """What the fault model decided for one frame."""
+
+    lost: bool
+    copies: int            # 1, or 2 when duplicated
+    arrival: float         # when the (first) copy arrives
+    reordered: bool
+    corrupt: bool
+    bitpos: float          # where in the frame a corrupting bit flip lands, in [0, 1)
+
+
+class FaultDecider:
+    """Draws a :class:`Fate` per frame from one seeded RNG: the single definition of
+    what a fault model does, used by the in-memory link and by ``--impair`` alike."""
+
+    __slots__ = ("model", "rng", "busy_until")
+
+    def __init__(self, model: FaultModel, rng) -> None:
+        self.model = model
+        self.rng = rng
+        self.busy_until = 0.0   # rate limit: when the transmitter is free again
+
+    def decide(self, now: float, nbytes: int) -> Fate:
+        """The fate of a frame of ``nbytes`` sent at ``now``."""
+        f, rng = self.model, self.rng
+        # Draw every decision for every frame, so that changing one probability
+        # does not shift the random sequence of the others.
+        lost = rng.random() < f.loss
+        dup = rng.random() < f.duplicate
+        reord = rng.random() < f.reorder
+        corrupt = rng.random() < f.corrupt
+        bitpos = rng.random()
+        jitter = rng.uniform(-f.jitter, f.jitter) if f.jitter else 0.0
+        depart = now
+        if f.rate_bps:  # serialization: frames queue behind each other
+            depart = max(now, self.busy_until) + nbytes * 8 / f.rate_bps
+            self.busy_until = depart
+        arrival = depart + max(0.0, f.delay + jitter)
+        if reord:
+            arrival += f.reorder_delay
+        return Fate(lost, 2 if dup else 1, arrival, reord, corrupt, bitpos)
+
+
+def flip_bit(data: bytearray, start: int, end: int, where: float) -> None:
+    """Flip one bit of ``data[start:end]`` at relative position ``where`` (noise)."""
+    nbits = (end - start) * 8
+    if nbits > 0:
+        bit = min(int(where * nbits), nbits - 1)
+        data[start + bit // 8] ^= 0x80 >> (bit % 8)

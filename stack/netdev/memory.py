@@ -13,7 +13,7 @@ import heapq
 import random
 from dataclasses import dataclass
 
-from stack.netdev.faults import FaultModel
+from stack.netdev.faults import FaultDecider, FaultModel, flip_bit
 from stack.netdev.offload import (
     ETH_HLEN,
     VIRTIO_NET_HDR_F_DATA_VALID,
@@ -67,7 +67,8 @@ class LinkEnd:
         self.peer: LinkEnd | None = None
         self.counters: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
         self.in_flight = 0
-        self.busy_until = 0.0  # when the rate-limited transmitter is free again
+        #: The fault model's decisions for frames sent from this end (the link's RNG).
+        self.decider = FaultDecider(faults, link.rng)
 
     def write(self, skb: SkBuff, now: float) -> bool:
         """Send a copy of the frame and its vnet metadata towards the peer.
@@ -125,37 +126,24 @@ class MemoryLink:
 
     def _impair(self, end: LinkEnd, data: bytearray, vnet: tuple[int, ...],
                 now: float) -> None:
-        f, rng, c = end.faults, self.rng, end.counters
-        # Draw every decision for every frame, so that changing one probability
-        # does not shift the random sequence of the others.
-        lost = rng.random() < f.loss
-        dup = rng.random() < f.duplicate
-        reord = rng.random() < f.reorder
-        corrupt = rng.random() < f.corrupt
-        bitpos = rng.random()
-        jitter = rng.uniform(-f.jitter, f.jitter) if f.jitter else 0.0
-        depart = now
-        if f.rate_bps:  # serialization: frames queue behind each other
-            depart = max(now, end.busy_until) + len(data) * 8 / f.rate_bps
-            end.busy_until = depart
-        if lost:
+        c = end.counters
+        fate = end.decider.decide(now, len(data))
+        if fate.lost:
             c["lost"] += 1
             return
-        if corrupt and data[12:14] == b"\x08\x00":
+        if fate.corrupt and data[12:14] == b"\x08\x00":
             # Only IPv4 frames are damaged: the IP, TCP, UDP and ICMP checksums are
             # what such noise tests. An ARP frame has no checksum of its own (a real
             # wire's FCS drops it), and a damaged one would poison a neighbour cache.
-            vnet = _corrupt(data, vnet, bitpos)
+            vnet = _corrupt(data, vnet, fate.bitpos)
             c["corrupted"] += 1
-        arrival = depart + max(0.0, f.delay + jitter)
-        if reord:
-            arrival += f.reorder_delay
+        if fate.reordered:
             c["reordered"] += 1
         frame = _Frame(bytes(data), vnet)
-        self._push(end, arrival, frame)
-        if dup and end.in_flight < self.limit:
+        self._push(end, fate.arrival, frame)
+        if fate.copies == 2 and end.in_flight < self.limit:
             c["duplicated"] += 1
-            self._push(end, arrival, frame)
+            self._push(end, fate.arrival, frame)
 
     def _push(self, end: LinkEnd, arrival: float, frame: _Frame) -> None:
         assert end.peer is not None
@@ -206,8 +194,5 @@ def _corrupt(data: bytearray, vnet: tuple[int, ...],
         vnet = _completed(data, vnet)
     # A "checksum already verified" mark would hide the damage from the receiver.
     vnet = (vnet[0] & ~VIRTIO_NET_HDR_F_DATA_VALID, *vnet[1:])
-    nbits = (len(data) - ETH_HLEN) * 8
-    if nbits > 0:
-        bit = min(int(where * nbits), nbits - 1)
-        data[ETH_HLEN + bit // 8] ^= 0x80 >> (bit % 8)
+    flip_bit(data, ETH_HLEN, len(data), where)
     return vnet
