@@ -17,7 +17,7 @@ import functools
 import heapq
 import itertools
 import struct
-from collections import Counter
+from collections import Counter, deque
 from typing import TYPE_CHECKING
 
 from splice.mapping import ConnSnapshot, make_maps
@@ -348,6 +348,8 @@ class Splicer:
             self.counters["drop.splice_queue_full"] += 1
             return
         payload = len(skb) - hdr.header_len
+        if out.pending is None:
+            out.pending = deque()
         out.pending.append(QueuedFrame(frame, (
             skb.vnet_flags, skb.gso_type, skb.gso_size, skb.csum_start, skb.csum_offset,
             skb.hdr_len), skb.data - start, payload))
@@ -469,7 +471,7 @@ class Splicer:
             side.state = S.CLOSED
             if side.tap is not None:
                 side.tap.close()
-            side.pending.clear()
+            side.pending = None
             side.pending_bytes = 0
         self.pairs.pop(id(pair.client), None)
         self.counters["closed"] += 1

@@ -111,7 +111,7 @@ def connection_row(tcb: Any, splicer: Any = None) -> dict[str, Any]:
     if side is not None:
         partner = side.other
         row["splice"] = {"role": side.role, "state": side.state.value,
-                         "pending": len(side.pending),
+                         "pending": len(side.pending or ()),
                          "partner": _endpoints(partner.tcb) if partner is not None else None}
     return row
 
@@ -141,7 +141,7 @@ def _splice_part(splicer: Any) -> dict[str, Any]:
         one = {}
         for side in pair.sides():
             one[side.role] = dict(_endpoints(side.tcb), state=side.state.value,
-                                  pending=len(side.pending))
+                                  pending=len(side.pending or ()))
         one["counters"] = dict(pair.counters)
         pairs.append(one)
     return {"enabled": True, "counters": dict(sorted(splicer.counters.items())),
