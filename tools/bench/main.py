@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from tools.bench import args as argtypes
 from tools.bench.harness import (
     MAX_REPEATS,
     BenchPath,
@@ -47,11 +48,8 @@ from tools.origin import OriginError
 DEFAULT_MAX_SECONDS = 1800.0
 
 
-def _size(text: str) -> int:
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
+_size = argtypes.size
+_seconds = argtypes.seconds
 
 
 def _repeats(text: str) -> int:
@@ -77,16 +75,6 @@ def _mtu(text: str) -> int:
     if not 576 <= n <= 65535:
         raise argparse.ArgumentTypeError("MTU must be 576..65535")
     return n
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from exc
-    if not 0 < value <= 24 * 3600:
-        raise argparse.ArgumentTypeError("seconds must be in (0, 86400]")
-    return value
 
 
 def add_parser(subparsers: Any) -> None:

@@ -29,6 +29,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from tools.bench import args as argtypes
 from tools.bench.harness import (
     MAX_REPEATS,
     BenchTimeout,
@@ -36,7 +37,6 @@ from tools.bench.harness import (
     build_report,
     default_json_path,
     format_size,
-    parse_size,
     write_json,
 )
 from tools.bench.proc import CommandError, TransferError, sigterm_as_interrupt
@@ -58,33 +58,9 @@ TARGET_RPS = 2000.0
 TARGET_MEMORY_BYTES = 100e6
 
 
-def _int_in(lo: int, hi: int) -> Any:
-    def convert(text: str) -> int:
-        try:
-            n = int(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from exc
-        if not lo <= n <= hi:
-            raise argparse.ArgumentTypeError(f"must be {lo}..{hi}")
-        return n
-    return convert
-
-
-def _size(text: str) -> int:
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from exc
-    if not 0 < value <= 24 * 3600:
-        raise argparse.ArgumentTypeError("seconds must be in (0, 86400]")
-    return value
+_int_in = argtypes.int_in
+_size = argtypes.size
+_seconds = argtypes.seconds
 
 
 def add_splice_parser(sub: Any) -> None:

@@ -36,6 +36,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from tools.bench import args as argtypes
 from tools.bench.harness import (
     MAX_REPEATS,
     BenchTimeout,
@@ -43,7 +44,6 @@ from tools.bench.harness import (
     default_json_path,
     format_size,
     machine_info,
-    parse_size,
     summarize,
     versions,
     write_json,
@@ -364,34 +364,9 @@ class Runner:
 
 
 # -- command line ------------------------------------------------------------
-def _size(text: str) -> int:
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-
-
-def _bounded_int(low: int, high: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            n = int(text.replace(",", "").replace("_", ""))
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from exc
-        if not low <= n <= high:
-            raise argparse.ArgumentTypeError(f"must be {low}..{high}")
-        return n
-
-    return parse
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from exc
-    if not 0 < value <= 24 * 3600:
-        raise argparse.ArgumentTypeError("seconds must be in (0, 86400]")
-    return value
+_size = argtypes.size
+_bounded_int = argtypes.int_in
+_seconds = argtypes.seconds
 
 
 def _experiment(text: str) -> str:

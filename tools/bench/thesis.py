@@ -27,13 +27,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from tools.bench import args as argtypes
 from tools.bench.harness import (
     MAX_REPEATS,
     BenchTimeout,
     Stats,
     build_report,
     format_size,
-    parse_size,
     write_json,
 )
 from tools.bench.proc import CommandError, TransferError
@@ -58,37 +58,12 @@ MAX_SIZE = 1 << 30
 MAX_LEVEL = 1024
 
 
-def _int_in(lo: int, hi: int) -> Any:
-    def convert(text: str) -> int:
-        try:
-            n = int(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from exc
-        if not lo <= n <= hi:
-            raise argparse.ArgumentTypeError(f"must be {lo}..{hi}")
-        return n
-    return convert
+_int_in = argtypes.int_in
+_seconds = argtypes.seconds
 
 
 def _size(text: str) -> int:
-    try:
-        size = parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-    if size > MAX_SIZE:
-        raise argparse.ArgumentTypeError(f"at most {format_size(MAX_SIZE)}")
-    return size
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from exc
-    if not 0 < value <= 24 * 3600:
-        raise argparse.ArgumentTypeError("seconds must be in (0, 86400]")
-    return value
-
+    return argtypes.size(text, MAX_SIZE)
 
 def add_thesis_parser(sub: Any) -> None:
     """Register `bench thesis` on the `bench` sub-command parsers."""

@@ -1,0 +1,43 @@
+"""argparse types shared by the benchmark commands."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+from tools.bench.harness import format_size, parse_size
+
+
+def int_in(low: int, high: int) -> Callable[[str], int]:
+    """An integer in ``low..high`` (``,`` and ``_`` separators allowed)."""
+    def parse(text: str) -> int:
+        try:
+            n = int(text.replace(",", "").replace("_", ""))
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from exc
+        if not low <= n <= high:
+            raise argparse.ArgumentTypeError(f"must be {low}..{high}")
+        return n
+    return parse
+
+
+def size(text: str, limit: int | None = None) -> int:
+    """A byte count in binary units ("64M", "1G"), at most ``limit`` when given."""
+    try:
+        n = parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    if limit is not None and n > limit:
+        raise argparse.ArgumentTypeError(f"at most {format_size(limit)}")
+    return n
+
+
+def seconds(text: str) -> float:
+    """A duration in (0, 1 day] seconds."""
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from exc
+    if not 0 < value <= 24 * 3600:
+        raise argparse.ArgumentTypeError("seconds must be in (0, 86400]")
+    return value
