@@ -19,6 +19,7 @@ TCP state is consistent again.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,8 @@ from stack.wire.tcp import FIN, TcpHeader
 
 if TYPE_CHECKING:
     from stack.tcp.layer import Listener, TcpLayer
+
+log = logging.getLogger("tapsplice.tcp")
 
 EventCallback = Callable[["Tcb", str], None]
 InputHook = Callable[["Tcb", TcpHeader, SkBuff, float], bool]
@@ -245,6 +248,10 @@ class Tcb:
         new = transition(self.state, event)
         if new is self.state:
             return
+        if log.isEnabledFor(logging.DEBUG):  # --log-level debug: one line per change
+            log.debug("tcp %s:%d<->%s:%d %s -%s-> %s", ".".join(map(str, self.local)),
+                      self.local_port, ".".join(map(str, self.remote)), self.remote_port,
+                      self.state.name, event.name.lower(), new.name)
         self.state = new
         if new is TcpState.CLOSED:
             self.set_closed()

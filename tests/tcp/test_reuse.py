@@ -34,3 +34,16 @@ def test_ephemeral_ports_toward_one_destination_are_used_in_turn():
     assert len(set(ports)) == 50
     lo, hi = layer.config.ephemeral_ports
     assert all(lo <= p <= hi for p in ports)
+
+
+def test_state_changes_are_traced_at_debug_level(caplog):
+    import logging
+
+    from stack.tcp.api import TcpState
+
+    layer = TcpLayer(Capture(), rng=random.Random(5))
+    tcb = layer.connect(B, 80, 0.0)
+    tcb.state = TcpState.ESTABLISHED  # as if the handshake had completed
+    with caplog.at_level(logging.DEBUG, logger="tapsplice.tcp"):
+        tcb.shutdown_write(1.0)
+    assert any("ESTABLISHED -close-> FIN_WAIT_1" in r.getMessage() for r in caplog.records)
