@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,14 +34,14 @@ from tools.bench.harness import (
     run_paths,
     write_json,
 )
-from tools.bench.kernel_lab import KernelLabConfig, cleanup_stale
+from tools.bench.kernel_lab import KernelLabConfig
 from tools.bench.proc import CommandError, TransferError, sigterm_as_interrupt
 from tools.bench.router import KernelRouterPath, StackRouterPath, stack_lab_config
 from tools.bench.splice import add_splice_parser
+from tools.bench.start import ready_to_run
 from tools.bench.tcp import add_tcp_parser
 from tools.bench.thesis import add_thesis_parser
 from tools.lab import LabError
-from tools.lab import cleanup_stale as lab_cleanup_stale
 from tools.origin import OriginError
 
 DEFAULT_MAX_SECONDS = 1800.0
@@ -179,12 +178,9 @@ def _measure(paths: Sequence[BenchPath], args: argparse.Namespace,
 def cmd_router(args: argparse.Namespace) -> int:
     """`tapsplice bench router`: measure, print the table, write JSON; exit code."""
     console = Console()
-    if os.geteuid() != 0:
-        console.print("[red]bench router needs root (network namespaces)[/red]")
+    if not ready_to_run("router", console):
         return 2
     paths = router_paths(args)
-    for ns in cleanup_stale() + lab_cleanup_stale():
-        console.print(f"removed stale namespace {ns}")
     try:
         with sigterm_as_interrupt():
             results = _measure(paths, args, console)

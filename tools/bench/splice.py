@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import shutil
 import sys
 from collections.abc import Sequence
@@ -42,6 +41,7 @@ from tools.bench.harness import (
 from tools.bench.proc import CommandError, TransferError, sigterm_as_interrupt
 from tools.bench.splice_paths import ALL_ROUTES, DIRECTIONS
 from tools.bench.splice_run import Outcome, Plan, Runner, planned_steps
+from tools.bench.start import ready_to_run
 
 EXTRA_PARTS = ("rps", "memory")
 ALL_PARTS = ALL_ROUTES + EXTRA_PARTS
@@ -241,19 +241,14 @@ def measure(plan: Plan, console: Console) -> Outcome:
 
 def cmd_splice(args: argparse.Namespace) -> int:
     """`tapsplice bench splice`: measure, print the tables, write JSON; exit code."""
-    from tools.bench.kernel_lab import cleanup_stale
     from tools.lab import LabError
-    from tools.lab import cleanup_stale as lab_cleanup_stale
     from tools.origin import OriginError
 
     # Piped output gets 80 columns by default: too narrow for the transfer table.
     console = Console(width=None if sys.stdout.isatty() else 120)
-    if os.geteuid() != 0:
-        console.print("[red]bench splice needs root (network namespaces)[/red]")
+    if not ready_to_run("splice", console):
         return 2
     plan = plan_from_args(args)
-    for ns in cleanup_stale() + lab_cleanup_stale():
-        console.print(f"removed stale namespace {ns}")
     try:
         with sigterm_as_interrupt():
             out = measure(plan, console)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as _dt
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -50,6 +49,7 @@ from tools.bench.harness import (
 )
 from tools.bench.proc import CommandError, TransferError, sigterm_as_interrupt
 from tools.bench.router import transfer_timeout
+from tools.bench.start import ready_to_run
 
 SCHEMA_VERSION = 1
 EXPERIMENTS: dict[str, tuple[str, str]] = {
@@ -451,17 +451,12 @@ def _run_sides(plan: Plan, console: Console) -> tuple[list[Experiment], dict[str
 
 def cmd_tcp(args: argparse.Namespace) -> int:
     """`tapsplice bench tcp`: measure, print one table per experiment, write JSON."""
-    from tools.bench.kernel_lab import cleanup_stale
     from tools.lab import LabError
-    from tools.lab import cleanup_stale as lab_cleanup_stale
 
     console = Console()
-    if os.geteuid() != 0:
-        console.print("[red]bench tcp needs root (network namespaces)[/red]")
+    if not ready_to_run("tcp", console):
         return 2
     plan = resolve_plan(args)
-    for ns in cleanup_stale() + lab_cleanup_stale():
-        console.print(f"removed stale namespace {ns}")
     try:
         with sigterm_as_interrupt():
             results, extra = _run_sides(plan, console)

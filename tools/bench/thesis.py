@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as _dt
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,6 +36,7 @@ from tools.bench.harness import (
     write_json,
 )
 from tools.bench.proc import CommandError, TransferError
+from tools.bench.start import ready_to_run
 from tools.bench.thesis_results import PathOutcome, path_record
 from tools.bench.thesis_run import (
     THESIS_PATHS,
@@ -199,20 +199,15 @@ def write_plots(plan: ThesisPlan, outcomes: Sequence[PathOutcome], sizes_png: Pa
 
 def cmd_thesis(args: argparse.Namespace) -> int:
     """`tapsplice bench thesis`: measure, print the tables, write JSON and PNGs."""
-    from tools.bench.kernel_lab import cleanup_stale
     from tools.bench.proc import sigterm_as_interrupt as _sigterm_as_interrupt
     from tools.lab import LabError
-    from tools.lab import cleanup_stale as lab_cleanup_stale
     from tools.origin import OriginError
 
     console = Console(width=None if sys.stdout.isatty() else 140)
-    if os.geteuid() != 0:
-        console.print("[red]bench thesis needs root (network namespaces)[/red]")
+    if not ready_to_run("thesis", console):
         return 2
     plan = plan_from_args(args)
     json_path, sizes_png, load_png = output_paths(args, _dt.datetime.now(_dt.UTC))
-    for ns in cleanup_stale() + lab_cleanup_stale():
-        console.print(f"removed stale namespace {ns}")
     try:
         with _sigterm_as_interrupt():
             outcomes = measure(plan, console)
