@@ -22,6 +22,7 @@ import asyncio
 import ipaddress
 from collections.abc import Callable
 
+from splice.oneway import OneWay
 from splice.pair import SpliceError, SplicePair
 from splice.splicer import Splicer
 from splice.tap import Tap
@@ -139,6 +140,72 @@ class SpliceApi:
             self.splicer.write_owed(client, reply_to_client, now)
         self.driver.poke()
         return pair
+
+    async def relay(self, source_writer: asyncio.StreamWriter,
+                    sink_writer: asyncio.StreamWriter, budget: int, *, seam: bytes = b"",
+                    tap: bool = False, tap_limit: int = 4 << 20,
+                    tap_total: int | None = None,
+                    idle_timeout: float | None = None) -> OneWay:
+        """One-way splice (SPLICE.md §6): the next ``budget`` bytes the source's peer
+        sends go to the sink's peer through the stack; then both streams are the
+        application's again (a kept-alive client connection reads its next request).
+
+        ``seam`` is source data the application read but did not use; it goes first
+        and counts in the budget (so does what the source's reader has buffered).
+        Neither stream may be written meanwhile. Returns the finished splice:
+        ``outcome`` is "done" (the sink's peer acknowledged the whole budget),
+        "short" (the source ended first), "reset" or "aborted"; after anything but
+        "done" the sink connection cannot carry more (reset it). With ``tap``,
+        ``ow.tap_reader`` holds a copy of the budget's bytes (bounded as in
+        :meth:`splice`). ``idle_timeout``: seconds without a segment moving before
+        the splice is aborted (TimeoutError, both connections reset)."""
+        src, sink = _tcb(source_writer), _tcb(sink_writer)
+        loop = asyncio.get_running_loop()
+        reader = getattr(source_writer, "_reader", None)
+        extra = b""
+        if reader is not None and reader._buffer:
+            take = min(len(reader._buffer), budget - len(seam))
+            if take > 0:
+                extra = bytes(reader._buffer[:take])
+                del reader._buffer[:take]
+        now = self.driver.now()
+        src_t, sink_t = source_writer.transport, sink_writer.transport
+        for tcb, unsent in ((src, src_t.lend()), (sink, sink_t.lend())):
+            if unsent:
+                Splicer._force_send(tcb, unsent, now)
+        tap_obj = tap_reader = None
+        if tap:
+            tap_reader = asyncio.StreamReader(limit=tap_limit)
+            tap_obj = _stream_tap(tap_reader, tap_limit, tap_total)
+        done: asyncio.Future[None] = loop.create_future()
+        try:
+            ow = self.splicer.splice_one_way(src, sink, budget, now, seam=seam + extra,
+                                             tap=tap_obj)
+        except BaseException:
+            src_t.give_back()
+            sink_t.give_back()
+            raise
+        ow.tap_reader = tap_reader
+        if ow.outcome is not None:
+            done.set_result(None)
+        else:
+            ow.on_done = lambda _ow: done.done() or done.set_result(None)
+        self.driver.poke()
+        try:
+            while not done.done():
+                mark = ow.progress
+                try:
+                    await asyncio.wait_for(asyncio.shield(done), idle_timeout)
+                except TimeoutError:
+                    if ow.progress == mark:
+                        raise
+        finally:
+            if ow.outcome is None:
+                self.splicer.oneway.abort(ow, self.driver.now())
+            src_t.give_back()
+            sink_t.give_back()
+            self.driver.poke()
+        return ow
 
     def _fire(self, pair: SplicePair, until: str) -> None:
         keep = []

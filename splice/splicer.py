@@ -89,6 +89,9 @@ class Splicer:
         #: Called when both directions have ended (both FINs acknowledged: TIMEWAIT).
         self.on_finished = None
         stack.timer_sources.append(self)
+        from splice.oneway import OneWaySplicer
+        #: One-way splices with a byte budget (splice/oneway.py).
+        self.oneway = OneWaySplicer(self)
         if stack.protocols.get(IPPROTO_TCP) is tcp:
             stack.register_protocol(IPPROTO_TCP, SpliceDemux(self))
 
@@ -113,7 +116,7 @@ class Splicer:
     def intend_splice(self, client: Tcb, dst: bytes, dport: int, now: float) -> Tcb:
         """Open the server connection for ``client`` with the client's options (§5);
         from now on the application may not read from the client connection."""
-        if id(client) in self.sides:
+        if id(client) in self.sides or id(client) in self.oneway.by_tcb:
             raise SpliceError("the client connection is already part of a splice")
         if client.state is not TcpState.ESTABLISHED:
             raise SpliceError(f"the client connection is {client.state.name}, "
@@ -512,10 +515,18 @@ class Splicer:
             self._teardown(pair, now)
         self.tcp.flush_events()
 
+    def splice_one_way(self, source: Tcb, sink: Tcb, budget: int, now: float, *,
+                       seam: bytes = b"", tap: Tap | None = None):
+        """Splice one direction, ``source`` -> ``sink``, for ``budget`` bytes, then give
+        both connections back (SPLICE.md §6; splice/oneway.py)."""
+        return self.oneway.start(source, sink, budget, now, seam=seam, tap=tap)
+
     def stats(self) -> dict:
-        """Stack-wide splice counters and one line per pair."""
+        """Stack-wide splice counters, one line per pair and per one-way splice."""
+        ways = {id(w): w for w in self.oneway.by_tcb.values()}
         return {"counters": dict(self.counters),
-                "pairs": [p.info() for p in self.pairs.values()]}
+                "pairs": [p.info() for p in self.pairs.values()],
+                "one_way": [w.info() for w in ways.values()]}
 
 
 

@@ -56,6 +56,7 @@ class TcpTransport(asyncio.Transport):
         self._closing = False
         self._lost = False
         self._detached = False
+        self._lent = False
         tcb.on_event = self._on_event
 
     # -- asyncio.Transport API -------------------------------------------------
@@ -88,6 +89,24 @@ class TcpTransport(asyncio.Transport):
         self._check_pause()
         return unsent
 
+    def lend(self) -> bytes:
+        """Lend the connection to a one-way splice: writes raise and nothing is
+        delivered to the protocol until :meth:`give_back`. Returns what was written
+        but not yet taken by the TCB."""
+        unsent = bytes(self._buffer)
+        self._buffer.clear()
+        self._lent = True
+        self._check_pause()
+        return unsent
+
+    def give_back(self) -> None:
+        """The one-way splice is over: writes are accepted again, and what arrived
+        meanwhile is handed to the protocol."""
+        self._lent = False
+        if not self._lost and not self._detached:
+            self._deliver()
+            self._flush()
+
     def close(self) -> None:
         """Send what is buffered, then FIN; the connection is released afterwards."""
         if self._detached:
@@ -114,7 +133,7 @@ class TcpTransport(asyncio.Transport):
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Queue ``data``; it moves into the TCB as fast as the send buffer allows."""
-        if self._detached:
+        if self._detached or self._lent:
             raise RuntimeError("the connection is spliced: write through the splice API")
         if self._eof_wanted or self._closing:
             raise RuntimeError("write after write_eof() or close()")
@@ -174,7 +193,13 @@ class TcpTransport(asyncio.Transport):
         """Hand data to the protocol again."""
         if self._reading_paused and not self._closing:
             self._reading_paused = False
-            self._deliver()
+            # Later, not now: asyncio's StreamReader resumes reading just before it
+            # creates the future it then waits on; data handed over synchronously
+            # would find no waiter to wake, and readexactly() would wait forever.
+            try:
+                asyncio.get_running_loop().call_soon(self._deliver)
+            except RuntimeError:
+                self._deliver()
 
     def is_reading(self) -> bool:
         """Whether data is being handed to the protocol."""
@@ -215,7 +240,7 @@ class TcpTransport(asyncio.Transport):
 
     def _deliver(self) -> None:
         tcb = self._tcb
-        if self._detached:
+        if self._detached or self._lent:
             return
         while not self._reading_paused and tcb.recv_available():
             data = tcb.recv(READ_CHUNK)

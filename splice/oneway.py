@@ -1,0 +1,559 @@
+"""One-way splice with a byte budget (SPLICE.md §6, "asymmetric splice").
+
+One direction of two established connections is spliced for ``budget`` bytes: what
+the *source* connection's peer sends (an origin's response body) leaves on the
+*sink* connection (to the client) without the application touching it; then both
+connections return to the application, which goes on using them (reads the client's
+next request on a kept-alive connection). The other direction stays the
+application's throughout.
+
+It runs in two phases.
+
+COPYING. The sink may still hold the application's own unacknowledged data (the
+response head it just wrote). Until its peer has acknowledged all of it, the stack
+moves what arrives on the source into the sink itself (TCP receive queue to TCP send
+queue: no trip through the application), so nothing waits for that
+acknowledgement — a client delaying its ACK of a short head costs nothing.
+
+RELAYING. Once the sink's own data is acknowledged (and the source holds no
+out-of-order data), the source's segments are rewritten in place and sent out of
+the sink, as in a symmetric splice (splice/relay.py), up to the budget's end: a
+segment crossing it is cut there, a FIN is kept back for the source TCB. The
+sink's peer's acknowledgements are relayed back to the source's peer (mapped), so
+flow control and loss recovery stay end to end; text or FIN it sends meanwhile is
+held and given to the sink TCB afterwards. The two TCBs are silent while relaying.
+
+Hand-back. When the sink's peer acknowledges the budget's last byte, the sink TCB
+takes over with its send sequence at the end of the relayed range, the source TCB
+with its receive sequence there; both TCBs move their timestamp clock past any
+relayed TSval (RFC 7323 §5 PAWS at the peers: one clock per connection, never going
+back). A source FIN held back is delivered to the source TCB then.
+
+A source that ends early (FIN or RST before the budget) or a sink peer that resets
+ends the splice with outcome "short" or "reset": the sink's send sequence is put at
+the end of what was relayed, so the application's reset is exact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import struct
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from splice.mapping import ConnSnapshot, DirectionMap, make_maps
+from splice.pair import QueuedFrame, SpliceError
+from splice.relay import RelayError, relay_rewrite
+from splice.tap import Tap
+from stack import seq
+from stack.skbuff import SkBuff
+from stack.tcp import output
+from stack.tcp.api import TcpState
+from stack.tcp.input import segment_arrives
+from stack.tcp.options import tsval
+from stack.wire import checksum as cks
+from stack.wire.ethernet import ETH_HLEN
+from stack.wire.tcp import ACK, FIN, RST, SYN, TcpHeader, tcp_checksum, verify_tcp_checksum
+from stack.wire.vnet import VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM
+
+if TYPE_CHECKING:
+    from splice.splicer import Splicer
+    from stack.tcp.tcb import Tcb
+
+_L = struct.Struct("!L")
+_H = struct.Struct("!H")
+_TRUSTED = VIRTIO_NET_HDR_F_NEEDS_CSUM | VIRTIO_NET_HDR_F_DATA_VALID
+#: Relayed TSvals start this far (ms) ahead of the TCBs' own clocks (as in splicer.py).
+TS_HEADROOM_MS = 10_000
+#: After the hand-back the TCBs' clocks move past every relayed TSval: the headroom,
+#: plus room for a peer whose clock ran faster than ours while relaying.
+TS_HANDBACK_MS = TS_HEADROOM_MS + 1_000
+#: Text the sink's peer sends while relaying is kept for the sink TCB up to this much.
+HELD_LIMIT = 256 << 10
+#: Full segments copied before relaying (a peer acknowledges every second one at once).
+COPY_SEGMENTS = 4
+#: States in which a sink connection can carry a spliced direction.
+SINK_STATES = (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT)
+
+
+class Phase(enum.Enum):
+    """Where a one-way splice is."""
+
+    COPYING = "copying"
+    RELAYING = "relaying"
+    DONE = "done"
+
+
+@dataclass(eq=False, slots=True)
+class OneWay:
+    """One direction spliced for a byte budget."""
+
+    source: Tcb                     # the connection the bytes arrive on
+    sink: Tcb                       # the connection they leave on
+    budget: int                     # bytes still to move (copied or, once relaying, in all)
+    started: float
+    phase: Phase = Phase.COPYING
+    tap: Tap | None = None
+    counters: Counter = field(default_factory=Counter)
+    #: Once relaying: the relay's range, in the source's and the sink's spaces.
+    src_start: int = 0
+    src_end: int = 0
+    sink_start: int = 0
+    sink_end: int = 0
+    src_hi: int = 0                 # end of the highest source byte relayed
+    to_sink: DirectionMap | None = None
+    to_source: DirectionMap | None = None
+    #: (header, text) the sink's peer sent while relaying, for the sink TCB.
+    held: list[tuple[TcpHeader, bytes]] = field(default_factory=list)
+    held_bytes: int = 0
+    source_fin: TcpHeader | None = None    # a FIN kept back for the source TCB
+    source_tsval: int | None = None        # the newest TSval seen at the budget's end
+    outcome: str | None = None             # "done", "short", "reset", "aborted"
+    on_done: Callable[[OneWay], None] | None = None
+    #: Bumped on every segment moved (for idle timeouts).
+    progress: int = 0
+    #: COPYING: bytes copied before the source's text waits for the relay (enough for
+    #: the sink's peer to acknowledge at once: it does so for two full segments).
+    copy_cap: int = 0
+    #: Source frames waiting for the relay to start.
+    waiting: list[QueuedFrame] = field(default_factory=list)
+    waiting_bytes: int = 0
+    #: With a tap, an asyncio.StreamReader fed with its copy (set by splice/aio.py).
+    tap_reader: object = None
+
+    def info(self) -> dict:
+        """A summary for statistics."""
+        return {"phase": self.phase.value, "budget": self.budget,
+                "outcome": self.outcome, "counters": dict(self.counters)}
+
+
+def _flow_key(tcb: Tcb) -> bytes:
+    return (tcb.remote + tcb.local + tcb.remote_port.to_bytes(2, "big")
+            + tcb.local_port.to_bytes(2, "big"))
+
+
+def snapshot(tcb: Tcb, snd_nxt: int, rcv_nxt: int, now: float) -> ConnSnapshot:
+    """A connection frozen for the relay's maps, with its base points."""
+    return ConnSnapshot(
+        local=tcb.local, local_port=tcb.local_port, remote=tcb.remote,
+        remote_port=tcb.remote_port, snd_nxt=snd_nxt, rcv_nxt=rcv_nxt,
+        ts_ok=tcb.ts_ok, ts_recent=tcb.ts_recent,
+        ts_sent=seq.add(tsval(tcb, now), TS_HEADROOM_MS),
+        sack_ok=tcb.sack_ok,
+        snd_wscale=tcb.snd_wscale if tcb.wscale_ok else None,
+        rcv_wscale=tcb.rcv_wscale if tcb.wscale_ok else None,
+        mss=tcb.mss)
+
+
+def cut(skb: SkBuff, keep: int, src: bytes, dst: bytes, *, clear_fin: bool) -> None:
+    """Shorten the segment in ``skb`` (data at its TCP header, network_off at IP) to
+    ``keep`` bytes of text, optionally clearing FIN; both checksums are recomputed
+    (a header and what remains: once per response, never on the relay's hot path)."""
+    buf = skb.buf
+    ip = skb.network_off
+    t = skb.data
+    ihl = t - ip
+    thl = (buf[t + 12] >> 4) << 2
+    _H.pack_into(buf, ip + 2, ihl + thl + keep)
+    buf[ip + 10] = buf[ip + 11] = 0
+    _H.pack_into(buf, ip + 10, cks.checksum(memoryview(buf)[ip:ip + ihl]))
+    skb.tail = t + thl + keep
+    if clear_fin:
+        buf[t + 13] &= ~FIN & 0xFF
+    if skb.vnet_flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
+        _H.pack_into(buf, t + 16, cks.pseudo_header_sum(src, dst, 6, thl + keep))
+    else:
+        _H.pack_into(buf, t + 16, tcp_checksum(src, dst, memoryview(buf)[t:skb.tail]))
+    if skb.gso_type and keep <= skb.gso_size:
+        skb.gso_type = skb.gso_size = skb.hdr_len = 0
+
+
+def _clear_fin(skb: SkBuff) -> None:
+    """Clear FIN in place, keeping the checksum right."""
+    buf = skb.buf
+    t = skb.data
+    old = _H.unpack_from(buf, t + 12)[0]
+    buf[t + 13] &= ~FIN & 0xFF
+    if not skb.vnet_flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
+        csum = _H.unpack_from(buf, t + 16)[0]
+        _H.pack_into(buf, t + 16, cks.update16(csum, old, _H.unpack_from(buf, t + 12)[0]))
+
+
+class OneWaySplicer:
+    """The one-way splices of a :class:`~splice.splicer.Splicer`'s stack."""
+
+    def __init__(self, splicer: Splicer) -> None:
+        self.splicer = splicer
+        self.stack = splicer.stack
+        self.tcp = splicer.tcp
+        self.counters = splicer.counters
+        self.by_tcb: dict[int, OneWay] = {}
+
+    # -- starting -------------------------------------------------------------------
+    def start(self, source: Tcb, sink: Tcb, budget: int, now: float, *,
+              seam: bytes = b"", tap: Tap | None = None) -> OneWay:
+        """Splice ``source`` -> ``sink`` for ``budget`` bytes. ``seam`` is source text
+        the application took but did not use: it goes first and counts in the budget.
+        ``tap`` gets a copy of the budget's bytes, in order."""
+        for tcb in (source, sink):
+            if id(tcb) in self.by_tcb or id(tcb) in self.splicer.sides:
+                raise SpliceError("the connection is already part of a splice")
+        if source is sink:
+            raise SpliceError("source and sink are the same connection")
+        if source.state not in (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT,
+                                TcpState.FIN_WAIT_1, TcpState.FIN_WAIT_2):
+            raise SpliceError(f"the source connection is {source.state.name}")
+        if sink.state not in SINK_STATES:
+            raise SpliceError(f"the sink connection is {sink.state.name}, not "
+                              "ESTABLISHED or CLOSE_WAIT")
+        if sink.has_fin_queued():
+            raise SpliceError("the sink connection has been shut down for writing")
+        if budget < 0 or len(seam) > budget:
+            raise SpliceError(f"budget {budget} must be >= 0 and cover the "
+                              f"{len(seam)} seam bytes")
+        ow = OneWay(source, sink, budget, now, tap=tap, copy_cap=COPY_SEGMENTS * sink.mss)
+        if tap is not None:
+            tap.next_seq = 0
+            tap.fin_seq = None
+        for tcb in (source, sink):
+            self.by_tcb[id(tcb)] = ow
+            tcb.input_hook = self._input
+        self.counters["oneway_started"] += 1
+        if seam:
+            self._copy(ow, seam, now)
+        self._pull(ow, now)
+        self._check(ow, now)
+        return ow
+
+    def abort(self, ow: OneWay, now: float) -> None:
+        """Give up (the application's timeout): both connections are reset."""
+        if ow.phase is Phase.DONE:
+            return
+        self._finish(ow, "aborted", now)
+        for tcb in (ow.source, ow.sink):
+            if tcb.state is not TcpState.CLOSED:
+                tcb.abort(now)
+        self.tcp.flush_events()
+
+    # -- input ----------------------------------------------------------------------
+    def _input(self, tcb: Tcb, hdr: TcpHeader, skb: SkBuff, now: float) -> bool:
+        ow = self.by_tcb.get(id(tcb))
+        if ow is None:
+            tcb.input_hook = None
+            return False
+        ow.progress += 1
+        if ow.phase is Phase.COPYING:
+            if (tcb is ow.source and ow.counters["copied_bytes"] >= ow.copy_cap
+                    and not hdr.flags & (SYN | RST) and len(skb) > hdr.header_len
+                    and not tcb.out_of_order_queue):
+                # Enough was copied for the sink's peer to acknowledge at once: the
+                # source's text waits (as a frame) for the relay to start.
+                self.splicer._ack_only(tcb, hdr, now)
+                self._hold_source(ow, skb, hdr)
+            else:
+                segment_arrives(tcb, hdr, skb.view()[hdr.header_len:], now)
+                if tcb is ow.source:
+                    self._pull(ow, now)
+            self._check(ow, now)
+            return True
+        if tcb is ow.source:
+            self._from_source(ow, hdr, skb, now)
+        else:
+            self._from_sink(ow, hdr, skb, now)
+        return True
+
+    # -- COPYING --------------------------------------------------------------------
+    def _copy(self, ow: OneWay, data: bytes, now: float) -> None:
+        from splice.splicer import Splicer
+        Splicer._force_send(ow.sink, data, now)
+        ow.budget -= len(data)
+        ow.counters["copied_bytes"] += len(data)
+        self.counters["seam_bytes"] += len(data)
+        if ow.tap is not None:
+            ow.tap.feed(ow.tap.next_seq, data)
+        self.tcp.schedule(ow.sink)
+
+    def _pull(self, ow: OneWay, now: float) -> None:
+        """Move what the source TCB holds in order, up to the budget, to the sink."""
+        n = min(ow.budget, ow.source.recv_available())
+        if n > 0:
+            self._copy(ow, ow.source.recv(n), now)
+            self.tcp.schedule(ow.source)
+
+    def _hold_source(self, ow: OneWay, skb: SkBuff, hdr: TcpHeader) -> None:
+        start = skb.network_off - ETH_HLEN
+        if ow.waiting_bytes + skb.tail - start > self.splicer.queue_limit:
+            ow.counters["drop.queue_full"] += 1
+            return
+        frame = bytes(skb.buf[start:skb.tail])
+        ow.waiting.append(QueuedFrame(frame, (
+            skb.vnet_flags, skb.gso_type, skb.gso_size, skb.csum_start, skb.csum_offset,
+            skb.hdr_len), skb.data - start, len(skb) - hdr.header_len))
+        ow.waiting_bytes += len(frame)
+        self.counters["seam_bytes"] += len(skb) - hdr.header_len
+
+    def _check(self, ow: OneWay, now: float) -> None:
+        src, sink = ow.source, ow.sink
+        if ow.phase is not Phase.COPYING:
+            return
+        if ow.budget == 0:
+            self._finish(ow, "done", now)
+        elif src.state is TcpState.CLOSED or sink.state is TcpState.CLOSED:
+            self._finish(ow, "reset", now)
+        elif src.eof_received and not src.recv_available():
+            self._finish(ow, "short", now)
+        elif (sink.snd_una == sink.write_seq and sink.state in SINK_STATES
+              and src.state is TcpState.ESTABLISHED and src.snd_una == src.write_seq
+              and not src.out_of_order_queue and not src.recv_available()):
+            self._start_relaying(ow, now)
+
+    def _start_relaying(self, ow: OneWay, now: float) -> None:
+        src, sink = ow.source, ow.sink
+        for tcb in (src, sink):
+            if tcb.rcv_nxt != tcb.last_ack_sent:
+                output.send_ack(tcb, now)  # before the relayed clock takes over
+            tcb.timer_rtx = tcb.timer_delack = tcb.timer_keepalive = None
+        ow.src_start = ow.src_hi = src.rcv_nxt
+        ow.src_end = seq.add(src.rcv_nxt, ow.budget)
+        ow.sink_start = sink.snd_nxt
+        ow.sink_end = seq.add(sink.snd_nxt, ow.budget)
+        ow.to_source, ow.to_sink = make_maps(
+            snapshot(sink, sink.snd_nxt, sink.rcv_nxt, now),
+            snapshot(src, src.snd_nxt, src.rcv_nxt, now))
+        if ow.tap is not None:
+            # The tap continues in the source's sequence space; it ends with the budget.
+            ow.tap.next_seq = src.rcv_nxt
+            ow.tap.fin_seq = ow.src_end
+        ow.phase = Phase.RELAYING
+        self.stack.flows[_flow_key(src)] = functools.partial(self._flow, ow)
+        self.counters["oneway_relaying"] += 1
+        waiting, ow.waiting, ow.waiting_bytes = ow.waiting, [], 0
+        for q in waiting:
+            if ow.phase is not Phase.RELAYING:
+                break
+            skb = SkBuff.from_bytes(q.frame, headroom=128)
+            (skb.vnet_flags, skb.gso_type, skb.gso_size, skb.csum_start,
+             skb.csum_offset, skb.hdr_len) = q.vnet
+            skb.network_off = skb.data + ETH_HLEN
+            skb.data += q.tcp_off
+            self._from_source(ow, TcpHeader.parse(skb.view()), skb, now)
+
+    # -- RELAYING: the source's segments ---------------------------------------------
+    def _flow(self, ow: OneWay, skb: SkBuff, now: float) -> bool:
+        """Straight from the device: a source segment wholly inside the budget, with
+        no SYN, FIN or RST. Anything else goes the normal way (False)."""
+        buf = skb.buf
+        ip = skb.data + ETH_HLEN
+        totlen = (buf[ip + 2] << 8) | buf[ip + 3]
+        if (totlen > skb.tail - ip or totlen < 40 or buf[ip + 6] & 0x3F or buf[ip + 7]
+                or cks.ones_sum(memoryview(buf)[ip:ip + 20]) != 0xFFFF):
+            return False
+        t = ip + 20
+        if buf[t + 13] & (SYN | FIN | RST):
+            return False
+        thl = (buf[t + 12] >> 4) << 2
+        text = totlen - 20 - thl
+        if thl < 20 or text < 0:
+            return False
+        end = (_L.unpack_from(buf, t + 4)[0] + text) & 0xFFFFFFFF
+        if not seq.lt(end, ow.src_end):
+            return False
+        skb.tail = ip + totlen
+        if not skb.vnet_flags & _TRUSTED:
+            src = ow.source
+            if not verify_tcp_checksum(src.remote, src.local, memoryview(buf)[t:skb.tail]):
+                return False
+        ow.progress += 1
+        if text:
+            skb.network_off = ip
+            skb.data = t
+            self._relay(ow, skb, end, now)
+        else:
+            ow.counters["source_acks_absorbed"] += 1
+        return True
+
+    def _from_source(self, ow: OneWay, hdr: TcpHeader, skb: SkBuff, now: float) -> None:
+        src = ow.source
+        flags = hdr.flags
+        if flags & RST:
+            segment_arrives(src, hdr, skb.view()[hdr.header_len:], now)
+            if src.state is TcpState.CLOSED:
+                self._finish(ow, "reset", now)
+            return
+        if flags & SYN:
+            ow.counters["drop.syn"] += 1
+            return
+        text = len(skb) - hdr.header_len
+        end = seq.add(hdr.seq, text)
+        if flags & FIN:
+            ow.source_fin = dataclasses.replace(hdr, seq=end, flags=flags & ~SYN)
+        if seq.gt(end, ow.src_end):
+            keep = seq.sub(ow.src_end, hdr.seq)
+            if keep <= 0:
+                ow.counters["drop.beyond_budget"] += 1
+                self.counters["oneway_beyond_budget"] += 1
+                return
+            ow.counters["cut_at_budget"] += 1
+            cut(skb, keep, src.remote, src.local, clear_fin=bool(flags & FIN))
+            text, end = keep, ow.src_end
+        elif flags & FIN:
+            _clear_fin(skb)
+        if end == ow.src_end and hdr.options.timestamp is not None:
+            ow.source_tsval = hdr.options.timestamp[0]
+        if text:
+            self._relay(ow, skb, end, now)
+        else:
+            ow.counters["source_acks_absorbed"] += 1
+        if flags & FIN and seq.lt(end, ow.src_end) and ow.phase is Phase.RELAYING:
+            self._finish(ow, "short", now)  # the source ended before the budget
+
+    def _relay(self, ow: OneWay, skb: SkBuff, end: int, now: float) -> None:
+        """Rewrite a source segment (data at its TCP header) and send it to the sink."""
+        buf = skb.buf
+        t = skb.data
+        if ow.tap is not None:
+            thl = (buf[t + 12] >> 4) << 2
+            ow.tap.feed(_L.unpack_from(buf, t + 4)[0], memoryview(buf)[t + thl:skb.tail])
+        skb.data = skb.network_off - ETH_HLEN
+        sink = ow.sink
+        try:
+            res = relay_rewrite(skb, ow.to_sink, self.stack.routes.lookup(
+                sink.remote).iface.offload)
+        except RelayError as e:
+            ow.counters["drop." + e.reason] += 1
+            self.counters["drop." + e.reason] += 1
+            return
+        ow.counters["relayed_segments"] += 1
+        ow.counters["relayed_bytes"] += res.payload_bytes
+        if len(res.frames) != 1 or res.frames[0] is not skb:
+            self.counters["copied_payload_bytes"] += res.payload_bytes
+        for frame in res.frames:
+            self.stack.output_frame(frame, now)
+        if seq.gt(end, ow.src_hi):
+            ow.src_hi = end
+
+    # -- RELAYING: the sink's peer's segments ----------------------------------------
+    def _from_sink(self, ow: OneWay, hdr: TcpHeader, skb: SkBuff, now: float) -> None:
+        sink = ow.sink
+        flags = hdr.flags
+        if flags & RST:
+            segment_arrives(sink, hdr, skb.view()[hdr.header_len:], now)
+            if sink.state is TcpState.CLOSED:
+                self._finish(ow, "reset", now)
+                if ow.source.state is not TcpState.CLOSED:
+                    ow.source.abort(now)
+            return
+        if flags & SYN:
+            ow.counters["drop.syn"] += 1
+            return
+        if not flags & ACK:
+            ow.counters["drop.no_ack"] += 1
+            return
+        ack = hdr.ack
+        if seq.gt(ack, seq.add(ow.sink_start, seq.sub(ow.src_hi, ow.src_start))):
+            ow.counters["drop.ack_of_unsent"] += 1  # acknowledges what was never relayed
+            return
+        text = len(skb) - hdr.header_len
+        if text or flags & FIN:
+            # Text or FIN of the other direction: the application's, after the
+            # hand-back. The acknowledgement goes on to the source's peer now.
+            if ow.held_bytes + text <= HELD_LIMIT:
+                ow.held.append((hdr, bytes(skb.view()[hdr.header_len:])))
+                ow.held_bytes += text
+            else:
+                ow.counters["drop.held_full"] += 1
+            cut(skb, 0, sink.remote, sink.local, clear_fin=True)
+        if seq.lt(ack, ow.sink_start):
+            t = skb.data
+            _L.pack_into(skb.buf, t + 8, ow.sink_start)
+            if not skb.vnet_flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
+                csum = _H.unpack_from(skb.buf, t + 16)[0]
+                _H.pack_into(skb.buf, t + 16, cks.update32(csum, ack, ow.sink_start))
+        skb.data = skb.network_off - ETH_HLEN
+        try:
+            res = relay_rewrite(skb, ow.to_source, self.stack.routes.lookup(
+                ow.source.remote).iface.offload)
+        except RelayError as e:
+            ow.counters["drop." + e.reason] += 1
+            self.counters["drop." + e.reason] += 1
+        else:
+            ow.counters["acks_relayed"] += 1
+            for frame in res.frames:
+                self.stack.output_frame(frame, now)
+        if seq.ge(ack, ow.sink_end):
+            self._hand_back(ow, hdr, now)
+
+    # -- the end --------------------------------------------------------------------
+    def _hand_back(self, ow: OneWay, last: TcpHeader, now: float) -> None:
+        """The sink's peer has the whole budget: both TCBs take over."""
+        src, sink = ow.source, ow.sink
+        end = ow.sink_end
+        self._set_sink_sent(sink, end)
+        src.rcv_nxt = ow.src_end
+        if seq.lt(src.rcv_adv, ow.src_end):
+            src.rcv_adv = ow.src_end
+        src.last_ack_sent = ow.src_end
+        if ow.source_tsval is not None and seq.gt(ow.source_tsval, src.ts_recent):
+            src.ts_recent, src.ts_recent_age = ow.source_tsval, now
+        for tcb in (src, sink):
+            tcb.ts_offset = (tcb.ts_offset + TS_HANDBACK_MS) & 0xFFFFFFFF
+        held, ow.held = ow.held, []
+        fin = ow.source_fin
+        self._finish(ow, "done", now)
+        # What the sink's peer sent meanwhile, then the segment that ended it all.
+        for hdr, text in held:
+            segment_arrives(sink, hdr, memoryview(text), now)
+        if not held or held[-1][0] is not last:
+            segment_arrives(sink, dataclasses.replace(last, flags=last.flags & ~FIN),
+                            memoryview(b""), now)
+        if fin is not None and src.state is not TcpState.CLOSED:
+            segment_arrives(src, fin, memoryview(b""), now)
+        for tcb in (src, sink):
+            self.tcp.schedule(tcb)
+        self.tcp.flush_events()
+
+    @staticmethod
+    def _set_sink_sent(sink: Tcb, end: int) -> None:
+        """The sink TCB's send side as if it had sent, and seen acknowledged, up to
+        ``end`` itself."""
+        sink.snd_una = sink.snd_nxt = sink.write_seq = end
+        sink.recover = sink.rack_end = end
+        sink.dupacks = 0
+        sink.in_recovery = sink.rto_recovery = False
+        sink.tlp_end = None
+        sink._scoreboard = None
+
+    def _finish(self, ow: OneWay, outcome: str, now: float) -> None:
+        if ow.phase is Phase.DONE:
+            return
+        copying = ow.phase is Phase.COPYING
+        if ow.phase is Phase.RELAYING and outcome != "done":
+            # The sink TCB continues from the end of what was relayed (its reset is
+            # then in the peer's window); nothing of the relayed range is its to resend.
+            self._set_sink_sent(ow.sink, seq.add(ow.sink_start,
+                                                 seq.sub(ow.src_hi, ow.src_start)))
+            ow.source.rcv_nxt = ow.src_hi
+            for tcb in (ow.source, ow.sink):
+                tcb.ts_offset = (tcb.ts_offset + TS_HANDBACK_MS) & 0xFFFFFFFF
+        ow.phase = Phase.DONE
+        ow.outcome = outcome
+        self.stack.flows.pop(_flow_key(ow.source), None)
+        for tcb in (ow.source, ow.sink):
+            self.by_tcb.pop(id(tcb), None)
+            if tcb.input_hook == self._input:
+                tcb.input_hook = None
+            if tcb.state is not TcpState.CLOSED and tcb.state is not TcpState.TIME_WAIT:
+                from stack.tcp.timers import arm_keepalive
+                arm_keepalive(tcb, now)
+        if ow.tap is not None:
+            if outcome == "done" and copying:
+                ow.tap._end(True)
+            else:
+                ow.tap.close()
+        self.counters["oneway_" + outcome] += 1
+        if ow.on_done is not None:
+            ow.on_done(ow)
