@@ -103,6 +103,30 @@ class SpliceApi:
         protocol.connection_made(transport)
         return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
+    async def open_mirrored(self, like_writer: asyncio.StreamWriter, host: str,
+                            port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Connect with the options of the connection behind ``like_writer`` (SPLICE.md
+        §5: its MSS, window scale, SACK and timestamps), without intend_splice: a
+        connection that one-way splices (:meth:`relay`) may later join to it."""
+        loop = asyncio.get_running_loop()
+        like = _tcb(like_writer)
+        dst = ipaddress.IPv4Address(host).packed
+        conn = self.splicer.tcp.connect(dst, port, self.driver.now(),
+                                        setup=lambda t: self.splicer._mirror(t, like))
+        self.driver.poke()
+        try:
+            await established(conn)
+        except BaseException:
+            if conn.state.name != "CLOSED":
+                conn.abort(self.driver.now())
+                self.driver.poke()
+            raise
+        reader = asyncio.StreamReader(loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        transport = TcpTransport(conn, protocol, self.driver)
+        protocol.connection_made(transport)
+        return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+
     async def splice(self, client_writer: asyncio.StreamWriter,
                      server_writer: asyncio.StreamWriter, *,
                      reply_to_client: bytes = b"", tap: str | None = None,

@@ -59,6 +59,7 @@ def policy_from_args(args: argparse.Namespace) -> HttpPolicy:
         connect_ports=frozenset(args.connect_port or [443]),
         idle_timeout=args.idle_timeout,
         response_timeout=args.response_timeout,
+        splice_min=args.splice_min,
     )
 
 
@@ -102,9 +103,15 @@ def add_parser(subparsers) -> None:
     p.add_argument("--listen", type=parse_listen, default=None, metavar="ADDR:PORT",
                    help="listen address (default with --lab: 198.18.0.2:3128)")
     p.add_argument("--mode", choices=MODES, default="splice",
-                   help="splice (default): CONNECT tunnels are spliced by the stack; plain "
-                        "HTTP responses are still copied through the streams until the "
-                        "asymmetric splice lands. copy: everything copied")
+                   help="splice (default): CONNECT tunnels and the last response on a "
+                        "connection are spliced both ways; on kept-alive connections "
+                        "Content-Length bodies of at least --splice-min bytes are spliced "
+                        "one way, then the next request is read. Chunked and "
+                        "close-delimited bodies on kept-alive connections are copied. "
+                        "copy: everything copied through the streams")
+    p.add_argument("--splice-min", type=parse_size, default=64 << 10, metavar="BYTES",
+                   help="smallest response body spliced one way (default 64K; smaller "
+                        "bodies cost less to copy than to splice)")
     p.add_argument("--cache-size", type=parse_size, default=64 << 20, metavar="BYTES",
                    help="cache bound in bytes, K/M/G suffixes (default 64M; 0: no cache)")
     p.add_argument("--max-object", type=parse_size, default=8 << 20, metavar="BYTES",

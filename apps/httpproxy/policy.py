@@ -23,6 +23,9 @@ class HttpPolicy(Policy):
     idle_timeout: float = 30.0       # a kept-alive client connection with no request
     response_timeout: float = 30.0   # origin's response head, and each body read
     via: str = "tapsplice"
+    #: Splice mode: response bodies of at least this many bytes (Content-Length) are
+    #: spliced one way on kept-alive connections; smaller ones are copied.
+    splice_min: int = 64 << 10
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -31,6 +34,8 @@ class HttpPolicy(Policy):
         for name in ("idle_timeout", "response_timeout"):
             if not getattr(self, name) > 0:
                 raise PolicyError(f"{name} {getattr(self, name)} must be positive")
+        if self.splice_min < 0:
+            raise PolicyError(f"splice_min {self.splice_min} must be >= 0")
 
     def connect_allowed(self, port: int) -> bool:
         """Whether CONNECT may reach ``port``."""

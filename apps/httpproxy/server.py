@@ -293,6 +293,9 @@ class HttpProxy:
                 if splice:
                     # intend_splice: the server SYN carries the client's options (SPLICE.md §1.2)
                     pair = await self.splice.open_connection(client.writer, ip, port)
+                elif self._may_relay(client.writer):
+                    # The same options, so that a body can be spliced one way later.
+                    pair = await self.splice.open_mirrored(client.writer, ip, port)
                 else:
                     pair = await self.api.open_connection(ip, port)
         except TimeoutError:
@@ -423,8 +426,12 @@ class HttpProxy:
         if self.cache is not None and rules.storable(req.method, req.headers, resp.status,
                                                      resp.headers):
             capture = _Capture(self.cache.max_object)
-        await self._relay_body(origin, client.writer, (framing, length), rechunk, capture,
-                               entry)
+        if (framing is Framing.LENGTH and length >= max(self.policy.splice_min, 1)
+                and self._may_relay(client.writer) and self._may_relay(origin.writer)):
+            await self._splice_body(origin, client, length, capture, entry)
+        else:
+            await self._relay_body(origin, client.writer, (framing, length), rechunk,
+                                   capture, entry)
         if capture is not None and not capture.overflow:
             self._store(req, resp, store, b"".join(capture.parts), times)
         return keep
@@ -454,6 +461,45 @@ class HttpProxy:
             self.counters["body_cut"] += 1
             entry.note = f"response body: {e}"
             raise _Abort(entry.note) from None
+
+    def _may_relay(self, writer: asyncio.StreamWriter) -> bool:
+        """Whether a body may be spliced one way on this connection of the stack."""
+        if self.mode != "splice" or self.splice is None:
+            return False
+        tcb = writer.get_extra_info("tcb")
+        return tcb is not None and tcb.state.name in ("ESTABLISHED", "CLOSE_WAIT")
+
+    async def _splice_body(self, origin: BufferedStream, client: BufferedStream,
+                           length: int, capture: _Capture | None, entry: Entry) -> None:
+        """A Content-Length body spliced one way (SPLICE.md §6): the stack relays it
+        from the origin to the client, then the client connection is ours again for
+        its next request. With ``capture`` a TCP Tap keeps the copy for the cache."""
+        assert self.splice is not None
+        seam = bytes(origin.buf[:length])
+        del origin.buf[:len(seam)]
+        tap = capture is not None and length <= capture.limit
+        ow = await self.splice.relay(origin.writer, client.writer, length, seam=seam,
+                                     tap=tap, tap_limit=length + 1, tap_total=length,
+                                     idle_timeout=self.policy.response_timeout)
+        self.counters["spliced_bodies"] += 1
+        self.counters["spliced_body_bytes"] += ow.counters["relayed_bytes"]
+        entry.bytes += length
+        entry.note = entry.note or "body spliced"
+        if ow.outcome != "done":
+            self.counters["body_cut"] += 1
+            entry.note = f"response body: spliced relay ended {ow.outcome}"
+            raise _Abort(entry.note)
+        if capture is not None:
+            data = b""
+            if tap:
+                try:
+                    data = await ow.tap_reader.read(-1)
+                except ConnectionError:
+                    data = b""
+            if len(data) == length:
+                capture.add(data)
+            else:
+                capture.overflow = True
 
     def _store(self, req: Request, resp: Response, headers: Headers, body: bytes,
                times: tuple[float, float]) -> None:

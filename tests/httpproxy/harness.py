@@ -82,7 +82,7 @@ class Origin:
             return 200, date + [("Cache-Control", "max-age=60")], body * 50, "chunked"
         if path == "/close":
             return 200, date + [("Cache-Control", "max-age=60")], body * 50, "close"
-        if path == "/big":
+        if path in ("/big", "/big-paced"):
             return 200, date + [("Cache-Control", "max-age=60")], _big(), "len"
         if path == "/vary":
             lang = head.get("accept-language", "")
@@ -118,6 +118,12 @@ class Origin:
             body = await _request_body(reader, head)
             writer.write(b"HTTP/1.1 201 Created\r\nContent-Length: %d\r\n\r\n%s"
                          % (len(body), body))
+        elif target == "/big-paced":   # the head, a pause, then the body
+            head_part, sep, rest = self._response(method, target, head).partition(b"\r\n\r\n")
+            writer.write(head_part + sep)
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            writer.write(rest)
         else:
             writer.write(self._response(method, target, head))
         await writer.drain()

@@ -30,7 +30,9 @@ def test_help_says_what_splice_mode_splices(capsys) -> None:
     with pytest.raises(SystemExit):
         parse("--help")
     text = " ".join(capsys.readouterr().out.split())
-    assert "CONNECT tunnels are spliced" in text and "copied" in text
+    assert "CONNECT tunnels and the last response on a connection are spliced" in text
+    assert "spliced one way" in text and "--splice-min" in text
+    assert parse("--splice-min", "1M").splice_min == 1 << 20
 
 
 @pytest.mark.parametrize("text,size", [("0", 0), ("512", 512), ("64K", 65536),

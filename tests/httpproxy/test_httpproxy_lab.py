@@ -1,18 +1,20 @@
-"""`tapsplice http-proxy --lab` between curl in the client namespace and nginx in the
-server namespace: a miss then a hit, two URLs on one kept-alive connection, and a
-CONNECT to a port that is not allowed."""
+"""`tapsplice http-proxy --lab` between curl (or Python's urllib) in the client namespace
+and nginx in the server namespace: a miss then a hit, URLs on one kept-alive
+connection with their bodies spliced one way, and a CONNECT to a port that is not
+allowed."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.lab.stackproc import StackProcess
+from tests.lab.stackproc import StackProcess, kernel_drops, kernel_loss
 from tools.bench.proc import ns_cmd
 from tools.origin import Origin
 
@@ -67,3 +69,62 @@ def test_http_proxy_cache_keep_alive_and_connect_policy(lab, tmp_path: Path) -> 
         ("TCP_DENIED/403", "CONNECT", "origin.test:8080")], text
     assert access[0][8] == "HIER_DIRECT/198.19.0.1" and access[1][8] == "HIER_NONE/-"
     assert int(access[0][4]) > 1 << 20
+
+
+URLLIB_FETCH = """
+import hashlib, sys, urllib.request
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": sys.argv[1]}))
+for url in sys.argv[2:]:
+    with opener.open(url, timeout=60) as r:
+        print(r.status, hashlib.sha256(r.read()).hexdigest(), flush=True)
+"""
+
+
+@pytest.mark.parametrize("loss", [None, 10], ids=["clean", "loss-1pct"])
+def test_kept_alive_connection_splices_each_large_body(lab, tmp_path: Path, loss) -> None:
+    """Four URLs on one curl connection: three large bodies spliced one way (SPLICE.md
+    §6), then a hit; with 1% loss on the client's and the origin's kernels too."""
+    stack = StackProcess(lab, "http-proxy", "--host", "origin.test=198.19.0.1",
+                         "--cache-size", "16M", "--max-object", "3M",
+                         log=tmp_path / "proxy.log")
+    try:
+        stack.wait_ready()
+        with Origin(lab.server_ns, addr="198.19.0.1") as origin:
+            files = [origin.make_file(f"k{i}.bin", size, random=True)
+                     for i, size in enumerate((6 << 20, 2 << 20, 400_000))]
+            day_ago = time.time() - 86400
+            for f in files:   # heuristically fresh for hours: the repeat is a hit
+                os.utime(f.path, (day_ago, day_ago))
+            urls = [f"http://origin.test{f.url_path}" for f in files]
+            if loss:
+                kernel_loss(lab.client_ns, loss)
+                kernel_loss(lab.server_ns, loss)
+            outs = [tmp_path / f"out{i}" for i in range(4)]
+            args = [a for o in outs for a in ("-o", str(o))]
+            run = curl(lab.client_ns, *args, "-w", "%{num_connects} ", *urls, urls[1])
+            assert run.returncode == 0, run.stderr + stack.log.read_text()[-3000:]
+            assert run.stdout.split() == ["1", "0", "0", "0"]   # one connection
+            for out, f in zip(outs, [*files, files[1]], strict=True):
+                assert hashlib.sha256(out.read_bytes()).hexdigest() == f.sha256
+            # Python's urllib (a new connection per URL, Connection: close): the
+            # last response on a connection is spliced both ways.
+            fetch = subprocess.run(ns_cmd(lab.client_ns, sys.executable, "-c", URLLIB_FETCH,
+                                          PROXY, urls[0], urls[2]),
+                                   capture_output=True, text=True, timeout=120)
+            assert fetch.returncode == 0, fetch.stderr
+            assert fetch.stdout.split() == ["200", files[0].sha256, "200", files[2].sha256]
+            if loss:
+                drops = kernel_drops(lab.client_ns) + kernel_drops(lab.server_ns)
+                assert drops > 0   # the loss was real
+                kernel_loss(lab.client_ns, None)
+                kernel_loss(lab.server_ns, None)
+    finally:
+        summary = stack.stop()
+    splice = summary["splice"]
+    assert splice.get("oneway_done", 0) >= 3, summary
+    assert splice.get("copied_payload_bytes", 0) == 0
+    assert splice.get("oneway_relaying", 0) >= 3   # relayed, not only copied
+    text = stack.log.read_text()
+    codes = [line.split(": ", 1)[1].split()[3] for line in text.splitlines()
+             if "tapsplice.httpproxy.access" in line]
+    assert codes[:4] == ["TCP_MISS/200", "TCP_MISS/200", "TCP_MISS/200", "TCP_MEM_HIT/200"]

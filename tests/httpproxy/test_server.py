@@ -540,3 +540,47 @@ def test_spliced_response_larger_than_the_cache_takes_is_logged_not_stored():
         conn2.writer.close()
 
     simulate(body, mode="splice", cache=CacheStore(16 << 20, 100_000))
+
+
+def test_kept_alive_large_bodies_are_spliced_one_way_and_fill_the_cache():
+    async def body(w: World):
+        conn = await w.connect()
+        r1, b1 = await fetch(conn, origin_url("/big-paced"))
+        assert r1.status == 200 and b1 == _big()
+        assert r1.headers.get("via") == "1.1 tapsplice"     # the proxy's own head
+        r2, b2 = await fetch(conn, origin_url("/big-paced"))  # same connection: a hit
+        assert b2 == b1
+        r3, b3 = await fetch(conn, origin_url("/big-paced"), fields=[
+            ("Cache-Control", "no-cache")])                  # to the origin again
+        assert b3 == b1
+        r4, b4 = await fetch(conn, origin_url("/fresh"))     # small: copied
+        assert r4.status == 200 and b4.startswith(b"/fresh v1")
+        assert w.origin.hits["/big-paced"] == 2
+        assert codes(w)[:2] == ["TCP_MISS/200", "TCP_MEM_HIT/200"]
+        counters = w.proxy.counters
+        assert counters["spliced_bodies"] == 2 and counters["accepted"] == 1
+        assert counters["spliced_body_bytes"] > BIG       # the relay carried most of both
+        splicer = w.proxy.splice.splicer
+        assert splicer.counters["oneway_done"] == 2
+        assert splicer.counters["copied_payload_bytes"] == 0
+        conn.writer.close()
+        assert await w.until(lambda: w.proxy.active == 0 and w.proxy_connections() == 0)
+
+    simulate(body, mode="splice")
+
+
+def test_spliced_body_cut_short_resets_the_client():
+    async def body(w: World):
+        conn = await w.connect()
+        conn.writer.write(f"GET {origin_url('/short')} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        out, reset = bytearray(), False
+        try:
+            while chunk := await conn.read_some():
+                out += chunk
+        except ConnectionError:
+            reset = True
+        assert reset and out.startswith(b"HTTP/1.1 200 ") and len(out) < 100000
+        assert w.proxy.counters["body_cut"] == 1 and len(w.proxy.cache) == 0
+        assert await w.until(lambda: w.proxy.active == 0 and w.proxy_connections() == 0)
+
+    simulate(body, mode="splice", policy=HttpPolicy(splice_min=1000))
