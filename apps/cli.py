@@ -61,7 +61,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if profile:
             prof.disable()
-            prof.dump_stats(profile)
+            # "{command}" and "{pid}" in the name keep the profiles of a benchmark's
+            # processes apart (the benchmark and each stack it starts).
+            prof.dump_stats(profile.format(command=getattr(args, "command", "x"),
+                                           pid=os.getpid()))
 
 
 if __name__ == "__main__":

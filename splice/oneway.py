@@ -105,6 +105,7 @@ class OneWay:
     sink_start: int = 0
     sink_end: int = 0
     src_hi: int = 0                 # end of the highest source byte relayed
+    sink_acked: int = 0             # the sink's peer's highest acknowledgement
     to_sink: DirectionMap | None = None
     to_source: DirectionMap | None = None
     #: (header, text) the sink's peer sent while relaying, for the sink TCB.
@@ -114,7 +115,8 @@ class OneWay:
     source_tsval: int | None = None        # the newest TSval seen at the budget's end
     outcome: str | None = None             # "done", "short", "reset", "aborted"
     on_done: Callable[[OneWay], None] | None = None
-    #: Bumped on every segment moved (for idle timeouts).
+    #: Bumped whenever new data moves or is acknowledged (for idle timeouts: probes
+    #: and retransmissions into a closed window are not progress).
     progress: int = 0
     #: COPYING: bytes copied before the source's text waits for the relay (enough for
     #: the sink's peer to acknowledge at once: it does so for two full segments).
@@ -245,7 +247,6 @@ class OneWaySplicer:
         if ow is None:
             tcb.input_hook = None
             return False
-        ow.progress += 1
         if ow.phase is Phase.COPYING:
             if (tcb is ow.source and ow.counters["copied_bytes"] >= ow.copy_cap
                     and not hdr.flags & (SYN | RST) and len(skb) > hdr.header_len
@@ -271,6 +272,7 @@ class OneWaySplicer:
         from splice.splicer import Splicer
         Splicer._force_send(ow.sink, data, now)
         ow.budget -= len(data)
+        ow.progress += 1
         ow.counters["copied_bytes"] += len(data)
         self.counters["seam_bytes"] += len(data)
         if ow.tap is not None:
@@ -319,7 +321,7 @@ class OneWaySplicer:
             tcb.timer_rtx = tcb.timer_delack = tcb.timer_keepalive = None
         ow.src_start = ow.src_hi = src.rcv_nxt
         ow.src_end = seq.add(src.rcv_nxt, ow.budget)
-        ow.sink_start = sink.snd_nxt
+        ow.sink_start = ow.sink_acked = sink.snd_nxt
         ow.sink_end = seq.add(sink.snd_nxt, ow.budget)
         ow.to_source, ow.to_sink = make_maps(
             snapshot(sink, sink.snd_nxt, sink.rcv_nxt, now),
@@ -367,7 +369,6 @@ class OneWaySplicer:
             src = ow.source
             if not verify_tcp_checksum(src.remote, src.local, memoryview(buf)[t:skb.tail]):
                 return False
-        ow.progress += 1
         if text:
             skb.network_off = ip
             skb.data = t
@@ -435,6 +436,7 @@ class OneWaySplicer:
             self.stack.output_frame(frame, now)
         if seq.gt(end, ow.src_hi):
             ow.src_hi = end
+            ow.progress += 1
 
     # -- RELAYING: the sink's peer's segments ----------------------------------------
     def _from_sink(self, ow: OneWay, hdr: TcpHeader, skb: SkBuff, now: float) -> None:
@@ -467,6 +469,9 @@ class OneWaySplicer:
             else:
                 ow.counters["drop.held_full"] += 1
             cut(skb, 0, sink.remote, sink.local, clear_fin=True)
+        if seq.gt(ack, ow.sink_acked):
+            ow.sink_acked = ack
+            ow.progress += 1
         if seq.lt(ack, ow.sink_start):
             t = skb.data
             _L.pack_into(skb.buf, t + 8, ow.sink_start)

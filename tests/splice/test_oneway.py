@@ -222,3 +222,36 @@ def test_cut_shortens_a_segment_with_valid_checksums(keep):
     assert len(seg) == 20 + keep and seg[20:] == bytes(range(keep))
     assert not seg[13] & FIN
     assert verify_tcp_checksum(ip_bytes("198.18.0.1"), ip_bytes("198.18.0.2"), seg)
+
+
+def test_client_reset_mid_body_resets_the_origin_and_leaves_nothing():
+    async def body(w: World):
+        w.body_delay = 0.05
+        reader, writer = await w.driver.tcp(w.c).open_connection(PROXY_C, 1080)
+        writer.write(b"3000000 0\n")
+        assert await reader.readline() == b"HEAD 3000000\n"
+        assert len(await reader.readexactly(200_000)) == 200_000
+        writer.transport.abort()
+        assert await w.until(lambda: len(w.ways) == 1, timeout=60)
+        assert w.ways[0].outcome == "reset"
+        assert await w.until(lambda: _clean(w))
+        assert await w.until(lambda: not w.splicer.tcp.connections, timeout=600)
+
+    simulate(body, faults=FaultModel(delay=0.001))
+
+
+def test_stalled_client_is_aborted_after_the_idle_timeout():
+    async def body(w: World):
+        w.body_delay = 0.05
+        reader, writer = await w.driver.tcp(w.c).open_connection(PROXY_C, 1080)
+        writer.write(b"30000000 0\n")
+        assert await reader.readline() == b"HEAD 30000000\n"
+        writer.transport.pause_reading()   # the window closes; nothing moves any more
+        start = w.driver.now()
+        assert await w.until(lambda: not w.splicer.oneway.by_tcb, timeout=120)
+        assert 30 <= w.driver.now() - start <= 65   # the idle_timeout, polled per period
+        assert _clean(w)
+        assert await w.until(lambda: not w.splicer.tcp.connections, timeout=600)
+        writer.close()
+
+    simulate(body, faults=FaultModel(delay=0.001))
