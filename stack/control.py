@@ -113,6 +113,15 @@ def connection_row(tcb: Any, splicer: Any = None) -> dict[str, Any]:
         row["splice"] = {"role": side.role, "state": side.state.value,
                          "pending": len(side.pending or ()),
                          "partner": _endpoints(partner.tcb) if partner is not None else None}
+    ow = splicer.oneway.by_tcb.get(id(tcb)) if splicer is not None else None
+    if ow is not None:
+        # A one-way splice (SPLICE.md §6): this connection is its source or its sink.
+        role = "source" if ow.source is tcb else "sink"
+        partner_tcb = ow.sink if ow.source is tcb else ow.source
+        row["splice"] = {"role": f"one-way {role}", "state": ow.phase.value,
+                         "pending": len(ow.waiting), "partner": _endpoints(partner_tcb),
+                         "relayed_bytes": ow.counters["relayed_bytes"],
+                         "copied_bytes": ow.counters["copied_bytes"]}
     return row
 
 
@@ -144,8 +153,12 @@ def _splice_part(splicer: Any) -> dict[str, Any]:
                                   pending=len(side.pending or ()))
         one["counters"] = dict(pair.counters)
         pairs.append(one)
+    ways = list({id(w): w for w in splicer.oneway.by_tcb.values()}.values())
     return {"enabled": True, "counters": dict(sorted(splicer.counters.items())),
-            "pairs": pairs, "pairs_total": len(splicer.pairs)}
+            "pairs": pairs, "pairs_total": len(splicer.pairs),
+            "one_way": [dict(w.info(), source=_endpoints(w.source), sink=_endpoints(w.sink))
+                        for w in ways[:MAX_PAIRS]],
+            "one_way_total": len(ways)}
 
 
 def counters_part(net: StackView) -> dict[str, Any]:

@@ -248,6 +248,16 @@ def test_stalled_client_is_aborted_after_the_idle_timeout():
         assert await reader.readline() == b"HEAD 30000000\n"
         writer.transport.pause_reading()   # the window closes; nothing moves any more
         start = w.driver.now()
+        assert await w.until(lambda: bool(w.splicer.oneway.by_tcb), timeout=5)
+        # `tapsplice stat` shows it: the snapshot's rows and its splice part.
+        from stack.control import _splice_part, connection_row
+        (ow,) = {id(x): x for x in w.splicer.oneway.by_tcb.values()}.values()
+        sink_row = connection_row(ow.sink, w.splicer)
+        assert sink_row["splice"]["role"] == "one-way sink"
+        assert sink_row["splice"]["partner"]["remote"] == ORIGIN
+        assert connection_row(ow.source, w.splicer)["splice"]["role"] == "one-way source"
+        part = _splice_part(w.splicer)
+        assert part["one_way_total"] == 1 and part["one_way"][0]["sink"]["remote"] == CLIENT
         assert await w.until(lambda: not w.splicer.oneway.by_tcb, timeout=120)
         assert 30 <= w.driver.now() - start <= 65   # the idle_timeout, polled per period
         assert _clean(w)
