@@ -366,6 +366,10 @@ class HttpProxy:
                 client.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         out = Request(req.method, req.target, "HTTP/1.1", headers, path=req.path)
         origin.writer.write(out.encode_origin_form())
+        if (framing is Framing.LENGTH and length >= max(self.policy.splice_min, 1)
+                and self._may_relay(client.writer) and self._may_relay(origin.writer)):
+            await self._splice_request_body(client, origin, length)
+            return
         pieces = client.body(framing, length, HttpError)
         while True:
             async with asyncio.timeout(self.policy.handshake_timeout):
@@ -500,6 +504,19 @@ class HttpProxy:
                 capture.add(data)
             else:
                 capture.overflow = True
+
+    async def _splice_request_body(self, client: BufferedStream, origin: BufferedStream,
+                                   length: int) -> None:
+        """A Content-Length request body (an upload) spliced one way, client to origin:
+        the other direction of the same primitive (SPLICE.md §6)."""
+        assert self.splice is not None
+        seam = bytes(client.buf[:length])
+        del client.buf[:len(seam)]
+        ow = await self.splice.relay(client.writer, origin.writer, length, seam=seam,
+                                     idle_timeout=self.policy.handshake_timeout)
+        self.counters["spliced_request_bodies"] += 1
+        if ow.outcome != "done":
+            raise HttpError(f"request body: spliced relay ended {ow.outcome}")
 
     def _store(self, req: Request, resp: Response, headers: Headers, body: bytes,
                times: tuple[float, float]) -> None:

@@ -584,3 +584,21 @@ def test_spliced_body_cut_short_resets_the_client():
         assert await w.until(lambda: w.proxy.active == 0 and w.proxy_connections() == 0)
 
     simulate(body, mode="splice", policy=HttpPolicy(splice_min=1000))
+
+
+def test_large_upload_is_spliced_one_way_then_the_connection_goes_on():
+    upload = bytes(range(251)) * 4000          # ~1 MB, not a multiple of anything
+    async def body(w: World):
+        conn = await w.connect()
+        r, b = await fetch(conn, origin_url("/post"), method="POST", body=upload)
+        assert (r.status, b) == (201, upload)  # the origin echoes what it received
+        r, b = await fetch(conn, origin_url("/fresh"))
+        assert r.status == 200 and b.startswith(b"/fresh v1")
+        assert w.proxy.counters["spliced_request_bodies"] == 1
+        # ... and the echoed 1 MB response body came back spliced one way too.
+        assert w.proxy.counters["spliced_bodies"] == 1
+        assert w.proxy.splice.splicer.counters["copied_payload_bytes"] == 0
+        conn.writer.close()
+        assert await w.until(lambda: w.proxy.active == 0 and w.proxy_connections() == 0)
+
+    simulate(body, mode="splice")
