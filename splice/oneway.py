@@ -332,6 +332,7 @@ class OneWaySplicer:
             ow.tap.fin_seq = ow.src_end
         ow.phase = Phase.RELAYING
         self.stack.flows[_flow_key(src)] = functools.partial(self._flow, ow)
+        self.stack.flows[_flow_key(sink)] = functools.partial(self._flow_ack, ow)
         self.counters["oneway_relaying"] += 1
         waiting, ow.waiting, ow.waiting_bytes = ow.waiting, [], 0
         for q in waiting:
@@ -375,6 +376,45 @@ class OneWaySplicer:
             self._relay(ow, skb, end, now)
         else:
             ow.counters["source_acks_absorbed"] += 1
+        return True
+
+    def _flow_ack(self, ow: OneWay, skb: SkBuff, now: float) -> bool:
+        """Straight from the device: a pure ACK of the sink's peer inside the relayed
+        range and short of the budget's end, relayed to the source's peer. Anything
+        else (text, flags, the final ACK) goes the normal way (False)."""
+        buf = skb.buf
+        ip = skb.data + ETH_HLEN
+        totlen = (buf[ip + 2] << 8) | buf[ip + 3]
+        if (totlen > skb.tail - ip or totlen < 40 or buf[ip + 6] & 0x3F or buf[ip + 7]
+                or cks.ones_sum(memoryview(buf)[ip:ip + 20]) != 0xFFFF):
+            return False
+        t = ip + 20
+        if buf[t + 13] & (SYN | FIN | RST | ACK) != ACK or totlen != 20 + (
+                (buf[t + 12] >> 4) << 2):
+            return False
+        ack = _L.unpack_from(buf, t + 8)[0]
+        relayed_end = (ow.sink_start + ow.src_hi - ow.src_start) & 0xFFFFFFFF
+        if not (seq.ge(ack, ow.sink_start) and seq.le(ack, relayed_end)
+                and seq.lt(ack, ow.sink_end)):
+            return False
+        skb.tail = ip + totlen
+        if not skb.vnet_flags & _TRUSTED:
+            sink = ow.sink
+            if not verify_tcp_checksum(sink.remote, sink.local, memoryview(buf)[t:skb.tail]):
+                return False
+        if seq.gt(ack, ow.sink_acked):
+            ow.sink_acked = ack
+            ow.progress += 1
+        try:
+            res = relay_rewrite(skb, ow.to_source, self.stack.routes.lookup(
+                ow.source.remote).iface.offload)
+        except RelayError as e:
+            ow.counters["drop." + e.reason] += 1
+            self.counters["drop." + e.reason] += 1
+            return True
+        ow.counters["acks_relayed"] += 1
+        for frame in res.frames:
+            self.stack.output_frame(frame, now)
         return True
 
     def _from_source(self, ow: OneWay, hdr: TcpHeader, skb: SkBuff, now: float) -> None:
@@ -547,6 +587,7 @@ class OneWaySplicer:
         ow.phase = Phase.DONE
         ow.outcome = outcome
         self.stack.flows.pop(_flow_key(ow.source), None)
+        self.stack.flows.pop(_flow_key(ow.sink), None)
         for tcb in (ow.source, ow.sink):
             self.by_tcb.pop(id(tcb), None)
             if tcb.input_hook == self._input:
