@@ -34,6 +34,7 @@ from tools.bench.harness import (
     run_paths,
     write_json,
 )
+from tools.bench.http import add_http_parser
 from tools.bench.kernel_lab import KernelLabConfig
 from tools.bench.proc import CommandError, TransferError, sigterm_as_interrupt
 from tools.bench.router import KernelRouterPath, StackRouterPath, stack_lab_config
@@ -117,6 +118,7 @@ def add_parser(subparsers: Any) -> None:
     add_tcp_parser(sub)
     add_splice_parser(sub)
     add_thesis_parser(sub)
+    add_http_parser(sub)
 
 
 def router_paths(args: argparse.Namespace) -> list[BenchPath]:

@@ -1,0 +1,55 @@
+"""The figure of `bench http` experiment 1 (matplotlib, Agg backend).
+
+Fetch time on a log scale against object size on a log scale, one line per
+path and client behaviour; each point the median, bars from minimum to maximum.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+from matplotlib.figure import Figure  # noqa: E402  (the backend is chosen first)
+
+from tools.bench.harness import format_size  # noqa: E402
+from tools.bench.http_run import BEHAVIOURS, HTTP_PATHS, LABELS, Series  # noqa: E402
+from tools.bench.thesis_plot import MARKERS, _save, _series  # noqa: E402
+
+# One colour per path, one line style per behaviour.
+STYLES = {"close": "--", "keep-alive": "-"}
+
+
+def plot_sizes(series: Sequence[Series], out: Path) -> Path:
+    """Experiment 1's figure: request to last body byte against object size."""
+    fig = Figure(figsize=(10, 6.5), layout="constrained")
+    ax = fig.subplots()
+    sizes: set[int] = set()
+    shown = 0
+    for i, path in enumerate(HTTP_PATHS):
+        for behaviour in BEHAVIOURS:
+            row = sorted((s for s in series if s.experiment == "sizes" and s.path == path
+                          and s.behaviour == behaviour), key=lambda s: s.size)
+            points = [(float(s.size), st) for s in row if (st := s.stats()) is not None]
+            sizes.update(s.size for s in row)
+            if not points:
+                continue
+            _series(ax, f"{LABELS[path]}, {behaviour}", MARKERS[i % len(MARKERS)], points, 1e3)
+            line = ax.get_lines()[-1]
+            line.set_linestyle(STYLES[behaviour])
+            shown += 1
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ticks = sorted(sizes)
+    ax.set_xticks(ticks, [format_size(s) for s in ticks])
+    ax.set_xlabel("object size")
+    ax.set_ylabel("fetch time, request to last body byte (ms)")
+    ax.grid(True, which="both", alpha=0.3)
+    if shown:
+        ax.legend(fontsize=8)
+    fig.suptitle("HTTP proxy: fetch time against object size (cache misses; median, "
+                 "min-max bars)")
+    return _save(fig, out)

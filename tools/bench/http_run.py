@@ -1,0 +1,322 @@
+"""Running `bench http`: the labs, the proxy processes, the client, the results.
+
+The kernel router runs in the kernel twin lab; the HTTP proxy's paths run in the
+stack's lab, one `tapsplice http-proxy --lab` process per path. The client
+(tools/bench/http_client.py) runs in the client namespace and prints JSON
+lines; everything is torn down on the way out (failure, Ctrl-C or SIGTERM).
+"""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tools.bench.harness import BenchTimeout, Stats, summarize
+from tools.bench.proc import CommandError, ns_cmd, stop_process
+from tools.bench.splice_paths import (
+    HTTP_PORT,
+    SMALL_SIZE,
+    BenchLab,
+    KernelRoute,
+    KernelTwinLab,
+    Route,
+    Service,
+    StackLab,
+    python_argv,
+    transfer_timeout,
+)
+from tools.bench.thesis_run import read_json_lines, repeats_for, signals_deferred
+
+# Experiment 1's paths, in table order; "splice-notap" serves only experiment 3.
+HTTP_PATHS = ("kernel", "copy", "splice", "splice-min0")
+TAP_PATHS = ("splice", "splice-notap")
+HIT_PATHS = ("copy", "splice")
+BEHAVIOURS = ("close", "keep-alive")
+PROXY_ADDR = ("198.18.0.2", 3128)
+LABELS = {"kernel": "kernel router", "copy": "http-proxy copy", "splice": "http-proxy splice",
+          "splice-min0": "http-proxy splice --splice-min 0",
+          "splice-notap": "http-proxy splice --cache-size 0"}
+
+
+class HttpProxyRoute(Route):
+    """`tapsplice http-proxy --lab` with the options of one path."""
+
+    lab_kind = "stack"
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+        self.label = LABELS[name]
+        extra = {"copy": ["--mode", "copy"], "splice": ["--mode", "splice"],
+                 "splice-min0": ["--mode", "splice", "--splice-min", "0"],
+                 "splice-notap": ["--mode", "splice", "--cache-size", "0"]}
+        self.options = extra[name]
+
+    def _service(self, lab: Any) -> Service:
+        return Service(f"http-{self.name}", lab.stack_argv("http-proxy", *self.options),
+                       lab.logdir)
+
+    def proxy(self, lab: Any) -> tuple[str, int]:
+        """The proxy's listening address in the stack (client side)."""
+        return PROXY_ADDR
+
+
+def make_http_routes(names: list[str]) -> list[Route]:
+    """The routes called ``names`` (experiment 1's order, then splice-notap)."""
+    order = [*HTTP_PATHS, "splice-notap"]
+    return [KernelRoute() if n == "kernel" else HttpProxyRoute(n) for n in order if n in names]
+
+
+@dataclass
+class HttpPlan:
+    """What one run measures; built from the command line by http.py."""
+
+    paths: list[str]
+    sizes: list[int]
+    repeats: int
+    hit_sizes: list[int]
+    hit_concurrency: int
+    hit_seconds: float
+    hit_count: int
+    tap_size: int
+    tap_repeats: int
+    max_seconds: float
+
+    def routes(self) -> list[str]:
+        """Every route the plan needs, experiment 3's extra one included."""
+        names = list(self.paths)
+        if self.tap_size and "splice" in names:
+            names.append("splice-notap")
+        return names
+
+
+@dataclass
+class Series:
+    """The requests of one (experiment, path, behaviour, size)."""
+
+    experiment: str
+    path: str
+    behaviour: str
+    size: int
+    samples: list[float] = field(default_factory=list)
+    errors: int = 0
+    error_kinds: dict[str, int] = field(default_factory=dict)
+    verified: bool | None = None
+
+    def stats(self) -> Stats | None:
+        """Median/min/max seconds (None without samples)."""
+        return summarize(self.samples) if self.samples else None
+
+    def gbit(self) -> Stats | None:
+        """Median/min/max Gbit/s over the samples (None without samples)."""
+        rates = [self.size * 8 / s / 1e9 for s in self.samples if s > 0]
+        return summarize(rates) if rates else None
+
+    def record(self) -> dict[str, Any]:
+        """The JSON object: every sample and the reduction."""
+        st = self.stats()
+        return {"experiment": self.experiment, "path": self.path, "behaviour": self.behaviour,
+                "size_bytes": self.size, "samples_seconds": list(self.samples),
+                "errors": self.errors, "error_kinds": dict(self.error_kinds),
+                "sha256_verified": self.verified,
+                "seconds": None if st is None else vars(st).copy()}
+
+
+@dataclass(frozen=True)
+class HitRun:
+    """One cache-hit load run of experiment 2."""
+
+    path: str
+    size: int
+    ok: int
+    hits: int
+    errors: int
+    seconds: float
+    error_kinds: dict[str, int]
+
+    @property
+    def rps(self) -> float:
+        """Successful requests per second."""
+        return self.ok / self.seconds if self.seconds > 0 else 0.0
+
+    def record(self) -> dict[str, Any]:
+        """The JSON object of the run."""
+        return {**vars(self), "size_bytes": self.size, "rps": self.rps}
+
+
+def planned_steps(plan: HttpPlan) -> int:
+    """Progress steps: every counted request and every hit run."""
+    per_path = len(BEHAVIOURS) * sum(repeats_for(s, plan.repeats) + 1 for s in plan.sizes)
+    steps = per_path * len(plan.paths)
+    steps += len(plan.hit_sizes) * len([p for p in plan.paths if p in HIT_PATHS])
+    if plan.tap_size and "splice" in plan.paths:
+        steps += 2 * len(BEHAVIOURS) * (plan.tap_repeats + 1)
+    return steps
+
+
+def object_name(size: int) -> str:
+    """The origin's file name for an object of ``size`` bytes."""
+    return f"obj-{size}.bin"
+
+
+Progress = Callable[[str, bool], None]
+
+
+def _nothing(text: str, advance: bool) -> None:
+    return None
+
+
+class HttpRunner:
+    """Carries out an :class:`HttpPlan` under one deadline, reporting progress."""
+
+    def __init__(self, plan: HttpPlan, progress: Progress = _nothing,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.plan = plan
+        self.progress = progress
+        self.clock = clock
+        self.deadline = clock() + plan.max_seconds
+        self.series: list[Series] = []
+        self.hits: list[HitRun] = []
+        self.summaries: dict[str, dict[str, Any]] = {}
+        self.objects: dict[int, str] = {}
+
+    def left(self, what: str) -> float:
+        """Seconds left before the deadline; BenchTimeout once it has passed."""
+        left = self.deadline - self.clock()
+        if left <= 0:
+            raise BenchTimeout(f"deadline of {self.plan.max_seconds:g}s passed during {what}")
+        return left
+
+    def run(self) -> None:
+        """Measure every route; each lab is removed even on failure."""
+        routes = make_http_routes(self.plan.routes())
+        for lab_cls in (KernelTwinLab, StackLab):
+            mine = [r for r in routes if r.lab_kind == lab_cls.kind]
+            if not mine:
+                continue
+            lab = lab_cls()
+            self.progress(f"{lab.kind} lab: setting up", False)
+            try:
+                with signals_deferred():
+                    lab.start(SMALL_SIZE)
+                    self._make_objects(lab)
+                for route in mine:
+                    self._route(lab, route)
+            finally:
+                with signals_deferred():
+                    lab.stop()
+
+    def _make_objects(self, lab: BenchLab) -> None:
+        """Seeded random files, so every body can be checked against a sha256."""
+        assert lab.origin is not None
+        p = self.plan
+        for size in sorted(set(p.sizes) | set(p.hit_sizes) | ({p.tap_size} - {0})):
+            made = lab.origin.make_file(object_name(size), size, random=True)
+            assert made.sha256 is not None
+            self.objects[size] = made.sha256
+
+    def _route(self, lab: BenchLab, route: Route) -> None:
+        self.progress(f"{route.label}: starting", False)
+        with signals_deferred():
+            route.start(lab)
+        try:
+            p = self.plan
+            if route.name in p.paths and p.sizes:
+                for behaviour in BEHAVIOURS:
+                    self._sizes(lab, route, "sizes", behaviour, p.sizes, p.repeats)
+            if route.name in HIT_PATHS:
+                for size in p.hit_sizes:
+                    self._hits(lab, route, size)
+            if route.name in TAP_PATHS and p.tap_size:
+                for behaviour in BEHAVIOURS:
+                    self._sizes(lab, route, "tap", behaviour, [p.tap_size], p.tap_repeats)
+        finally:
+            with signals_deferred():
+                self.summaries[route.name] = route.stop()
+
+    def _spec(self, size: int, repeats: int) -> str:
+        return f"{size}:/{object_name(size)}:{repeats}:{self.objects[size]}"
+
+    def _base_argv(self, lab: BenchLab, route: Route, mode: str) -> list[str]:
+        argv = [mode, "--dest", f"{lab.server_ip}:{HTTP_PORT}", "--tag", secrets.token_hex(4)]
+        proxy = route.proxy(lab)
+        if proxy is not None:
+            argv += ["--proxy", f"{proxy[0]}:{proxy[1]}"]
+        return argv
+
+    def _sizes(self, lab: BenchLab, route: Route, experiment: str, behaviour: str,
+               sizes: list[int], repeats: int) -> None:
+        argv = self._base_argv(lab, route, "sizes") + ["--behaviour", behaviour]
+        table: dict[int, Series] = {}
+        for size in sizes:
+            n = repeats_for(size, repeats) if experiment == "sizes" else repeats
+            argv += ["--object", self._spec(size, n)]
+            table[size] = Series(experiment, route.name, behaviour, size)
+            self.series.append(table[size])
+        argv += ["--timeout", f"{transfer_timeout(max(sizes)):g}"]
+
+        def on_line(obj: dict[str, Any]) -> None:
+            s = table.get(int(obj.get("size", -1)))
+            if s is None:
+                return
+            kind = obj.get("kind")
+            if kind == "sample":
+                s.samples.append(float(obj["seconds"]))
+                self.progress(f"{route.label} {behaviour} {s.size} B: "
+                              f"{s.samples[-1] * 1e3:.2f} ms", True)
+            elif kind == "verified":
+                s.verified = bool(obj["ok"])
+                self.progress(f"{route.label} {behaviour} {s.size} B: checked", True)
+            elif kind == "error":
+                s.errors += 1
+                text = str(obj.get("error", "?"))
+                s.error_kinds[text] = s.error_kinds.get(text, 0) + 1
+
+        self._client(lab, argv, on_line, f"{route.name} {experiment} {behaviour}")
+
+    def _hits(self, lab: BenchLab, route: Route, size: int) -> None:
+        p = self.plan
+        argv = self._base_argv(lab, route, "hits") + [
+            "--object", self._spec(size, 1), "--concurrency", str(p.hit_concurrency),
+            "--count", str(p.hit_count), "--seconds", f"{p.hit_seconds:g}", "--timeout", "30"]
+
+        def on_line(obj: dict[str, Any]) -> None:
+            if obj.get("kind") == "hits":
+                run = HitRun(route.name, size, int(obj["ok"]), int(obj["hits"]),
+                             int(obj["errors"]), float(obj["seconds"]),
+                             dict(obj.get("error_kinds", {})))
+                self.hits.append(run)
+                self.progress(f"{route.label} hits {size} B: {run.rps:,.0f} req/s", True)
+            elif obj.get("kind") == "error":
+                self.hits.append(HitRun(route.name, size, 0, 0, 1, 0.0,
+                                        {str(obj.get("error")): 1}))
+                self.progress(f"{route.label} hits {size} B: failed", True)
+
+        self._client(lab, argv, on_line, f"{route.name} hits")
+
+    def _client(self, lab: BenchLab, args: list[str], on_line: Callable[[dict[str, Any]], None],
+                what: str) -> None:
+        """Run the client in the client namespace, feeding each JSON line to ``on_line``."""
+        left = self.left(what)
+        argv = ns_cmd(lab.client_ns, *python_argv("tools.bench.http_client", *args,
+                                                  "--deadline", f"{max(left, 1.0):.0f}"))
+        with signals_deferred():
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, start_new_session=True)
+        try:
+            for obj in read_json_lines(proc, self.deadline + 60.0, self.clock):
+                if obj.get("kind") == "done":
+                    return
+                on_line(obj)
+            err = proc.stderr.read(4000).decode(errors="replace") if proc.stderr else ""
+            raise CommandError(f"the http client stopped early during {what}: {err}")
+        finally:
+            with signals_deferred():
+                stop_process(proc)
+            for pipe in (proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.close()
