@@ -177,7 +177,13 @@ class Splicer:
             tcb.out_of_order_queue.purge()
             tcb.ooo_bytes = 0
             if tcb.last_ack_sent != tcb.rcv_nxt:
-                output.send_ack(tcb, now)  # the peer must have everything below irs acked
+                # The peer must have everything below irs acknowledged: at once on a
+                # side that relays from now on; a side the proxy still writes to
+                # (PRE_SPLICED) has it carried by that data, or sent by the timer.
+                if side.owed or tcb.write_queue:
+                    tcb.timer_delack = now
+                else:
+                    output.send_ack(tcb, now)
         snap_c, snap_s = self._snapshot(c, now), self._snapshot(s, now)
         s.out_map, c.out_map = make_maps(snap_c, snap_s)
         pair.spliced_at = now

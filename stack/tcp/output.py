@@ -539,7 +539,11 @@ def maybe_window_update(tcb: Tcb, now: float) -> None:
     # the same threshold as select_window's receiver SWS avoidance: a closed window
     # reopens (and is announced) as soon as one segment fits again
     if free >= 2 * cur and free - cur >= min(tcb.rcvbuf // 2, tcb.rcv_mss):
-        send_ack(tcb, now)
+        # Due now, but sent from the timer: an application that reads and answers in
+        # the same step (a request, a handshake) has its answer carry the new window,
+        # and the separate ACK is never sent (send_segment clears the timer).
+        if tcb.timer_delack is None or tcb.timer_delack > now:
+            tcb.timer_delack = now
 
 
 def schedule_ack(tcb: Tcb, now: float) -> None:

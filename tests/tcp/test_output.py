@@ -220,8 +220,24 @@ def test_window_update_after_reading_a_full_buffer():
     tcb.recv(100)
     assert p.take() == []               # receiver SWS avoidance: no tiny update
     tcb.recv(8000)
-    (upd,) = p.take()
+    assert p.take() == []               # due now, from the timer...
+    (upd,) = p.tick(1.5)
     assert upd.flags == ACK and upd.hdr.window >= 8000
+
+
+def test_window_update_rides_on_an_answer_written_at_once():
+    cfg = TcpConfig(rcvbuf_autotune=False, rcvbuf=8192, window_scaling=False)
+    p = Peer(cfg, wscale=None)
+    _, tcb, _ = p.accept_connection()
+    for i in range(6):
+        p.send(ACK, b"r" * min(MSS, 8192 - i * MSS), now=1.0 + i / 1000)
+    p.tick(1.5)
+    p.take()
+    tcb.recv(8192)                      # the window reopens ...
+    tcb.send(b"answer", 1.5)            # ... and the answer carries it
+    (seg,) = p.take()
+    assert seg.payload == b"answer" and seg.hdr.window >= 8000
+    assert p.tick(1.6) == []            # no separate window update follows
 
 
 def test_keepalive_probes_then_timeout():
@@ -339,7 +355,8 @@ def test_closed_window_reopens_as_soon_as_one_segment_fits():
     tcb.recv(1000)
     assert p.take() == []
     tcb.recv(2000)
-    (upd,) = p.take()
+    assert p.take() == []
+    (upd,) = p.tick(2.0)                # from the timer, in the same instant
     assert upd.hdr.window << tcb.rcv_wscale >= 1460
 
 
