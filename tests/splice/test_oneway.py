@@ -169,16 +169,19 @@ def test_misuse_raises_and_changes_nothing():
     simulate(body)
 
 
-@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=16, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 10_000),
        loss=st.sampled_from([0.0, 0.01, 0.03]),
        dup=st.sampled_from([0.0, 0.02]),
        reorder=st.sampled_from([0.0, 0.05]),
+       corrupt=st.sampled_from([0.0, 0.01]),
        sizes=st.lists(st.integers(0, 400_000), min_size=1, max_size=4),
        offload=st.booleans())
-def test_faults_keep_every_body_intact(seed, loss, dup, reorder, sizes, offload):
-    faults = FaultModel(loss=loss, duplicate=dup, reorder=reorder, delay=0.002,
-                        reorder_delay=0.003)
+def test_faults_keep_every_body_intact(seed, loss, dup, reorder, corrupt, sizes, offload):
+    """Loss, duplication, reordering and corrupted frames (the checksum drops them,
+    wherever they arrive: relay, fast paths or TCP) on both sides of the proxy."""
+    faults = FaultModel(loss=loss, duplicate=dup, reorder=reorder, corrupt=corrupt,
+                        delay=0.002, reorder_delay=0.003)
 
     async def body(w: World):
         w.body_delay = 0.05
