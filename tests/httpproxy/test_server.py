@@ -562,6 +562,12 @@ def test_kept_alive_large_bodies_are_spliced_one_way_and_fill_the_cache():
         assert counters["spliced_body_bytes"] > BIG       # the relay carried most of both
         splicer = w.proxy.splice.splicer
         assert splicer.counters["oneway_done"] == 2
+        # The last request on the connection: its response spliced both ways, on the
+        # client connection that two one-way splices used before.
+        r5, b5 = await fetch(conn, origin_url("/big-paced"), fields=[
+            ("Cache-Control", "no-cache"), ("Connection", "close")])
+        assert r5.status == 200 and b5 == b1 and splicer.counters["splices"] == 1
+        assert await conn.read_some() == b""
         assert splicer.counters["copied_payload_bytes"] == 0
         conn.writer.close()
         assert await w.until(lambda: w.proxy.active == 0 and w.proxy_connections() == 0)
