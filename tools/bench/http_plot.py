@@ -17,9 +17,9 @@ from matplotlib.figure import Figure  # noqa: E402  (the backend is chosen first
 
 from tools.bench.harness import format_size  # noqa: E402
 from tools.bench.http_run import BEHAVIOURS, HTTP_PATHS, LABELS, Series  # noqa: E402
-from tools.bench.thesis_plot import MARKERS, _save, _series  # noqa: E402
+from tools.bench.thesis_plot import MARKERS, _save  # noqa: E402
 
-# One colour per path, one line style per behaviour.
+# One colour per path (C0, C1, ...), one line style per behaviour.
 STYLES = {"close": "--", "keep-alive": "-"}
 
 
@@ -37,9 +37,13 @@ def plot_sizes(series: Sequence[Series], out: Path) -> Path:
             sizes.update(s.size for s in row)
             if not points:
                 continue
-            _series(ax, f"{LABELS[path]}, {behaviour}", MARKERS[i % len(MARKERS)], points, 1e3)
-            line = ax.get_lines()[-1]
-            line.set_linestyle(STYLES[behaviour])
+            med = [st.median * 1e3 for _, st in points]
+            bars = [[(st.median - st.min) * 1e3 for _, st in points],
+                    [(st.max - st.median) * 1e3 for _, st in points]]
+            ax.errorbar([x for x, _ in points], med, yerr=bars, color=f"C{i}",
+                        linestyle=STYLES[behaviour], marker=MARKERS[i % len(MARKERS)],
+                        capsize=3, linewidth=1.2, markersize=4,
+                        label=f"{LABELS[path]}, {behaviour}")
             shown += 1
     ax.set_xscale("log")
     ax.set_yscale("log")
