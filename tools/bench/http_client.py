@@ -34,6 +34,7 @@ import json
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from tools.bench.uvsocks import parse_listen, raise_nofile
@@ -337,7 +338,9 @@ def parse_object(text: str) -> ObjectSpec:
     return ObjectSpec(size, parts[1], repeats, sha)
 
 
-def _bounded(low: float, high: float, kind: type = int):  # type: ignore[no-untyped-def]
+def _bounded(low: float, high: float, kind: Callable[[str], float] = int
+             ) -> Callable[[str], float]:
+    """An argparse type: a number of ``kind`` within ``low..high`` (NaN refused)."""
     def parse(text: str) -> float:
         try:
             value = kind(text)
