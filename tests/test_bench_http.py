@@ -183,7 +183,10 @@ class Origin:
                 target = head.split(b" ")[1]
                 close = b"Connection: close" in head
                 extra = b"Connection: close\r\n" if close else b""
-                if target.startswith(b"/short"):
+                if target.startswith(b"/cached"):
+                    writer.write(b"HTTP/1.1 200 OK\r\nAge: 5\r\nContent-Length: %d\r\n\r\n"
+                                 % len(BODY) + BODY)
+                elif target.startswith(b"/short"):
                     writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BODY)
                                  + BODY[:10])
                     close = True
@@ -264,14 +267,18 @@ def test_wrong_hash_and_short_body_are_reported(origin, capsys) -> None:
     f = Fetcher(addr, None, True, "t2", STEP)
     _objects(f, ObjectSpec(len(BODY), "/ok", 1, SHA_ZERO),
              ObjectSpec(len(BODY), "/short", 2, BODY_SHA),
-             ObjectSpec(len(BODY) - 1, "/ok", 1, BODY_SHA))
+             ObjectSpec(len(BODY) - 1, "/ok", 1, BODY_SHA),
+             ObjectSpec(len(BODY), "/cached", 1, BODY_SHA))
     lines = _lines(capsys)
     assert lines[0]["kind"] == "verified" and lines[0]["ok"] is False
     assert lines[1]["kind"] == "sample"
     assert [line["kind"] for line in lines[2:5]] == ["error"] * 3
     assert "closed after 10 of" in str(lines[2]["error"])
-    assert all("Content-Length" in str(line["error"]) for line in lines[5:])
-    assert len(lines) == 7
+    assert all("Content-Length" in str(line["error"]) for line in lines[5:7])
+    # A hit where a miss was asked for is not a sample.
+    assert lines[7:] == [{"kind": "verified", "size": len(BODY), "ok": True},
+                         {"kind": "error", "size": len(BODY),
+                          "error": "served from the cache (Age)"}]
 
 
 def test_client_process_prints_samples_then_done(origin) -> None:

@@ -12,7 +12,8 @@ origin-form ones, otherwise the same code.
     ``close``: one request per connection (``Connection: close``); ``keep-alive``:
     all requests of one object on one connection. One line per counted request:
     ``{"kind": "sample", "size", "seconds"}`` (request sent to last body byte),
-    ``{"kind": "verified", "size", "ok"}`` per object, ``{"kind": "error", ...}``.
+    ``{"kind": "verified", "size", "ok"}`` per object, ``{"kind": "error", ...}``
+    (a response carrying ``Age``, i.e. a cache hit, is an error too).
 
 ``python -m tools.bench.http_client hits --dest A:P --proxy A:P --object SIZE:PATH:1:SHA256
 --concurrency C --count N --seconds S``
@@ -231,9 +232,13 @@ async def run_object(f: Fetcher, obj: ObjectSpec, deadline: float) -> None:
             emit({"kind": "error", "size": obj.size, "error": "deadline"})
             return
         try:
-            seconds, _head = await f.fetch(f.request(obj.path), obj.size)
+            seconds, head = await f.fetch(f.request(obj.path), obj.size)
         except ERRORS as exc:
             emit({"kind": "error", "size": obj.size, "error": _kind(exc)})
+            continue
+        if head.from_cache:
+            # A unique query should never be in the cache: the sample is not a miss.
+            emit({"kind": "error", "size": obj.size, "error": "served from the cache (Age)"})
             continue
         emit({"kind": "sample", "size": obj.size, "seconds": seconds})
 
