@@ -57,6 +57,10 @@ class TcpTransport(asyncio.Transport):
         self._lost = False
         self._detached = False
         self._lent = False
+        # As asyncio does for its TCP transports (it sets TCP_NODELAY): an application
+        # writing a response head and then a short body must not have the body wait
+        # for the peer's (perhaps delayed) ACK of the head.
+        tcb.nodelay = True
         tcb.on_event = self._on_event
 
     # -- asyncio.Transport API -------------------------------------------------

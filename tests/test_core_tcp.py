@@ -39,3 +39,37 @@ def test_path_mtu_discovery_through_a_router_with_a_smaller_mtu():
     assert r.counters["drop.ipv4_frag_needed"] >= 1          # the router said so
     assert r.counters["icmp_sent_3_4"] >= 1
     assert info["mss"] <= 1280 - 40 - 12                     # and the sender listened
+
+
+def test_streams_send_a_short_write_without_waiting_for_an_ack():
+    """Like asyncio's own TCP transports (TCP_NODELAY): a head, then a short body in a
+    second write, both leave at once — the peer's delayed ACK of the head (40 ms)
+    must not hold the body back (Nagle, RFC 1122 §4.2.3.4)."""
+    from stack.netdev.faults import FaultModel
+
+    net = SimNetwork(5)
+    a, b = net.add_host("a"), net.add_host("b")
+    link = FaultModel(delay=0.001)
+    net.connect(a, "198.18.0.1/24", b, "198.18.0.2/24", a_to_b=link, b_to_a=link)
+
+    async def main(driver):
+        async def serve(reader, writer):
+            await reader.readline()
+            assert writer.get_extra_info("tcb").nodelay
+            writer.write(b"HEAD\n")
+            await asyncio.sleep(0.0005)   # the head is out, unacknowledged
+            writer.write(b"body\n")
+            await writer.drain()
+
+        await driver.tcp(b).start_server(serve, "198.18.0.2", 80)
+        reader, writer = await driver.tcp(a).open_connection("198.18.0.2", 80)
+        for _ in range(3):  # past the peer's quick-ACK start
+            writer.write(b"x" * 10)
+            await asyncio.sleep(0.05)
+        writer.write(b"go\n")
+        start = asyncio.get_running_loop().time()
+        assert await reader.readline() == b"HEAD\n"
+        assert await reader.readline() == b"body\n"
+        return asyncio.get_running_loop().time() - start
+
+    assert run(main, net) < 0.01
