@@ -57,7 +57,7 @@ from stack.tcp.input import segment_arrives
 from stack.tcp.options import tsval
 from stack.wire import checksum as cks
 from stack.wire.ethernet import ETH_HLEN
-from stack.wire.tcp import ACK, FIN, RST, SYN, TcpHeader, tcp_checksum, verify_tcp_checksum
+from stack.wire.tcp import ACK, FIN, PSH, RST, SYN, TcpHeader, tcp_checksum, verify_tcp_checksum
 from stack.wire.vnet import VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM
 
 if TYPE_CHECKING:
@@ -124,6 +124,8 @@ class OneWay:
     #: Source frames waiting for the relay to start.
     waiting: list[QueuedFrame] = field(default_factory=list)
     waiting_bytes: int = 0
+    #: The sink's snd_nxt when the last ACK probe was sent (one per flight).
+    probed: int | None = None
     #: With a tap, an asyncio.StreamReader fed with its copy (set by splice/aio.py).
     tap_reader: object = None
 
@@ -312,6 +314,30 @@ class OneWaySplicer:
               and src.state is TcpState.ESTABLISHED and src.snd_una == src.write_seq
               and not src.out_of_order_queue and not src.recv_available()):
             self._start_relaying(ow, now)
+        elif (ow.counters["copied_bytes"] >= ow.copy_cap and self._sent_all(sink, now)
+              and sink.snd_una != sink.write_seq and ow.probed != sink.snd_nxt
+              and sink.state in SINK_STATES):
+            # All copied, all sent, only the acknowledgement missing — and the peer
+            # may hold it back (a delayed ACK of a short last segment: 40 ms and
+            # more). The last byte sent once more follows the data; a duplicate is
+            # acknowledged at once (RFC 5681 §4.2 asks it of out-of-order and
+            # duplicate data; Linux enters quick-ACK mode), and that ACK covers all.
+            # (A bare segment below the window would do, but Linux rate-limits its
+            # answers to those.)
+            last = sink.write_queue.last
+            if last is not None and len(last):
+                ow.probed = sink.snd_nxt
+                ow.counters["ack_probes"] += 1
+                output.send_segment(sink, seq.add(sink.snd_nxt, -1), ACK | PSH, now,
+                                    parts=[last.view()[-1:]], plen=1)
+
+    @staticmethod
+    def _sent_all(sink: Tcb, now: float) -> bool:
+        """Whether everything queued on the sink has left (sent now if it may: inside
+        an input batch TCP would only send at the batch's end, after our probe)."""
+        if sink.send_head is not None:
+            output.push(sink, now)
+        return sink.send_head is None and sink.snd_nxt == sink.write_seq
 
     def _start_relaying(self, ow: OneWay, now: float) -> None:
         src, sink = ow.source, ow.sink
