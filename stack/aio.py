@@ -265,6 +265,7 @@ class TapStack:
                  offload: bool = True, routes: list[tuple[str, str]] | None = None,
                  pcap: PcapTee | None = None, impair: FaultModel | None = None,
                  seed: int = 0, tcp_config=None, control: str | bool = False) -> None:
+        from stack.hostkey import host_secret
         from stack.netdev.tap import TapDevice
         from stack.streams import TcpApi
         from stack.tcp.layer import TcpLayer
@@ -283,7 +284,7 @@ class TapStack:
             for _iface, dev in self.devices:
                 dev.close()
             raise
-        self.tcp = TcpLayer(self.stack, config=tcp_config)
+        self.tcp = TcpLayer(self.stack, config=tcp_config, secret=host_secret())
         self.stack.register_protocol(IPPROTO_TCP, self.tcp)
         self.driver = StackDriver(self.stack, pcap=pcap, impair=impair, seed=seed)
         for iface, dev in self.devices:

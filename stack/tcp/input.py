@@ -49,6 +49,14 @@ def syn_sent(tcb: Tcb, hdr: TcpHeader, payload: memoryview, now: float) -> None:
         if seq.le(hdr.ack, tcb.iss) or seq.gt(hdr.ack, tcb.snd_nxt):
             if not flags & RST:
                 layer.reply_rst(tcb.local, tcb.remote, hdr, len(payload), now)
+                if not tcb.syn_retried:
+                    # Most likely the peer's TIME-WAIT for this 4-tuple answered (it
+                    # judged our SYN old, RFC 6191), and our RST just ended it (RFC
+                    # 1337 notes peers that do not): try again now, once, rather than
+                    # after the SYN's 1-second retransmission timeout.
+                    tcb.syn_retried = True
+                    layer.count("synsent_retry_after_rst")
+                    output.send_syn(tcb, now)
             layer.count("synsent_bad_ack")
             return
         ack_ok = True

@@ -93,17 +93,24 @@ class TcpLayer:
     """All TCP connections and listeners of one stack."""
 
     def __init__(self, ip: IpService, *, config: TcpConfig | None = None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, secret: bytes | None = None) -> None:
+        """``secret`` keys the ISNs, timestamp offsets and ephemeral ports (see
+        stack/hostkey.py: one per host keeps them continuous across restarts);
+        without it they are drawn from ``rng``."""
         self.ip = ip
         self.config = config or TcpConfig()
         self.rng = rng or random.Random()
         self.connections: dict[Key, Tcb] = {}
         self.listeners: dict[tuple[bytes, int], Listener] = {}
         self.counters: Counter[str] = Counter()
-        self.isn_gen = IsnGenerator(self.rng.randbytes(32))
+        def key(use: bytes) -> bytes:
+            if secret is None:
+                return self.rng.randbytes(32)
+            return hashlib.blake2s(secret, person=use).digest()
+        self.isn_gen = IsnGenerator(key(b"isn"))
         self.cookies = SynCookies(self.rng.randbytes(32))
-        self._ts_key = self.rng.randbytes(32)
-        self._port_key = self.rng.randbytes(32)
+        self._ts_key = key(b"tsoffset")
+        self._port_key = key(b"ports")
         self._port_counter = 0
         self._heap: list[tuple[float, int, Tcb]] = []
         self._tie = itertools.count()

@@ -70,7 +70,7 @@ class Tcb:
         # application
         "on_event", "events", "eof_received", "error", "soft_error", "listener",
         "orphaned", "user_shutdown", "passive", "hashed", "in_syn_queue", "keepalive",
-        "keepalive_probes", "nodelay", "syn_time", "rcv_rtt", "input_hook",
+        "keepalive_probes", "nodelay", "syn_time", "syn_retried", "rcv_rtt", "input_hook",
         "bytes_acked", "bytes_received", "segs_in", "segs_out", "autotune_copied",
         "autotune_start", "last_recv",
         # set by the splice layer (splice/splicer.py)
@@ -191,6 +191,7 @@ class Tcb:
         self.keepalive_probes = 0
         self.nodelay = cfg.nodelay
         self.syn_time = now
+        self.syn_retried = False    # SYN sent again at once after a stale ACK (input.py)
         self.rcv_rtt = 0.0          # receiver-side RTT estimate from timestamps (autotuning)
         #: Optional hook for the splice layer: called with each arriving segment before
         #: TCP processing; returning True means the segment was consumed.

@@ -127,8 +127,14 @@ def test_synsent_bad_ack_gets_rst_and_stays():
     (syn,) = p.take()
     bad = sq.add(syn.hdr.seq, 5)
     out = p.send(SYN | ACK, ack=bad, mss=1460)
+    # The RST, then at once the SYN again (the stale ACK was most likely the peer's
+    # TIME-WAIT for this 4-tuple, which the RST ended) — once per connection.
+    assert [(o.flags, o.hdr.seq) for o in out] == [(RST, bad), (SYN, syn.hdr.seq)]
+    assert tcb.state is S.SYN_SENT
+    out = p.send(ACK, ack=bad)
     assert [(o.flags, o.hdr.seq) for o in out] == [(RST, bad)]
     assert tcb.state is S.SYN_SENT
+    assert p.layer.counters["synsent_retry_after_rst"] == 1
 
 
 def test_synsent_rst_needs_acceptable_ack():
