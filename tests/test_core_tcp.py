@@ -73,3 +73,57 @@ def test_streams_send_a_short_write_without_waiting_for_an_ack():
         return asyncio.get_running_loop().time() - start
 
     assert run(main, net) < 0.01
+
+
+def test_readexactly_beyond_the_reader_limit_of_data_already_arrived():
+    """StreamReader pauses the transport above twice its limit and resumes it from
+    inside its wait: the bytes handed over then must still wake the reader, even when
+    nothing more arrives (the body of a response on a kept-alive connection)."""
+    net = SimNetwork(6)
+    a, b = net.add_host("a"), net.add_host("b")
+    net.connect(a, "198.18.0.1/24", b, "198.18.0.2/24")
+
+    async def main(driver):
+        done = asyncio.Event()
+
+        async def serve(reader, writer):
+            writer.write(bytes(range(200)) * 1500)   # 300,000 bytes, then silence
+            await done.wait()
+            writer.close()
+
+        await driver.tcp(b).start_server(serve, "198.18.0.2", 80)
+        reader, writer = await driver.tcp(a).open_connection("198.18.0.2", 80)
+        await asyncio.sleep(1.0)                     # all of it arrives first
+        got = await asyncio.wait_for(reader.readexactly(300_000), 5.0)
+        done.set()
+        writer.close()
+        return got
+
+    assert run(main, net) == bytes(range(200)) * 1500
+
+
+def test_a_reader_with_a_small_limit_never_sees_a_false_end_of_stream():
+    """Reading pauses and resumes the transport over and over (limit 4 KiB): every
+    byte arrives and read() returns b"" only at the real end."""
+    net = SimNetwork(7)
+    a, b = net.add_host("a"), net.add_host("b")
+    net.connect(a, "198.18.0.1/24", b, "198.18.0.2/24")
+    data = bytes(range(251)) * 8000              # ~2 MB
+
+    async def main(driver):
+        async def serve(reader, writer):
+            writer.write(data)
+            await writer.drain()
+            writer.close()
+
+        await driver.tcp(b).start_server(serve, "198.18.0.2", 80)
+        reader, writer = await driver.tcp(a).open_connection("198.18.0.2", 80, limit=4096)
+        got = bytearray()
+        while chunk := await reader.read(1000):
+            got += chunk
+            while len(reader._buffer):           # drain what is there in the same turn
+                got += await reader.read(1000)
+        writer.close()
+        return bytes(got)
+
+    assert run(main, net) == data
