@@ -165,8 +165,9 @@ def _http_part(cfg: LabConfig, tmp: Path, extra: list[str]) -> bool:
         if "tapsplice.httpproxy.access" in line:
             print("   access:", line.split("access: ", 1)[-1])
     sp = summary.get("splice", {})
-    print(f"   stack: {sp.get('oneway_done', 0)} bodies spliced one way, "
-          f"{sp.get('splices', 0)} responses spliced both ways, payload bytes copied by "
+    one, both = sp.get("oneway_done", 0), sp.get("splices", 0)
+    print(f"   stack: {one} bod{'y' if one == 1 else 'ies'} spliced one way, {both} "
+          f"response{'' if both == 1 else 's'} spliced both ways, payload bytes copied by "
           f"the stack for spliced flows: {sp.get('copied_payload_bytes', 0)}")
     return ok
 
