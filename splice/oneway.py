@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING
 
 from splice.mapping import ConnSnapshot, DirectionMap, make_maps
 from splice.pair import QueuedFrame, SpliceError
-from splice.relay import RelayError, relay_rewrite
+from splice.relay import RelayError, RelayResult, flow_frame_ip, flow_tcp_valid, relay_rewrite
 from splice.tap import Tap
 from stack import seq
 from stack.skbuff import SkBuff
@@ -57,8 +57,8 @@ from stack.tcp.input import segment_arrives
 from stack.tcp.options import tsval
 from stack.wire import checksum as cks
 from stack.wire.ethernet import ETH_HLEN
-from stack.wire.tcp import ACK, FIN, PSH, RST, SYN, TcpHeader, tcp_checksum, verify_tcp_checksum
-from stack.wire.vnet import VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM
+from stack.wire.tcp import ACK, FIN, PSH, RST, SYN, TcpHeader, tcp_checksum
+from stack.wire.vnet import VIRTIO_NET_HDR_F_NEEDS_CSUM
 
 if TYPE_CHECKING:
     from splice.splicer import Splicer
@@ -66,7 +66,6 @@ if TYPE_CHECKING:
 
 _L = struct.Struct("!L")
 _H = struct.Struct("!H")
-_TRUSTED = VIRTIO_NET_HDR_F_NEEDS_CSUM | VIRTIO_NET_HDR_F_DATA_VALID
 #: Relayed TSvals start this far (ms) ahead of the TCBs' own clocks (as in splicer.py).
 TS_HEADROOM_MS = 10_000
 #: After the hand-back the TCBs' clocks move past every relayed TSval: the headroom,
@@ -375,27 +374,21 @@ class OneWaySplicer:
     def _flow(self, ow: OneWay, skb: SkBuff, now: float) -> bool:
         """Straight from the device: a source segment wholly inside the budget, with
         no SYN, FIN or RST. Anything else goes the normal way (False)."""
-        buf = skb.buf
-        ip = skb.data + ETH_HLEN
-        totlen = (buf[ip + 2] << 8) | buf[ip + 3]
-        if (totlen > skb.tail - ip or totlen < 40 or buf[ip + 6] & 0x3F or buf[ip + 7]
-                or cks.ones_sum(memoryview(buf)[ip:ip + 20]) != 0xFFFF):
+        ip = flow_frame_ip(skb)
+        if ip < 0:
             return False
+        buf = skb.buf
         t = ip + 20
         if buf[t + 13] & (SYN | FIN | RST):
             return False
         thl = (buf[t + 12] >> 4) << 2
-        text = totlen - 20 - thl
+        text = skb.tail - t - thl
         if thl < 20 or text < 0:
             return False
         end = (_L.unpack_from(buf, t + 4)[0] + text) & 0xFFFFFFFF
-        if not seq.lt(end, ow.src_end):
+        src = ow.source
+        if not seq.lt(end, ow.src_end) or not flow_tcp_valid(skb, t, src.remote, src.local):
             return False
-        skb.tail = ip + totlen
-        if not skb.vnet_flags & _TRUSTED:
-            src = ow.source
-            if not verify_tcp_checksum(src.remote, src.local, memoryview(buf)[t:skb.tail]):
-                return False
         if text:
             skb.network_off = ip
             skb.data = t
@@ -408,39 +401,26 @@ class OneWaySplicer:
         """Straight from the device: a pure ACK of the sink's peer inside the relayed
         range and short of the budget's end, relayed to the source's peer. Anything
         else (text, flags, the final ACK) goes the normal way (False)."""
-        buf = skb.buf
-        ip = skb.data + ETH_HLEN
-        totlen = (buf[ip + 2] << 8) | buf[ip + 3]
-        if (totlen > skb.tail - ip or totlen < 40 or buf[ip + 6] & 0x3F or buf[ip + 7]
-                or cks.ones_sum(memoryview(buf)[ip:ip + 20]) != 0xFFFF):
+        ip = flow_frame_ip(skb)
+        if ip < 0:
             return False
+        buf = skb.buf
         t = ip + 20
-        if buf[t + 13] & (SYN | FIN | RST | ACK) != ACK or totlen != 20 + (
+        if buf[t + 13] & (SYN | FIN | RST | ACK) != ACK or skb.tail != t + (
                 (buf[t + 12] >> 4) << 2):
             return False
         ack = _L.unpack_from(buf, t + 8)[0]
         relayed_end = (ow.sink_start + ow.src_hi - ow.src_start) & 0xFFFFFFFF
+        sink = ow.sink
         if not (seq.ge(ack, ow.sink_start) and seq.le(ack, relayed_end)
-                and seq.lt(ack, ow.sink_end)):
+                and seq.lt(ack, ow.sink_end)
+                and flow_tcp_valid(skb, t, sink.remote, sink.local)):
             return False
-        skb.tail = ip + totlen
-        if not skb.vnet_flags & _TRUSTED:
-            sink = ow.sink
-            if not verify_tcp_checksum(sink.remote, sink.local, memoryview(buf)[t:skb.tail]):
-                return False
         if seq.gt(ack, ow.sink_acked):
             ow.sink_acked = ack
             ow.progress += 1
-        try:
-            res = relay_rewrite(skb, ow.to_source, self.stack.routes.lookup(
-                ow.source.remote).iface.offload)
-        except RelayError as e:
-            ow.counters["drop." + e.reason] += 1
-            self.counters["drop." + e.reason] += 1
-            return True
-        ow.counters["acks_relayed"] += 1
-        for frame in res.frames:
-            self.stack.output_frame(frame, now)
+        if self._send(ow, skb, ow.to_source, ow.source, now) is not None:
+            ow.counters["acks_relayed"] += 1
         return True
 
     def _from_source(self, ow: OneWay, hdr: TcpHeader, skb: SkBuff, now: float) -> None:
@@ -486,23 +466,30 @@ class OneWaySplicer:
             thl = (buf[t + 12] >> 4) << 2
             ow.tap.feed(_L.unpack_from(buf, t + 4)[0], memoryview(buf)[t + thl:skb.tail])
         skb.data = skb.network_off - ETH_HLEN
-        sink = ow.sink
-        try:
-            res = relay_rewrite(skb, ow.to_sink, self.stack.routes.lookup(
-                sink.remote).iface.offload)
-        except RelayError as e:
-            ow.counters["drop." + e.reason] += 1
-            self.counters["drop." + e.reason] += 1
+        res = self._send(ow, skb, ow.to_sink, ow.sink, now)
+        if res is None:
             return
         ow.counters["relayed_segments"] += 1
         ow.counters["relayed_bytes"] += res.payload_bytes
         if len(res.frames) != 1 or res.frames[0] is not skb:
             self.counters["copied_payload_bytes"] += res.payload_bytes
-        for frame in res.frames:
-            self.stack.output_frame(frame, now)
         if seq.gt(end, ow.src_hi):
             ow.src_hi = end
             ow.progress += 1
+
+    def _send(self, ow: OneWay, skb: SkBuff, m: DirectionMap, out: Tcb,
+              now: float) -> RelayResult | None:
+        """Rewrite the frame (data at its Ethernet header) for ``out``'s connection and
+        send it; None (counted) when it cannot be relayed."""
+        try:
+            res = relay_rewrite(skb, m, self.stack.routes.lookup(out.remote).iface.offload)
+        except RelayError as e:
+            ow.counters["drop." + e.reason] += 1
+            self.counters["drop." + e.reason] += 1
+            return None
+        for frame in res.frames:
+            self.stack.output_frame(frame, now)
+        return res
 
     # -- RELAYING: the sink's peer's segments ----------------------------------------
     def _from_sink(self, ow: OneWay, hdr: TcpHeader, skb: SkBuff, now: float) -> None:
@@ -545,16 +532,8 @@ class OneWaySplicer:
                 csum = _H.unpack_from(skb.buf, t + 16)[0]
                 _H.pack_into(skb.buf, t + 16, cks.update32(csum, ack, ow.sink_start))
         skb.data = skb.network_off - ETH_HLEN
-        try:
-            res = relay_rewrite(skb, ow.to_source, self.stack.routes.lookup(
-                ow.source.remote).iface.offload)
-        except RelayError as e:
-            ow.counters["drop." + e.reason] += 1
-            self.counters["drop." + e.reason] += 1
-        else:
+        if self._send(ow, skb, ow.to_source, ow.source, now) is not None:
             ow.counters["acks_relayed"] += 1
-            for frame in res.frames:
-                self.stack.output_frame(frame, now)
         if seq.ge(ack, ow.sink_end):
             self._hand_back(ow, hdr, now)
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from splice.mapping import ConnSnapshot, make_maps
 from splice.pair import QueuedFrame, Side, SpliceError, SplicePair
-from splice.relay import RelayError, relay_rewrite
+from splice.relay import RelayError, flow_frame_ip, flow_tcp_valid, relay_rewrite
 from splice.state import RELAYING, SpliceEvent, SpliceState
 from splice.tap import Tap
 from stack import seq
@@ -403,21 +403,15 @@ class Splicer:
     def _flow_relay(self, side: Side, skb: SkBuff, now: float) -> bool:
         """The shortest path (the core's flow table): a frame of a pair relaying both
         ways, straight from the device. Anything unusual goes the normal way (False)."""
-        buf = skb.buf
-        ip = skb.data + ETH_HLEN
-        totlen = (buf[ip + 2] << 8) | buf[ip + 3]
-        if (totlen > skb.tail - ip or totlen < 40 or buf[ip + 6] & 0x3F or buf[ip + 7]
-                or cks.ones_sum(memoryview(buf)[ip:ip + 20]) != 0xFFFF):
+        ip = flow_frame_ip(skb)
+        if ip < 0:
             return False
+        buf = skb.buf
         t = ip + 20
         flags = buf[t + 13]
-        if flags & (SYN | FIN | RST):
+        if flags & (SYN | FIN | RST) or not flow_tcp_valid(skb, t, side.tcb.remote,
+                                                           side.tcb.local):
             return False
-        skb.tail = ip + totlen
-        if not skb.vnet_flags & _TRUSTED:
-            tcb = side.tcb
-            if not verify_tcp_checksum(tcb.remote, tcb.local, memoryview(buf)[t:skb.tail]):
-                return False
         skb.network_off = ip
         skb.data = t
         ack = _L.unpack_from(buf, t + 8)[0]
