@@ -20,6 +20,7 @@ from rich.console import Console
 from apps.cli import build_parser
 from tools.bench import thesis_run
 from tools.bench.harness import BenchTimeout
+from tools.bench.proc import read_json_lines, signals_deferred
 from tools.bench.splice_load import LoadError
 from tools.bench.thesis import (
     FULL,
@@ -58,9 +59,7 @@ from tools.bench.thesis_run import (
     DanteRoute,
     dante_conf,
     planned_steps,
-    read_json_lines,
     repeats_for,
-    signals_deferred,
 )
 
 REPO = Path(__file__).resolve().parents[1]

@@ -32,6 +32,13 @@ def size(text: str, limit: int | None = None) -> int:
     return n
 
 
+def size_up_to(limit: int) -> Callable[[str], int]:
+    """An argparse type: a byte count as :func:`size` reads it, at most ``limit``."""
+    def parse(text: str) -> int:
+        return size(text, limit)
+    return parse
+
+
 def seconds(text: str) -> float:
     """A duration in (0, 1 day] seconds."""
     try:

@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from tools.bench import args as argtypes
-from tools.bench.harness import MAX_REPEATS, BenchTimeout, Stats, build_report, format_size
+from tools.bench.common_report import OnProgress, measure_or_report, ms_cell, with_progress
+from tools.bench.harness import MAX_REPEATS, Stats, build_report, format_size
 from tools.bench.harness import write_json as _write_json
 from tools.bench.http_run import (
     BEHAVIOURS,
@@ -41,7 +41,6 @@ from tools.bench.http_run import (
     Series,
     planned_steps,
 )
-from tools.bench.proc import CommandError, TransferError
 from tools.bench.start import ready_to_run
 
 FULL = {"sizes": [1 << 10, 10 << 10, 100 << 10, 1 << 20, 10 << 20, 100 << 20], "repeats": 30,
@@ -56,10 +55,6 @@ TAP_SIZE = 8_000_000
 MAX_SIZE = 1 << 30
 
 
-def _size(text: str) -> int:
-    return argtypes.size(text, MAX_SIZE)
-
-
 def add_http_parser(sub: Any) -> None:
     """Register `bench http` on the `bench` sub-command parsers."""
     p = sub.add_parser("http", help="the HTTP proxy: fetch time vs size, cache hits/s, tap cost",
@@ -72,7 +67,7 @@ def add_http_parser(sub: Any) -> None:
     p.add_argument("--repeats", type=argtypes.int_in(1, MAX_REPEATS), default=None,
                    help="requests per size up to 1 MiB, at most 3 above (default 30; "
                    "--quick: 3)")
-    p.add_argument("--sizes", type=_size, nargs="+", default=None, metavar="SIZE",
+    p.add_argument("--sizes", type=argtypes.size_up_to(MAX_SIZE), nargs="+", default=None, metavar="SIZE",
                    help="object sizes of experiment 1 (default 1K 10K 100K 1M 10M 100M)")
     p.add_argument("--json", type=Path, default=None, metavar="FILE",
                    help="where to write results (default results/bench-http-TIME.json)")
@@ -95,12 +90,6 @@ def plan_from_args(args: argparse.Namespace) -> HttpPlan:
         tap_size=TAP_SIZE, tap_repeats=min(args.repeats or base["tap_repeats"],
                                            base["tap_repeats"]),
         max_seconds=args.max_seconds)
-
-
-def _ms(st: Stats | None) -> str:
-    if st is None:
-        return "-"
-    return f"{st.median * 1e3:.2f} [{st.min * 1e3:.2f}-{st.max * 1e3:.2f}]"
 
 
 def _note(s: Sequence[Series]) -> str:
@@ -128,7 +117,7 @@ def sizes_table(series: Sequence[Series], sizes: Sequence[int]) -> Table:
             if not row:
                 continue
             by_size = {s.size: s for s in row}
-            cells = [_ms(by_size[z].stats()) if z in by_size else "-" for z in sizes]
+            cells = [ms_cell(by_size[z].stats()) if z in by_size else "-" for z in sizes]
             table.add_row(LABELS[path], behaviour, *cells, _note(row))
     return table
 
@@ -184,17 +173,13 @@ def build_http_report(plan: HttpPlan, runner: HttpRunner, argv: Sequence[str],
 def measure(plan: HttpPlan, console: Console) -> HttpRunner:
     """Run the plan under a progress bar; the runner keeps what was measured."""
     runner = HttpRunner(plan)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task("setting up", total=planned_steps(plan))
 
-        def on_progress(text: str, advance: bool) -> None:
-            progress.update(task, advance=1 if advance else 0, description=text)
-
+    def work(on_progress: OnProgress) -> HttpRunner:
         runner.progress = on_progress
         runner.run()
-    return runner
+        return runner
+
+    return with_progress(console, planned_steps(plan), work)
 
 
 def output_paths(args: argparse.Namespace, now: _dt.datetime) -> tuple[Path, Path]:
@@ -207,20 +192,14 @@ def output_paths(args: argparse.Namespace, now: _dt.datetime) -> tuple[Path, Pat
 def cmd_http(args: argparse.Namespace) -> int:
     """`tapsplice bench http`: measure, print the tables, write JSON and the PNG."""
     from tools.bench.http_plot import plot_sizes
-    from tools.bench.proc import sigterm_as_interrupt
-    from tools.lab import LabError
-    from tools.origin import OriginError
 
     console = Console(width=None if sys.stdout.isatty() else 160)
     if not ready_to_run("http", console):
         return 2
     plan = plan_from_args(args)
     json_path, png = output_paths(args, _dt.datetime.now(_dt.UTC))
-    try:
-        with sigterm_as_interrupt():
-            runner = measure(plan, console)
-    except (CommandError, TransferError, BenchTimeout, OriginError, LabError) as exc:
-        console.print(f"[red]bench http failed:[/red] {exc}")
+    runner = measure_or_report(console, "http", lambda: measure(plan, console))
+    if runner is None:
         return 1
     console.print(sizes_table(runner.series, plan.sizes))
     if runner.hits:

@@ -9,14 +9,13 @@ lines; everything is torn down on the way out (failure, Ctrl-C or SIGTERM).
 from __future__ import annotations
 
 import secrets
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from tools.bench.harness import BenchTimeout, Stats, summarize
-from tools.bench.proc import CommandError, ns_cmd, stop_process
+from tools.bench.proc import ns_cmd, run_json_client, signals_deferred
 from tools.bench.splice_paths import (
     HTTP_PORT,
     SMALL_SIZE,
@@ -29,7 +28,7 @@ from tools.bench.splice_paths import (
     python_argv,
     transfer_timeout,
 )
-from tools.bench.thesis_run import read_json_lines, repeats_for, signals_deferred
+from tools.bench.thesis_run import repeats_for
 
 # Experiment 1's paths, in table order; "splice-notap" serves only experiment 3.
 HTTP_PATHS = ("kernel", "copy", "splice", "splice-min0")
@@ -304,19 +303,4 @@ class HttpRunner:
         left = self.left(what)
         argv = ns_cmd(lab.client_ns, *python_argv("tools.bench.http_client", *args,
                                                   "--deadline", f"{max(left, 1.0):.0f}"))
-        with signals_deferred():
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, start_new_session=True)
-        try:
-            for obj in read_json_lines(proc, self.deadline + 60.0, self.clock):
-                if obj.get("kind") == "done":
-                    return
-                on_line(obj)
-            err = proc.stderr.read(4000).decode(errors="replace") if proc.stderr else ""
-            raise CommandError(f"the http client stopped early during {what}: {err}")
-        finally:
-            with signals_deferred():
-                stop_process(proc)
-            for pipe in (proc.stdout, proc.stderr):
-                if pipe is not None:
-                    pipe.close()
+        run_json_client(argv, on_line, self.deadline + 60.0, self.clock, "the http client", what)

@@ -25,20 +25,18 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from tools.bench import args as argtypes
+from tools.bench.common_report import measure_or_report, with_progress
 from tools.bench.harness import (
     MAX_REPEATS,
-    BenchTimeout,
     PathResult,
     build_report,
     default_json_path,
     format_size,
     write_json,
 )
-from tools.bench.proc import CommandError, TransferError, sigterm_as_interrupt
 from tools.bench.splice_paths import ALL_ROUTES, DIRECTIONS
 from tools.bench.splice_run import Outcome, Plan, Runner, planned_steps
 from tools.bench.start import ready_to_run
@@ -228,32 +226,19 @@ def build_splice_report(plan: Plan, out: Outcome, argv: Sequence[str]) -> dict[s
 
 def measure(plan: Plan, console: Console) -> Outcome:
     """Run the plan under a progress bar."""
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task("setting up", total=planned_steps(plan))
-
-        def on_progress(text: str, advance: bool) -> None:
-            progress.update(task, advance=1 if advance else 0, description=text)
-
-        return Runner(plan, on_progress).run()
+    return with_progress(console, planned_steps(plan),
+                         lambda on_progress: Runner(plan, on_progress).run())
 
 
 def cmd_splice(args: argparse.Namespace) -> int:
     """`tapsplice bench splice`: measure, print the tables, write JSON; exit code."""
-    from tools.lab import LabError
-    from tools.origin import OriginError
-
     # Piped output gets 80 columns by default: too narrow for the transfer table.
     console = Console(width=None if sys.stdout.isatty() else 120)
     if not ready_to_run("splice", console):
         return 2
     plan = plan_from_args(args)
-    try:
-        with sigterm_as_interrupt():
-            out = measure(plan, console)
-    except (CommandError, TransferError, BenchTimeout, OriginError, LabError) as exc:
-        console.print(f"[red]bench splice failed:[/red] {exc}")
+    out = measure_or_report(console, "splice", lambda: measure(plan, console))
+    if out is None:
         return 1
     if out.transfers or out.unavailable:
         console.print(transfer_table(out, plan.size))

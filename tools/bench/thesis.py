@@ -23,19 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from tools.bench import args as argtypes
-from tools.bench.harness import (
-    MAX_REPEATS,
-    BenchTimeout,
-    Stats,
-    build_report,
-    format_size,
-    write_json,
-)
-from tools.bench.proc import CommandError, TransferError
+from tools.bench.common_report import measure_or_report, ms_cell, with_progress
+from tools.bench.harness import MAX_REPEATS, build_report, format_size, write_json
 from tools.bench.start import ready_to_run
 from tools.bench.thesis_results import PathOutcome, path_record
 from tools.bench.thesis_run import (
@@ -62,8 +54,7 @@ _int_in = argtypes.int_in
 _seconds = argtypes.seconds
 
 
-def _size(text: str) -> int:
-    return argtypes.size(text, MAX_SIZE)
+_size = argtypes.size_up_to(MAX_SIZE)
 
 def add_thesis_parser(sub: Any) -> None:
     """Register `bench thesis` on the `bench` sub-command parsers."""
@@ -110,12 +101,6 @@ def plan_from_args(args: argparse.Namespace) -> ThesisPlan:
         max_seconds=args.max_seconds)
 
 
-def _ms(st: Stats | None) -> str:
-    if st is None:
-        return "-"
-    return f"{st.median * 1e3:.2f} [{st.min * 1e3:.2f}-{st.max * 1e3:.2f}]"
-
-
 def sizes_table(outcomes: Sequence[PathOutcome], sizes: Sequence[int]) -> Table:
     """Experiment 1: median [min-max] ms from the GET to the last byte, per size."""
     table = Table(title="Response time, GET to last byte: median \\[min-max] ms")
@@ -125,7 +110,7 @@ def sizes_table(outcomes: Sequence[PathOutcome], sizes: Sequence[int]) -> Table:
     table.add_column("note")
     for o in outcomes:
         points = {p.size: p for p in o.sizes}
-        cells = [_ms(points[s].stats("response")) if s in points else "-" for s in sizes]
+        cells = [ms_cell(points[s].stats("response")) if s in points else "-" for s in sizes]
         errors = sum(p.errors for p in o.sizes)
         note = o.unavailable or (f"{errors} failed requests" if errors else "")
         table.add_row(o.label, *cells, note)
@@ -144,8 +129,8 @@ def load_table(outcomes: Sequence[PathOutcome], object_size: int) -> Table:
         for lv in o.levels:
             rps = lv.stats("rps")
             rps_text = "-" if rps is None else f"{rps.median:,.0f} [{rps.min:,.0f}-{rps.max:,.0f}]"
-            table.add_row(o.label, str(lv.concurrency), _ms(lv.stats("mean")),
-                          _ms(lv.stats("p99")), rps_text, str(lv.errors))
+            table.add_row(o.label, str(lv.concurrency), ms_cell(lv.stats("mean")),
+                          ms_cell(lv.stats("p99")), rps_text, str(lv.errors))
     return table
 
 
@@ -165,15 +150,8 @@ def build_thesis_report(plan: ThesisPlan, outcomes: Sequence[PathOutcome], argv:
 
 def measure(plan: ThesisPlan, console: Console) -> list[PathOutcome]:
     """Run the plan under a progress bar."""
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task("setting up", total=planned_steps(plan))
-
-        def on_progress(text: str, advance: bool) -> None:
-            progress.update(task, advance=1 if advance else 0, description=text)
-
-        return ThesisRunner(plan, on_progress).run()
+    return with_progress(console, planned_steps(plan),
+                         lambda on_progress: ThesisRunner(plan, on_progress).run())
 
 
 def output_paths(args: argparse.Namespace, now: _dt.datetime) -> tuple[Path, Path, Path]:
@@ -199,20 +177,13 @@ def write_plots(plan: ThesisPlan, outcomes: Sequence[PathOutcome], sizes_png: Pa
 
 def cmd_thesis(args: argparse.Namespace) -> int:
     """`tapsplice bench thesis`: measure, print the tables, write JSON and PNGs."""
-    from tools.bench.proc import sigterm_as_interrupt as _sigterm_as_interrupt
-    from tools.lab import LabError
-    from tools.origin import OriginError
-
     console = Console(width=None if sys.stdout.isatty() else 140)
     if not ready_to_run("thesis", console):
         return 2
     plan = plan_from_args(args)
     json_path, sizes_png, load_png = output_paths(args, _dt.datetime.now(_dt.UTC))
-    try:
-        with _sigterm_as_interrupt():
-            outcomes = measure(plan, console)
-    except (CommandError, TransferError, BenchTimeout, OriginError, LabError) as exc:
-        console.print(f"[red]bench thesis failed:[/red] {exc}")
+    outcomes = measure_or_report(console, "thesis", lambda: measure(plan, console))
+    if outcomes is None:
         return 1
     if plan.sizes:
         console.print(sizes_table(outcomes, plan.sizes))

@@ -5,22 +5,16 @@ on the way out (failure, Ctrl-C or SIGTERM included).
 
 from __future__ import annotations
 
-import json
-import os
-import select
 import shutil
-import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from tools.bench.harness import BenchTimeout
-from tools.bench.proc import CommandError, ns_cmd, stop_process
+from tools.bench.proc import ns_cmd, run_json_client, signals_deferred
 from tools.bench.splice_paths import (
     HTTP_PORT,
     PROXY_PORT,
@@ -48,7 +42,6 @@ THESIS_PATHS = ("kernel", "stack-router", "splice", "copy", "uvsocks", "microsoc
 # Connections the stack's SOCKS proxy may hold: the highest concurrency level
 # needs two per client, with room for connections still closing.
 STACK_MAX_CONNECTIONS = 4096
-MAX_LINE = 1 << 20
 
 
 def dante_conf(internal: str, external: str, port: int = PROXY_PORT) -> str:
@@ -134,34 +127,6 @@ def object_name(size: int) -> str:
 
 
 Progress = Callable[[str, bool], None]
-DEFERRED_SIGNALS = {signal.SIGINT, signal.SIGTERM}
-
-
-@contextmanager
-def signals_deferred() -> Iterator[None]:
-    """Hold Ctrl-C and SIGTERM back while a lab, a route or the client starts or stops.
-
-    An interruption in the middle of a teardown would skip the steps after it
-    (an nginx left running in a removed namespace was seen that way), and one
-    inside a spawn would lose the pid of the child. The Python handlers are
-    swapped for one that only notes the signal (a signal mask would not do:
-    rich's refresh thread would take the signal instead); once the block ends
-    the signal is raised again. Starting and stopping are bounded by their own
-    timeouts. Call from the main thread only.
-    """
-    caught: list[int] = []
-
-    def note(signum: int, frame: FrameType | None) -> None:
-        caught.append(signum)
-
-    old = {sig: signal.signal(sig, note) for sig in DEFERRED_SIGNALS}
-    try:
-        yield
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
-        if caught:
-            signal.raise_signal(caught[0])
 
 
 def _nothing(text: str, advance: bool) -> None:
@@ -281,64 +246,8 @@ class ThesisRunner:
         left = self.left(what)
         argv = ns_cmd(lab.client_ns, *python_argv("tools.bench.thesis_client", *args,
                                                   "--deadline", f"{left:.0f}"))
-        with signals_deferred():
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, start_new_session=True)
-        try:
-            for obj in read_json_lines(proc, self.deadline + 60.0, self.clock):
-                if obj.get("kind") == "done":
-                    return
-                on_line(obj)
-            err = proc.stderr.read(4000).decode(errors="replace") if proc.stderr else ""
-            raise CommandError(f"the thesis client stopped early during {what}: {err}")
-        finally:
-            with signals_deferred():
-                stop_process(proc)
-            for pipe in (proc.stdout, proc.stderr):
-                if pipe is not None:
-                    pipe.close()
-
-
-def read_json_lines(proc: subprocess.Popen[bytes], deadline: float,
-                    clock: Callable[[], float] = time.monotonic) -> Iterator[dict[str, Any]]:
-    """Yield each JSON object line ``proc`` prints, until EOF; BenchTimeout at ``deadline``.
-
-    Reads the raw descriptor (a buffered reader could hold lines that select()
-    does not see). Lines that are not JSON objects are skipped; a line over
-    MAX_LINE bytes is a CommandError.
-    """
-    assert proc.stdout is not None
-    fd = proc.stdout.fileno()
-    pending = b""
-    while True:
-        while (nl := pending.find(b"\n")) >= 0:
-            line, pending = pending[:nl], pending[nl + 1:]
-            obj = _json_object(line)
-            if obj is not None:
-                yield obj
-        if len(pending) > MAX_LINE:
-            raise CommandError("the thesis client printed an over-long line")
-        left = deadline - clock()
-        if left <= 0:
-            raise BenchTimeout("the thesis client overran the deadline")
-        ready, _, _ = select.select([fd], [], [], min(left, 5.0))
-        if not ready:
-            continue
-        chunk = os.read(fd, 1 << 16)
-        if not chunk:
-            obj = _json_object(pending)
-            if obj is not None:
-                yield obj
-            return
-        pending += chunk
-
-
-def _json_object(line: bytes) -> dict[str, Any] | None:
-    try:
-        obj = json.loads(line)
-    except ValueError:
-        return None
-    return obj if isinstance(obj, dict) else None
+        run_json_client(argv, on_line, self.deadline + 60.0, self.clock, "the thesis client",
+                        what)
 
 
 def danted_version() -> str | None:
