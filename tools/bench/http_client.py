@@ -31,14 +31,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import json
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tools.bench.uvsocks import parse_listen, raise_nofile
+from tools.bench.common_client import Addr, address, emit
+from tools.bench.uvsocks import raise_nofile
 
 MAX_HEAD = 16 << 10
 READ_CHUNK = 1 << 20
@@ -50,7 +50,6 @@ MAX_CONCURRENCY = 1024
 MAX_FILL_TRIES = 50
 FILL_POLL = 0.05
 BEHAVIOURS = ("close", "keep-alive")
-Addr = tuple[str, int]
 
 
 class HttpClientError(Exception):
@@ -152,12 +151,6 @@ class Connection:
     def close(self) -> None:
         """Drop the connection at once (nothing is pending on it)."""
         self.writer.transport.abort()
-
-
-def emit(obj: dict[str, object]) -> None:
-    """One JSON line on stdout, flushed (the runner reads them as they come)."""
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
 
 
 def _kind(exc: BaseException) -> str:
@@ -317,13 +310,6 @@ async def run_hits(args: argparse.Namespace, deadline: float) -> None:
           "error_kinds": dict(kinds)})
 
 
-def _addr(text: str) -> Addr:
-    try:
-        return parse_listen(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-
-
 def parse_object(text: str) -> ObjectSpec:
     """``SIZE:PATH:REPEATS:SHA256`` as an ObjectSpec; ArgumentTypeError otherwise."""
     parts = text.split(":")
@@ -361,8 +347,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line (bounds checked)."""
     p = argparse.ArgumentParser(prog="http_client")
     p.add_argument("mode", choices=("sizes", "hits"))
-    p.add_argument("--dest", type=_addr, required=True)
-    p.add_argument("--proxy", type=_addr, default=None)
+    p.add_argument("--dest", type=address, required=True)
+    p.add_argument("--proxy", type=address, default=None)
     p.add_argument("--behaviour", choices=BEHAVIOURS, default="keep-alive")
     p.add_argument("--object", type=parse_object, action="append", default=[])
     p.add_argument("--tag", default="0")

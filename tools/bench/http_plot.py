@@ -15,9 +15,13 @@ matplotlib.use("Agg")
 
 from matplotlib.figure import Figure  # noqa: E402  (the backend is chosen first)
 
-from tools.bench.harness import format_size  # noqa: E402
 from tools.bench.http_run import BEHAVIOURS, HTTP_PATHS, LABELS, Series  # noqa: E402
-from tools.bench.thesis_plot import MARKERS, _save  # noqa: E402
+from tools.bench.thesis_plot import (  # noqa: E402
+    MARKERS,
+    errorbar_series,
+    log_size_axes,
+    save_figure,
+)
 
 # One colour per path (C0, C1, ...), one line style per behaviour.
 STYLES = {"close": "--", "keep-alive": "-"}
@@ -37,23 +41,12 @@ def plot_sizes(series: Sequence[Series], out: Path) -> Path:
             sizes.update(s.size for s in row)
             if not points:
                 continue
-            med = [st.median * 1e3 for _, st in points]
-            bars = [[(st.median - st.min) * 1e3 for _, st in points],
-                    [(st.max - st.median) * 1e3 for _, st in points]]
-            ax.errorbar([x for x, _ in points], med, yerr=bars, color=f"C{i}",
-                        linestyle=STYLES[behaviour], marker=MARKERS[i % len(MARKERS)],
-                        capsize=3, linewidth=1.2, markersize=4,
-                        label=f"{LABELS[path]}, {behaviour}")
+            errorbar_series(ax, f"{LABELS[path]}, {behaviour}", MARKERS[i % len(MARKERS)],
+                            points, 1e3, color=f"C{i}", linestyle=STYLES[behaviour])
             shown += 1
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ticks = sorted(sizes)
-    ax.set_xticks(ticks, [format_size(s) for s in ticks])
-    ax.set_xlabel("object size")
-    ax.set_ylabel("fetch time, request to last body byte (ms)")
-    ax.grid(True, which="both", alpha=0.3)
+    log_size_axes(ax, sizes, "object size", "fetch time, request to last body byte (ms)")
     if shown:
         ax.legend(fontsize=8)
     fig.suptitle("HTTP proxy: fetch time against object size (cache misses; median, "
                  "min-max bars)")
-    return _save(fig, out)
+    return save_figure(fig, out)

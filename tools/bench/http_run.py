@@ -14,18 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tools.bench.harness import BenchTimeout, Stats, summarize
-from tools.bench.proc import ns_cmd, run_json_client, signals_deferred
+from tools.bench.common_run import LabRunner, Progress, no_progress
+from tools.bench.harness import Stats, summarize
 from tools.bench.splice_paths import (
-    HTTP_PORT,
-    SMALL_SIZE,
     BenchLab,
     KernelRoute,
-    KernelTwinLab,
     Route,
     Service,
-    StackLab,
-    python_argv,
     transfer_timeout,
 )
 from tools.bench.thesis_run import repeats_for
@@ -162,54 +157,27 @@ def object_name(size: int) -> str:
     return f"obj-{size}.bin"
 
 
-Progress = Callable[[str, bool], None]
-
-
-def _nothing(text: str, advance: bool) -> None:
-    return None
-
-
-class HttpRunner:
+class HttpRunner(LabRunner):
     """Carries out an :class:`HttpPlan` under one deadline, reporting progress."""
 
-    def __init__(self, plan: HttpPlan, progress: Progress = _nothing,
+    client_module = "tools.bench.http_client"
+    client_name = "the http client"
+    min_client_deadline = 1.0
+
+    def __init__(self, plan: HttpPlan, progress: Progress = no_progress,
                  clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(plan.max_seconds, progress, clock)
         self.plan = plan
-        self.progress = progress
-        self.clock = clock
-        self.deadline = clock() + plan.max_seconds
         self.series: list[Series] = []
         self.hits: list[HitRun] = []
         self.summaries: dict[str, dict[str, Any]] = {}
         self.objects: dict[int, str] = {}
 
-    def left(self, what: str) -> float:
-        """Seconds left before the deadline; BenchTimeout once it has passed."""
-        left = self.deadline - self.clock()
-        if left <= 0:
-            raise BenchTimeout(f"deadline of {self.plan.max_seconds:g}s passed during {what}")
-        return left
-
     def run(self) -> None:
         """Measure every route; each lab is removed even on failure."""
-        routes = make_http_routes(self.plan.routes())
-        for lab_cls in (KernelTwinLab, StackLab):
-            mine = [r for r in routes if r.lab_kind == lab_cls.kind]
-            if not mine:
-                continue
-            lab = lab_cls()
-            self.progress(f"{lab.kind} lab: setting up", False)
-            try:
-                with signals_deferred():
-                    lab.start(SMALL_SIZE)
-                    self._make_objects(lab)
-                for route in mine:
-                    self._route(lab, route)
-            finally:
-                with signals_deferred():
-                    lab.stop()
+        self.run_labs(make_http_routes(self.plan.routes()))
 
-    def _make_objects(self, lab: BenchLab) -> None:
+    def make_objects(self, lab: BenchLab) -> None:
         """Seeded random files, so every body can be checked against a sha256."""
         assert lab.origin is not None
         p = self.plan
@@ -218,34 +186,28 @@ class HttpRunner:
             assert made.sha256 is not None
             self.objects[size] = made.sha256
 
-    def _route(self, lab: BenchLab, route: Route) -> None:
-        self.progress(f"{route.label}: starting", False)
-        with signals_deferred():
-            route.start(lab)
-        try:
-            p = self.plan
-            if route.name in p.paths and p.sizes:
-                for behaviour in BEHAVIOURS:
-                    self._sizes(lab, route, "sizes", behaviour, p.sizes, p.repeats)
-            if route.name in HIT_PATHS:
-                for size in p.hit_sizes:
-                    self._hits(lab, route, size)
-            if route.name in TAP_PATHS and p.tap_size:
-                for behaviour in BEHAVIOURS:
-                    self._sizes(lab, route, "tap", behaviour, [p.tap_size], p.tap_repeats)
-        finally:
-            with signals_deferred():
-                self.summaries[route.name] = route.stop()
+    def measure_route(self, lab: BenchLab, route: Route) -> None:
+        """The experiments ``route`` takes part in, in order."""
+        p = self.plan
+        if route.name in p.paths and p.sizes:
+            for behaviour in BEHAVIOURS:
+                self._sizes(lab, route, "sizes", behaviour, p.sizes, p.repeats)
+        if route.name in HIT_PATHS:
+            for size in p.hit_sizes:
+                self._hits(lab, route, size)
+        if route.name in TAP_PATHS and p.tap_size:
+            for behaviour in BEHAVIOURS:
+                self._sizes(lab, route, "tap", behaviour, [p.tap_size], p.tap_repeats)
+
+    def route_stopped(self, route: Route, summary: dict[str, Any]) -> None:
+        """The proxy's counters, by route name."""
+        self.summaries[route.name] = summary
 
     def _spec(self, size: int, repeats: int) -> str:
         return f"{size}:/{object_name(size)}:{repeats}:{self.objects[size]}"
 
     def _base_argv(self, lab: BenchLab, route: Route, mode: str) -> list[str]:
-        argv = [mode, "--dest", f"{lab.server_ip}:{HTTP_PORT}", "--tag", secrets.token_hex(4)]
-        proxy = route.proxy(lab)
-        if proxy is not None:
-            argv += ["--proxy", f"{proxy[0]}:{proxy[1]}"]
-        return argv
+        return self.base_argv(lab, route, mode, "--tag", secrets.token_hex(4))
 
     def _sizes(self, lab: BenchLab, route: Route, experiment: str, behaviour: str,
                sizes: list[int], repeats: int) -> None:
@@ -275,7 +237,7 @@ class HttpRunner:
                 text = str(obj.get("error", "?"))
                 s.error_kinds[text] = s.error_kinds.get(text, 0) + 1
 
-        self._client(lab, argv, on_line, f"{route.name} {experiment} {behaviour}")
+        self.client(lab, argv, on_line, f"{route.name} {experiment} {behaviour}")
 
     def _hits(self, lab: BenchLab, route: Route, size: int) -> None:
         p = self.plan
@@ -295,12 +257,4 @@ class HttpRunner:
                                         {str(obj.get("error")): 1}))
                 self.progress(f"{route.label} hits {size} B: failed", True)
 
-        self._client(lab, argv, on_line, f"{route.name} hits")
-
-    def _client(self, lab: BenchLab, args: list[str], on_line: Callable[[dict[str, Any]], None],
-                what: str) -> None:
-        """Run the client in the client namespace, feeding each JSON line to ``on_line``."""
-        left = self.left(what)
-        argv = ns_cmd(lab.client_ns, *python_argv("tools.bench.http_client", *args,
-                                                  "--deadline", f"{max(left, 1.0):.0f}"))
-        run_json_client(argv, on_line, self.deadline + 60.0, self.clock, "the http client", what)
+        self.client(lab, argv, on_line, f"{route.name} hits")

@@ -23,16 +23,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import socket
 import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
 
+from tools.bench.common_client import Addr, address, emit
 from tools.bench.splice_load import LoadError, socks_connect, socks_request
 from tools.bench.thesis_results import latency_summary
-from tools.bench.uvsocks import parse_listen, raise_nofile
+from tools.bench.uvsocks import raise_nofile
 
 MAX_HEAD = 16 << 10
 READ_CHUNK = 1 << 20
@@ -40,7 +40,6 @@ MAX_OBJECTS = 32
 MAX_REPEATS = 1000
 MAX_LEVEL_COUNT = 1_000_000
 MAX_CONCURRENCY = 1024
-Addr = tuple[str, int]
 
 
 def get_request(dest: Addr, path: str) -> bytes:
@@ -147,12 +146,6 @@ def fetch(dest: Addr, proxy: Addr | None, path: str, expect: int, timeout: float
     return t1 - t0, t2 - t1, t2 - t0
 
 
-def emit(obj: dict[str, object]) -> None:
-    """One JSON line on stdout, flushed (the runner reads them as they come)."""
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
-
-
 def run_sizes(dest: Addr, proxy: Addr | None, objects: list[ObjectSpec], warmup: int,
               timeout: float, deadline: float) -> None:
     """Experiment 1 (see the module docstring)."""
@@ -248,13 +241,6 @@ async def run_load(dest: Addr, proxy: Addr | None, path: str, expect: int,
                                 min(seconds, left), timeout))
 
 
-def _addr(text: str) -> Addr:
-    try:
-        return parse_listen(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-
-
 def parse_object(text: str) -> ObjectSpec:
     """``SIZE:PATH:REPEATS`` (sizes in bytes) as an ObjectSpec; ArgumentTypeError else."""
     parts = text.split(":")
@@ -287,8 +273,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line (bounds checked)."""
     p = argparse.ArgumentParser(prog="thesis_client")
     p.add_argument("mode", choices=("sizes", "load"))
-    p.add_argument("--dest", type=_addr, required=True)
-    p.add_argument("--proxy", type=_addr, default=None)
+    p.add_argument("--dest", type=address, required=True)
+    p.add_argument("--proxy", type=address, default=None)
     p.add_argument("--object", type=parse_object, action="append", default=[])
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--path", default="/")

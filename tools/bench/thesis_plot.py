@@ -24,9 +24,12 @@ from tools.bench.thesis_results import PathOutcome  # noqa: E402
 MARKERS = "osD^vP*X"
 
 
-def _series(ax: Axes, label: str, marker: str, points: Sequence[tuple[float, Stats]],
-            scale: float) -> None:
-    """One line with min-max error bars; ``scale`` converts the unit (s -> ms)."""
+def errorbar_series(ax: Axes, label: str, marker: str, points: Sequence[tuple[float, Stats]],
+                    scale: float, **style: str) -> None:
+    """One line of medians with min-max error bars; ``scale`` converts the unit (s -> ms).
+
+    ``style`` passes matplotlib line options on (``color``, ``linestyle``).
+    """
     if not points:
         return
     xs = [x for x, _ in points]
@@ -34,7 +37,18 @@ def _series(ax: Axes, label: str, marker: str, points: Sequence[tuple[float, Sta
     lo = [(st.median - st.min) * scale for _, st in points]
     hi = [(st.max - st.median) * scale for _, st in points]
     ax.errorbar(xs, med, yerr=[lo, hi], label=label, marker=marker, capsize=3, linewidth=1.2,
-                markersize=4)
+                markersize=4, **style)
+
+
+def log_size_axes(ax: Axes, sizes: set[int], xlabel: str, ylabel: str) -> None:
+    """Both scales logarithmic, one x tick per size (1K, 1M, ...), a light grid."""
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ticks = sorted(sizes)
+    ax.set_xticks(ticks, [format_size(s) for s in ticks])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="both", alpha=0.3)
 
 
 def _size_axes(ax: Axes, outcomes: Sequence[PathOutcome], metric: str, title: str) -> None:
@@ -43,15 +57,9 @@ def _size_axes(ax: Axes, outcomes: Sequence[PathOutcome], metric: str, title: st
         pts = [(float(p.size), st) for p in sorted(o.sizes, key=lambda p: p.size)
                if (st := p.stats(metric)) is not None]
         sizes.update(p.size for p in o.sizes)
-        _series(ax, o.label, MARKERS[i % len(MARKERS)], pts, 1e3)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ticks = sorted(sizes)
-    ax.set_xticks(ticks, [format_size(s) for s in ticks])
-    ax.set_xlabel("transfer size")
-    ax.set_ylabel("response time (ms)")
+        errorbar_series(ax, o.label, MARKERS[i % len(MARKERS)], pts, 1e3)
+    log_size_axes(ax, sizes, "transfer size", "response time (ms)")
     ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
 
 
 def plot_sizes(outcomes: Sequence[PathOutcome], out: Path) -> Path:
@@ -64,7 +72,7 @@ def plot_sizes(outcomes: Sequence[PathOutcome], out: Path) -> Path:
     if shown:
         left.legend(fontsize=8)
     fig.suptitle("Response time against transfer size (median, min-max bars)")
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def _level_axes(ax: Axes, outcomes: Sequence[PathOutcome], figure: str, scale: float,
@@ -74,7 +82,7 @@ def _level_axes(ax: Axes, outcomes: Sequence[PathOutcome], figure: str, scale: f
         pts = [(float(lv.concurrency), st) for lv in sorted(o.levels, key=lambda v: v.concurrency)
                if (st := lv.stats(figure)) is not None]
         levels.update(lv.concurrency for lv in o.levels)
-        _series(ax, o.label, MARKERS[i % len(MARKERS)], pts, scale)
+        errorbar_series(ax, o.label, MARKERS[i % len(MARKERS)], pts, scale)
     ax.set_xscale("log", base=2)
     ticks = sorted(levels)
     ax.set_xticks(ticks, [str(t) for t in ticks])
@@ -100,10 +108,11 @@ def plot_load(outcomes: Sequence[PathOutcome], out: Path, object_size: int) -> P
         axes[2].legend(fontsize=8)
     fig.suptitle(f"{format_size(object_size)} objects under load (median of runs, "
                  "min-max bars)")
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
-def _save(fig: Figure, out: Path) -> Path:
+def save_figure(fig: Figure, out: Path) -> Path:
+    """Write ``fig`` as a PNG to ``out`` (its directory made if missing); return ``out``."""
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
     return out

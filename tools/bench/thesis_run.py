@@ -13,21 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tools.bench.harness import BenchTimeout
-from tools.bench.proc import ns_cmd, run_json_client, signals_deferred
+from tools.bench.common_run import LabRunner, Progress, no_progress
+from tools.bench.proc import ns_cmd
 from tools.bench.splice_paths import (
-    HTTP_PORT,
     PROXY_PORT,
-    SMALL_SIZE,
     BenchLab,
-    KernelTwinLab,
     Route,
     Service,
-    StackLab,
     UvSocksRoute,
     _popen,
     make_routes,
-    python_argv,
     transfer_timeout,
     wait_listening,
 )
@@ -126,86 +121,51 @@ def object_name(size: int) -> str:
     return f"obj-{size}.bin"
 
 
-Progress = Callable[[str, bool], None]
-
-
-def _nothing(text: str, advance: bool) -> None:
-    return None
-
-
-class ThesisRunner:
+class ThesisRunner(LabRunner):
     """Carries out a :class:`ThesisPlan` under one deadline, reporting progress."""
 
-    def __init__(self, plan: ThesisPlan, progress: Progress = _nothing,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.plan = plan
-        self.progress = progress
-        self.clock = clock
-        self.deadline = clock() + plan.max_seconds
-        self.outcomes: list[PathOutcome] = []
+    client_module = "tools.bench.thesis_client"
+    client_name = "the thesis client"
 
-    def left(self, what: str) -> float:
-        """Seconds left before the deadline; BenchTimeout once it has passed."""
-        left = self.deadline - self.clock()
-        if left <= 0:
-            raise BenchTimeout(f"deadline of {self.plan.max_seconds:g}s passed during {what}")
-        return left
+    def __init__(self, plan: ThesisPlan, progress: Progress = no_progress,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(plan.max_seconds, progress, clock)
+        self.plan = plan
+        self.outcomes: list[PathOutcome] = []
 
     def run(self) -> list[PathOutcome]:
         """Measure every path; each lab is removed even on failure."""
         routes = thesis_routes(self.plan.paths)
-        for lab_cls in (KernelTwinLab, StackLab):
-            mine = [r for r in routes if r.lab_kind == lab_cls.kind]
-            for r in [r for r in mine if r.unavailable()]:
-                self.outcomes.append(PathOutcome(r.name, r.label, unavailable=r.unavailable()))
-            mine = [r for r in mine if not r.unavailable()]
-            if not mine:
-                continue
-            lab = lab_cls()
-            self.progress(f"{lab.kind} lab: setting up", False)
-            try:
-                with signals_deferred():
-                    lab.start(SMALL_SIZE)
-                    self._make_objects(lab)
-                for route in mine:
-                    self._route(lab, route)
-            finally:
-                with signals_deferred():
-                    lab.stop()
+        for r in [r for r in routes if r.unavailable()]:
+            self.outcomes.append(PathOutcome(r.name, r.label, unavailable=r.unavailable()))
+        self.run_labs([r for r in routes if not r.unavailable()])
         order = {name: i for i, name in enumerate(THESIS_PATHS)}
         self.outcomes.sort(key=lambda o: order.get(o.name, len(order)))
         return self.outcomes
 
-    def _make_objects(self, lab: BenchLab) -> None:
+    def make_objects(self, lab: BenchLab) -> None:
+        """The origin's file of every size the plan fetches."""
         assert lab.origin is not None
         for size in sorted(set(self.plan.sizes) | {self.plan.load_size}):
             lab.origin.make_file(object_name(size), size, random=False)
 
-    def _route(self, lab: BenchLab, route: Route) -> None:
+    def measure_route(self, lab: BenchLab, route: Route) -> None:
+        """Both experiments on ``route``, into a new PathOutcome."""
         outcome = PathOutcome(route.name, route.label)
         self.outcomes.append(outcome)
-        self.progress(f"{route.label}: starting", False)
-        with signals_deferred():
-            route.start(lab)
-        try:
-            if self.plan.sizes:
-                self._sizes(lab, route, outcome)
-            if self.plan.levels:
-                self._load(lab, route, outcome)
-        finally:
-            with signals_deferred():
-                outcome.summary = route.stop()
+        if self.plan.sizes:
+            self._sizes(lab, route, outcome)
+        if self.plan.levels:
+            self._load(lab, route, outcome)
 
-    def _base_argv(self, lab: BenchLab, route: Route, mode: str) -> list[str]:
-        proxy = route.proxy(lab)
-        argv = [mode, "--dest", f"{lab.server_ip}:{HTTP_PORT}"]
-        if proxy is not None:
-            argv += ["--proxy", f"{proxy[0]}:{proxy[1]}"]
-        return argv
+    def route_stopped(self, route: Route, summary: dict[str, Any]) -> None:
+        """The route's process summary, on its outcome."""
+        # measure_route appended this route's outcome before anything could fail.
+        self.outcomes[-1].summary = summary
 
     def _sizes(self, lab: BenchLab, route: Route, outcome: PathOutcome) -> None:
         p = self.plan
-        argv = self._base_argv(lab, route, "sizes") + ["--warmup", str(p.warmup)]
+        argv = self.base_argv(lab, route, "sizes") + ["--warmup", str(p.warmup)]
         for size in p.sizes:
             argv += ["--object", f"{size}:/{object_name(size)}:{repeats_for(size, p.repeats)}"]
         argv += ["--timeout", f"{transfer_timeout(max(p.sizes)):g}"]
@@ -221,11 +181,11 @@ class ThesisRunner:
                 kind = str(obj.get("error", "?"))
                 point.error_kinds[kind] = point.error_kinds.get(kind, 0) + 1
 
-        self._client(lab, argv, on_line, f"{route.name} sizes")
+        self.client(lab, argv, on_line, f"{route.name} sizes")
 
     def _load(self, lab: BenchLab, route: Route, outcome: PathOutcome) -> None:
         p = self.plan
-        argv = self._base_argv(lab, route, "load") + [
+        argv = self.base_argv(lab, route, "load") + [
             "--path", f"/{object_name(p.load_size)}", "--expect", str(p.load_size),
             "--repeats", str(p.load_repeats), "--timeout", "30"]
         for c in p.levels:
@@ -238,16 +198,7 @@ class ThesisRunner:
             outcome.level(run.concurrency).runs.append(run)
             self.progress(f"{route.label} x{run.concurrency}: {run.rps:,.0f} req/s", True)
 
-        self._client(lab, argv, on_line, f"{route.name} load")
-
-    def _client(self, lab: BenchLab, args: list[str], on_line: Callable[[dict[str, Any]], None],
-                what: str) -> None:
-        """Run the client in the client namespace, feeding each JSON line to ``on_line``."""
-        left = self.left(what)
-        argv = ns_cmd(lab.client_ns, *python_argv("tools.bench.thesis_client", *args,
-                                                  "--deadline", f"{left:.0f}"))
-        run_json_client(argv, on_line, self.deadline + 60.0, self.clock, "the thesis client",
-                        what)
+        self.client(lab, argv, on_line, f"{route.name} load")
 
 
 def danted_version() -> str | None:
