@@ -13,6 +13,13 @@ import sys
 from tools.bench.uvsocks import parse_listen
 
 Addr = tuple[str, int]
+# The bounds both clients keep: a response head, one read, objects and repeats
+# on one command line, concurrent connections.
+MAX_HEAD = 16 << 10
+READ_CHUNK = 1 << 20
+MAX_OBJECTS = 32
+MAX_REPEATS = 1000
+MAX_CONCURRENCY = 1024
 
 
 def emit(obj: dict[str, object]) -> None:

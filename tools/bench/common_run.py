@@ -28,6 +28,12 @@ Progress = Callable[[str, bool], None]
 OnLine = Callable[[dict[str, Any]], None]
 
 
+def count_error(kinds: dict[str, int], obj: dict[str, Any]) -> None:
+    """Count a client's ``{"kind": "error"}`` line under its error text."""
+    text = str(obj.get("error", "?"))
+    kinds[text] = kinds.get(text, 0) + 1
+
+
 def no_progress(text: str, advance: bool) -> None:
     """A progress callback that shows nothing (the default)."""
     return None

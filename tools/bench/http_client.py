@@ -37,15 +37,18 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tools.bench.common_client import Addr, address, emit
+from tools.bench.common_client import (
+    MAX_CONCURRENCY,
+    MAX_OBJECTS,
+    MAX_REPEATS,
+    READ_CHUNK,
+    Addr,
+    address,
+    emit,
+)
 from tools.bench.uvsocks import raise_nofile
 
-MAX_HEAD = 16 << 10
-READ_CHUNK = 1 << 20
-MAX_OBJECTS = 32
-MAX_REPEATS = 1000
 MAX_COUNT = 1_000_000
-MAX_CONCURRENCY = 1024
 # Requests tried, at most, until the object is seen served from the cache.
 MAX_FILL_TRIES = 50
 FILL_POLL = 0.05

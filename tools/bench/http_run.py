@@ -14,8 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tools.bench.common_run import LabRunner, Progress, no_progress
+from tools.bench.common_run import LabRunner, Progress, count_error, no_progress
 from tools.bench.harness import Stats, summarize
+from tools.bench.splice_load import OkRate
 from tools.bench.splice_paths import (
     BenchLab,
     KernelRoute,
@@ -121,7 +122,7 @@ class Series:
 
 
 @dataclass(frozen=True)
-class HitRun:
+class HitRun(OkRate):
     """One cache-hit load run of experiment 2."""
 
     path: str
@@ -131,11 +132,6 @@ class HitRun:
     errors: int
     seconds: float
     error_kinds: dict[str, int]
-
-    @property
-    def rps(self) -> float:
-        """Successful requests per second."""
-        return self.ok / self.seconds if self.seconds > 0 else 0.0
 
     def record(self) -> dict[str, Any]:
         """The JSON object of the run."""
@@ -234,8 +230,7 @@ class HttpRunner(LabRunner):
                 self.progress(f"{route.label} {behaviour} {s.size} B: checked", True)
             elif kind == "error":
                 s.errors += 1
-                text = str(obj.get("error", "?"))
-                s.error_kinds[text] = s.error_kinds.get(text, 0) + 1
+                count_error(s.error_kinds, obj)
 
         self.client(lab, argv, on_line, f"{route.name} {experiment} {behaviour}")
 

@@ -40,19 +40,26 @@ class LoadError(RuntimeError):
     """One request failed: the proxy refused, the response was wrong, or it timed out."""
 
 
+class OkRate:
+    """The ``rps`` of a load run's result that has ``ok`` requests in ``seconds``."""
+
+    ok: int
+    seconds: float
+
+    @property
+    def rps(self) -> float:
+        """Successful requests per second."""
+        return self.ok / self.seconds if self.seconds > 0 else 0.0
+
+
 @dataclass(frozen=True)
-class RpsResult:
+class RpsResult(OkRate):
     """Outcome of an ``rps`` run."""
 
     ok: int
     errors: int
     seconds: float
     error_kinds: dict[str, int]
-
-    @property
-    def rps(self) -> float:
-        """Successful requests per second."""
-        return self.ok / self.seconds if self.seconds > 0 else 0.0
 
 
 def socks_request(host: str, port: int) -> bytes:

@@ -29,17 +29,21 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-from tools.bench.common_client import Addr, address, emit
+from tools.bench.common_client import (
+    MAX_CONCURRENCY,
+    MAX_HEAD,
+    MAX_OBJECTS,
+    MAX_REPEATS,
+    READ_CHUNK,
+    Addr,
+    address,
+    emit,
+)
 from tools.bench.splice_load import LoadError, socks_connect, socks_request
 from tools.bench.thesis_results import latency_summary
 from tools.bench.uvsocks import raise_nofile
 
-MAX_HEAD = 16 << 10
-READ_CHUNK = 1 << 20
-MAX_OBJECTS = 32
-MAX_REPEATS = 1000
 MAX_LEVEL_COUNT = 1_000_000
-MAX_CONCURRENCY = 1024
 
 
 def get_request(dest: Addr, path: str) -> bytes:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tools.bench.harness import Stats, summarize
+from tools.bench.splice_load import OkRate
 
 # The three times of one request: connecting (with the SOCKS5 handshake on proxy
 # paths), from the GET to the last byte, and the two together.
@@ -80,7 +81,7 @@ class SizePoint:
 
 
 @dataclass(frozen=True)
-class LoadRun:
+class LoadRun(OkRate):
     """One load run: requests at a fixed concurrency for a bounded count and time.
 
     ``total`` and ``response`` are latency summaries (see latency_summary).
@@ -93,11 +94,6 @@ class LoadRun:
     total: dict[str, float | int]
     response: dict[str, float | int]
     error_kinds: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def rps(self) -> float:
-        """Successful requests per second."""
-        return self.ok / self.seconds if self.seconds > 0 else 0.0
 
 
 LOAD_FIGURES = ("mean", "p99", "rps")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tools.bench.common_run import LabRunner, Progress, no_progress
+from tools.bench.common_run import LabRunner, Progress, count_error, no_progress
 from tools.bench.proc import ns_cmd
 from tools.bench.splice_paths import (
     PROXY_PORT,
@@ -178,8 +178,7 @@ class ThesisRunner(LabRunner):
                               f"{point.samples[-1].response * 1e3:.2f} ms", True)
             elif obj.get("kind") == "error":
                 point.errors += 1
-                kind = str(obj.get("error", "?"))
-                point.error_kinds[kind] = point.error_kinds.get(kind, 0) + 1
+                count_error(point.error_kinds, obj)
 
         self.client(lab, argv, on_line, f"{route.name} sizes")
 
