@@ -8,7 +8,6 @@ import argparse
 import asyncio
 import hashlib
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -19,6 +18,7 @@ import pytest
 from rich.console import Console
 
 from apps.cli import build_parser
+from tests.test_bench_splice import run_bench_cli
 from tools.bench.http import (
     QUICK,
     build_http_report,
@@ -350,25 +350,11 @@ def test_report_has_every_sample_and_path(tmp_path: Path) -> None:
 
 
 # -- end to end ------------------------------------------------------------------------------
-def _our_namespaces(pid: int) -> list[str]:
-    names = os.listdir("/run/netns") if os.path.isdir("/run/netns") else []
-    return [n for n in names if n.startswith(f"tk{pid}-") or f"-{pid}-" in n]
-
-
 @pytest.mark.lab
 def test_bench_http_quick_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "http.json"
-    argv = [sys.executable, "-m", "apps.cli", "bench", "http", "--quick", "--max-seconds", "80",
-            "--json", str(out), "--plots", str(tmp_path)]
-    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        text, _ = proc.communicate(timeout=110)
-    finally:
-        if proc.poll() is None:
-            proc.terminate()  # its finally blocks remove the labs
-            proc.communicate(timeout=60)
-    assert proc.returncode == 0, text.decode(errors="replace")[-3000:]
-    assert _our_namespaces(proc.pid) == []
+    run_bench_cli(["http", "--quick", "--max-seconds", "80", "--json", str(out),
+                   "--plots", str(tmp_path)], timeout=110)
     report = json.loads(out.read_text())
     sizes = [s for s in report["series"] if s["experiment"] == "sizes"]
     got = {(s["path"], s["behaviour"], s["size_bytes"]) for s in sizes}

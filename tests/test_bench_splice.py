@@ -430,27 +430,36 @@ def test_hold_keeps_up_to_its_limit(serving) -> None:
 
 
 # -- end to end ------------------------------------------------------------------------------
-def _our_namespaces(pid: int) -> list[str]:
+def bench_namespaces(pid: int) -> list[str]:
+    """The network namespaces the bench process ``pid`` named (its labs' names carry it)."""
     names = os.listdir("/run/netns") if os.path.isdir("/run/netns") else []
     return [n for n in names if n.startswith(f"tk{pid}-") or f"-{pid}-" in n]
+
+
+def run_bench_cli(args: list[str], timeout: float) -> None:
+    """Run `tapsplice bench ARGS` within ``timeout`` seconds: exit 0, no namespace left.
+
+    On a timeout the command gets SIGTERM, so its finally blocks remove the labs.
+    """
+    argv = [sys.executable, "-m", "apps.cli", "bench", *args]
+    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        text, _ = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.communicate(timeout=60)
+    assert proc.returncode == 0, text.decode(errors="replace")[-3000:]
+    assert bench_namespaces(proc.pid) == []
 
 
 @pytest.mark.lab
 def test_bench_splice_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "splice.json"
     size, pairs = 8 << 20, 200
-    argv = [sys.executable, "-m", "apps.cli", "bench", "splice", "--quick", "--size", "8M",
-            "--pairs", str(pairs), "--rps-duration", "1", "--max-seconds", "120",
-            "--json", str(out)]
-    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        text, _ = proc.communicate(timeout=150)
-    finally:
-        if proc.poll() is None:
-            proc.terminate()  # its finally blocks remove the labs
-            proc.communicate(timeout=60)
-    assert proc.returncode == 0, text.decode(errors="replace")[-3000:]
-    assert _our_namespaces(proc.pid) == []
+    run_bench_cli(["splice", "--quick", "--size", "8M", "--pairs", str(pairs),
+                   "--rps-duration", "1", "--max-seconds", "120", "--json", str(out)],
+                  timeout=150)
     report = json.loads(out.read_text())
     routes = {p["route"]: p for p in report["paths"] if p["direction"] == "download"}
     expected = set(ALL_ROUTES) - set(report["unavailable"])

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import pytest
 from rich.console import Console
 
 from apps.cli import build_parser
+from tests.test_bench_splice import run_bench_cli
 from tools.bench import thesis_run
 from tools.bench.harness import BenchTimeout
 from tools.bench.proc import read_json_lines, signals_deferred
@@ -418,26 +418,12 @@ def test_signals_are_deferred_to_the_end_of_the_block() -> None:
 
 
 # -- end to end ------------------------------------------------------------------------------
-def _our_namespaces(pid: int) -> list[str]:
-    names = os.listdir("/run/netns") if os.path.isdir("/run/netns") else []
-    return [n for n in names if n.startswith(f"tk{pid}-") or f"-{pid}-" in n]
-
-
 @pytest.mark.lab
 def test_bench_thesis_quick_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "thesis.json"
-    argv = [sys.executable, "-m", "apps.cli", "bench", "thesis", "--quick", "--only", "kernel",
-            "--only", "splice", "--levels", "1", "4", "--max-seconds", "90",
-            "--json", str(out), "--plots", str(tmp_path)]
-    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        text, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.terminate()  # its finally blocks remove the labs
-            proc.communicate(timeout=60)
-    assert proc.returncode == 0, text.decode(errors="replace")[-3000:]
-    assert _our_namespaces(proc.pid) == []
+    run_bench_cli(["thesis", "--quick", "--only", "kernel", "--only", "splice",
+                   "--levels", "1", "4", "--max-seconds", "90", "--json", str(out),
+                   "--plots", str(tmp_path)], timeout=120)
     report = json.loads(out.read_text())
     paths = {p["name"]: p for p in report["paths"]}
     assert set(paths) == {"kernel", "splice"}
