@@ -18,10 +18,14 @@ from rich.console import Console
 
 from apps.cli import build_parser
 from tests.test_bench_splice import run_bench_cli
+from tools.bench import args as argtypes
 from tools.bench import thesis_run
+from tools.bench.common_report import measure_or_report
+from tools.bench.common_run import LabRunner, count_error
 from tools.bench.harness import BenchTimeout
-from tools.bench.proc import read_json_lines, signals_deferred
+from tools.bench.proc import CommandError, read_json_lines, run_json_client, signals_deferred
 from tools.bench.splice_load import LoadError
+from tools.bench.splice_paths import HTTP_PORT
 from tools.bench.thesis import (
     FULL,
     QUICK,
@@ -415,6 +419,86 @@ def test_signals_are_deferred_to_the_end_of_the_block() -> None:
     with _sigterm_as_interrupt():
         with signals_deferred():
             steps.append("no signal")  # nothing pending: nothing raised
+
+
+def test_json_client_feeds_lines_until_done_and_ignores_what_follows() -> None:
+    script = ("import sys\nw=sys.stdout.write\nw('{\"kind\": \"sample\", \"n\": 1}\\n')\n"
+              "w('{\"kind\": \"done\"}\\n{\"kind\": \"sample\", \"n\": 2}\\n')\n")
+    got: list[dict[str, object]] = []
+    run_json_client([sys.executable, "-c", script], got.append, 1e18, lambda: 0.0,
+                    "the test client", "a step")
+    assert got == [{"kind": "sample", "n": 1}]
+
+
+def test_json_client_without_done_is_a_command_error_naming_it() -> None:
+    script = "import sys; sys.stdout.write('{\"kind\": \"x\"}\\n'); sys.exit(3)"
+    got: list[dict[str, object]] = []
+    with pytest.raises(CommandError, match="the test client stopped early during a step"):
+        run_json_client([sys.executable, "-c", script], got.append, 1e18, lambda: 0.0,
+                        "the test client", "a step")
+    assert got == [{"kind": "x"}]
+
+
+def test_json_client_past_the_deadline_is_stopped() -> None:
+    with pytest.raises(BenchTimeout, match="the slow client overran"):
+        run_json_client([sys.executable, "-c", "import time; time.sleep(60)"], print, 0.0,
+                        lambda: 1.0, "the slow client", "a step")
+
+
+def test_count_error_counts_in_all_and_by_text() -> None:
+    point = SizePoint(1024)
+    for obj in ({"error": "reset"}, {"error": "reset"}, {}):
+        count_error(point, obj)
+    assert point.errors == 3 and point.error_kinds == {"reset": 2, "?": 1}
+
+
+def test_measure_or_report_turns_run_failures_into_none() -> None:
+    console = Console(record=True, width=120)
+    assert measure_or_report(console, "x", lambda: 7) == 7
+
+    def fails() -> int:
+        raise CommandError("ip: exit 1")
+
+    assert measure_or_report(console, "x", fails) is None
+    assert "bench x failed: ip: exit 1" in console.export_text()
+
+    def bug() -> int:
+        raise ValueError("not a run failure")
+
+    with pytest.raises(ValueError):
+        measure_or_report(console, "x", bug)
+
+
+def test_lab_runner_deadline_and_client_argv() -> None:
+    now = [0.0]
+    runner = LabRunner(10.0, clock=lambda: now[0])
+    assert runner.left("setup") == 10.0
+    now[0] = 10.0
+    with pytest.raises(BenchTimeout, match="deadline of 10s passed during load"):
+        runner.left("load")
+
+    class Lab:
+        server_ip = "198.18.1.2"
+
+    class Direct:
+        def proxy(self, lab: object) -> None:
+            return None
+
+    class Socks(Direct):
+        def proxy(self, lab: object) -> tuple[str, int]:
+            return ("198.18.0.2", 1080)
+
+    base = ["sizes", "--dest", f"198.18.1.2:{HTTP_PORT}", "--tag", "t"]
+    assert runner.base_argv(Lab(), Direct(), "sizes", "--tag", "t") == base
+    assert runner.base_argv(Lab(), Socks(), "sizes", "--tag", "t") == [
+        *base, "--proxy", "198.18.0.2:1080"]
+
+
+def test_size_up_to_reads_units_and_keeps_the_limit() -> None:
+    parse = argtypes.size_up_to(1 << 30)
+    assert parse("64M") == 64 << 20 and parse("1G") == 1 << 30
+    with pytest.raises(argparse.ArgumentTypeError, match="at most"):
+        parse("2G")
 
 
 # -- end to end ------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from tools.bench.harness import BenchTimeout
 from tools.bench.proc import ns_cmd, run_json_client, signals_deferred
@@ -28,10 +28,18 @@ Progress = Callable[[str, bool], None]
 OnLine = Callable[[dict[str, Any]], None]
 
 
-def count_error(kinds: dict[str, int], obj: dict[str, Any]) -> None:
-    """Count a client's ``{"kind": "error"}`` line under its error text."""
+class CountsErrors(Protocol):
+    """A result that counts failed requests, in all and by error text."""
+
+    errors: int
+    error_kinds: dict[str, int]
+
+
+def count_error(result: CountsErrors, obj: dict[str, Any]) -> None:
+    """Count a client's ``{"kind": "error"}`` line on ``result``, also under its error text."""
+    result.errors += 1
     text = str(obj.get("error", "?"))
-    kinds[text] = kinds.get(text, 0) + 1
+    result.error_kinds[text] = result.error_kinds.get(text, 0) + 1
 
 
 def no_progress(text: str, advance: bool) -> None:

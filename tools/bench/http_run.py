@@ -229,8 +229,7 @@ class HttpRunner(LabRunner):
                 s.verified = bool(obj["ok"])
                 self.progress(f"{route.label} {behaviour} {s.size} B: checked", True)
             elif kind == "error":
-                s.errors += 1
-                count_error(s.error_kinds, obj)
+                count_error(s, obj)
 
         self.client(lab, argv, on_line, f"{route.name} {experiment} {behaviour}")
 

@@ -177,8 +177,7 @@ class ThesisRunner(LabRunner):
                 self.progress(f"{route.label} {point.size} B: "
                               f"{point.samples[-1].response * 1e3:.2f} ms", True)
             elif obj.get("kind") == "error":
-                point.errors += 1
-                count_error(point.error_kinds, obj)
+                count_error(point, obj)
 
         self.client(lab, argv, on_line, f"{route.name} sizes")
 
