@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.lab.stackproc import StackProcess, kernel_drops, kernel_loss
-from tools.bench.proc import ns_cmd
+from tools.bench.proc import ns_cmd, wait_until
 from tools.origin import Origin
 
 pytestmark = pytest.mark.lab
@@ -128,3 +128,57 @@ def test_kept_alive_connection_splices_each_large_body(lab, tmp_path: Path, loss
     codes = [line.split(": ", 1)[1].split()[3] for line in text.splitlines()
              if "tapsplice.httpproxy.access" in line]
     assert codes[:4] == ["TCP_MISS/200", "TCP_MISS/200", "TCP_MISS/200", "TCP_MEM_HIT/200"]
+
+
+UPLOAD_SINK = """
+import hashlib, http.server, sys
+class Sink(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        n = int(self.headers["Content-Length"])
+        digest = hashlib.sha256()
+        while n:
+            chunk = self.rfile.read(min(n, 1 << 20))
+            if not chunk:
+                break
+            digest.update(chunk)
+            n -= len(chunk)
+        body = digest.hexdigest().encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("198.19.0.1", int(sys.argv[1])), Sink).serve_forever()
+"""
+
+
+def test_uploads_on_one_kept_alive_connection_are_spliced_one_way(lab, tmp_path: Path) -> None:
+    """Two large POST bodies on one curl connection: each spliced client -> origin by
+    the stack (the other direction of SPLICE.md §6), the origin's sha256 of what it
+    received equal to the file's."""
+    upload = tmp_path / "up.bin"
+    upload.write_bytes(os.urandom(5 << 20))
+    want = hashlib.sha256(upload.read_bytes()).hexdigest()
+    stack = StackProcess(lab, "http-proxy", "--connect-port", "443",
+                         log=tmp_path / "proxy.log")
+    sink = subprocess.Popen(ns_cmd(lab.server_ns, sys.executable, "-c", UPLOAD_SINK, "8000"))
+    try:
+        stack.wait_ready()
+        assert wait_until(ns_cmd(lab.server_ns, "bash", "-c",
+                                 "exec 3<>/dev/tcp/198.19.0.1/8000"), timeout=20)
+        url = "http://198.19.0.1:8000/up"
+        run = curl(lab.client_ns, "--data-binary", f"@{upload}", "-H",
+                   "Content-Type: application/octet-stream", "-w", " %{num_connects}\n",
+                   url, url)
+        assert run.returncode == 0, run.stderr + stack.log.read_text()[-3000:]
+        assert run.stdout.split() == [want, "1", want, "0"]   # one connection, both intact
+    finally:
+        sink.terminate()
+        sink.wait(timeout=10)
+        summary = stack.stop()
+    splice = summary["splice"]
+    assert splice.get("oneway_done", 0) >= 2 and splice.get("oneway_relaying", 0) >= 2, summary
+    assert splice.get("copied_payload_bytes", 0) == 0
