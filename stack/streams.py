@@ -64,6 +64,7 @@ class TcpTransport(asyncio.Transport):
         self._lost = False
         self._detached = False
         self._lent = False
+        self._close_when_back = False
         # As asyncio does for its TCP transports (it sets TCP_NODELAY): an application
         # writing a response head and then a short body must not have the body wait
         # for the peer's (perhaps delayed) ACK of the head.
@@ -117,9 +118,14 @@ class TcpTransport(asyncio.Transport):
         if not self._lost and not self._detached:
             self._deliver()
             self._flush()
+        if self._close_when_back:
+            self.close()
 
     def close(self) -> None:
         """Send what is buffered, then FIN; the connection is released afterwards."""
+        if self._lent:
+            self._close_when_back = True  # a one-way splice owns the sending side
+            return
         if self._detached:
             self._closing = True
             self._connection_lost(None)

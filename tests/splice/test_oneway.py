@@ -268,3 +268,30 @@ def test_stalled_client_is_aborted_after_the_idle_timeout():
         writer.close()
 
     simulate(body, faults=FaultModel(delay=0.001))
+
+
+def test_closing_a_lent_stream_waits_for_the_hand_back():
+    """close() on a stream whose connection a one-way splice is using sends its FIN
+    after the hand-back, never in the middle of the relayed range."""
+    async def body(w: World):
+        w.body_delay = 0.05
+        closed_early = []
+        orig = w.splice.relay
+
+        async def relay(src, sink, n, **kw):
+            task = asyncio.ensure_future(orig(src, sink, n, **kw))
+            await asyncio.sleep(0.06)             # relaying by now
+            sink.close()                          # the client connection, lent
+            closed_early.append(sink.get_extra_info("tcb").state.name)
+            return await task
+
+        w.splice.relay = relay
+        reader, writer = await w.driver.tcp(w.c).open_connection(PROXY_C, 1080)
+        writer.write(b"2000000 0\n")
+        assert await reader.readline() == b"HEAD 2000000\n"
+        assert await reader.readexactly(2_000_000) == body_for(2_000_000, 0)
+        assert await reader.read() == b""          # then the FIN
+        assert closed_early == ["ESTABLISHED"] and w.ways[0].outcome == "done"
+        writer.close()
+
+    simulate(body, faults=FaultModel(delay=0.001))
