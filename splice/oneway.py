@@ -45,7 +45,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from splice.mapping import ConnSnapshot, DirectionMap, make_maps
+from splice.mapping import TS_MAP, ConnSnapshot, DirectionMap, make_maps
 from splice.pair import QueuedFrame, SpliceError
 from splice.relay import RelayError, RelayResult, flow_frame_ip, flow_tcp_valid, relay_rewrite
 from splice.tap import Tap
@@ -66,11 +66,14 @@ if TYPE_CHECKING:
 
 _L = struct.Struct("!L")
 _H = struct.Struct("!H")
-#: Relayed TSvals start this far (ms) ahead of the TCBs' own clocks (as in splicer.py).
-TS_HEADROOM_MS = 10_000
-#: After the hand-back the TCBs' clocks move past every relayed TSval: the headroom,
-#: plus room for a peer whose clock ran faster than ours while relaying.
-TS_HANDBACK_MS = TS_HEADROOM_MS + 1_000
+#: Relayed TSvals start just past the TCBs' own clocks: unlike a symmetric splice
+#: (splicer.py's 10 s headroom), neither TCB sends anything while relaying.
+TS_HEADROOM_MS = 1
+#: Room for the time a TSval spent on the way to us, when bounding later ones.
+TS_TRANSIT_MS = 1_000
+#: When the newest relayed TSval is unknown (a splice that ended early), the TCBs'
+#: clocks move this far at the hand-back instead.
+TS_HANDBACK_MS = 11_000
 #: Text the sink's peer sends while relaying is kept for the sink TCB up to this much.
 HELD_LIMIT = 256 << 10
 #: Full segments copied before relaying (a peer acknowledges every second one at once).
@@ -111,7 +114,10 @@ class OneWay:
     held: list[tuple[TcpHeader, bytes]] = field(default_factory=list)
     held_bytes: int = 0
     source_fin: TcpHeader | None = None    # a FIN kept back for the source TCB
-    source_tsval: int | None = None        # the newest TSval seen at the budget's end
+    #: The newest TSval seen from each peer while relaying, and when (the peers' clocks
+    #: tick at most once a millisecond, RFC 7323 §5.4: a bound on later ones).
+    source_ts: tuple[int, float] | None = None
+    sink_ts: tuple[int, float] | None = None
     outcome: str | None = None             # "done", "short", "reset", "aborted"
     on_done: Callable[[OneWay], None] | None = None
     #: Bumped whenever new data moves or is acknowledged (for idle timeouts: probes
@@ -139,13 +145,14 @@ def _flow_key(tcb: Tcb) -> bytes:
             + tcb.local_port.to_bytes(2, "big"))
 
 
-def snapshot(tcb: Tcb, snd_nxt: int, rcv_nxt: int, now: float) -> ConnSnapshot:
+def snapshot(tcb: Tcb, snd_nxt: int, rcv_nxt: int, now: float,
+             headroom: int = TS_HEADROOM_MS) -> ConnSnapshot:
     """A connection frozen for the relay's maps, with its base points."""
     return ConnSnapshot(
         local=tcb.local, local_port=tcb.local_port, remote=tcb.remote,
         remote_port=tcb.remote_port, snd_nxt=snd_nxt, rcv_nxt=rcv_nxt,
         ts_ok=tcb.ts_ok, ts_recent=tcb.ts_recent,
-        ts_sent=seq.add(tsval(tcb, now), TS_HEADROOM_MS),
+        ts_sent=seq.add(tsval(tcb, now), headroom),
         sack_ok=tcb.sack_ok,
         snd_wscale=tcb.snd_wscale if tcb.wscale_ok else None,
         rcv_wscale=tcb.rcv_wscale if tcb.wscale_ok else None,
@@ -449,8 +456,9 @@ class OneWaySplicer:
             text, end = keep, ow.src_end
         elif flags & FIN:
             _clear_fin(skb)
-        if end == ow.src_end and hdr.options.timestamp is not None:
-            ow.source_tsval = hdr.options.timestamp[0]
+        ts = hdr.options.timestamp
+        if ts is not None and (ow.source_ts is None or seq.gt(ts[0], ow.source_ts[0])):
+            ow.source_ts = (ts[0], now)
         if text:
             self._relay(ow, skb, end, now)
         else:
@@ -505,6 +513,9 @@ class OneWaySplicer:
         if flags & SYN:
             ow.counters["drop.syn"] += 1
             return
+        ts = hdr.options.timestamp
+        if ts is not None and (ow.sink_ts is None or seq.gt(ts[0], ow.sink_ts[0])):
+            ow.sink_ts = (ts[0], now)
         if not flags & ACK:
             ow.counters["drop.no_ack"] += 1
             return
@@ -547,10 +558,9 @@ class OneWaySplicer:
         if seq.lt(src.rcv_adv, ow.src_end):
             src.rcv_adv = ow.src_end
         src.last_ack_sent = ow.src_end
-        if ow.source_tsval is not None and seq.gt(ow.source_tsval, src.ts_recent):
-            src.ts_recent, src.ts_recent_age = ow.source_tsval, now
-        for tcb in (src, sink):
-            tcb.ts_offset = (tcb.ts_offset + TS_HANDBACK_MS) & 0xFFFFFFFF
+        if ow.source_ts is not None and seq.gt(ow.source_ts[0], src.ts_recent):
+            src.ts_recent, src.ts_recent_age = ow.source_ts[0], now
+        self._catch_up_clocks(ow, now)
         held, ow.held = ow.held, []
         fin = ow.source_fin
         self._finish(ow, "done", now)
@@ -565,6 +575,25 @@ class OneWaySplicer:
         for tcb in (src, sink):
             self.tcp.schedule(tcb)
         self.tcp.flush_events()
+
+    @staticmethod
+    def _catch_up_clocks(ow: OneWay, now: float) -> None:
+        """Move each TCB's timestamp clock past every TSval relayed on its connection:
+        one clock per connection, or the peer's PAWS (RFC 7323 §5) drops the TCB's
+        next segments. Relayed TSvals are the other peer's, shifted by a constant;
+        that peer's newest one seen, plus a tick per millisecond since (and a margin
+        for the time it spent on the way), bounds them."""
+        for tcb, m, peer in ((ow.sink, ow.to_sink, ow.source_ts),
+                             (ow.source, ow.to_source, ow.sink_ts)):
+            if m is None or m.ts_mode != TS_MAP or not tcb.ts_ok:
+                continue
+            if peer is None:
+                jump = TS_HANDBACK_MS
+            else:
+                elapsed = int((now - peer[1]) * 1000) + TS_TRANSIT_MS
+                newest = seq.add(peer[0], m.tsval_delta + elapsed)
+                jump = max(0, seq.sub(newest, tsval(tcb, now)) + 1)
+            tcb.ts_offset = (tcb.ts_offset + jump) & 0xFFFFFFFF
 
     @staticmethod
     def _set_sink_sent(sink: Tcb, end: int) -> None:
@@ -587,8 +616,7 @@ class OneWaySplicer:
             self._set_sink_sent(ow.sink, seq.add(ow.sink_start,
                                                  seq.sub(ow.src_hi, ow.src_start)))
             ow.source.rcv_nxt = ow.src_hi
-            for tcb in (ow.source, ow.sink):
-                tcb.ts_offset = (tcb.ts_offset + TS_HANDBACK_MS) & 0xFFFFFFFF
+            self._catch_up_clocks(ow, now)
         ow.phase = Phase.DONE
         ow.outcome = outcome
         self.stack.flows.pop(_flow_key(ow.source), None)
