@@ -323,10 +323,13 @@ class Splicer:
         """Let the proxy's TCB take the acknowledgement and window of a segment whose
         text (and FIN) belong to the other connection (SPLICE.md §2: not delivered,
         not acknowledged by the proxy)."""
-        if not hdr.flags & ACK:
+        flags = hdr.flags
+        if not flags & ACK:
             return
-        bare = dataclasses.replace(hdr, flags=hdr.flags & ~FIN)
-        segment_arrives(tcb, bare, _NO_DATA, now)
+        if flags & FIN:
+            segment_arrives(tcb, dataclasses.replace(hdr, flags=flags & ~FIN), _NO_DATA, now)
+        else:
+            segment_arrives(tcb, hdr, _NO_DATA, now)
 
     def _forward(self, arrived: Side, skb: SkBuff, hdr: TcpHeader, now: float) -> None:
         out = arrived.other

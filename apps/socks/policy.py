@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from apps.socks.protocol import Address, Atyp
+from apps.socks.protocol import Address, Atyp, parse_ip
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -197,15 +197,12 @@ class Policy:
         """The IP address ``address`` stands for; None for an unknown name."""
         if address.atyp is not Atyp.DOMAINNAME:
             return address.host
-        try:
-            return str(ipaddress.ip_address(address.host))  # a literal sent as a name
-        except ValueError:
-            return self.hosts.get(_norm_name(address.host))
+        ip = parse_ip(address.host)                          # a literal sent as a name
+        return str(ip) if ip is not None else self.hosts.get(_norm_name(address.host))
 
 
 def _within(addr: str, networks: Iterable[Network]) -> bool:
-    try:
-        ip = ipaddress.ip_address(addr)
-    except ValueError:
+    ip = parse_ip(addr)
+    if ip is None:
         return False
     return any(ip.version == net.version and ip in net for net in networks)

@@ -13,6 +13,7 @@ never make a parser wait for more than :data:`MAX_MESSAGE` bytes.
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 import struct
 from dataclasses import dataclass
@@ -133,19 +134,16 @@ class Address:
             if len(raw) > 255:
                 raise SocksError("name_too_long", f"{len(raw)} bytes")
         else:
-            try:
-                version = ipaddress.ip_address(self.host).version
-            except ValueError:
-                version = 0
+            ip = parse_ip(self.host)
+            version = 0 if ip is None else ip.version
             if version != (4 if self.atyp is Atyp.IPV4 else 6):
                 raise SocksError("bad_address", f"{self.host!r} is not {self.atyp.name}")
 
     @classmethod
     def of(cls, host: str, port: int) -> Address:
         """The address for ``host``: IPv4 or IPv6 if it parses as one, else a name."""
-        try:
-            ip = ipaddress.ip_address(host)
-        except ValueError:
+        ip = parse_ip(host)
+        if ip is None:
             return cls(Atyp.DOMAINNAME, host, port)
         return cls(Atyp.IPV4 if ip.version == 4 else Atyp.IPV6, str(ip), port)
 
@@ -154,15 +152,26 @@ class Address:
         if self.atyp is Atyp.DOMAINNAME:
             raw = self.host.encode("ascii")
             body = bytes([len(raw)]) + raw
-        elif self.atyp is Atyp.IPV4:
-            body = ipaddress.IPv4Address(self.host).packed
         else:
-            body = ipaddress.IPv6Address(self.host).packed
+            ip = parse_ip(self.host)
+            if ip is None or ip.version != (4 if self.atyp is Atyp.IPV4 else 6):
+                raise SocksError("bad_address", f"{self.host!r} is not {self.atyp.name}")
+            body = ip.packed
         return bytes([self.atyp]) + body + struct.pack("!H", self.port)
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if self.atyp is Atyp.IPV6 else self.host
         return f"{host}:{self.port}"
+
+
+@functools.lru_cache(maxsize=4096)
+def parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """``text`` as an IP address, None if it is not one (parsed once per address: the
+    same few addresses come back on every connection)."""
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
 
 
 def parse_address(buf: BytesLike, off: int = 0) -> tuple[Address, int] | None:
