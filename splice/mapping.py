@@ -55,6 +55,19 @@ class ConnSnapshot:
     mss: int
 
 
+def snapshot_of(tcb, snd_nxt: int, rcv_nxt: int, ts_sent: int) -> ConnSnapshot:
+    """A TCB (stack.tcp.tcb.Tcb) frozen with the given base points and the TSval the
+    relayed clock starts from."""
+    return ConnSnapshot(
+        local=tcb.local, local_port=tcb.local_port, remote=tcb.remote,
+        remote_port=tcb.remote_port, snd_nxt=snd_nxt, rcv_nxt=rcv_nxt,
+        ts_ok=tcb.ts_ok, ts_recent=tcb.ts_recent, ts_sent=ts_sent,
+        sack_ok=tcb.sack_ok,
+        snd_wscale=tcb.snd_wscale if tcb.wscale_ok else None,
+        rcv_wscale=tcb.rcv_wscale if tcb.wscale_ok else None,
+        mss=tcb.mss)
+
+
 @dataclass(frozen=True, slots=True)
 class DirectionMap:
     """How to rewrite a segment arriving on connection A and leaving on connection B.

@@ -45,7 +45,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from splice.mapping import TS_MAP, ConnSnapshot, DirectionMap, make_maps
+from splice.mapping import TS_MAP, ConnSnapshot, DirectionMap, make_maps, snapshot_of
 from splice.pair import QueuedFrame, SpliceError
 from splice.relay import RelayError, RelayResult, flow_frame_ip, flow_tcp_valid, relay_rewrite
 from splice.tap import Tap
@@ -145,18 +145,10 @@ def _flow_key(tcb: Tcb) -> bytes:
             + tcb.local_port.to_bytes(2, "big"))
 
 
-def snapshot(tcb: Tcb, snd_nxt: int, rcv_nxt: int, now: float,
-             headroom: int = TS_HEADROOM_MS) -> ConnSnapshot:
-    """A connection frozen for the relay's maps, with its base points."""
-    return ConnSnapshot(
-        local=tcb.local, local_port=tcb.local_port, remote=tcb.remote,
-        remote_port=tcb.remote_port, snd_nxt=snd_nxt, rcv_nxt=rcv_nxt,
-        ts_ok=tcb.ts_ok, ts_recent=tcb.ts_recent,
-        ts_sent=seq.add(tsval(tcb, now), headroom),
-        sack_ok=tcb.sack_ok,
-        snd_wscale=tcb.snd_wscale if tcb.wscale_ok else None,
-        rcv_wscale=tcb.rcv_wscale if tcb.wscale_ok else None,
-        mss=tcb.mss)
+def snapshot(tcb: Tcb, snd_nxt: int, rcv_nxt: int, now: float) -> ConnSnapshot:
+    """A connection frozen for the relay's maps, with its base points; relayed TSvals
+    start just past its own clock."""
+    return snapshot_of(tcb, snd_nxt, rcv_nxt, seq.add(tsval(tcb, now), TS_HEADROOM_MS))
 
 
 def cut(skb: SkBuff, keep: int, src: bytes, dst: bytes, *, clear_fin: bool) -> None:

@@ -20,7 +20,7 @@ import struct
 from collections import Counter, deque
 from typing import TYPE_CHECKING
 
-from splice.mapping import ConnSnapshot, make_maps
+from splice.mapping import ConnSnapshot, make_maps, snapshot_of
 from splice.pair import QueuedFrame, Side, SpliceError, SplicePair
 from splice.relay import RelayError, flow_frame_ip, flow_tcp_valid, relay_rewrite
 from splice.state import RELAYING, SpliceEvent, SpliceState
@@ -222,21 +222,13 @@ class Splicer:
             server.rcv_wscale = 0
 
     def _snapshot(self, side: Side, now: float) -> ConnSnapshot:
-        t = side.tcb
-        return ConnSnapshot(
-            local=t.local, local_port=t.local_port, remote=t.remote,
-            remote_port=t.remote_port, snd_nxt=side.iss, rcv_nxt=side.irs,
-            ts_ok=t.ts_ok, ts_recent=t.ts_recent,
-            # Relayed TSvals continue from here. The proxy's own TCB may still send on
-            # a PRE_SPLICED connection, with its own clock: starting the relayed clock
-            # well ahead keeps every relayed TSval newer than any the TCB sent, or the
-            # peer's PAWS (RFC 7323 §5) would drop relayed segments. Echoes map back
-            # exactly, so the peers' RTT samples do not see the offset.
-            ts_sent=seq.add(tsval(t, now), TS_HEADROOM_MS),
-            sack_ok=t.sack_ok,
-            snd_wscale=t.snd_wscale if t.wscale_ok else None,
-            rcv_wscale=t.rcv_wscale if t.wscale_ok else None,
-            mss=t.mss)
+        # Relayed TSvals continue from here. The proxy's own TCB may still send on a
+        # PRE_SPLICED connection, with its own clock: starting the relayed clock well
+        # ahead keeps every relayed TSval newer than any the TCB sent, or the peer's
+        # PAWS (RFC 7323 §5) would drop relayed segments. Echoes map back exactly, so
+        # the peers' RTT samples do not see the offset.
+        return snapshot_of(side.tcb, side.iss, side.irs,
+                           seq.add(tsval(side.tcb, now), TS_HEADROOM_MS))
 
     def _hand_over(self, src: Side, dst: Side, data: bytes, now: float) -> None:
         if data:
