@@ -18,11 +18,14 @@ from splice.oneway import Phase, cut
 from splice.pair import SpliceError
 from stack import seq
 from stack.netdev.faults import FaultModel
+from stack.netdev.offload import complete_checksum
 from stack.sim import SimNetwork
 from stack.simloop import run
 from stack.skbuff import SkBuff
+from stack.wire.checksum import ones_sum, pseudo_header_sum
 from stack.wire.ipv4 import ip_bytes
 from stack.wire.tcp import ACK, FIN, TcpHeader, build_segment, verify_tcp_checksum
+from stack.wire.vnet import VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4
 
 CLIENT, PROXY_C, PROXY_S, ORIGIN = "198.18.0.1", "198.18.0.2", "198.19.0.2", "198.19.0.1"
 
@@ -207,31 +210,47 @@ def test_faults_keep_every_body_intact(seed, loss, dup, reorder, corrupt, sizes,
     simulate(body, faults=faults, seed=seed, offload=offload)
 
 
-def _segment(text: bytes, flags: int, *, nc: bool) -> SkBuff:
+SRC, DST = ip_bytes("198.18.0.1"), ip_bytes("198.18.0.2")
+
+
+def _segment(text: bytes, flags: int, *, partial: bool, gso: int = 0) -> SkBuff:
+    """An Ethernet frame with a TCP segment; ``partial``: the checksum field holds only
+    the pseudo-header sum (VIRTIO_NET_HDR_F_NEEDS_CSUM), as the kernel hands it over;
+    ``gso``: a super-segment of that segment size."""
     hdr = TcpHeader(1000, 80, 5000, 7000, flags | ACK, 512)
-    raw = build_segment(ip_bytes("198.18.0.1"), ip_bytes("198.18.0.2"), hdr, text)
+    raw = bytearray(build_segment(SRC, DST, hdr, text))
     ip = bytearray(b"\x45\x00\x00\x00\x00\x00\x40\x00\x40\x06\x00\x00")
     ip[2:4] = (20 + len(raw)).to_bytes(2, "big")
-    ip += ip_bytes("198.18.0.1") + ip_bytes("198.18.0.2")
-    frame = bytes(14) + bytes(ip) + raw
-    skb = SkBuff.from_bytes(frame, headroom=0)
+    ip += SRC + DST
+    if partial:
+        raw[16:18] = pseudo_header_sum(SRC, DST, 6, len(raw)).to_bytes(2, "big")
+    skb = SkBuff.from_bytes(bytes(14) + bytes(ip) + bytes(raw), headroom=0)
+    if partial:
+        skb.vnet_flags, skb.csum_start, skb.csum_offset = VIRTIO_NET_HDR_F_NEEDS_CSUM, 34, 16
+    if gso:
+        skb.gso_type, skb.gso_size, skb.hdr_len = VIRTIO_NET_HDR_GSO_TCPV4, gso, 54
     skb.network_off = skb.data + 14
     skb.data += 34
     return skb
 
 
-@pytest.mark.parametrize("keep", [0, 1, 37, 99])
-def test_cut_shortens_a_segment_with_valid_checksums(keep):
-    from stack.wire.checksum import ones_sum
-    skb = _segment(bytes(range(100)), FIN, nc=False)
-    cut(skb, keep, ip_bytes("198.18.0.1"), ip_bytes("198.18.0.2"), clear_fin=True)
+@pytest.mark.parametrize("partial", [False, True], ids=["full", "partial"])
+@pytest.mark.parametrize("keep", [0, 1, 37, 1448, 3000])
+def test_cut_shortens_a_segment_with_valid_checksums(keep, partial):
+    text = bytes(i & 0xFF for i in range(4000))
+    skb = _segment(text, FIN, partial=partial, gso=1448)
+    cut(skb, keep, SRC, DST, clear_fin=True)
     ip = skb.network_off
     assert ones_sum(bytes(skb.buf[ip:ip + 20])) == 0xFFFF
     assert int.from_bytes(skb.buf[ip + 2:ip + 4], "big") == 40 + keep
+    if partial:   # what the device would do with the partial sum: it must verify
+        complete_checksum(skb.buf, ip - 14, skb.tail, 34, 16)
     seg = bytes(skb.buf[skb.data:skb.tail])
-    assert len(seg) == 20 + keep and seg[20:] == bytes(range(keep))
+    assert len(seg) == 20 + keep and seg[20:] == text[:keep]
     assert not seg[13] & FIN
-    assert verify_tcp_checksum(ip_bytes("198.18.0.1"), ip_bytes("198.18.0.2"), seg)
+    assert verify_tcp_checksum(SRC, DST, seg)
+    # Still a super-segment only while more than one segment's worth remains.
+    assert (skb.gso_type != 0) == (keep > 1448)
 
 
 def test_client_reset_mid_body_resets_the_origin_and_leaves_nothing():
