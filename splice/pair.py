@@ -56,6 +56,12 @@ class Side:
     other: Side | None = None
     #: A copy of what arrives on this interface, for the application (TCP Tap).
     tap: Tap | None = None
+    #: Looked up once, not per relayed segment: the pair, whether the outgoing device
+    #: takes offloads, and the names of the per-splice counters of this direction.
+    pair: SplicePair | None = None
+    offload: bool = True
+    seg_key: str = ""
+    byte_key: str = ""
 
     def apply(self, event: SpliceEvent) -> SpliceState:
         """Move along the splice state table (logged at debug level: --log-level debug)."""

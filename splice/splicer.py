@@ -129,6 +129,8 @@ class Splicer:
         c.other, s.other = s, c
         pair = SplicePair(c, s, created=now)
         self.pairs[id(c)] = pair
+        for side, key in ((c, "s2c"), (s, "c2s")):   # what leaves out of each side
+            side.pair, side.seg_key, side.byte_key = pair, key + "_segments", key + "_bytes"
         for side in (c, s):
             self.sides[id(side.tcb)] = side
             side.tcb.input_hook = self._input
@@ -186,6 +188,9 @@ class Splicer:
                     output.send_ack(tcb, now)
         snap_c, snap_s = self._snapshot(c, now), self._snapshot(s, now)
         s.out_map, c.out_map = make_maps(snap_c, snap_s)
+        for side in (c, s):
+            route = self.stack.routes.lookup(side.tcb.remote)
+            side.offload = route.iface.offload if route is not None else False
         pair.spliced_at = now
         for side in (c, s):
             owes = side.owed > 0 or bool(side.tcb.write_queue)
@@ -363,9 +368,10 @@ class Splicer:
     def _relay(self, out: Side, skb: SkBuff, flags: int, ack: int, now: float) -> None:
         """Rewrite the frame (data at its TCP header) in place for ``out``'s connection
         and send it (§3)."""
-        pair = self._pair_of(out)
+        pair = out.pair
         arrived = out.other
-        self._clamp_ack(arrived, skb, flags, ack)
+        if flags & ACK and arrived.out_map is not None and seq.lt(ack, arrived.iss):
+            self._clamp_ack(arrived, skb, flags, ack)
         if arrived.tap is not None:
             t = skb.data
             thl = (skb.buf[t + 12] >> 4) << 2
@@ -373,15 +379,14 @@ class Splicer:
                              memoryview(skb.buf)[t + thl:skb.tail], bool(flags & FIN))
         skb.data = skb.network_off - ETH_HLEN
         try:
-            res = relay_rewrite(skb, out.out_map, self.stack.routes.lookup(
-                out.tcb.remote).iface.offload)
+            res = relay_rewrite(skb, out.out_map, out.offload)
         except RelayError as e:
             pair.counters["drop." + e.reason] += 1
             self.counters["drop." + e.reason] += 1
             return
-        key = "c2s" if out.role == "server" else "s2c"
-        pair.counters[key + "_segments"] += 1
-        pair.counters[key + "_bytes"] += res.payload_bytes
+        counters = pair.counters
+        counters[out.seg_key] += 1
+        counters[out.byte_key] += res.payload_bytes
         if len(res.frames) != 1 or res.frames[0] is not skb:
             self.counters["copied_payload_bytes"] += res.payload_bytes
         for frame in res.frames:
