@@ -166,13 +166,16 @@ class SpliceApi:
         return pair
 
     async def relay(self, source_writer: asyncio.StreamWriter,
-                    sink_writer: asyncio.StreamWriter, budget: int, *, seam: bytes = b"",
+                    sink_writer: asyncio.StreamWriter, budget: int | None, *,
+                    seam: bytes = b"",
                     tap: bool = False, tap_limit: int = 4 << 20,
                     tap_total: int | None = None,
                     idle_timeout: float | None = None) -> OneWay:
         """One-way splice (SPLICE.md §6): the next ``budget`` bytes the source's peer
         sends go to the sink's peer through the stack; then both streams are the
         application's again (a kept-alive client connection reads its next request).
+        With ``budget`` None the splice goes up to the source's FIN, which is relayed
+        too: the sink's sending side is then closed (a close-delimited HTTP body).
 
         ``seam`` is source data the application read but did not use; it goes first
         and counts in the budget (so does what the source's reader has buffered).
@@ -188,7 +191,9 @@ class SpliceApi:
         reader = getattr(source_writer, "_reader", None)
         extra = b""
         if reader is not None and reader._buffer:
-            take = min(len(reader._buffer), budget - len(seam))
+            take = len(reader._buffer)
+            if budget is not None:
+                take = min(take, budget - len(seam))
             if take > 0:
                 extra = bytes(reader._buffer[:take])
                 del reader._buffer[:take]
@@ -226,6 +231,8 @@ class SpliceApi:
         finally:
             if ow.outcome is None:
                 self.splicer.oneway.abort(ow, self.driver.now())
+            if ow.outcome == "done" and ow.budget is None:
+                sink_t.eof_written()          # the relayed FIN ended its sending side
             src_t.give_back()
             sink_t.give_back()
             self.driver.poke()

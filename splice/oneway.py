@@ -96,16 +96,17 @@ class OneWay:
 
     source: Tcb                     # the connection the bytes arrive on
     sink: Tcb                       # the connection they leave on
-    budget: int                     # bytes still to move (copied or, once relaying, in all)
+    budget: int | None              # bytes still to move; None: up to the source's FIN
     started: float
     phase: Phase = Phase.COPYING
     tap: Tap | None = None
     counters: Counter = field(default_factory=Counter)
     #: Once relaying: the relay's range, in the source's and the sink's spaces.
     src_start: int = 0
-    src_end: int = 0
+    src_end: int | None = None      # None when splicing up to the FIN
     sink_start: int = 0
-    sink_end: int = 0
+    sink_end: int | None = None
+    fin_at: int | None = None       # the source's FIN, relayed (source space)
     src_hi: int = 0                 # end of the highest source byte relayed
     sink_acked: int = 0             # the sink's peer's highest acknowledgement
     to_sink: DirectionMap | None = None
@@ -196,11 +197,12 @@ class OneWaySplicer:
         self.by_tcb: dict[int, OneWay] = {}
 
     # -- starting -------------------------------------------------------------------
-    def start(self, source: Tcb, sink: Tcb, budget: int, now: float, *,
+    def start(self, source: Tcb, sink: Tcb, budget: int | None, now: float, *,
               seam: bytes = b"", tap: Tap | None = None) -> OneWay:
-        """Splice ``source`` -> ``sink`` for ``budget`` bytes. ``seam`` is source text
-        the application took but did not use: it goes first and counts in the budget.
-        ``tap`` gets a copy of the budget's bytes, in order."""
+        """Splice ``source`` -> ``sink`` for ``budget`` bytes, or with ``budget`` None up
+        to and including the source's FIN (the sink's sending side ends with it).
+        ``seam`` is source text the application took but did not use: it goes first
+        and counts in the budget. ``tap`` gets a copy of the bytes, in order."""
         for tcb in (source, sink):
             if id(tcb) in self.by_tcb or id(tcb) in self.splicer.sides:
                 raise SpliceError("the connection is already part of a splice")
@@ -214,7 +216,7 @@ class OneWaySplicer:
                               "ESTABLISHED or CLOSE_WAIT")
         if sink.has_fin_queued():
             raise SpliceError("the sink connection has been shut down for writing")
-        if budget < 0 or len(seam) > budget:
+        if budget is not None and (budget < 0 or len(seam) > budget):
             raise SpliceError(f"budget {budget} must be >= 0 and cover the "
                               f"{len(seam)} seam bytes")
         ow = OneWay(source, sink, budget, now, tap=tap, copy_cap=COPY_SEGMENTS * sink.mss)
@@ -271,7 +273,8 @@ class OneWaySplicer:
     def _copy(self, ow: OneWay, data: bytes, now: float) -> None:
         from splice.splicer import Splicer
         Splicer._force_send(ow.sink, data, now)
-        ow.budget -= len(data)
+        if ow.budget is not None:
+            ow.budget -= len(data)
         ow.progress += 1
         ow.counters["copied_bytes"] += len(data)
         self.counters["seam_bytes"] += len(data)
@@ -281,7 +284,9 @@ class OneWaySplicer:
 
     def _pull(self, ow: OneWay, now: float) -> None:
         """Move what the source TCB holds in order, up to the budget, to the sink."""
-        n = min(ow.budget, ow.source.recv_available())
+        n = ow.source.recv_available()
+        if ow.budget is not None:
+            n = min(n, ow.budget)
         if n > 0:
             self._copy(ow, ow.source.recv(n), now)
             self.tcp.schedule(ow.source)
@@ -307,7 +312,12 @@ class OneWaySplicer:
         elif src.state is TcpState.CLOSED or sink.state is TcpState.CLOSED:
             self._finish(ow, "reset", now)
         elif src.eof_received and not src.recv_available():
-            self._finish(ow, "short", now)
+            if ow.budget is None:        # all of it copied: the sink TCB sends the FIN
+                self._finish(ow, "done", now)
+                sink.shutdown_write(now)
+                self.tcp.schedule(sink)
+            else:
+                self._finish(ow, "short", now)
         elif (sink.snd_una == sink.write_seq and sink.state in SINK_STATES
               and src.state is TcpState.ESTABLISHED and src.snd_una == src.write_seq
               and not src.out_of_order_queue and not src.recv_available()):
@@ -344,16 +354,17 @@ class OneWaySplicer:
                 output.send_ack(tcb, now)  # before the relayed clock takes over
             tcb.timer_rtx = tcb.timer_delack = tcb.timer_keepalive = None
         ow.src_start = ow.src_hi = src.rcv_nxt
-        ow.src_end = seq.add(src.rcv_nxt, ow.budget)
         ow.sink_start = ow.sink_acked = sink.snd_nxt
-        ow.sink_end = seq.add(sink.snd_nxt, ow.budget)
+        if ow.budget is not None:
+            ow.src_end = seq.add(src.rcv_nxt, ow.budget)
+            ow.sink_end = seq.add(sink.snd_nxt, ow.budget)
         ow.to_source, ow.to_sink = make_maps(
             snapshot(sink, sink.snd_nxt, sink.rcv_nxt, now),
             snapshot(src, src.snd_nxt, src.rcv_nxt, now))
         if ow.tap is not None:
             # The tap continues in the source's sequence space; it ends with the budget.
             ow.tap.next_seq = src.rcv_nxt
-            ow.tap.fin_seq = ow.src_end
+            ow.tap.fin_seq = ow.src_end    # None: it ends at the FIN it sees
         ow.phase = Phase.RELAYING
         self.stack.flows[_flow_key(src)] = functools.partial(self._flow, ow)
         self.stack.flows[_flow_key(sink)] = functools.partial(self._flow_ack, ow)
@@ -386,7 +397,8 @@ class OneWaySplicer:
             return False
         end = (_L.unpack_from(buf, t + 4)[0] + text) & 0xFFFFFFFF
         src = ow.source
-        if not seq.lt(end, ow.src_end) or not flow_tcp_valid(skb, t, src.remote, src.local):
+        if (ow.src_end is not None and not seq.lt(end, ow.src_end)
+                or not flow_tcp_valid(skb, t, src.remote, src.local)):
             return False
         if text:
             skb.network_off = ip
@@ -412,7 +424,7 @@ class OneWaySplicer:
         relayed_end = (ow.sink_start + ow.src_hi - ow.src_start) & 0xFFFFFFFF
         sink = ow.sink
         if not (seq.ge(ack, ow.sink_start) and seq.le(ack, relayed_end)
-                and seq.lt(ack, ow.sink_end)
+                and (ow.sink_end is None or seq.lt(ack, ow.sink_end))
                 and flow_tcp_valid(skb, t, sink.remote, sink.local)):
             return False
         if seq.gt(ack, ow.sink_acked):
@@ -435,6 +447,19 @@ class OneWaySplicer:
             return
         text = len(skb) - hdr.header_len
         end = seq.add(hdr.seq, text)
+        ts = hdr.options.timestamp
+        if ts is not None and (ow.source_ts is None or seq.gt(ts[0], ow.source_ts[0])):
+            ow.source_ts = (ts[0], now)
+        if ow.src_end is None:
+            # Up to the FIN: it is relayed too, and ends the source's direction.
+            if flags & FIN:
+                ow.source_fin = dataclasses.replace(hdr, seq=end, flags=flags & ~SYN)
+                ow.fin_at = end
+            if text or flags & FIN:
+                self._relay(ow, skb, end, now, fin=bool(flags & FIN))
+            else:
+                ow.counters["source_acks_absorbed"] += 1
+            return
         if flags & FIN:
             ow.source_fin = dataclasses.replace(hdr, seq=end, flags=flags & ~SYN)
         if seq.gt(end, ow.src_end):
@@ -448,9 +473,6 @@ class OneWaySplicer:
             text, end = keep, ow.src_end
         elif flags & FIN:
             _clear_fin(skb)
-        ts = hdr.options.timestamp
-        if ts is not None and (ow.source_ts is None or seq.gt(ts[0], ow.source_ts[0])):
-            ow.source_ts = (ts[0], now)
         if text:
             self._relay(ow, skb, end, now)
         else:
@@ -458,13 +480,15 @@ class OneWaySplicer:
         if flags & FIN and seq.lt(end, ow.src_end) and ow.phase is Phase.RELAYING:
             self._finish(ow, "short", now)  # the source ended before the budget
 
-    def _relay(self, ow: OneWay, skb: SkBuff, end: int, now: float) -> None:
+    def _relay(self, ow: OneWay, skb: SkBuff, end: int, now: float,
+               fin: bool = False) -> None:
         """Rewrite a source segment (data at its TCP header) and send it to the sink."""
         buf = skb.buf
         t = skb.data
         if ow.tap is not None:
             thl = (buf[t + 12] >> 4) << 2
-            ow.tap.feed(_L.unpack_from(buf, t + 4)[0], memoryview(buf)[t + thl:skb.tail])
+            ow.tap.feed(_L.unpack_from(buf, t + 4)[0], memoryview(buf)[t + thl:skb.tail],
+                        fin)
         skb.data = skb.network_off - ETH_HLEN
         res = self._send(ow, skb, ow.to_sink, ow.sink, now)
         if res is None:
@@ -512,7 +536,8 @@ class OneWaySplicer:
             ow.counters["drop.no_ack"] += 1
             return
         ack = hdr.ack
-        if seq.gt(ack, seq.add(ow.sink_start, seq.sub(ow.src_hi, ow.src_start))):
+        relayed_end = seq.add(ow.sink_start, seq.sub(ow.src_hi, ow.src_start))
+        if seq.gt(ack, seq.add(relayed_end, 1 if ow.fin_at is not None else 0)):
             ow.counters["drop.ack_of_unsent"] += 1  # acknowledges what was never relayed
             return
         text = len(skb) - hdr.header_len
@@ -537,25 +562,34 @@ class OneWaySplicer:
         skb.data = skb.network_off - ETH_HLEN
         if self._send(ow, skb, ow.to_source, ow.source, now) is not None:
             ow.counters["acks_relayed"] += 1
-        if seq.ge(ack, ow.sink_end):
+        if ow.sink_end is not None and seq.ge(ack, ow.sink_end):
             self._hand_back(ow, hdr, now)
+        elif ow.fin_at is not None and seq.gt(ack, relayed_end):
+            self._hand_back(ow, hdr, now)         # the relayed FIN is acknowledged
 
     # -- the end --------------------------------------------------------------------
     def _hand_back(self, ow: OneWay, last: TcpHeader, now: float) -> None:
-        """The sink's peer has the whole budget: both TCBs take over."""
+        """The sink's peer has the whole budget (or the relayed FIN): both TCBs take
+        over. After a FIN the sink TCB ends its sending side too, in the state the FIN
+        and its acknowledgement put it in."""
         src, sink = ow.source, ow.sink
-        end = ow.sink_end
+        src_end = ow.src_end if ow.src_end is not None else ow.fin_at
+        assert src_end is not None
+        end = seq.add(ow.sink_start, seq.sub(src_end, ow.src_start))
         self._set_sink_sent(sink, end)
-        src.rcv_nxt = ow.src_end
-        if seq.lt(src.rcv_adv, ow.src_end):
-            src.rcv_adv = ow.src_end
-        src.last_ack_sent = ow.src_end
+        src.rcv_nxt = src_end
+        if seq.lt(src.rcv_adv, src_end):
+            src.rcv_adv = src_end
+        src.last_ack_sent = src_end
         if ow.source_ts is not None and seq.gt(ow.source_ts[0], src.ts_recent):
             src.ts_recent, src.ts_recent_age = ow.source_ts[0], now
         self._catch_up_clocks(ow, now)
         held, ow.held = ow.held, []
         fin = ow.source_fin
         self._finish(ow, "done", now)
+        if ow.fin_at is not None:
+            # Its FIN went out as the relayed one (the peer acknowledged it below).
+            sink.shutdown_write(now)
         # What the sink's peer sent meanwhile, then the segment that ended it all.
         for hdr, text in held:
             segment_arrives(sink, hdr, memoryview(text), now)

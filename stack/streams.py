@@ -59,6 +59,7 @@ class TcpTransport(asyncio.Transport):
         self._reading_paused = False
         self._eof_wanted = False
         self._eof_sent = False
+        self._released = False      # tcb.close() called
         self._eof_delivered = False
         self._closing = False
         self._lost = False
@@ -110,6 +111,11 @@ class TcpTransport(asyncio.Transport):
         self._lent = True
         self._check_pause()
         return unsent
+
+    def eof_written(self) -> None:
+        """The connection's sending side was ended for this transport (a one-way splice
+        relayed the FIN): further writes are refused as after write_eof()."""
+        self._eof_wanted = self._eof_sent = True
 
     def give_back(self) -> None:
         """The one-way splice is over: writes are accepted again, and what arrived
@@ -241,12 +247,16 @@ class TcpTransport(asyncio.Transport):
                 n = 0  # the error event reports it
             if n:
                 del self._buffer[:n]
-        if not self._buffer and (self._eof_wanted or self._closing) and not self._eof_sent:
-            self._eof_sent = True
-            if self._closing:
+        if not self._buffer:
+            if self._closing and not self._released:
+                # close() after write_eof() (or a FIN a one-way splice relayed) still
+                # hands the connection over to TCP: it is orphaned, so a peer that
+                # never sends its FIN does not keep it in FIN-WAIT-2 for ever.
+                self._eof_sent = self._released = True
                 tcb.close(now)
                 tcb.on_event = self._on_event  # keep hearing about the end
-            else:
+            elif self._eof_wanted and not self._eof_sent:
+                self._eof_sent = True
                 tcb.shutdown_write(now)
         self._check_pause()
         if not tcb.layer.batching:  # inside a read batch the driver sends at its end

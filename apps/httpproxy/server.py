@@ -430,9 +430,13 @@ class HttpProxy:
         if self.cache is not None and rules.storable(req.method, req.headers, resp.status,
                                                      resp.headers):
             capture = _Capture(self.cache.max_object)
-        if (framing is Framing.LENGTH and length >= max(self.policy.splice_min, 1)
-                and self._may_relay(client.writer) and self._may_relay(origin.writer)):
+        relayable = self._may_relay(client.writer) and self._may_relay(origin.writer)
+        if relayable and framing is Framing.LENGTH and length >= max(self.policy.splice_min, 1):
             await self._splice_body(origin, client, length, capture, entry)
+        elif relayable and framing is Framing.CLOSE:
+            # The body ends with the origin's FIN: spliced up to it, FIN included (the
+            # client connection ends there, as it must).
+            await self._splice_body(origin, client, None, capture, entry)
         else:
             await self._relay_body(origin, client.writer, (framing, length), rechunk,
                                    capture, entry)
@@ -474,33 +478,39 @@ class HttpProxy:
         return tcb is not None and tcb.state.name in ("ESTABLISHED", "CLOSE_WAIT")
 
     async def _splice_body(self, origin: BufferedStream, client: BufferedStream,
-                           length: int, capture: _Capture | None, entry: Entry) -> None:
-        """A Content-Length body spliced one way (SPLICE.md §6): the stack relays it
-        from the origin to the client, then the client connection is ours again for
-        its next request. With ``capture`` a TCP Tap keeps the copy for the cache."""
+                           length: int | None, capture: _Capture | None,
+                           entry: Entry) -> None:
+        """A body spliced one way (SPLICE.md §6): the stack relays it from the origin
+        to the client; then the client connection is ours again for its next request
+        (Content-Length), or has ended with the origin's FIN (``length`` None, a
+        close-delimited body). With ``capture`` a TCP Tap keeps the copy for the
+        cache."""
         assert self.splice is not None
-        seam = bytes(origin.buf[:length])
+        seam = bytes(origin.buf if length is None else origin.buf[:length])
         del origin.buf[:len(seam)]
-        tap = capture is not None and length <= capture.limit
+        bound = capture.limit if capture is not None else 0
+        tap = capture is not None and (length is None or length <= capture.limit)
         ow = await self.splice.relay(origin.writer, client.writer, length, seam=seam,
-                                     tap=tap, tap_limit=length + 1, tap_total=length,
+                                     tap=tap, tap_limit=(length or bound) + 1,
+                                     tap_total=length or bound,
                                      idle_timeout=self.policy.response_timeout)
         self.counters["spliced_bodies"] += 1
         self.counters["spliced_body_bytes"] += ow.counters["relayed_bytes"]
-        entry.bytes += length
+        entry.bytes += length if length is not None else (
+            ow.counters["relayed_bytes"] + ow.counters["copied_bytes"])
         entry.note = entry.note or "body spliced"
         if ow.outcome != "done":
             self.counters["body_cut"] += 1
             entry.note = f"response body: spliced relay ended {ow.outcome}"
             raise _Abort(entry.note)
         if capture is not None:
-            data = b""
+            data = None
             if tap:
                 try:
                     data = await ow.tap_reader.read(-1)
                 except ConnectionError:
-                    data = b""
-            if len(data) == length:
+                    data = None      # the tap gave up: larger than the cache takes
+            if data is not None and (length is None or len(data) == length):
                 capture.add(data)
             else:
                 capture.overflow = True

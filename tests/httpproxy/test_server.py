@@ -597,3 +597,22 @@ def test_large_upload_is_spliced_one_way_then_the_connection_goes_on():
         assert await w.until(lambda: w.proxy.active == 0 and w.proxy_connections() == 0)
 
     simulate(body, mode="splice")
+
+
+def test_close_delimited_body_is_spliced_up_to_the_origins_fin_and_cached():
+    async def body(w: World):
+        conn = await w.connect()
+        r, b = await fetch(conn, origin_url("/chunked"))        # kept alive, copied
+        assert r.status == 200
+        r, b = await fetch(conn, origin_url("/close"))          # ends with the FIN
+        assert r.headers.get("connection") == "close" and b == b"/close v1 " * 20 * 50
+        assert await conn.read_some() == b""
+        splicer = w.proxy.splice.splicer
+        assert splicer.counters["oneway_done"] == 1 and w.proxy.counters["spliced_bodies"] == 1
+        conn.writer.close()
+        r2, b2 = await fetch(await w.connect(), origin_url("/close"))
+        assert b2 == b and w.origin.hits["/close"] == 1       # the tap filled the cache
+        assert splicer.counters["copied_payload_bytes"] == 0
+        assert await w.until(lambda: w.proxy.active == 0 and w.proxy_connections() == 0)
+
+    simulate(body, mode="splice")

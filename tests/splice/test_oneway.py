@@ -47,7 +47,7 @@ class World:
 
     async def origin(self, reader, writer) -> None:
         line = await reader.readline()
-        n, salt = map(int, line.split())
+        n, salt = map(int, line.split()[:2])
         writer.write(f"OK {n}\n".encode())
         # The head and the body in separate writes, like a server using sendfile.
         await writer.drain()
@@ -64,12 +64,16 @@ class World:
             head = await o_reader.readline()
             n = int(head.split()[1])
             writer.write(b"HEAD " + head[3:])
-            ow = await self.splice.relay(o_writer, writer, n, idle_timeout=30)
+            to_close = line.split()[2:] == [b"close"]   # the body ends with the origin's FIN
+            ow = await self.splice.relay(o_writer, writer, None if to_close else n,
+                                         idle_timeout=30)
             self.ways.append(ow)
             o_writer.close()
             if ow.outcome != "done":
                 writer.transport.abort()
                 return
+            if to_close:
+                break
         writer.close()
 
     async def client(self, sizes: list[int]) -> list[bytes]:
@@ -321,3 +325,30 @@ def test_closing_a_lent_stream_waits_for_the_hand_back():
         writer.close()
 
     simulate(body, faults=FaultModel(delay=0.001))
+
+
+@pytest.mark.parametrize("seed,loss", [(1, 0.0), (2, 0.02), (3, 0.02)])
+def test_up_to_the_fin_the_fin_is_relayed_and_the_connection_ends(seed, loss):
+    """budget None: the body has no length, it ends with the origin's FIN — relayed
+    to the client, after which the client connection's sending side is closed."""
+    async def body(w: World):
+        w.body_delay = 0.05
+        reader, writer = await w.driver.tcp(w.c).open_connection(PROXY_C, 1080)
+        writer.write(b"100000 0\n")                       # first a budgeted one
+        assert await reader.readline() == b"HEAD 100000\n"
+        assert await reader.readexactly(100_000) == body_for(100_000, 0)
+        writer.write(b"700000 1 close\n")
+        assert await reader.readline() == b"HEAD 700000\n"
+        assert await reader.read() == body_for(700_000, 1)  # then the end of stream
+        assert await w.until(lambda: len(w.ways) == 2, timeout=60)  # the FIN's ACK
+        first, last = w.ways
+        assert (first.outcome, last.outcome) == ("done", "done")
+        assert last.counters["relayed_bytes"] > 500_000
+        sink = last.sink
+        assert sink.state.name in ("FIN_WAIT_2", "TIME_WAIT", "CLOSED")
+        writer.close()
+        assert await w.until(lambda: _clean(w))
+        assert await w.until(lambda: not w.splicer.tcp.connections, timeout=600)
+        assert w.splicer.counters["copied_payload_bytes"] == 0
+
+    simulate(body, faults=FaultModel(loss=loss, delay=0.001), seed=seed, offload=False)
