@@ -182,3 +182,44 @@ def test_uploads_on_one_kept_alive_connection_are_spliced_one_way(lab, tmp_path:
     splice = summary["splice"]
     assert splice.get("oneway_done", 0) >= 2 and splice.get("oneway_relaying", 0) >= 2, summary
     assert splice.get("copied_payload_bytes", 0) == 0
+
+
+CLOSE_DELIMITED = """
+import hashlib, http.server, sys
+BODY = bytes(range(256)) * (int(sys.argv[2]) // 256)
+class Old(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.0"           # no Content-Length: the body ends at close
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(BODY)
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("198.19.0.1", int(sys.argv[1])), Old).serve_forever()
+"""
+
+
+def test_close_delimited_body_spliced_up_to_the_fin(lab, tmp_path: Path) -> None:
+    """An HTTP/1.0 origin without Content-Length, a kept-alive HTTP/1.1 client: the body
+    is spliced one way up to the origin's FIN, which ends the client connection."""
+    size = 3 << 20
+    stack = StackProcess(lab, "http-proxy", log=tmp_path / "proxy.log")
+    origin = subprocess.Popen(ns_cmd(lab.server_ns, sys.executable, "-c", CLOSE_DELIMITED,
+                                     "8001", str(size)))
+    try:
+        stack.wait_ready()
+        assert wait_until(ns_cmd(lab.server_ns, "bash", "-c",
+                                 "exec 3<>/dev/tcp/198.19.0.1/8001"), timeout=20)
+        out = tmp_path / "body"
+        run = curl(lab.client_ns, "-o", str(out), "-w", "%{http_code}",
+                   "http://198.19.0.1:8001/x")
+        assert run.returncode == 0 and run.stdout == "200", run.stderr
+        assert out.read_bytes() == bytes(range(256)) * (size // 256)
+    finally:
+        origin.terminate()
+        origin.wait(timeout=10)
+        summary = stack.stop()
+    splice = summary["splice"]
+    assert splice.get("oneway_done", 0) == 1 and splice.get("oneway_relaying", 0) == 1, summary
+    assert splice.get("copied_payload_bytes", 0) == 0
