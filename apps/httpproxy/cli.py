@@ -106,9 +106,10 @@ def add_parser(subparsers) -> None:
                    help="splice (default): CONNECT tunnels and the last response on a "
                         "connection are spliced both ways; on kept-alive connections "
                         "Content-Length bodies of at least --splice-min bytes are spliced "
-                        "one way, then the next request is read. Chunked and "
-                        "close-delimited bodies on kept-alive connections are copied. "
-                        "copy: everything copied through the streams")
+                        "one way, then the next request is read; close-delimited "
+                        "bodies are spliced up to the origin's FIN; chunked bodies on "
+                        "kept-alive connections are copied. copy: everything copied "
+                        "through the streams")
     p.add_argument("--splice-min", type=parse_size, default=64 << 10, metavar="BYTES",
                    help="smallest response body spliced one way (default 64K; smaller "
                         "bodies cost less to copy than to splice)")
