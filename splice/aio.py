@@ -37,6 +37,35 @@ def _tcb(writer: asyncio.StreamWriter) -> Tcb:
     return tcb
 
 
+def _take_buffered(writer: asyncio.StreamWriter, limit: int | None) -> bytes:
+    """What the stream's reader took from the connection but the application did not
+    read (up to ``limit`` bytes, None: all), removed from it. asyncio keeps it in the
+    reader's buffer, which has no public accessor."""
+    reader = getattr(writer, "_reader", None)
+    if reader is None or not reader._buffer:
+        return b""
+    take = len(reader._buffer) if limit is None else max(0, min(limit, len(reader._buffer)))
+    data = bytes(reader._buffer[:take])
+    del reader._buffer[:take]
+    return data
+
+
+async def _until_done(ow: OneWay, idle_timeout: float | None) -> None:
+    """Wait for a one-way splice to end; TimeoutError after ``idle_timeout`` seconds
+    in which it made no progress."""
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    if ow.outcome is not None:
+        return
+    ow.on_done = lambda _ow: done.done() or done.set_result(None)
+    while not done.done():
+        mark = ow.progress
+        try:
+            await asyncio.wait_for(asyncio.shield(done), idle_timeout)
+        except TimeoutError:
+            if ow.progress == mark:
+                raise
+
+
 class TapOverflow(ConnectionError):
     """The tap could not keep a complete copy (the reader fell behind, or the splice
     was reset before the end)."""
@@ -141,13 +170,8 @@ class SpliceApi:
         client, server = _tcb(client_writer), _tcb(server_writer)
         now = self.driver.now()
         # Bytes the application's stream took from the client but did not consume
-        # belong to the server (nothing lost at the seam). asyncio keeps them in the
-        # reader's buffer, which has no public accessor.
-        reader = getattr(client_writer, "_reader", None)
-        unread = b""
-        if reader is not None and reader._buffer:
-            unread = bytes(reader._buffer)
-            reader._buffer.clear()
+        # belong to the server (nothing lost at the seam).
+        unread = _take_buffered(client_writer, None)
         pending_to_server = server_writer.transport.detach()
         client_writer.transport.detach()
         if pending_to_server:
@@ -187,16 +211,7 @@ class SpliceApi:
         :meth:`splice`). ``idle_timeout``: seconds without a segment moving before
         the splice is aborted (TimeoutError, both connections reset)."""
         src, sink = _tcb(source_writer), _tcb(sink_writer)
-        loop = asyncio.get_running_loop()
-        reader = getattr(source_writer, "_reader", None)
-        extra = b""
-        if reader is not None and reader._buffer:
-            take = len(reader._buffer)
-            if budget is not None:
-                take = min(take, budget - len(seam))
-            if take > 0:
-                extra = bytes(reader._buffer[:take])
-                del reader._buffer[:take]
+        extra = _take_buffered(source_writer, None if budget is None else budget - len(seam))
         now = self.driver.now()
         src_t, sink_t = source_writer.transport, sink_writer.transport
         for tcb, unsent in ((src, src_t.lend()), (sink, sink_t.lend())):
@@ -206,7 +221,6 @@ class SpliceApi:
         if tap:
             tap_reader = asyncio.StreamReader(limit=tap_limit)
             tap_obj = _stream_tap(tap_reader, tap_limit, tap_total)
-        done: asyncio.Future[None] = loop.create_future()
         try:
             ow = self.splicer.splice_one_way(src, sink, budget, now, seam=seam + extra,
                                              tap=tap_obj)
@@ -215,19 +229,9 @@ class SpliceApi:
             sink_t.give_back()
             raise
         ow.tap_reader = tap_reader
-        if ow.outcome is not None:
-            done.set_result(None)
-        else:
-            ow.on_done = lambda _ow: done.done() or done.set_result(None)
         self.driver.poke()
         try:
-            while not done.done():
-                mark = ow.progress
-                try:
-                    await asyncio.wait_for(asyncio.shield(done), idle_timeout)
-                except TimeoutError:
-                    if ow.progress == mark:
-                        raise
+            await _until_done(ow, idle_timeout)
         finally:
             if ow.outcome is None:
                 self.splicer.oneway.abort(ow, self.driver.now())

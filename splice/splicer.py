@@ -147,16 +147,7 @@ class Splicer:
         ``tap`` receives a copy of one direction (SPLICE.md §6: "s2c" is what the server
         sends, "c2s" what the client sends), from the first byte not yet read by the
         application on."""
-        c, s = self.sides.get(id(client)), self.sides.get(id(server))
-        if c is None or s is None or c.other is not s or c.role != "client":
-            raise SpliceError("these connections were not joined by intend_splice")
-        if c.state is not S.ESTABLISHED or s.state is not S.ESTABLISHED:
-            raise SpliceError(f"cannot splice: client {c.state.value}, "
-                              f"server {s.state.value} (both must be established)")
-        if n < 0:
-            raise SpliceError("n must be >= 0")
-        if tap_direction not in ("s2c", "c2s"):
-            raise SpliceError(f"tap direction {tap_direction!r}: 's2c' or 'c2s'")
+        c, s = self._splice_sides(client, server, n, tap_direction)
         pair = self.pairs[id(c)]
         # Nothing lost at the seam (§4): what one side sent and the proxy accepted but
         # did not use goes to the other side as the proxy's own data.
@@ -170,37 +161,58 @@ class Splicer:
             tap.feed(tap.next_seq, seam)  # what the proxy held comes first
             tapped.tap = tap
         c.owed = n
-        for side in (c, s):
-            tcb = side.tcb
-            side.iss = seq.add(tcb.write_seq, side.owed)
-            side.irs = tcb.rcv_nxt
-            # Data above rcv_nxt was never acknowledged: its sender will send it again
-            # and it is relayed then (RFC 2018 §8 allows dropping SACKed data).
-            tcb.out_of_order_queue.purge()
-            tcb.ooo_bytes = 0
-            if tcb.last_ack_sent != tcb.rcv_nxt:
-                # The peer must have everything below irs acknowledged: at once on a
-                # side that relays from now on; a side the proxy still writes to
-                # (PRE_SPLICED) has it carried by that data, or sent by the timer.
-                if side.owed or tcb.write_queue:
-                    tcb.timer_delack = now
-                else:
-                    output.send_ack(tcb, now)
+        owes = [self._set_base_points(side, now) for side in (c, s)]
         snap_c, snap_s = self._snapshot(c, now), self._snapshot(s, now)
         s.out_map, c.out_map = make_maps(snap_c, snap_s)
         for side in (c, s):
             route = self.stack.routes.lookup(side.tcb.remote)
             side.offload = route.iface.offload if route is not None else False
         pair.spliced_at = now
-        for side in (c, s):
-            owes = side.owed > 0 or bool(side.tcb.write_queue)
-            side.apply(E.SPLICE_OWED if owes else E.SPLICE_CLEAN)
-            self.counters["pre_spliced" if owes else "spliced_clean"] += 1
+        for side, owed in zip((c, s), owes, strict=True):
+            side.apply(E.SPLICE_OWED if owed else E.SPLICE_CLEAN)
+            self.counters["pre_spliced" if owed else "spliced_clean"] += 1
         for side in (c, s):
             if side.state is S.SPLICED:
                 self._start_relaying(side, now)
         self.counters["splices"] += 1
         return pair
+
+    def _splice_sides(self, client: Tcb, server: Tcb, n: int,
+                      tap_direction: str) -> tuple[Side, Side]:
+        """The two sides of a splice() call, or SpliceError for a misuse."""
+        c, s = self.sides.get(id(client)), self.sides.get(id(server))
+        if c is None or s is None or c.other is not s or c.role != "client":
+            raise SpliceError("these connections were not joined by intend_splice")
+        if c.state is not S.ESTABLISHED or s.state is not S.ESTABLISHED:
+            raise SpliceError(f"cannot splice: client {c.state.value}, "
+                              f"server {s.state.value} (both must be established)")
+        if n < 0:
+            raise SpliceError("n must be >= 0")
+        if tap_direction not in ("s2c", "c2s"):
+            raise SpliceError(f"tap direction {tap_direction!r}: 's2c' or 'c2s'")
+        return c, s
+
+    @staticmethod
+    def _set_base_points(side: Side, now: float) -> bool:
+        """Fix the side's base points (SPLICE.md §4); True when the proxy still owes or
+        awaits the acknowledgement of its own data on it (PRE_SPLICED)."""
+        tcb = side.tcb
+        owes = side.owed > 0 or bool(tcb.write_queue)
+        side.iss = seq.add(tcb.write_seq, side.owed)
+        side.irs = tcb.rcv_nxt
+        # Data above rcv_nxt was never acknowledged: its sender will send it again and
+        # it is relayed then (RFC 2018 §8 allows dropping SACKed data).
+        tcb.out_of_order_queue.purge()
+        tcb.ooo_bytes = 0
+        if tcb.last_ack_sent != tcb.rcv_nxt:
+            # The peer must have everything below irs acknowledged: at once on a side
+            # that relays from now on; a side the proxy still writes to (PRE_SPLICED)
+            # has it carried by that data, or sent by the timer.
+            if owes:
+                tcb.timer_delack = now
+            else:
+                output.send_ack(tcb, now)
+        return owes
 
     def write_owed(self, client: Tcb, data: bytes, now: float) -> None:
         """Write part of the ``n`` bytes allowed after splice() on the client connection."""

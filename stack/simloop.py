@@ -129,6 +129,17 @@ class SimDriver:
         self.poke()
 
 
+async def until(predicate: Callable[[], bool], timeout: float = 300.0,
+                step: float = 0.05) -> bool:
+    """Let (virtual) time run in ``step`` s until ``predicate()`` holds or ``timeout``
+    passes; the predicate's last value."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not predicate() and loop.time() < end:
+        await asyncio.sleep(step)
+    return predicate()
+
+
 def run(main: Callable[[SimDriver], Awaitable[T]], net: SimNetwork, *,
         start: float | None = None) -> T:
     """Run ``main(driver)`` to completion on virtual time; like ``asyncio.run``."""

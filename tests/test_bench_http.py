@@ -139,7 +139,7 @@ def test_requests_are_absolute_form_for_the_proxy_only() -> None:
 
 
 def test_every_request_has_a_unique_query() -> None:
-    f = Fetcher(("10.0.0.1", 80), ("10.0.0.2", 3128), True, "ab12", 1.0)
+    f = Fetcher(("198.19.0.1", 80), ("198.18.0.2", 3128), True, "ab12", 1.0)
     first, second = f.request("/x"), f.request("/x")
     assert first != second and b"?r=ab12-1 " in first and b"?r=ab12-2 " in second
     assert b"?" not in f.request("/x", unique=False).split(b" ")[1]

@@ -45,7 +45,7 @@ from apps.httpproxy.parser import (
 )
 from apps.httpproxy.policy import HttpPolicy
 from apps.httpproxy.store import CacheStore, StoredResponse
-from apps.socks.policy import attached_networks
+from apps.socks.policy import api_interfaces, attached_networks, check_mode
 from apps.socks.protocol import Address
 
 ACCESS_LOG = logging.getLogger("tapsplice.httpproxy.access")
@@ -88,16 +88,13 @@ class HttpProxy:
                  cache: CacheStore | None = None, policy: HttpPolicy | None = None,
                  log: logging.Logger | None = None,
                  clock: Callable[[], float] = time.time) -> None:
-        if mode not in MODES:
-            raise ValueError(f"mode {mode!r}: expected one of {', '.join(MODES)}")
-        if mode == "splice" and splice is None:
-            raise ValueError("splice mode needs the stack's splice API (splice=...)")
+        check_mode(mode, MODES, splice)
         self.api = api
         self.mode = mode
         self.splice = splice
         self.cache = cache
         self.policy = (policy or HttpPolicy()).with_default_clients(
-            attached_networks(_interfaces(api)))
+            attached_networks(api_interfaces(api)))
         self.access_log = log or ACCESS_LOG
         self.clock = clock
         self.active = 0
@@ -668,10 +665,3 @@ def _finish(writer: asyncio.StreamWriter, failed: bool) -> None:
     else:
         writer.transport.close()
 
-
-def _interfaces(api: Any) -> list:
-    """The interfaces of the stack behind ``api`` (TapStack or TcpApi), if it says."""
-    stack = getattr(api, "stack", None)
-    if stack is None:
-        stack = getattr(getattr(api, "tcp", None), "ip", None)
-    return list(getattr(stack, "interfaces", []))

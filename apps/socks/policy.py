@@ -14,6 +14,7 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from apps.socks.protocol import Address, Atyp, parse_ip
 
@@ -128,6 +129,22 @@ def load_hosts(path: str | Path) -> dict[str, str]:
 def attached_networks(interfaces: Iterable) -> list[Network]:
     """The subnets of a stack's interfaces (anything with ``.network``)."""
     return [iface.network for iface in interfaces]
+
+
+def api_interfaces(api: Any) -> list:
+    """The interfaces of the stack behind ``api`` (TapStack or TcpApi), if it says."""
+    stack = getattr(api, "stack", None)
+    if stack is None:
+        stack = getattr(getattr(api, "tcp", None), "ip", None)
+    return list(getattr(stack, "interfaces", []))
+
+
+def check_mode(mode: str, modes: Iterable[str], splice: Any) -> None:
+    """A proxy's --mode: one of ``modes``; splice mode needs the splice API."""
+    if mode not in modes:
+        raise ValueError(f"mode {mode!r}: expected one of {', '.join(modes)}")
+    if mode == "splice" and splice is None:
+        raise ValueError("splice mode needs the stack's splice API (splice=...)")
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from apps.socks import protocol as p
-from apps.socks.policy import Policy, attached_networks
+from apps.socks.policy import Policy, api_interfaces, attached_networks, check_mode
 from apps.socks.protocol import Address, Command, Method, Rep, SocksError
 
 ACCESS_LOG = logging.getLogger("tapsplice.socks.access")
@@ -91,15 +91,12 @@ class SocksServer:
 
     def __init__(self, api: Any, *, mode: str = "copy", policy: Policy | None = None,
                  log: logging.Logger | None = None, splice: Any = None) -> None:
-        if mode not in MODES:
-            raise ValueError(f"mode {mode!r}: expected one of {', '.join(MODES)}")
-        if mode == "splice" and splice is None:
-            raise ValueError("splice mode needs the stack's splice API (splice=...)")
+        check_mode(mode, MODES, splice)
         self.api = api
         self.mode = mode
         self.splice = splice
         self.policy = (policy or Policy()).with_default_clients(
-            attached_networks(_interfaces(api)))
+            attached_networks(api_interfaces(api)))
         self.access_log = log or ACCESS_LOG
         self.active = 0
         self.counters: Counter[str] = Counter()
@@ -384,10 +381,3 @@ def _finish(writer: asyncio.StreamWriter, failed: bool) -> None:
     else:
         transport.close()
 
-
-def _interfaces(api: Any) -> list:
-    """The interfaces of the stack behind ``api`` (TapStack or TcpApi), if it says."""
-    stack = getattr(api, "stack", None)
-    if stack is None:
-        stack = getattr(getattr(api, "tcp", None), "ip", None)
-    return list(getattr(stack, "interfaces", []))

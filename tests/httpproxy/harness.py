@@ -31,7 +31,7 @@ from apps.httpproxy.policy import HttpPolicy
 from apps.httpproxy.server import HttpProxy
 from apps.httpproxy.store import CacheStore
 from stack.sim import SimNetwork
-from stack.simloop import run
+from stack.simloop import run, until
 from stack.streams import TcpApi
 
 CLIENT, PROXY_C, PROXY_S, ORIGIN = "198.18.0.1", "198.18.0.2", "198.19.0.2", "198.19.0.1"
@@ -183,10 +183,7 @@ class World:
 
     async def until(self, predicate: Callable[[], bool], timeout: float = 300.0) -> bool:
         """Let virtual time run (0.5 s steps) until ``predicate()`` or ``timeout``."""
-        end = self.now + timeout
-        while not predicate() and self.now < end:
-            await asyncio.sleep(0.5)
-        return predicate()
+        return await until(predicate, timeout, step=0.5)
 
     async def connect(self) -> BufferedStream:
         """A client connection to the proxy."""

@@ -5,6 +5,7 @@ allowed."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
@@ -130,6 +131,21 @@ def test_kept_alive_connection_splices_each_large_body(lab, tmp_path: Path, loss
     assert codes[:4] == ["TCP_MISS/200", "TCP_MISS/200", "TCP_MISS/200", "TCP_MEM_HIT/200"]
 
 
+@contextlib.contextmanager
+def script_server(lab, script: str, port: int, *args: str):
+    """A Python HTTP server ``script`` on 198.19.0.1:``port`` in the server namespace,
+    listening when the block starts, stopped after it."""
+    proc = subprocess.Popen(ns_cmd(lab.server_ns, sys.executable, "-c", script, str(port),
+                                   *args))
+    try:
+        assert wait_until(ns_cmd(lab.server_ns, "bash", "-c",
+                                 f"exec 3<>/dev/tcp/198.19.0.1/{port}"), timeout=20)
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
 UPLOAD_SINK = """
 import hashlib, http.server, sys
 class Sink(http.server.BaseHTTPRequestHandler):
@@ -164,20 +180,16 @@ def test_uploads_on_one_kept_alive_connection_are_spliced_one_way(lab, tmp_path:
     want = hashlib.sha256(upload.read_bytes()).hexdigest()
     stack = StackProcess(lab, "http-proxy", "--connect-port", "443",
                          log=tmp_path / "proxy.log")
-    sink = subprocess.Popen(ns_cmd(lab.server_ns, sys.executable, "-c", UPLOAD_SINK, "8000"))
     try:
         stack.wait_ready()
-        assert wait_until(ns_cmd(lab.server_ns, "bash", "-c",
-                                 "exec 3<>/dev/tcp/198.19.0.1/8000"), timeout=20)
         url = "http://198.19.0.1:8000/up"
-        run = curl(lab.client_ns, "--data-binary", f"@{upload}", "-H",
-                   "Content-Type: application/octet-stream", "-w", " %{num_connects}\n",
-                   url, url)
+        with script_server(lab, UPLOAD_SINK, 8000):
+            run = curl(lab.client_ns, "--data-binary", f"@{upload}", "-H",
+                       "Content-Type: application/octet-stream", "-w", " %{num_connects}\n",
+                       url, url)
         assert run.returncode == 0, run.stderr + stack.log.read_text()[-3000:]
         assert run.stdout.split() == [want, "1", want, "0"]   # one connection, both intact
     finally:
-        sink.terminate()
-        sink.wait(timeout=10)
         summary = stack.stop()
     splice = summary["splice"]
     assert splice.get("oneway_done", 0) >= 2 and splice.get("oneway_relaying", 0) >= 2, summary
@@ -205,20 +217,15 @@ def test_close_delimited_body_spliced_up_to_the_fin(lab, tmp_path: Path) -> None
     is spliced one way up to the origin's FIN, which ends the client connection."""
     size = 3 << 20
     stack = StackProcess(lab, "http-proxy", log=tmp_path / "proxy.log")
-    origin = subprocess.Popen(ns_cmd(lab.server_ns, sys.executable, "-c", CLOSE_DELIMITED,
-                                     "8001", str(size)))
     try:
         stack.wait_ready()
-        assert wait_until(ns_cmd(lab.server_ns, "bash", "-c",
-                                 "exec 3<>/dev/tcp/198.19.0.1/8001"), timeout=20)
         out = tmp_path / "body"
-        run = curl(lab.client_ns, "-o", str(out), "-w", "%{http_code}",
-                   "http://198.19.0.1:8001/x")
+        with script_server(lab, CLOSE_DELIMITED, 8001, str(size)):
+            run = curl(lab.client_ns, "-o", str(out), "-w", "%{http_code}",
+                       "http://198.19.0.1:8001/x")
         assert run.returncode == 0 and run.stdout == "200", run.stderr
         assert out.read_bytes() == bytes(range(256)) * (size // 256)
     finally:
-        origin.terminate()
-        origin.wait(timeout=10)
         summary = stack.stop()
     splice = summary["splice"]
     assert splice.get("oneway_done", 0) == 1 and splice.get("oneway_relaying", 0) == 1, summary

@@ -18,7 +18,7 @@ from apps.socks import protocol as p
 from apps.socks.policy import Policy
 from apps.socks.server import SocksServer
 from stack.sim import SimNetwork
-from stack.simloop import run
+from stack.simloop import run, until
 from stack.streams import TcpApi
 
 CLIENT, PROXY_C, PROXY_S, ORIGIN = "198.18.0.1", "198.18.0.2", "198.19.0.2", "198.19.0.1"
@@ -54,10 +54,7 @@ class World:
 
     async def until(self, predicate: Callable[[], bool], timeout: float = 300.0) -> bool:
         """Let virtual time run (in 0.5 s steps) until ``predicate()`` or ``timeout``."""
-        end = self.now + timeout
-        while not predicate() and self.now < end:
-            await asyncio.sleep(0.5)
-        return predicate()
+        return await until(predicate, timeout, step=0.5)
 
     @property
     def splicer(self):

@@ -20,7 +20,7 @@ from stack import seq
 from stack.netdev.faults import FaultModel
 from stack.netdev.offload import complete_checksum
 from stack.sim import SimNetwork
-from stack.simloop import run
+from stack.simloop import run, until
 from stack.skbuff import SkBuff
 from stack.wire.checksum import ones_sum, pseudo_header_sum
 from stack.wire.ipv4 import ip_bytes
@@ -90,10 +90,7 @@ class World:
         return got
 
     async def until(self, predicate, timeout: float = 300.0) -> bool:
-        end = self.driver.now() + timeout
-        while not predicate() and self.driver.now() < end:
-            await asyncio.sleep(0.05)
-        return predicate()
+        return await until(predicate, timeout)
 
 
 def simulate(body, *, faults: FaultModel | None = None, seed: int = 1, offload=True):

@@ -12,7 +12,7 @@ from splice.pair import SpliceError
 from splice.state import RELAYING, SpliceEvent, SpliceState, SpliceStateError, next_state
 from stack.netdev.faults import FaultModel
 from stack.sim import SimNetwork
-from stack.simloop import run
+from stack.simloop import run, until
 from stack.skbuff import SkBuff
 from stack.tcp.api import TcpState
 from stack.wire.ipv4 import Ipv4Header, ip_bytes
@@ -59,10 +59,7 @@ class World:
     before_splice = None
 
     async def until(self, predicate, timeout: float = 300.0) -> bool:
-        end = self.driver.now() + timeout
-        while not predicate() and self.driver.now() < end:
-            await asyncio.sleep(0.05)
-        return predicate()
+        return await until(predicate, timeout)
 
 
 def simulate(body, *, faults: FaultModel | None = None, seed: int = 1,
