@@ -79,5 +79,5 @@ def add_parser(subparsers) -> None:
     p.add_argument("host", help="IPv4 address to connect to")
     p.add_argument("port", type=int)
     p.add_argument("--timeout", type=float, default=10.0, help="connect timeout (seconds)")
-    add_common(p)
+    add_common(p, workers=False)
     p.set_defaults(func=cmd_connect)

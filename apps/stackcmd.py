@@ -17,6 +17,7 @@ from stack.control import ControlError
 from stack.netdev.faults import FaultModel
 from stack.netdev.pcap import PcapTee, PcapWriter
 from stack.wire.ipv4 import ip_str
+from stack.workers import MAX_WORKERS, Seat, open_seats, run_workers
 from tools.lab import LabConfig
 
 log = logging.getLogger("tapsplice")
@@ -52,6 +53,16 @@ def _impair(text: str) -> FaultModel:
         raise argparse.ArgumentTypeError(str(e)) from e
 
 
+def _workers(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"workers: 1..{MAX_WORKERS}, not {text!r}")
+    return n
+
+
 def attachments_from(args: argparse.Namespace) -> list[Attachment]:
     """The devices named on the command line (--lab or --tap/--addr pairs)."""
     if args.lab:
@@ -63,14 +74,18 @@ def attachments_from(args: argparse.Namespace) -> list[Attachment]:
     return [Attachment(t, a, args.netns) for t, a in zip(args.tap, args.addr, strict=True)]
 
 
-def open_stack(args: argparse.Namespace, forwarding: bool = False) -> TapStack:
-    """A TapStack on the devices and with the options of the command line."""
+def open_stack(args: argparse.Namespace, forwarding: bool = False,
+               seat: Seat | None = None) -> TapStack:
+    """A TapStack on the devices and with the options of the command line (on the
+    queues of ``seat`` when it is one of several workers)."""
     pcap = PcapTee(PcapWriter(args.pcap)) if args.pcap else None
+    control = getattr(args, "control", None) or True
+    if seat is not None and seat.index and control is not True:
+        control = f"{control}.{seat.index}"  # one control socket per worker
     try:
         return TapStack(attachments_from(args), forwarding=forwarding,
                         offload=not args.no_offload, routes=args.route, pcap=pcap,
-                        impair=args.impair, seed=args.seed,
-                        control=getattr(args, "control", None) or True)
+                        impair=args.impair, seed=args.seed, control=control, seat=seat)
     except (OSError, ValueError) as e:
         raise SystemExit(f"cannot attach: {e} (is the lab up? `tapsplice lab up`)") from e
 
@@ -94,8 +109,25 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-def run_stack(net: TapStack, setup: Callable[[TapStack], Awaitable[None]] | None = None) -> None:
-    """Run ``net`` (after ``setup``) until SIGINT/SIGTERM; print its counters at exit."""
+def run_command(args: argparse.Namespace, child: Callable[[Seat | None], int]) -> int:
+    """Run ``child`` here, or with ``--workers N`` in N worker processes, each on its
+    own queue of every device (stack/workers.py)."""
+    if args.workers == 1:
+        return child(None)
+    if args.pcap:
+        raise SystemExit("--pcap records one process: use it without --workers")
+    try:
+        seats = open_seats(attachments_from(args), args.workers, offload=not args.no_offload)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"cannot attach {args.workers} workers: {e} (the TAPs must be "
+                         "multi_queue devices, as `tapsplice lab up` makes them)") from e
+    return run_workers(seats, child)
+
+
+def run_stack(net: TapStack, setup: Callable[[TapStack], Awaitable[None]] | None = None,
+              seat: Seat | None = None) -> None:
+    """Run ``net`` (after ``setup``) until SIGINT/SIGTERM; print its counters at exit
+    (a worker reports them, and its readiness, to the supervisor instead)."""
     async def main() -> None:
         net.start()
         for iface, dev in net.devices:
@@ -105,7 +137,10 @@ def run_stack(net: TapStack, setup: Callable[[TapStack], Awaitable[None]] | None
         if setup is not None:
             await setup(net)
         tune_gc()
-        print("ready", flush=True)
+        if seat is not None:
+            seat.report("ready")
+        else:
+            print("ready", flush=True)
         await net.serve_forever()
 
     try:
@@ -118,30 +153,36 @@ def run_stack(net: TapStack, setup: Callable[[TapStack], Awaitable[None]] | None
         raise SystemExit(f"tapsplice: {e}") from None
     finally:
         net.close()
-    print(json.dumps(net.summary(), indent=1), file=sys.stderr)
+    if seat is not None:
+        seat.report("summary", net.summary())
+    else:
+        print(json.dumps(net.summary(), indent=1), file=sys.stderr)
 
 
 def cmd_run(args: argparse.Namespace, forwarding: bool) -> int:
     """`run` and `router`."""
-    run_stack(open_stack(args, forwarding))
-    return 0
+    def child(seat: Seat | None) -> int:
+        run_stack(open_stack(args, forwarding, seat), seat=seat)
+        return 0
+    return run_command(args, child)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """`serve`: echo, discard and chargen on every address of the stack."""
-    net = open_stack(args)
-
     async def setup(net: TapStack) -> None:
         addrs = [ip_str(iface.addr) for iface, _dev in net.devices]
         await start_services(net, addrs)
         log.info("echo (7), discard (9), chargen (19) on %s", ", ".join(addrs))
 
-    run_stack(net, setup)
-    return 0
+    def child(seat: Seat | None) -> int:
+        run_stack(open_stack(args, seat=seat), setup, seat)
+        return 0
+    return run_command(args, child)
 
 
-def add_common(p: argparse.ArgumentParser) -> None:
-    """Options shared by every command that runs the stack."""
+def add_common(p: argparse.ArgumentParser, workers: bool = True) -> None:
+    """Options shared by every command that runs the stack (``workers``: the command
+    can run as several worker processes)."""
     lab = LabConfig()
     p.add_argument("--lab", action="store_true",
                    help="attach to the lab's TAPs as 198.18.0.2 and 198.19.0.2")
@@ -162,6 +203,11 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--control", metavar="PATH", default=None,
                    help="control socket for `tapsplice stat` (default "
                         "/run/tapsplice/<pid>.sock)")
+    if workers:
+        p.add_argument("--workers", type=_workers, default=1, metavar="N",
+                       help="worker processes, each on its own queue of every TAP, with "
+                            "connections spread by port (the TAPs must be multi_queue, "
+                            "as `tapsplice lab up` makes them); default 1")
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"])
     for name, default in (("client-ns", lab.client_ns), ("client-tap", lab.client_tap),

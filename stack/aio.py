@@ -14,7 +14,7 @@ import heapq
 import logging
 import random
 import signal
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from stack.core import Stack
 from stack.gso import complete_checksum
@@ -58,6 +58,9 @@ class StackDriver:
         self._tx_fault = FaultDecider(impair, random.Random(rng.random())) if impair else None
         self._delayed: list[_Delayed] = []
         self._delay_order = 0
+        #: Called with (iface, skb) for every frame read, before the core sees it
+        #: (stack/workers.py shares ARP this way).
+        self.rx_tee = None
         self._impair_limit = impair_limit
 
     def attach(self, iface: Interface, device) -> None:
@@ -128,7 +131,10 @@ class StackDriver:
                 break
             now = self.loop.time()
             stack.begin_batch()
+            tee = self.rx_tee
             for skb in skbs:
+                if tee is not None:
+                    tee(iface, skb)
                 if self.pcap is not None:
                     self.pcap.rx(iface.name, skb, now)
                 if self._rx_fault is not None:
@@ -249,6 +255,8 @@ class Attachment:
     tap: str
     addr: str
     netns: str | None = None
+    #: The interface's MAC (None: a random one); workers of one stack share it.
+    mac: bytes | None = None
 
 
 class TapStack:
@@ -259,12 +267,17 @@ class TapStack:
         async with TapStack([Attachment("tsc0", "198.18.0.2/24", "tsc")]) as net:
             server = await net.start_server(handler, "198.18.0.2", 7)
             reader, writer = await net.open_connection("198.19.0.1", 80)
+
+    ``seat``: this process is one of several workers (stack/workers.py); the seat's
+    queues are used instead of opening the attachments' devices, with the shared MACs,
+    local ports of this worker's queue and ARP shared through worker 0.
     """
 
     def __init__(self, attachments: list[Attachment], *, forwarding: bool = False,
                  offload: bool = True, routes: list[tuple[str, str]] | None = None,
                  pcap: PcapTee | None = None, impair: FaultModel | None = None,
-                 seed: int = 0, tcp_config=None, control: str | bool = False) -> None:
+                 seed: int = 0, tcp_config=None, control: str | bool = False,
+                 seat=None) -> None:
         from stack.hostkey import host_secret
         from stack.netdev.tap import TapDevice
         from stack.streams import TcpApi
@@ -273,15 +286,28 @@ class TapStack:
 
         self.stack = Stack(forwarding=forwarding)
         self.devices: list[tuple[Interface, TapDevice]] = []
+        self.seat = seat
+        devices = None
+        if seat is not None:
+            from stack.tcp.api import TcpConfig
+            if len(seat.devices) != len(attachments):
+                raise ValueError("the seat has a different number of devices")
+            devices = seat.devices
+            attachments = [replace(a, mac=m)
+                           for a, m in zip(attachments, seat.macs, strict=True)]
+            tcp_config = replace(tcp_config or TcpConfig(),
+                                             port_shard=(seat.index, seat.count))
         try:
-            for a in attachments:
-                dev = TapDevice.open(a.tap, netns=a.netns, offload=offload)
-                iface = self.stack.add_interface(a.tap, a.addr, mtu=dev.mtu, offload=offload)
+            for i, a in enumerate(attachments):
+                dev = (devices[i] if devices is not None
+                       else TapDevice.open(a.tap, netns=a.netns, offload=offload))
+                iface = self.stack.add_interface(a.tap, a.addr, mac=a.mac, mtu=dev.mtu,
+                                                 offload=dev.offload)
                 self.devices.append((iface, dev))
             for prefix, via in routes or []:
                 self.stack.add_route(prefix, via)
         except BaseException:
-            for _iface, dev in self.devices:
+            for dev in devices or [dev for _iface, dev in self.devices]:
                 dev.close()
             raise
         self.tcp = TcpLayer(self.stack, config=tcp_config, secret=host_secret())
@@ -301,6 +327,7 @@ class TapStack:
         # -- control socket (stack/control.py): False none, True the default path --
         self.control_path = control
         self.control = None
+        self.arp_share = None
 
     @property
     def splice_api(self):
@@ -315,6 +342,10 @@ class TapStack:
     def start(self) -> None:
         """Start reading the devices (inside a running event loop)."""
         self.driver.start()
+        if self.seat is not None and self.arp_share is None:
+            from stack.workers import ArpShare
+            self.arp_share = ArpShare(self, self.seat)
+            self.arp_share.start()
         if self.control_path is not False and self.control is None:
             from stack.control import ControlServer
             path = None if self.control_path is True else self.control_path
@@ -336,6 +367,8 @@ class TapStack:
         if self.control is not None:
             self.control.close()
             self.control = None
+        if self.arp_share is not None:
+            self.arp_share.stop()
         self.driver.stop()
         self.driver.close()
 
@@ -348,6 +381,7 @@ class TapStack:
             "connections": len(self.tcp.connections),
             "splice": self.splicer.stats()["counters"] if self.splicer is not None else {},
             "neighbours": len(self.stack.neigh),
+            **({"arp_share": dict(self.arp_share.counters)} if self.arp_share else {}),
         }
 
     async def __aenter__(self) -> TapStack:

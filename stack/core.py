@@ -203,7 +203,13 @@ class Stack:
             return self._drop("eth_ipv6_unsupported")
         return self._drop("eth_unknown_type")
 
-    def _arp_input(self, iface: Interface, skb: SkBuff, now: float) -> None:
+    def learn_arp(self, iface: Interface, skb: SkBuff, now: float) -> None:
+        """Learn from an ARP frame another process of this interface received, without
+        answering it (that process did; stack/workers.py)."""
+        self._arp_input(iface, skb, now, answer=False)
+
+    def _arp_input(self, iface: Interface, skb: SkBuff, now: float,
+                   answer: bool = True) -> None:
         try:
             pkt = ArpPacket.parse(skb.view()[ETH_HLEN:])
         except WireError as e:
@@ -216,7 +222,7 @@ class Stack:
         if not for_us:
             return self._drop("arp_not_for_us")
         self.counters["rx_arp"] += 1
-        if pkt.op == ARP_REQUEST:
+        if pkt.op == ARP_REQUEST and answer:
             self._send_arp(iface, ARP_REPLY, pkt.sha, iface.addr, pkt.sha, pkt.spa)
 
     def _send_arp(self, iface: Interface, op: int, eth_dst: bytes, spa: bytes, tha: bytes,

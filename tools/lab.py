@@ -97,8 +97,10 @@ def _side_up(ns: str, tap: str, addr: str, gw: str, mtu: int) -> None:
     if ns not in list_netns():
         _ip("netns", "add", ns)
     if not _link_exists(ns, tap):
-        # Persistent, with vnet_hdr allowed: the stack attaches later (DESIGN.md, lab).
-        _ip("-n", ns, "tuntap", "add", "dev", tap, "mode", "tap", "vnet_hdr")
+        # Persistent, with vnet_hdr allowed: the stack attaches later (DESIGN.md, lab);
+        # multi_queue so that several workers can each attach a queue (--workers).
+        _ip("-n", ns, "tuntap", "add", "dev", tap, "mode", "tap", "vnet_hdr",
+            "multi_queue")
     _ip("-n", ns, "link", "set", "lo", "up")
     _ip("-n", ns, "link", "set", "dev", tap, "mtu", str(mtu), "up")
     _ip("-n", ns, "addr", "replace", addr, "dev", tap)

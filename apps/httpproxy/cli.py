@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from apps import proxycli
 from apps.httpproxy.policy import HttpPolicy, PolicyError
@@ -19,7 +20,7 @@ from apps.socks.policy import (
     parse_network,
     parse_port,
 )
-from apps.stackcmd import add_common, open_stack, run_stack
+from apps.stackcmd import add_common, open_stack, run_command, run_stack
 
 log = logging.getLogger("tapsplice.httpproxy")
 
@@ -67,29 +68,45 @@ def cmd_http_proxy(args: argparse.Namespace) -> int:
     """Run the proxy until interrupted."""
     try:
         policy = policy_from_args(args)
-        cache = None
-        if args.cache_size > 0:
-            cache = CacheStore(args.cache_size, args.max_object, args.cache_dir)
+        if args.cache_size > 0:  # check the bounds before any worker starts
+            CacheStore(args.cache_size, args.max_object)
     except (PolicyError, ValueError, OSError) as e:
         print(f"tapsplice http-proxy: {e}", file=sys.stderr)
         return 2
     host, port = listen_address(args)
-    net = open_stack(args)
-    policy = default_destinations(policy, [iface for iface, _dev in net.devices], args.route)
 
-    async def setup(net) -> None:
-        splice = net.splice_api if args.mode == "splice" else None
-        proxy = HttpProxy(net, mode=args.mode, policy=policy, splice=splice, cache=cache)
-        await proxy.start(host, port)
-        log.info("http-proxy (%s mode) on %s:%d; cache %s; CONNECT ports %s; auth %s",
-                 args.mode, host, port,
-                 "off" if cache is None else f"{args.cache_size} bytes"
-                 + (f" in {args.cache_dir}" if args.cache_dir else " in memory"),
-                 ",".join(map(str, sorted(policy.connect_ports))),
-                 "basic" if policy.auth_required else "none")
+    def child(seat) -> int:
+        cache = make_cache(args, seat)
+        net = open_stack(args, seat=seat)
+        dests = default_destinations(policy, [iface for iface, _dev in net.devices],
+                                     args.route)
 
-    run_stack(net, setup)
-    return 0
+        async def setup(net) -> None:
+            splice = net.splice_api if args.mode == "splice" else None
+            proxy = HttpProxy(net, mode=args.mode, policy=dests, splice=splice, cache=cache)
+            await proxy.start(host, port)
+            log.info("http-proxy (%s mode) on %s:%d; cache %s; CONNECT ports %s; auth %s%s",
+                     args.mode, host, port,
+                     "off" if cache is None else f"{args.cache_size} bytes"
+                     + (f" in {cache.directory}" if args.cache_dir else " in memory"),
+                     ",".join(map(str, sorted(dests.connect_ports))),
+                     "basic" if dests.auth_required else "none",
+                     f"; worker {seat.index + 1} of {seat.count}" if seat else "")
+
+        run_stack(net, setup, seat)
+        return 0
+
+    return run_command(args, child)
+
+
+def make_cache(args: argparse.Namespace, seat) -> CacheStore | None:
+    """The cache of one process; each worker has its own (and its own directory)."""
+    if args.cache_size <= 0:
+        return None
+    directory = args.cache_dir
+    if directory is not None and seat is not None:
+        directory = str(Path(directory) / f"worker{seat.index}")
+    return CacheStore(args.cache_size, args.max_object, directory)
 
 
 def add_parser(subparsers) -> None:
@@ -114,11 +131,13 @@ def add_parser(subparsers) -> None:
                    help="smallest response body spliced one way (default 64K; smaller "
                         "bodies cost less to copy than to splice)")
     p.add_argument("--cache-size", type=parse_size, default=64 << 20, metavar="BYTES",
-                   help="cache bound in bytes, K/M/G suffixes (default 64M; 0: no cache)")
+                   help="cache bound in bytes, K/M/G suffixes (default 64M; 0: no cache); "
+                        "with --workers, each worker has a cache of its own")
     p.add_argument("--max-object", type=parse_size, default=8 << 20, metavar="BYTES",
                    help="largest response stored (default 8M)")
     p.add_argument("--cache-dir", metavar="DIR", default=None,
-                   help="keep the cache in DIR across restarts (default: memory only)")
+                   help="keep the cache in DIR across restarts (default: memory only); "
+                        "worker i uses DIR/workeri")
     p.add_argument("--users", metavar="FILE",
                    help='require Basic Proxy-Authorization; FILE has "user:password" lines')
     p.add_argument("--hosts", metavar="FILE",

@@ -20,7 +20,7 @@ from apps.socks.policy import (
     parse_port,
 )
 from apps.socks.server import MODES, SocksServer
-from apps.stackcmd import add_common, open_stack, run_stack
+from apps.stackcmd import add_common, open_stack, run_command, run_stack
 
 log = logging.getLogger("tapsplice.socks")
 
@@ -70,21 +70,28 @@ def cmd_socks(args: argparse.Namespace) -> int:
         print(f"tapsplice socks: {e}", file=sys.stderr)
         return 2
     host, port = listen_address(args)
-    net = open_stack(args)
-    policy = default_destinations(policy, [iface for iface, _dev in net.devices], args.route)
 
-    async def setup(net) -> None:
-        net.window_scheme = args.window_scheme
-        splice = net.splice_api if args.mode == "splice" else None
-        server = SocksServer(net, mode=args.mode, policy=policy, splice=splice)
-        await server.start(host, port)
-        log.info("socks (%s mode) on %s:%d; clients %s; destinations %s; auth %s", args.mode,
-                 host, port, ", ".join(map(str, server.policy.allow_clients or ())) or "none",
-                 ", ".join(map(str, server.policy.allow_dests or ())) or "any",
-                 "username/password" if policy.auth_required else "none")
+    def child(seat) -> int:
+        net = open_stack(args, seat=seat)
+        dests = default_destinations(policy, [iface for iface, _dev in net.devices],
+                                     args.route)
 
-    run_stack(net, setup)
-    return 0
+        async def setup(net) -> None:
+            net.window_scheme = args.window_scheme
+            splice = net.splice_api if args.mode == "splice" else None
+            server = SocksServer(net, mode=args.mode, policy=dests, splice=splice)
+            await server.start(host, port)
+            log.info("socks (%s mode) on %s:%d; clients %s; destinations %s; auth %s%s",
+                     args.mode, host, port,
+                     ", ".join(map(str, server.policy.allow_clients or ())) or "none",
+                     ", ".join(map(str, server.policy.allow_dests or ())) or "any",
+                     "username/password" if dests.auth_required else "none",
+                     f"; worker {seat.index + 1} of {seat.count}" if seat else "")
+
+        run_stack(net, setup, seat)
+        return 0
+
+    return run_command(args, child)
 
 
 def add_parser(subparsers) -> None:

@@ -13,6 +13,7 @@ copied into a bounded backlog that the driver flushes when the fd is writable.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -80,22 +81,61 @@ class TapDevice:
         first = HEADROOM - self._hlen
         self._iov = [[memoryview(skb.buf)[first:]] for skb in self._ring]
         self._cap = size - first
+        #: Opened as one queue of a multiqueue device.
+        self.multi_queue = False
 
     @classmethod
     def open(cls, name: str, *, netns: str | None = None, offload: bool = True,
-             batch: int = 64, backlog: int = 256) -> TapDevice:
+             batch: int = 64, backlog: int = 256, multi_queue: bool | None = None
+             ) -> TapDevice:
         """Attach to the existing TAP ``name`` (entering ``netns`` for the open).
 
+        ``multi_queue``: True attaches one more queue of a device created with
+        ``multi_queue`` (stack/netdev/steer.py); False requires a single-queue device;
+        None (the default) takes whichever the device is.
+
         FileNotFoundError when no such device exists (nothing is created);
-        pytun.Error when it exists but is not a TAP or is busy.
+        pytun.Error when it exists but is not a TAP, is busy, or has the other kind
+        of queues.
         """
-        if netns is None:
-            return cls._open_here(name, offload, batch, backlog)
-        with enter_netns(netns):
-            return cls._open_here(name, offload, batch, backlog)
+        return cls.open_queues(name, 1, netns=netns, offload=offload, batch=batch,
+                               backlog=backlog, multi_queue=multi_queue)[0]
 
     @classmethod
-    def _open_here(cls, name: str, offload: bool, batch: int, backlog: int) -> TapDevice:
+    def open_queues(cls, name: str, count: int, *, netns: str | None = None,
+                    offload: bool = True, batch: int = 64, backlog: int = 256,
+                    multi_queue: bool | None = None) -> list[TapDevice]:
+        """Open ``count`` queues of the TAP ``name``, in queue order (see :meth:`open`).
+
+        More than one queue needs a device created with ``multi_queue``.
+        """
+        if count < 1 or (count > 1 and multi_queue is False):
+            raise ValueError("one queue, or multi_queue for more")
+        if count > 1:
+            multi_queue = True
+        out: list[TapDevice] = []
+        try:
+            with enter_netns(netns) if netns is not None else contextlib.nullcontext():
+                for _ in range(count):
+                    out.append(cls._open_here(name, offload, batch, backlog, multi_queue))
+                    multi_queue = out[0].multi_queue
+        except BaseException:
+            for dev in out:
+                dev.close()
+            raise
+        return out
+
+    @classmethod
+    def _open_here(cls, name: str, offload: bool, batch: int, backlog: int,
+                   multi_queue: bool | None) -> TapDevice:
+        if multi_queue is None:
+            try:
+                return cls._open_here(name, offload, batch, backlog, False)
+            except pytun.Error as e:
+                # TUNSETIFF refuses (EINVAL) a flags mismatch on IFF_MULTI_QUEUE
+                if e.args and e.args[0] != errno.EINVAL:
+                    raise
+            return cls._open_here(name, offload, batch, backlog, True)
         # TUNSETIFF on a missing name would create a new, transient device here
         # (possibly in the root namespace); only attach to one that exists.
         try:
@@ -104,6 +144,8 @@ class TapDevice:
             raise FileNotFoundError(errno.ENODEV, f"no TAP device {name!r} "
                                     "(is the lab up?)") from None
         flags = pytun.IFF_TAP | pytun.IFF_NO_PI | (pytun.IFF_VNET_HDR if offload else 0)
+        if multi_queue:
+            flags |= pytun.IFF_MULTI_QUEUE
         dev = pytun.TunTapDevice(name=name, flags=flags)
         try:
             fd = dev.fileno()
@@ -115,7 +157,9 @@ class TapDevice:
             fcntl.ioctl(fd, TUNSETOFFLOAD, feats)
             os.set_blocking(fd, False)
             mtu = int(dev.mtu)  # read through a socket: must happen in the namespace
-            return cls(dev, offload=offload, mtu=mtu, batch=batch, backlog=backlog)
+            tap = cls(dev, offload=offload, mtu=mtu, batch=batch, backlog=backlog)
+            tap.multi_queue = bool(multi_queue)
+            return tap
         except BaseException:
             dev.close()
             raise

@@ -78,6 +78,9 @@ class TcpConfig:
     nodelay: bool = False
     max_connections: int = 65536     # bound of the connection table (TIME_WAIT included)
     ephemeral_ports: tuple[int, int] = (32768, 60999)
+    # (index, count): local ports of active opens are only those whose sum with the
+    # remote port is index mod count, the queue of this worker (stack/netdev/steer.py)
+    port_shard: tuple[int, int] = (0, 1)
     challenge_ack_limit: int = 1000  # per second, RFC 5961 §7
     tso_max: int = 65535 - 40 - 60   # largest super-segment payload (64 KB - headers)
     max_events: int = 1024           # bound of the pending event list

@@ -18,6 +18,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 
 from stack import seq
+from stack.netdev.steer import queue_of
 from stack.skbuff import SkBuff
 from stack.tcp import output
 from stack.tcp.api import (
@@ -435,7 +436,9 @@ class TcpLayer:
     def _ephemeral(self, src: bytes, dst: bytes, dport: int) -> int:
         """RFC 6056 §3.3.3 (Algorithm 3): a keyed per-destination offset plus a global
         counter, so that ports toward one destination are used in turn, not reused at
-        random while the peer may still hold them in TIME-WAIT."""
+        random while the peer may still hold them in TIME-WAIT. With a ``port_shard``
+        only this worker's ports qualify (stack/netdev/steer.py)."""
+        index, count = self.config.port_shard
         lo, hi = self.config.ephemeral_ports
         n = hi - lo + 1
         digest = hashlib.blake2s(src + dst + dport.to_bytes(2, "big"), key=self._port_key,
@@ -443,6 +446,8 @@ class TcpLayer:
         offset = int.from_bytes(digest, "big")
         for i in range(n):
             port = lo + (offset + self._port_counter + i) % n
+            if count > 1 and queue_of(port, dport, count) != index:
+                continue  # another worker's queue
             if (src, port, dst, dport) not in self.connections:
                 self._port_counter += i + 1
                 return port

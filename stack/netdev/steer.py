@@ -1,0 +1,165 @@
+"""Queue steering for a multiqueue TAP device: which worker reads which frame.
+
+A TAP device created with ``multi_queue`` can be opened several times; each open
+attaches one queue, and the kernel picks the queue of every frame it hands to user
+space. Left to itself it hashes the flow with a secret seed, and it remembers the
+queue a flow was last written on only for a few seconds — after which an idle
+connection's next segment may reach a process that has never heard of it. A steering
+program (TUNSETSTEERINGEBPF, Linux 4.16) replaces that choice with one the workers can
+compute: for TCP and UDP the queue is a hash of the sum of the two ports, mod N
+(:func:`queue_of`), the same for both directions of a connection. A worker that opens
+a connection picks its own local port so that the hash lands on its own queue
+(TcpConfig.port_shard); connections from outside land wherever the peer's port puts
+them, and the worker there accepts them.
+
+ICMP errors go where the segment they quote went (the quoted IP header and the first
+8 bytes of TCP carry both ports, RFC 792). Everything else — ARP, pings, fragments —
+goes to queue 0; the stack's workers share ARP through worker 0 (stack/workers.py).
+
+The program is a BPF_PROG_TYPE_SOCKET_FILTER of 35 instructions, assembled here and
+loaded with the bpf(2) system call through ctypes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import os
+import platform
+import struct
+
+# _IOR('T', 224, int): attach a steering program to the device of this descriptor.
+TUNSETSTEERINGEBPF = 0x800454E0
+_BPF_PROG_LOAD = 5
+_BPF_PROG_TYPE_SOCKET_FILTER = 1
+_SYS_BPF = {"x86_64": 321, "aarch64": 280}
+_LOG_SIZE = 1 << 16
+
+# Opcodes (linux/bpf.h, linux/bpf_common.h): loads from the packet, 64-bit ALU with
+# an immediate (K) or a register (X), jumps, exit.
+_LD_ABS_B, _LD_ABS_H = 0x30, 0x28
+_LD_IND_B, _LD_IND_H = 0x50, 0x48
+_MOV_K, _MOV_X = 0xB7, 0xBF
+_ADD_K, _ADD_X, _AND_K, _LSH_K, _MOD_K = 0x07, 0x0F, 0x57, 0x67, 0x97
+_MUL32_K, _RSH32_K = 0x24, 0x74  # 32-bit ALU: the result is zero-extended
+_JA, _JEQ_K, _JNE_K, _JSET_K = 0x05, 0x15, 0x55, 0x45
+_EXIT = 0x95
+_INSN = struct.Struct("<BBhi")
+
+_ETH_P_IP = 0x0800
+_ICMP_ERRORS = (3, 4, 11, 12)  # unreachable, source quench, time exceeded, parameter
+# Knuth's multiplicative hash constant (2**32 / golden ratio): the port sum is mixed
+# before the modulo, because Linux picks the ports of its connects with one parity
+# (even), which would put every connection of a client on one of two queues.
+_GOLDEN = 0x9E3779B1
+
+
+class SteeringError(OSError):
+    """The kernel refused the program or the device refused the attachment."""
+
+
+def _assemble(lines: list[tuple]) -> bytes:
+    """Assemble ``(op, dst, src, imm, target_label)`` tuples and ``"label"`` strings;
+    jump offsets count instructions after the jump."""
+    labels: dict[str, int] = {}
+    insns: list[tuple] = []
+    for line in lines:
+        if isinstance(line, str):
+            labels[line] = len(insns)
+        else:
+            insns.append(line)
+    out = []
+    for i, (op, dst, src, imm, target) in enumerate(insns):
+        off = labels[target] - i - 1 if target else 0
+        out.append(_INSN.pack(op, (src << 4) | dst, off, imm))
+    return b"".join(out)
+
+
+def port_sum_program(queues: int) -> bytes:
+    """The steering program for ``queues`` queues, as raw eBPF instructions.
+
+    r6 holds the packet (LD_ABS and LD_IND read from it in network byte order), r7
+    the offset of the ports minus 14 (the Ethernet header), r8 the first port. A read
+    beyond the end of the frame ends the program with 0: a truncated frame goes to
+    queue 0.
+    """
+    if not 1 <= queues <= 256:
+        raise ValueError(f"queues must be 1..256, not {queues}")
+    quoted = [(_JEQ_K, 0, 0, t, "quoted") for t in _ICMP_ERRORS]
+    return _assemble([
+        (_MOV_X, 6, 1, 0, None),             # r6 = the packet
+        (_LD_ABS_H, 0, 0, 12, None),         # ethertype
+        (_JNE_K, 0, 0, _ETH_P_IP, "zero"),
+        (_LD_ABS_B, 0, 0, 14, None),         # version/IHL
+        (_AND_K, 0, 0, 0x0F, None),
+        (_LSH_K, 0, 0, 2, None),
+        (_MOV_X, 7, 0, 0, None),             # r7 = IP header length
+        (_LD_ABS_H, 0, 0, 20, None),         # flags, fragment offset
+        (_JSET_K, 0, 0, 0x3FFF, "zero"),     # a fragment: no ports in most of them
+        (_LD_ABS_B, 0, 0, 23, None),         # protocol
+        (_JEQ_K, 0, 0, 6, "ports"),          # TCP
+        (_JEQ_K, 0, 0, 17, "ports"),         # UDP
+        (_JNE_K, 0, 0, 1, "zero"),           # not ICMP
+        (_LD_IND_B, 0, 7, 14, None),         # ICMP type
+        *quoted,
+        (_JA, 0, 0, 0, "zero"),              # an echo or another ICMP message
+        "quoted",
+        (_LD_IND_B, 0, 7, 14 + 8, None),     # the quoted IP header's version/IHL
+        (_AND_K, 0, 0, 0x0F, None),
+        (_LSH_K, 0, 0, 2, None),
+        (_ADD_X, 7, 0, 0, None),
+        (_ADD_K, 7, 0, 8, None),             # past the ICMP header
+        "ports",
+        (_LD_IND_H, 0, 7, 14, None),         # source port
+        (_MOV_X, 8, 0, 0, None),
+        (_LD_IND_H, 0, 7, 16, None),         # destination port
+        (_ADD_X, 0, 8, 0, None),
+        (_MUL32_K, 0, 0, _GOLDEN - (1 << 32), None),  # imm is signed; same low bits
+        (_RSH32_K, 0, 0, 16, None),
+        (_MOD_K, 0, 0, queues, None),
+        (_EXIT, 0, 0, 0, None),
+        "zero",
+        (_MOV_K, 0, 0, 0, None),
+        (_EXIT, 0, 0, 0, None),
+    ])
+
+
+def queue_of(sport: int, dport: int, queues: int) -> int:
+    """The queue the program picks for a TCP or UDP frame between these ports."""
+    return ((((sport + dport) * _GOLDEN) & 0xFFFFFFFF) >> 16) % queues
+
+
+def load_program(code: bytes) -> int:
+    """Load a socket-filter program; return its descriptor (SteeringError if refused)."""
+    nr = _SYS_BPF.get(platform.machine())
+    if nr is None:
+        raise SteeringError(errno.ENOSYS, f"bpf(2) number unknown on {platform.machine()}")
+    libc = ctypes.CDLL(None, use_errno=True)
+    insns = ctypes.create_string_buffer(code, len(code))
+    license_ = ctypes.create_string_buffer(b"GPL")
+    log = ctypes.create_string_buffer(_LOG_SIZE)
+    # union bpf_attr, BPF_PROG_LOAD: prog_type, insn_cnt, insns, license, log_level,
+    # log_size, log_buf, kern_version; the rest zero.
+    attr = struct.pack("<IIQQIIQI", _BPF_PROG_TYPE_SOCKET_FILTER, len(code) // 8,
+                       ctypes.addressof(insns), ctypes.addressof(license_), 1, _LOG_SIZE,
+                       ctypes.addressof(log), 0).ljust(128, b"\0")
+    buf = ctypes.create_string_buffer(attr, len(attr))
+    fd = libc.syscall(nr, _BPF_PROG_LOAD, buf, len(attr))
+    if fd < 0:
+        err = ctypes.get_errno()
+        text = log.value.decode(errors="replace").strip().splitlines()
+        raise SteeringError(err, f"bpf program refused: {os.strerror(err)}"
+                                 + (f" ({text[-1]})" if text else ""))
+    return fd
+
+
+def attach_steering(tap_fd: int, queues: int) -> None:
+    """Steer the frames of the device behind ``tap_fd`` by port sum over ``queues``."""
+    prog = load_program(port_sum_program(queues))
+    try:
+        fcntl.ioctl(tap_fd, TUNSETSTEERINGEBPF, struct.pack("i", prog))
+    except OSError as e:
+        raise SteeringError(e.errno, f"TUNSETSTEERINGEBPF: {e.strerror}") from None
+    finally:
+        os.close(prog)  # the device holds its own reference
