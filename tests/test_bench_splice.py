@@ -104,14 +104,15 @@ def test_ratios_per_direction() -> None:
 def test_targets_met_not_met_and_not_measured() -> None:
     out = Outcome(transfers=[_result("splice-download", [6.0]), _result("copy-download", [3.0]),
                              _result("kernel-download", [5.0])],
-                  rps={"splice": {"rps": 2500.0}},
+                  rps={"splice": {"rps": 1500.0}, "splice-workers": {"rps": 2500.0}},
                   memory={"delta_bytes": 150e6, "pairs_held": 10})
     rows = {row["target"]: row["met"] for row in targets(out)}
     assert rows["splice download vs_kernel >= 1x"] is True
     assert rows["splice download splice_vs_copy >= 3x"] is False
     assert rows["splice download vs_uvsocks >= 1.5x"] is None
     assert rows["splice upload vs_kernel >= 1x"] is None
-    assert rows["splice req/s >= 2000"] is True
+    assert rows["splice req/s >= 2000 (one process)"] is False
+    assert rows["splice req/s >= 2000 (2 workers)"] is True
     assert rows["idle pairs memory <= 100 MB"] is False
 
 
@@ -468,7 +469,7 @@ def test_bench_splice_end_to_end(tmp_path: Path) -> None:
         assert path["median_gbit_per_s"] > 0
         assert path["samples"] and all(s["bytes"] == size for s in path["samples"])
     assert {p["direction"] for p in report["paths"]} == {"download", "upload"}
-    for name in ("splice", "uvsocks"):
+    for name in ("splice", "splice-workers", "uvsocks"):
         rps = report["rps"][name]
         assert rps["ok"] > 0 and rps["errors"] == 0 and rps["rps"] > 0
     mem = report["memory"]
@@ -476,3 +477,5 @@ def test_bench_splice_end_to_end(tmp_path: Path) -> None:
     assert mem["rss_after_bytes"] > 0 and mem["bytes_per_pair"] is not None
     spliced = report["process_summaries"]["splice"]["splice"]
     assert spliced["splices"] >= 1 and spliced.get("copied_payload_bytes", 0) == 0
+    workers = report["process_summaries"]["splice-workers"]
+    assert workers["splice"]["splices"] >= 1 and len(workers["workers"]) == 2

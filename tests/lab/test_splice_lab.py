@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -223,6 +225,43 @@ def test_many_concurrent_splices(lab, kernel_server, spliced):
     summary = finish(spliced)
     assert summary["splice"]["splices"] == 1000
     assert summary["splice"].get("copied_payload_bytes", 0) == 0
+
+
+def wait_logged(stack: StackProcess, text: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in stack.log.read_text(errors="replace"):
+        assert stack.proc.poll() is None, stack.log.read_text()
+        assert time.monotonic() < deadline, stack.log.read_text()[-3000:]
+        time.sleep(0.05)  # poll interval while the workers start
+
+
+def test_two_workers_share_the_connections(lab, kernel_server, tmp_path):
+    stack = StackProcess(lab, "socks", "--mode", "splice", "--workers", "2",
+                         "--max-connections", "2000", log=tmp_path / "workers.log")
+    wait_logged(stack, "ready")
+    assert socks_client(lab, "echo", 7000, 32 << 10, count=400) == (400, 400)
+    assert socks_client(lab, "download", 7003, 8 << 20, count=4) == (4, 4)
+    summary = stack.stop()
+    assert summary["splice"]["splices"] == 404
+    assert summary["splice"].get("copied_payload_bytes", 0) == 0
+    per_worker = [w["connections"] for w in summary["workers"]]
+    # each worker accepted clients and opened their server connections itself (worker
+    # 1 after learning the server's MAC through worker 0)
+    assert len(per_worker) == 2 and min(per_worker) >= 100, per_worker
+    assert summary["arp_share"]["arp_learned"] >= 1
+
+
+def test_workers_stop_together_when_one_dies(lab, tmp_path):
+    stack = StackProcess(lab, "socks", "--workers", "2", log=tmp_path / "die.log")
+    wait_logged(stack, "ready")
+    kids = subprocess.run(["pgrep", "-P", str(stack.proc.pid)], capture_output=True,
+                          text=True, timeout=10).stdout.split()
+    assert len(kids) == 2
+    os.kill(int(kids[1]), signal.SIGKILL)
+    assert stack.proc.wait(timeout=30) == 1
+    assert "worker 1 exited" in stack.log.read_text()
+    for pid in kids:  # the supervisor stopped and reaped the other one too
+        assert not os.path.exists(f"/proc/{pid}")
 
 
 OPTIONS = ("tcp_timestamps", "tcp_sack", "tcp_window_scaling")

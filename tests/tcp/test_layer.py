@@ -45,6 +45,16 @@ def test_ephemeral_ports_run_out_with_a_typed_error():
         layer.connect(B, 80, 0.0, sport=40000)
 
 
+@pytest.mark.parametrize("index,count", [(0, 2), (1, 2), (2, 3)])
+def test_a_worker_opens_connections_only_on_ports_of_its_own_queue(index, count):
+    from stack.netdev.steer import queue_of
+    layer = TcpLayer(Capture(), config=TcpConfig(port_shard=(index, count)),
+                     rng=random.Random(1))
+    conns = [layer.connect(B, dport, 0.0) for dport in (80, 443, 1080) for _ in range(40)]
+    assert all(queue_of(c.local_port, c.remote_port, count) == index for c in conns)
+    assert len({(c.local_port, c.remote_port) for c in conns}) == len(conns)
+
+
 def test_listen_twice_is_refused():
     layer = TcpLayer(Capture(), rng=random.Random(1))
     layer.listen(A, 80)

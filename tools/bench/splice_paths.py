@@ -369,17 +369,18 @@ class StackSocksRoute(Route):
 
     lab_kind = "stack"
 
-    def __init__(self, mode: str, max_connections: int = 1024) -> None:
+    def __init__(self, mode: str, max_connections: int = 1024, workers: int = 1) -> None:
         super().__init__()
         self.mode = mode
-        self.name = mode
-        self.label = f"stack socks {mode}"
+        self.workers = workers
+        self.name = mode if workers == 1 else f"{mode}-workers"
+        self.label = f"stack socks {mode}" + (f", {workers} workers" if workers > 1 else "")
         self.max_connections = max_connections
 
     def _service(self, lab: Any) -> Service:
-        return Service(f"socks-{self.mode}", lab.stack_argv(
-            "socks", "--mode", self.mode, "--max-connections", str(self.max_connections)),
-            lab.logdir)
+        return Service(f"socks-{self.name}", lab.stack_argv(
+            "socks", "--mode", self.mode, "--max-connections", str(self.max_connections),
+            "--workers", str(self.workers)), lab.logdir)
 
     def proxy(self, lab: Any) -> tuple[str, int]:
         """The stack's client-side address, port 1080."""
@@ -446,6 +447,10 @@ class MicrosocksRoute(UvSocksRoute):
 
 
 ALL_ROUTES = ("splice", "copy", "stack-router", "kernel", "uvsocks", "microsocks")
+#: The spliced proxy as two worker processes (one per core): requests/s only, since a
+#: single transfer is one connection and so one worker.
+WORKERS_ROUTE = "splice-workers"
+RPS_WORKERS = 2
 
 
 def make_routes(names: list[str], max_connections: int = 1024) -> list[Route]:
@@ -457,5 +462,6 @@ def make_routes(names: list[str], max_connections: int = 1024) -> list[Route]:
         "kernel": KernelRoute,
         "uvsocks": UvSocksRoute,
         "microsocks": MicrosocksRoute,
+        WORKERS_ROUTE: lambda: StackSocksRoute("splice", max_connections, RPS_WORKERS),
     }
-    return [makers[n]() for n in ALL_ROUTES if n in names]
+    return [makers[n]() for n in (*ALL_ROUTES, WORKERS_ROUTE) if n in names]
