@@ -399,6 +399,27 @@ class StackRouterRoute(Route):
         return Service("router", lab.stack_argv("router"), lab.logdir)
 
 
+class TapForwarderRoute(Route):
+    """tools/bench/tapfwd.py: the least a Python program can do between the two TAPs
+    (the ceiling of the stack's own paths on this machine)."""
+
+    lab_kind = "stack"
+    socks = False
+
+    def __init__(self, threads: int = 1) -> None:
+        super().__init__()
+        self.threads = threads
+        self.name = "tapfwd" if threads == 1 else "tapfwd-threads"
+        self.label = "bare Python TAP forwarder" + (", 2 threads" if threads > 1 else "")
+
+    def _service(self, lab: Any) -> Service:
+        c = lab.cfg
+        return Service(self.name, python_argv(
+            "tools.bench.tapfwd", "--client-ns", c.client_ns, "--client-tap", c.client_tap,
+            "--server-ns", c.server_ns, "--server-tap", c.server_tap,
+            "--threads", str(self.threads)), lab.logdir)
+
+
 class KernelRoute(Route):
     """The Linux kernel forwarding between veth pairs (the baseline)."""
 
@@ -446,7 +467,8 @@ class MicrosocksRoute(UvSocksRoute):
             raise
 
 
-ALL_ROUTES = ("splice", "copy", "stack-router", "kernel", "uvsocks", "microsocks")
+ALL_ROUTES = ("splice", "copy", "stack-router", "tapfwd", "tapfwd-threads", "kernel", "uvsocks",
+              "microsocks")
 #: The spliced proxy as two worker processes (one per core): requests/s only, since a
 #: single transfer is one connection and so one worker.
 WORKERS_ROUTE = "splice-workers"
@@ -459,6 +481,8 @@ def make_routes(names: list[str], max_connections: int = 1024) -> list[Route]:
         "splice": lambda: StackSocksRoute("splice", max_connections),
         "copy": lambda: StackSocksRoute("copy", max_connections),
         "stack-router": StackRouterRoute,
+        "tapfwd": TapForwarderRoute,
+        "tapfwd-threads": lambda: TapForwarderRoute(threads=2),
         "kernel": KernelRoute,
         "uvsocks": UvSocksRoute,
         "microsocks": MicrosocksRoute,

@@ -15,6 +15,7 @@ from typing import Any
 from tools.bench.harness import BenchTimeout, PathResult
 from tools.bench.proc import CommandError, ns_cmd, run
 from tools.bench.splice_paths import (
+    ALL_ROUTES,
     DIRECTIONS,
     HOLD_PORT,
     HTTP_PORT,
@@ -73,7 +74,7 @@ def _nothing(text: str, advance: bool) -> None:
 def planned_steps(plan: Plan) -> int:
     """How many progress steps a plan has (samples, rps runs, the memory run)."""
     transfer_routes = [r for r in plan.routes if r in
-                       ("splice", "copy", "stack-router", "kernel", "uvsocks", "microsocks")]
+                       ALL_ROUTES]
     steps = len(transfer_routes) * len(DIRECTIONS) * plan.repeats
     return steps + (len(RPS_ROUTES) if plan.rps else 0) + (1 if plan.memory else 0)
 
