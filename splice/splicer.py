@@ -67,7 +67,7 @@ class Splicer:
 
     def __init__(self, stack: Stack, tcp: TcpLayer, *, queue_limit: int = 8 << 20,
                  timewait: float | None = None, max_pairs: int = 65536,
-                 window_scheme: str = "rescale") -> None:
+                 max_timewait: int | None = None, window_scheme: str = "rescale") -> None:
         if window_scheme not in WINDOW_SCHEMES:
             raise ValueError(f"window scheme {window_scheme!r}: one of {WINDOW_SCHEMES}")
         self.stack = stack
@@ -76,6 +76,12 @@ class Splicer:
         self.queue_limit = queue_limit
         self.timewait = 2 * tcp.config.msl if timewait is None else timewait
         self.max_pairs = max_pairs
+        #: Bound of pairs in TIMEWAIT (default a quarter of max_pairs). A proxy closing
+        #: 1,500 pairs a second would otherwise hold 90,000 for the 2*MSL of 60 s: past
+        #: the bound the oldest one ends its TIMEWAIT early (counted timewait_recycled),
+        #: as Linux ends TIME-WAIT early past tcp_max_tw_buckets.
+        self.max_timewait = max(1, max_pairs // 4) if max_timewait is None else max_timewait
+        self.in_timewait = 0
         self.sides: dict[int, Side] = {}           # id(tcb) -> its side
         #: Arriving 4-tuple (local, lport, remote, rport) -> side, for pairs where both
         #: interfaces relay: their segments skip TCP's parsing (see SpliceDemux).
@@ -121,7 +127,7 @@ class Splicer:
         if client.state is not TcpState.ESTABLISHED:
             raise SpliceError(f"the client connection is {client.state.name}, "
                               "not ESTABLISHED")
-        if len(self.pairs) >= self.max_pairs:
+        if len(self.pairs) >= self.max_pairs and not self._recycle_timewait(now, 1):
             raise SpliceError("too many splices")
         server = self.tcp.connect(dst, dport, now, setup=lambda t: self._mirror(t, client))
         c = Side(client, "client", S.ESTABLISHED)
@@ -444,6 +450,9 @@ class Splicer:
                 pair = self._pair_of(side)
                 pair.timewait_until = now + self.timewait
                 heapq.heappush(self._heap, (pair.timewait_until, next(self._tie), pair))
+                self.in_timewait += 1
+                if self.in_timewait > self.max_timewait:
+                    self._recycle_timewait(now, self.in_timewait - self.max_timewait)
                 if self.on_finished is not None:
                     self.on_finished(pair)
 
@@ -489,9 +498,25 @@ class Splicer:
             side.pending = None
             side.pending_bytes = 0
         self.pairs.pop(id(pair.client), None)
+        if pair.timewait_until is not None:
+            self.in_timewait -= 1
         self.counters["closed"] += 1
         if self.on_close is not None:
             self.on_close(pair)
+
+    def _recycle_timewait(self, now: float, count: int) -> int:
+        """End the TIMEWAIT of up to ``count`` pairs, oldest first; how many ended."""
+        done = 0
+        while done < count and self._heap:
+            _t, _tie, pair = heapq.heappop(self._heap)
+            if pair.closed:
+                continue
+            for side in pair.sides():
+                side.apply(E.TIMEOUT)
+            self._teardown(pair, now)
+            self.counters["timewait_recycled"] += 1
+            done += 1
+        return done
 
     def abandon(self, client: Tcb, now: float) -> None:
         """Give up a splice before splice() (the server could not be reached): the

@@ -296,7 +296,10 @@ def _supervise(children: list[_Child], ready_timeout: float) -> int:
                 if time.monotonic() - stop_at > STOP_GRACE:
                     for c in children:
                         if c.exit_code is None:
-                            os.kill(c.pid, signal.SIGKILL)
+                            try:
+                                os.kill(c.pid, signal.SIGKILL)
+                            except ProcessLookupError:
+                                pass
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)

@@ -77,6 +77,9 @@ class TcpConfig:
     ooo_max_segments: int = 4096     # ... and of its number of buffers
     nodelay: bool = False
     max_connections: int = 65536     # bound of the connection table (TIME_WAIT included)
+    # bound of connections in TIME-WAIT: past it the oldest one ends early, as Linux does
+    # past tcp_max_tw_buckets (otherwise 1,000 closes/s would fill the table in a minute)
+    max_time_wait: int = 16384
     ephemeral_ports: tuple[int, int] = (32768, 60999)
     # (index, count): local ports of active opens are only those whose sum with the
     # remote port is index mod count, the queue of this worker (stack/netdev/steer.py)

@@ -296,3 +296,4 @@ def enter_time_wait(tcb: Tcb, now: float) -> None:
     tcb.timer_close = now + 2 * tcb.config.msl
     tcb.write_queue.purge()
     tcb.send_head = None
+    tcb.layer.note_time_wait(tcb)

@@ -32,6 +32,7 @@ from stack.tcp.api import (
 from stack.tcp.input import output_after_batch, segment_arrives
 from stack.tcp.isn import IsnGenerator
 from stack.tcp.options import apply_peer_syn
+from stack.tcp.state import Event
 from stack.tcp.syncookies import SynCookies, decode_ts_options, encode_ts_options
 from stack.tcp.tcb import Tcb
 from stack.tcp.timers import arm_keepalive, run_timers
@@ -102,6 +103,8 @@ class TcpLayer:
         self.config = config or TcpConfig()
         self.rng = rng or random.Random()
         self.connections: dict[Key, Tcb] = {}
+        #: Connections in the order they entered TIME-WAIT (note_time_wait).
+        self._time_waits: deque[Tcb] = deque()
         self.listeners: dict[tuple[bytes, int], Listener] = {}
         self.counters: Counter[str] = Counter()
         def key(use: bytes) -> bytes:
@@ -423,6 +426,18 @@ class TcpLayer:
         output.send_syn(tcb, now)
         self.after_call(tcb)
         return tcb
+
+    def note_time_wait(self, tcb: Tcb) -> None:
+        """``tcb`` entered TIME-WAIT; past ``max_time_wait`` the oldest ends it now."""
+        q = self._time_waits
+        q.append(tcb)
+        while len(q) > self.config.max_time_wait:
+            old = q.popleft()
+            if old.state is TcpState.TIME_WAIT and old.hashed:
+                old.apply(Event.TIMEOUT)
+                if old.state is not TcpState.CLOSED:
+                    old.set_closed()
+                self.count("time_wait_recycled")
 
     def ts_offset_for(self, local: bytes, remote: bytes) -> int:
         """Our timestamp clock's offset toward ``remote``: keyed per address pair, as

@@ -139,6 +139,27 @@ def test_owed_reply_makes_client_pre_spliced_then_everything_ends_in_timewait():
     simulate(body, faults=delay, timewait=30.0)
 
 
+def test_pairs_past_the_timewait_bound_end_it_early_oldest_first():
+    async def body(w: World):
+        w.splicer.max_timewait = 2
+        for i in range(4):
+            reader, writer = await connect(w)
+            data = bytes([i]) * 1000
+            assert await exchange(reader, writer, data) == data
+            assert await w.until(lambda n=i: w.pairs[n].client.state is S.TIMEWAIT
+                                 or w.pairs[n].closed)
+        # the two oldest ended their TIMEWAIT early, the two newest still relay
+        assert [p.closed for p in w.pairs] == [True, True, False, False]
+        assert w.splicer.in_timewait == 2 and len(w.splicer.pairs) == 2
+        assert w.splicer.counters["timewait_recycled"] == 2
+        assert all(p.client.state is S.TIMEWAIT for p in w.pairs[2:])
+        assert len(w.splicer.tcp.connections) == 4
+        assert await w.until(lambda: all(p.closed for p in w.pairs))
+        assert w.splicer.in_timewait == 0 and not w.splicer.tcp.connections
+
+    simulate(body, timewait=30.0)
+
+
 def test_server_banner_queued_before_splice_and_delivered_first():
     async def banner(reader, writer):
         writer.write(b"HELLO FROM ORIGIN\n")

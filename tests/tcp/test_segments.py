@@ -336,6 +336,22 @@ def test_active_close_and_time_wait():
     assert tcb.state is S.CLOSED and not p.layer.connections
 
 
+def test_connections_past_the_time_wait_bound_end_it_early_oldest_first():
+    p = Peer(TcpConfig(max_time_wait=2))
+    tcbs = []
+    for i in range(4):
+        _, tcb, _ = p.accept_connection(port=80 + i)
+        tcb.shutdown_write(1.0 + i)
+        (fin,) = p.take()
+        p.send(ACK, ack=sq.add(fin.hdr.seq, 1), now=1.1 + i)
+        p.send(FIN | ACK, now=1.2 + i)
+        p.take()
+        tcbs.append(tcb)
+    assert [t.state for t in tcbs] == [S.CLOSED, S.CLOSED, S.TIME_WAIT, S.TIME_WAIT]
+    assert p.layer.counters["time_wait_recycled"] == 2
+    assert len(p.layer.connections) == 2
+
+
 def test_simultaneous_close_goes_through_closing():
     p = Peer()
     _, tcb, _ = p.accept_connection()
