@@ -70,10 +70,17 @@ def process_ack(tcb: Tcb, hdr: TcpHeader, plen: int, now: float) -> bool:
 
 
 def rack_loss(tcb: Tcb, now: float) -> None:
-    """RACK (RFC 8985 §6.2) on an ACK while holes remain: mark what is lost by time;
-    a first loss starts fast recovery (§6.2 step 5 hands over to RFC 6675)."""
+    """RACK (RFC 8985 §6.2) on an ACK while holes remain (or when its reordering
+    timer fires): mark what is lost by time; a first loss starts fast recovery (§6.2
+    step 5 hands over to RFC 6675). What may still be only reordered arms the
+    reordering timer (§6.3) when nothing is due sooner."""
     if rack.detect_loss(tcb, now) and not tcb.in_recovery and not tcb.rto_recovery:
         enter_recovery(tcb, now)
+    reo = tcb.rack_reo_at
+    if reo is not None and tcb.rtx_kind != "persist" and (
+            tcb.timer_rtx is None or reo < tcb.timer_rtx):
+        tcb.timer_rtx = reo
+        tcb.rtx_kind = "reo"
 
 
 def update_window(tcb: Tcb, hdr: TcpHeader, window: int) -> None:

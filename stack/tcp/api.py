@@ -88,7 +88,9 @@ class TcpConfig:
     tso_max: int = 65535 - 40 - 60   # largest super-segment payload (64 KB - headers)
     max_events: int = 1024           # bound of the pending event list
     tlp: bool = True                 # tail loss probes (RFC 8985 §7)
-    tlp_min: float = 0.005           # floor of the probe timeout (seconds)
+    # floor of the probe timeout (seconds): Linux arms 2*SRTT + 2 jiffies (2 ms at
+    # HZ=1000); the event loop's clock has 1 ms steps
+    tlp_min: float = 0.002
 
 
 class TcpState(enum.Enum):

@@ -466,15 +466,16 @@ def mark_sent(tcb: Tcb, first: SkBuff, last: SkBuff, now: float) -> None:
 
 
 def arm_rtx(tcb: Tcb, now: float) -> None:
-    """(Re)start the retransmission timer (RFC 6298 §5.1, §5.3), or the loss probe
-    timer in its place where RFC 8985 §7.2 schedules one (it fires first)."""
+    """(Re)start the retransmission timer (RFC 6298 §5.1, §5.3), or in its place the
+    loss probe timer where RFC 8985 §7.2 schedules one, or RACK's reordering timer
+    (§6.3) when that is due first."""
     pto = rack.pto_delay(tcb)
-    if pto is not None:
-        tcb.timer_rtx = now + pto
-        tcb.rtx_kind = "tlp"
-        return
-    tcb.timer_rtx = now + tcb.rtt.rto
-    tcb.rtx_kind = "rtx"
+    at, kind = (now + pto, "tlp") if pto is not None else (now + tcb.rtt.rto, "rtx")
+    reo = tcb.rack_reo_at
+    if reo is not None and reo < at:
+        at, kind = max(reo, now), "reo"
+    tcb.timer_rtx = at
+    tcb.rtx_kind = kind
 
 
 def push(tcb: Tcb, now: float) -> None:

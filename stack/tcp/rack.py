@@ -67,10 +67,16 @@ def detect_loss(tcb: Tcb, now: float) -> int:
 
     A buffer already retransmitted and found lost again loses its RETRANS mark, so
     that the recovery code sends it once more. Returns the bytes newly marked.
+
+    A buffer sent before the delivered data but still inside its RACK.rtt + reo_wnd
+    sets the reordering timer (§6.3, ``rack_reo_at``) for when that runs out: without
+    it, a hole at the end of a flight would wait for the retransmission timer.
     """
+    tcb.rack_reo_at = None
     if not tcb.rack_xmit:
         return 0
-    deadline = now - reo_wnd(tcb) - tcb.rack_rtt
+    window = reo_wnd(tcb) + tcb.rack_rtt
+    reo_at: float | None = None
     newly = 0
     skb = tcb.write_queue.first
     head = tcb.send_head
@@ -82,12 +88,18 @@ def detect_loss(tcb: Tcb, now: float) -> int:
             # RACK.rtt + reo_wnd has run out: lost.
             before = when < tcb.rack_xmit or (when == tcb.rack_xmit
                                               and seq.lt(skb.end_seq, tcb.rack_end))
-            if before and when <= deadline:
+            # (one expression for both tests: a timer set for ``expiry`` must find
+            # the buffer lost when it fires, whatever the float rounding)
+            expiry = when + window
+            if before and expiry <= now:
                 skb.sacked = (marks | LOST) & ~RETRANS
                 newly += seq.sub(skb.end_seq, skb.seq)
+            elif before and (reo_at is None or expiry < reo_at):
+                reo_at = expiry
         skb = skb.next
     if newly:
         tcb.layer.counters["rack_lost_bytes"] += newly
+    tcb.rack_reo_at = reo_at
     return newly
 
 

@@ -63,7 +63,7 @@ class Tcb:
         # loss recovery
         "rtt", "cc", "_scoreboard", "retransmits", "total_retrans", "dupacks",
         "in_recovery", "recover", "rto_recovery", "last_send", "probes_out",
-        "persist_backoff", "rack_xmit", "rack_end", "rack_rtt", "tlp_end",
+        "persist_backoff", "rack_xmit", "rack_end", "rack_rtt", "rack_reo_at", "tlp_end",
         # timers
         "timer_rtx", "rtx_kind", "timer_delack", "timer_keepalive", "timer_close",
         "heap_deadline", "ack_now",
@@ -161,6 +161,7 @@ class Tcb:
         self.rack_xmit = 0.0
         self.rack_end = 0
         self.rack_rtt = 0.0
+        self.rack_reo_at: float | None = None  # RACK reordering timer (RFC 8985 §6.3)
         self.tlp_end: int | None = None  # snd_nxt after a loss probe, until it is acked
 
     def _init_timers(self) -> None:

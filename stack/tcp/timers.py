@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from stack import seq
 from stack.tcp import output
+from stack.tcp.ack import rack_loss
 from stack.tcp.api import TcpState, TcpTimeout
 from stack.tcp.sack import RETRANS
 from stack.tcp.state import Event
@@ -33,6 +34,8 @@ def run_timers(tcb: Tcb, now: float) -> None:
         tcb.timer_rtx = None
         if tcb.rtx_kind == "persist":
             persist_timeout(tcb, now)
+        elif tcb.rtx_kind == "reo":
+            reo_timeout(tcb, now)
         elif tcb.rtx_kind == "tlp":
             probe_timeout(tcb, now)
         else:
@@ -46,6 +49,16 @@ def run_timers(tcb: Tcb, now: float) -> None:
     if tcb.timer_keepalive is not None and now >= tcb.timer_keepalive:
         tcb.timer_keepalive = None
         keepalive_timeout(tcb, now)
+
+
+def reo_timeout(tcb: Tcb, now: float) -> None:
+    """RACK's reordering timer (RFC 8985 §6.3): what was still inside the reordering
+    window when the last ACK came is judged again; the lost part is retransmitted."""
+    tcb.layer.counters["rack_reo_timeouts"] += 1
+    rack_loss(tcb, now)
+    output.push(tcb, now)
+    if tcb.timer_rtx is None and tcb.snd_nxt != tcb.snd_una:
+        output.arm_rtx(tcb, now)
 
 
 def close_timeout(tcb: Tcb) -> None:
@@ -97,8 +110,13 @@ def rtx_timeout(tcb: Tcb, now: float) -> None:
 def probe_timeout(tcb: Tcb, now: float) -> None:
     """RFC 8985 §7.3: send a tail loss probe, then arm the retransmission timer.
 
-    The probe is one segment of new data when the peer's window takes it (it
-    also makes progress), else the last segment sent, again.
+    The probe is new data when the peer's window takes it (it also makes progress),
+    else the last segment sent, again. New data goes as two full-sized segments
+    when there is that much: a receiver acknowledges at least every second one at
+    once (RFC 1122 §4.2.3.2, RFC 5681 §4.2) but may hold the ACK of a single one for
+    its delayed-ACK timer — 40 ms on Linux, forty round trips here, after the ACK
+    that ended the flight was lost. (Linux's own probe is a whole TSO buffer.) A
+    copy of data the receiver already has is acknowledged at once anyway.
     """
     if tcb.state not in output.SENDING or tcb.snd_una == tcb.snd_nxt:
         return
@@ -106,11 +124,19 @@ def probe_timeout(tcb: Tcb, now: float) -> None:
     first = tcb.send_head
     mss = tcb.mss
     wnd_end = seq.add(tcb.snd_una, tcb.snd_wnd)
-    if first is not None and len(first) > mss:
-        output.split_skb(tcb, first, mss)  # the probe is one segment (§7.3)
+    if first is not None and len(first) > 2 * mss:
+        output.split_skb(tcb, first, 2 * mss)
     if first is not None and seq.le(first.end_seq, wnd_end):
-        output.transmit(tcb, first, first, len(first), now)
-        output.mark_sent(tcb, first, first, now)
+        # Without offload the queue holds one-MSS buffers: take the next one too.
+        nxt = first.next
+        if (not tcb.offload and len(first) <= mss and nxt is not None
+                and len(nxt) <= mss and seq.le(nxt.end_seq, wnd_end)):
+            output.transmit(tcb, first, first, len(first), now)
+            output.transmit(tcb, nxt, nxt, len(nxt), now)
+            output.mark_sent(tcb, first, nxt, now)
+        else:
+            output.transmit(tcb, first, first, len(first), now)
+            output.mark_sent(tcb, first, first, now)
     else:
         last = first.prev if first is not None else tcb.write_queue.last
         if last is None:

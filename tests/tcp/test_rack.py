@@ -51,6 +51,20 @@ def test_probe_sends_new_data_when_the_window_allows():
     assert tcb.snd_nxt == tcb.write_seq
 
 
+def test_a_new_data_probe_is_two_segments_so_the_receiver_acks_at_once():
+    p = Peer()
+    _, tcb, _ = p.accept_connection()
+    tcb.cc.cwnd = 2 * MSS
+    tcb.send(b"n" * (10 * MSS), 1.0)
+    first = data_segments(p.take())
+    _, out = p.fire()
+    # one segment would wait out a delayed ACK at the receiver (RFC 1122 §4.2.3.2);
+    # without offload the probe is two MSS-sized segments
+    start = sq.add(first[-1][0], first[-1][1])
+    assert data_segments(out) == [(start, MSS), (sq.add(start, MSS), MSS)]
+    assert p.layer.counters["tlp_probes"] == 1
+
+
 def test_single_segment_probe_waits_for_a_delayed_ack():
     p = Peer(TcpConfig(min_rto=1.0))
     _, tcb, _ = p.accept_connection()  # SRTT 0.1, RTO 1.0
@@ -104,6 +118,26 @@ def test_reordering_within_the_window_is_not_loss():
     assert rack.reo_wnd(tcb) == pytest.approx(0.025)
     out = p.send(ACK, ack=seqs[0], now=1.101, sack_blocks=((late[0], sq.add(late[0], MSS)),))
     assert data_segments(out) == [] and not tcb.in_recovery
+
+
+def test_reordering_timer_marks_the_hole_lost_when_no_ack_follows():
+    p = Peer()
+    _, tcb, _ = p.accept_connection()
+    seqs = _flight(p, tcb, 4)
+    tcb.send(b"f" * MSS, 1.001)
+    (late,) = data_segments(p.take())
+    out = p.send(ACK, ack=seqs[0], now=1.101, sack_blocks=((late[0], sq.add(late[0], MSS)),))
+    assert data_segments(out) == [] and not tcb.in_recovery
+    # RFC 8985 §6.3: the four earlier segments may still be reordered until their
+    # send time + RACK.rtt (0.1) + reo_wnd (0.025); then, with no ACK in between,
+    # the reordering timer judges them lost — long before the RTO (1.3 s)
+    t, out = p.fire()
+    assert t == pytest.approx(1.0 + 0.1 + 0.025)
+    assert tcb.rtx_kind != "reo" and tcb.in_recovery
+    assert [s for s, _ in data_segments(out)] == seqs[:len(data_segments(out))]
+    assert data_segments(out) and p.layer.counters["rack_lost_bytes"] == 4 * MSS
+    assert p.layer.counters["rack_reo_timeouts"] == 1
+    assert p.layer.counters["rto_expired"] == 0
 
 
 def _transfer(net, size, until, on_connect=None):
