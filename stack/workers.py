@@ -24,6 +24,7 @@ they report at exit. A worker builds its stack with ``TapStack(..., seat=seat)``
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
@@ -50,6 +51,7 @@ MAX_WORKERS = 16
 READY_TIMEOUT = 60.0
 #: Seconds stopping workers have to exit before they are killed.
 STOP_GRACE = 15.0
+_PR_SET_PDEATHSIG = 1
 _ETH_ARP = b"\x08\x06"
 _ARP_MSG_MAX = 2048
 _ARP_BATCH = 64
@@ -213,10 +215,12 @@ class _Child:
 def _fork_worker(seat: Seat, seats: list[Seat], children: list[_Child],
                  child: Callable[[Seat], int]) -> _Child:
     r, w = os.pipe()
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:  # the worker
         code = 1
         try:
+            _die_with_parent(parent)
             os.close(r)
             for c in children:
                 os.close(c.fd)
@@ -235,6 +239,18 @@ def _fork_worker(seat: Seat, seats: list[Seat], children: list[_Child],
             os._exit(code)
     os.close(w)
     return _Child(seat.index, pid, r)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask the kernel for SIGTERM when the supervisor dies (prctl PR_SET_PDEATHSIG),
+    so that a killed supervisor does not leave workers serving on their own."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: the supervisor's own stop() still reaches the workers
+    if os.getppid() != parent:  # it died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def run_workers(seats: list[Seat], child: Callable[[Seat], int], *,

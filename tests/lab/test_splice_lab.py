@@ -264,6 +264,21 @@ def test_workers_stop_together_when_one_dies(lab, tmp_path):
         assert not os.path.exists(f"/proc/{pid}")
 
 
+def test_workers_stop_when_the_supervisor_is_killed(lab, tmp_path):
+    stack = StackProcess(lab, "socks", "--workers", "2", log=tmp_path / "orphan.log")
+    wait_logged(stack, "ready")
+    kids = subprocess.run(["pgrep", "-P", str(stack.proc.pid)], capture_output=True,
+                          text=True, timeout=10).stdout.split()
+    assert len(kids) == 2
+    stack.proc.kill()
+    stack.proc.wait(timeout=10)
+    deadline = time.monotonic() + 20
+    while any(os.path.exists(f"/proc/{pid}") and
+              open(f"/proc/{pid}/stat").read().split()[2] != "Z" for pid in kids):
+        assert time.monotonic() < deadline, "workers outlived their supervisor"
+        time.sleep(0.05)  # poll interval while the workers stop
+
+
 OPTIONS = ("tcp_timestamps", "tcp_sack", "tcp_window_scaling")
 # Each option off on the client's kernel, on the server's, and on both; the full
 # 64-combination matrix runs with --soak.
