@@ -19,7 +19,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from stack.control import ControlError, find_socket, query
+from stack.control import ControlError, find_socket, find_sockets, query
 from stack.tcp.api import TcpState
 
 #: Shortest --watch interval: a refresh costs the stack a snapshot.
@@ -245,20 +245,33 @@ def _serve_metrics(path: Path, listen: tuple[str, int]) -> int:
 def cmd_stat(args: argparse.Namespace) -> int:
     """Run `tapsplice stat`."""
     console = Console()
+    if args.all and (args.control or args.metrics):
+        print("tapsplice stat: --all asks every stack; it takes neither --control nor "
+              "--metrics", file=sys.stderr)
+        return 2
     try:
-        path = Path(args.control) if args.control else find_socket()
+        if args.all:
+            paths = find_sockets()
+        else:
+            paths = [Path(args.control) if args.control else find_socket()]
         if args.metrics:
-            return _serve_metrics(path, args.metrics)
+            return _serve_metrics(paths[0], args.metrics)
         request = build_request(args)
         refreshes = MAX_REFRESHES if args.watch else 1
         for i in range(refreshes):
-            snap = query(path, request)
-            if args.json:
-                print(emit_json(snap, args.counters), flush=True)
-            else:
-                if args.watch:
-                    console.clear()
-                render(console, snap, args.counters)
+            snaps = [(path, query(path, request)) for path in paths]
+            if args.watch and not args.json:
+                console.clear()
+            for path, snap in snaps:
+                if args.json:
+                    text = emit_json(snap, args.counters)
+                    if args.all:  # one line per stack, saying which
+                        text = json.dumps({"control": str(path), **json.loads(text)})
+                    print(text, flush=True)
+                else:
+                    if args.all:
+                        console.print(f"[bold]stack at {path}[/bold]", soft_wrap=True)
+                    render(console, snap, args.counters)
             if i + 1 < refreshes:
                 time.sleep(args.watch)  # the pace of --watch, bounded by MAX_REFRESHES
     except ControlError as e:
@@ -288,6 +301,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--control", metavar="PATH", default=None,
                    help="the stack's control socket (default: the only one in "
                         "/run/tapsplice)")
+    p.add_argument("--all", action="store_true",
+                   help="every running stack in /run/tapsplice, one after another (the "
+                        "workers of a stack run with --workers each have a socket)")
     p.add_argument("--state", type=parse_state, default=None,
                    help="only connections in this TCP state (e.g. established, time-wait)")
     p.add_argument("--addr", type=parse_addr, default=None, metavar="A.B.C.D[:PORT]",

@@ -491,8 +491,9 @@ class ControlServer:
 
 # -- the client -------------------------------------------------------------------------
 
-def find_socket(directory: Path | None = None) -> Path:
-    """The control socket of the one running stack in ``directory`` (/run/tapsplice)."""
+def find_sockets(directory: Path | None = None) -> list[Path]:
+    """The control sockets of the running stacks in ``directory`` (/run/tapsplice):
+    one per process, so one per worker of a stack run with --workers."""
     directory = CONTROL_DIR if directory is None else directory
     try:
         names = sorted(directory.glob("*.sock"))
@@ -502,8 +503,15 @@ def find_socket(directory: Path | None = None) -> Path:
     if not alive:
         raise ControlError(f"no running stack: no control socket in {directory} "
                            "(start one, e.g. `tapsplice serve --lab`, or give --control PATH)")
+    return alive
+
+
+def find_socket(directory: Path | None = None) -> Path:
+    """The control socket of the one running stack in ``directory`` (/run/tapsplice)."""
+    alive = find_sockets(directory)
     if len(alive) > 1:
-        raise ControlError("several stacks are running, choose one with --control: "
+        raise ControlError("several stacks are running (workers of one stack, or several "
+                           "stacks): choose one with --control, or give --all: "
                            + ", ".join(map(str, alive)))
     return alive[0]
 

@@ -24,6 +24,7 @@ from stack.control import (
     ControlServer,
     aquery,
     find_socket,
+    find_sockets,
     query,
 )
 from stack.sim import SimNetwork
@@ -339,6 +340,7 @@ def test_find_socket(tmp_path: Path) -> None:
     (tmp_path / "1.sock").write_text("")  # init is always alive
     with pytest.raises(ControlError, match="several stacks"):
         find_socket(tmp_path)
+    assert find_sockets(tmp_path) == sorted([mine, tmp_path / "1.sock"])
 
 
 def test_query_errors(tmp_path: Path) -> None:
@@ -411,6 +413,20 @@ def test_stat_tables(live_server: Path, capsys) -> None:
     out = capsys.readouterr().out
     assert "drops by reason" in out and "tx_backlogged" in out
     assert "copied payload bytes: 0" in out
+
+
+def test_stat_all_asks_every_running_stack(live_server: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setattr("stack.control.CONTROL_DIR", live_server.parent)
+    (live_server.parent / "999999999.sock").write_text("")  # a stack that is gone
+    assert cli_main(["stat"]) == 0  # the only live one
+    capsys.readouterr()
+    assert cli_main(["stat", "--all", "--json"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [json.loads(line)["control"] for line in lines] == [str(live_server)]
+    assert len(json.loads(lines[0])["connections"]) == 4
+    assert cli_main(["stat", "--all"]) == 0
+    assert f"stack at {live_server}" in capsys.readouterr().out
+    assert cli_main(["stat", "--all", "--control", str(live_server)]) == 2
 
 
 def test_stat_without_a_stack(tmp_path: Path, capsys, monkeypatch) -> None:
