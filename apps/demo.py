@@ -6,7 +6,8 @@ Brings the lab up (or reuses it), then:
    downloads a random file from nginx in the server namespace through it, the sha256
    is checked, and the stack's splice counters are shown (splices, bytes relayed,
    payload bytes copied = 0); the same download through the proxy in copy mode gives
-   the spliced-versus-copy speed;
+   the spliced-versus-copy speed; then the proxy as two worker processes carrying a few
+   thousand short sessions, with the splices each worker made;
 2. the HTTP proxy with its cache (`tapsplice http-proxy --lab`): a miss then a hit,
    several large objects on one kept-alive connection (each body spliced one way, then
    the next request read by the proxy) followed by a hit, and a large response spliced
@@ -35,6 +36,7 @@ from tools.lab import LabConfig, lab_down, lab_up, list_netns
 from tools.origin import Origin
 
 STEP_TIMEOUT = 30.0
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _say(text: str) -> None:
@@ -125,6 +127,42 @@ def _socks_part(cfg: LabConfig, origin: Origin, f, tmp: Path, extra: list[str]) 
         print(f"   spliced {speeds['splice']:.2f} Gbit/s vs copy {speeds['copy']:.2f} Gbit/s: "
               f"{speeds['splice'] / speeds['copy']:.1f}x")
     return ok
+
+
+def _workers_part(cfg: LabConfig, origin: Origin, tmp: Path, extra: list[str]) -> bool:
+    """Many short SOCKS sessions through two worker processes (README, workers)."""
+    _say("SOCKS5 proxy as two worker processes (tapsplice socks --lab --workers 2)")
+    small = origin.make_file("demo-small.bin", 1024, random=True)
+    log = tmp / "socks-workers.log"
+    proc = _start_stack(cfg, "socks", ["--workers", "2", *extra], log)
+    try:
+        deadline = time.monotonic() + STEP_TIMEOUT
+        while "ready" not in log.read_text(errors="replace"):  # every worker, not just 0
+            if time.monotonic() > deadline or proc.poll() is not None:
+                print(f"   the workers did not start:\n{log.read_text()[-1500:]}")
+                return False
+            time.sleep(0.05)  # poll interval while the workers start
+        load = subprocess.run(ns_cmd(cfg.client_ns, sys.executable, "-m",
+                                     "tools.bench.splice_load", "rps", "--proxy",
+                                     "198.18.0.2:1080", "--dest", "198.19.0.1:80",
+                                     "--path", small.url_path, "--expect", str(small.size),
+                                     "--concurrency", "32", "--count", "3000",
+                                     "--duration", "3"),
+                              capture_output=True, text=True, timeout=60, cwd=REPO)
+    finally:
+        summary = _stop_stack(proc, log)
+    try:
+        res = json.loads(load.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        print(f"   the load client failed: {load.stderr.strip()[-1500:]}")
+        return False
+    per = [w.get("splices") or 0 for w in summary.get("workers", [])]
+    print(f"   {res['ok']} SOCKS sessions (CONNECT, GET of 1 KiB, close) in "
+          f"{res['seconds']:.1f} s = {res['rps']:.0f}/s, {res['errors']} errors; "
+          f"spliced by worker 0 and 1: {' and '.join(map(str, per))}")
+    copied = summary.get("splice", {}).get("copied_payload_bytes", 0)
+    return res["errors"] == 0 and res["ok"] > 0 and len(per) == 2 and min(per) > 0 \
+        and copied == 0
 
 
 def _curl(cfg: LabConfig, *args: str) -> subprocess.CompletedProcess:
@@ -245,6 +283,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             with Origin(cfg.server_ns) as origin:
                 f = origin.make_file("demo-socks.bin", args.socks_size, random=True)
                 ok = _socks_part(cfg, origin, f, Path(tmp), extra)
+                ok &= _workers_part(cfg, origin, Path(tmp), extra)
             ok &= _http_part(cfg, Path(tmp), extra)
             ok &= _router_part(cfg, args.size, Path(tmp), extra)
         finally:

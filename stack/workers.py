@@ -323,7 +323,8 @@ def _supervise(children: list[_Child], ready_timeout: float) -> int:
     parts = [c.summary or {} for c in children]
     summary = merge_summaries(parts)
     summary["workers"] = [{"index": c.index, "exit": c.exit_code,
-                           "connections": (c.summary or {}).get("connections")}
+                           "connections": (c.summary or {}).get("connections"),
+                           "splices": ((c.summary or {}).get("splice") or {}).get("splices")}
                           for c in children]
     print(json.dumps(summary, indent=1), file=sys.stderr, flush=True)
     clean = stopping["why"] == "signal" and all(c.exit_code == 0 for c in children)
