@@ -34,7 +34,7 @@ import time
 
 from stack.netdev.tap import TapDevice
 from stack.skbuff import SkBuff
-from stack.wire.vnet import VNET, VNET_HDR_LEN
+from stack.wire.vnet import VNET_HDR_LEN
 
 _ARP = b"\x08\x06"
 _IP = b"\x08\x00"
@@ -54,38 +54,43 @@ class Forwarder:
         # one set per reading side: the threads of --threads 2 never share one
         self.counts = [dict.fromkeys(("forwarded", "arp_replies", "dropped"), 0)
                        for _ in range(2)]
+        self._bufs = []
+        for _ in range(2):
+            buf = bytearray(VNET_HDR_LEN + 65535 + 18)
+            self._bufs.append((buf, [memoryview(buf)]))
 
     def pump(self, side: int) -> None:
-        """Read batches from device ``side`` (at most 8, as the stack's driver does)
-        and forward or answer each frame."""
-        for _ in range(8):
-            if self._batch(side) < self.devs[side].batch:
-                break
+        """Forward or answer what device ``side`` has, up to 512 frames (the stack's
+        driver reads at most 8 batches of 64 before it looks at the other device).
 
-    def _batch(self, side: int) -> int:
-        src, dst = self.devs[side], self.devs[1 - side]
+        The leanest loop Python allows: one preallocated buffer per side, ``readv``
+        into it, the Ethernet addresses assigned in place, the same bytes (vnet header
+        included, as the kernel gave it) written to the other device.
+        """
+        fd_in = self.devs[side].fileno()
+        fd_out = self.devs[1 - side].fileno()
         out_mac = self.peer_mac[1 - side]
-        fd = dst.fileno()
-        skbs = src.read_batch()
-        for skb in skbs:
-            buf, d = skb.buf, skb.data
-            kind = buf[d + 12:d + 14]
+        buf, iov = self._bufs[side]
+        counts = self.counts[side]
+        eth = VNET_HDR_LEN
+        for _ in range(512):
+            try:
+                n = os.readv(fd_in, iov)
+            except BlockingIOError:
+                return
+            kind = buf[eth + 12:eth + 14]
             if kind == _IP and out_mac is not None:
-                buf[d:d + 6] = out_mac
-                buf[d + 6:d + 12] = _MAC
-                start = d - VNET_HDR_LEN
-                VNET.pack_into(buf, start, skb.vnet_flags, skb.gso_type, skb.hdr_len,
-                               skb.gso_size, skb.csum_start, skb.csum_offset)
+                buf[eth:eth + 6] = out_mac
+                buf[eth + 6:eth + 12] = _MAC
                 try:
-                    os.write(fd, memoryview(buf)[start:skb.tail])
-                    self.counts[side]["forwarded"] += 1
+                    os.write(fd_out, iov[0][:n])
+                    counts["forwarded"] += 1
                 except OSError:
-                    self.counts[side]["dropped"] += 1
+                    counts["dropped"] += 1
             elif kind == _ARP:
-                self._arp(side, bytes(buf[d:skb.tail]))
+                self._arp(side, bytes(buf[eth:n]))
             else:
-                self.counts[side]["dropped"] += 1
-        return len(skbs)
+                counts["dropped"] += 1
 
     def _arp(self, side: int, frame: bytes) -> None:
         if len(frame) < 42 or frame[16:20] != b"\x08\x00\x06\x04":
