@@ -152,10 +152,8 @@ def run_stack(net: TapStack, setup: Callable[[TapStack], Awaitable[None]] | None
         net.close()
         raise SystemExit(f"tapsplice: {e}") from None
     finally:
-        net.close()
-    if seat is not None:
-        seat.report("summary", net.summary())
-    else:
+        net.close()  # a worker's close() reports its counters to the supervisor
+    if seat is None:
         print(json.dumps(net.summary(), indent=1), file=sys.stderr)
 
 

@@ -353,7 +353,10 @@ class TapStack:
             self.control.start()
 
     async def serve_forever(self, handle_signals: bool = True) -> None:
-        """Run until SIGINT/SIGTERM or :meth:`close`."""
+        """Run until SIGINT/SIGTERM or :meth:`close`. A worker (``seat``) tells its
+        supervisor it is ready now, if it has not yet."""
+        if self.seat is not None:
+            self.seat.report("ready")
         try:
             await self.driver.serve_forever(handle_signals)
         finally:
@@ -371,6 +374,8 @@ class TapStack:
             self.arp_share.stop()
         self.driver.stop()
         self.driver.close()
+        if self.seat is not None:
+            self.seat.report("summary", self.summary())  # the supervisor adds them up
 
     def summary(self) -> dict:
         """Counters of the stack, its TCP and its devices."""

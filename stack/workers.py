@@ -69,6 +69,7 @@ class Seat:
     macs: list[bytes]
     arp_socks: list[socket.socket] = field(default_factory=list)
     channel: int = -1
+    reported: set[str] = field(default_factory=set)
 
     def close(self) -> None:
         """Release the devices and sockets (the supervisor and the other workers do)."""
@@ -80,9 +81,11 @@ class Seat:
         self.arp_socks = []
 
     def report(self, kind: str, payload: Any = None) -> None:
-        """Tell the supervisor ``ready`` or this worker's ``summary`` (a JSON line)."""
-        if self.channel < 0:
+        """Tell the supervisor ``ready`` or this worker's ``summary`` (a JSON line),
+        each once: TapStack reports both itself when it has a seat."""
+        if self.channel < 0 or kind in self.reported:
             return
+        self.reported.add(kind)
         line = json.dumps({"kind": kind, "index": self.index, "payload": payload}) + "\n"
         data = line.encode()
         while data:
