@@ -31,7 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from tools.bench.proc import curl_download, ns_cmd, stop_process, wait_until
+from tools.bench.proc import CommandError, curl_download, ns_cmd, stop_process, wait_until
+from tools.bench.splice_paths import wait_ready
 from tools.lab import LabConfig, lab_down, lab_up, list_netns
 from tools.origin import Origin
 
@@ -136,12 +137,11 @@ def _workers_part(cfg: LabConfig, origin: Origin, tmp: Path, extra: list[str]) -
     log = tmp / "socks-workers.log"
     proc = _start_stack(cfg, "socks", ["--workers", "2", *extra], log)
     try:
-        deadline = time.monotonic() + STEP_TIMEOUT
-        while "ready" not in log.read_text(errors="replace"):  # every worker, not just 0
-            if time.monotonic() > deadline or proc.poll() is not None:
-                print(f"   the workers did not start:\n{log.read_text()[-1500:]}")
-                return False
-            time.sleep(0.05)  # poll interval while the workers start
+        try:
+            wait_ready(proc, log, STEP_TIMEOUT)  # the supervisor's: every worker, not just 0
+        except CommandError as e:
+            print(f"   the workers did not start: {e}")
+            return False
         load = subprocess.run(ns_cmd(cfg.client_ns, sys.executable, "-m",
                                      "tools.bench.splice_load", "rps", "--proxy",
                                      "198.18.0.2:1080", "--dest", "198.19.0.1:80",

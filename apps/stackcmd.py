@@ -137,9 +137,7 @@ def run_stack(net: TapStack, setup: Callable[[TapStack], Awaitable[None]] | None
         if setup is not None:
             await setup(net)
         tune_gc()
-        if seat is not None:
-            seat.report("ready")
-        else:
+        if seat is None:  # a worker's serve_forever() tells its supervisor instead
             print("ready", flush=True)
         await net.serve_forever()
 

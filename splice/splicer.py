@@ -507,16 +507,23 @@ class Splicer:
     def _recycle_timewait(self, now: float, count: int) -> int:
         """End the TIMEWAIT of up to ``count`` pairs, oldest first; how many ended."""
         done = 0
-        while done < count and self._heap:
+        while done < count and self._end_oldest_timewait(now, None):
+            self.counters["timewait_recycled"] += 1
+            done += 1
+        return done
+
+    def _end_oldest_timewait(self, now: float, due: float | None) -> bool:
+        """End the TIMEWAIT of the oldest pair still in it (only if its 2*MSL is over
+        by ``due``, when given); False when there is none."""
+        while self._heap and (due is None or self._heap[0][0] <= due):
             _t, _tie, pair = heapq.heappop(self._heap)
             if pair.closed:
                 continue
             for side in pair.sides():
                 side.apply(E.TIMEOUT)
             self._teardown(pair, now)
-            self.counters["timewait_recycled"] += 1
-            done += 1
-        return done
+            return True
+        return False
 
     def abandon(self, client: Tcb, now: float) -> None:
         """Give up a splice before splice() (the server could not be reached): the
@@ -543,13 +550,8 @@ class Splicer:
 
     def on_timer(self, now: float) -> None:
         """End TIMEWAIT of pairs whose 2*MSL has passed."""
-        while self._heap and self._heap[0][0] <= now:
-            _t, _tie, pair = heapq.heappop(self._heap)
-            if pair.closed:
-                continue
-            for side in pair.sides():
-                side.apply(E.TIMEOUT)
-            self._teardown(pair, now)
+        while self._end_oldest_timewait(now, now):
+            pass
         self.tcp.flush_events()
 
     def splice_one_way(self, source: Tcb, sink: Tcb, budget: int, now: float, *,

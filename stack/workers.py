@@ -278,12 +278,7 @@ def _supervise(children: list[_Child], ready_timeout: float) -> int:
     def stop(why: str) -> None:
         if stopping["why"] is None:
             stopping["why"] = why
-        for c in children:
-            if c.exit_code is None:
-                try:
-                    os.kill(c.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
+        _signal_running(children, signal.SIGTERM)
 
     old = {sig: signal.signal(sig, lambda s, f: stop("signal")) for sig in
            (signal.SIGTERM, signal.SIGINT)}
@@ -313,12 +308,7 @@ def _supervise(children: list[_Child], ready_timeout: float) -> int:
             if stopping["why"] is not None:
                 stop_at = stop_at or time.monotonic()
                 if time.monotonic() - stop_at > STOP_GRACE:
-                    for c in children:
-                        if c.exit_code is None:
-                            try:
-                                os.kill(c.pid, signal.SIGKILL)
-                            except ProcessLookupError:
-                                pass
+                    _signal_running(children, signal.SIGKILL)
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
@@ -332,6 +322,15 @@ def _supervise(children: list[_Child], ready_timeout: float) -> int:
     print(json.dumps(summary, indent=1), file=sys.stderr, flush=True)
     clean = stopping["why"] == "signal" and all(c.exit_code == 0 for c in children)
     return 0 if clean else 1
+
+
+def _signal_running(children: list[_Child], sig: int) -> None:
+    for c in children:
+        if c.exit_code is None:
+            try:
+                os.kill(c.pid, sig)
+            except ProcessLookupError:
+                pass  # it has just exited; _reap will see it
 
 
 def _read_child(c: _Child, sel: selectors.BaseSelector) -> None:

@@ -127,16 +127,15 @@ def probe_timeout(tcb: Tcb, now: float) -> None:
     if first is not None and len(first) > 2 * mss:
         output.split_skb(tcb, first, 2 * mss)
     if first is not None and seq.le(first.end_seq, wnd_end):
+        probe = [first]
         # Without offload the queue holds one-MSS buffers: take the next one too.
         nxt = first.next
         if (not tcb.offload and len(first) <= mss and nxt is not None
                 and len(nxt) <= mss and seq.le(nxt.end_seq, wnd_end)):
-            output.transmit(tcb, first, first, len(first), now)
-            output.transmit(tcb, nxt, nxt, len(nxt), now)
-            output.mark_sent(tcb, first, nxt, now)
-        else:
-            output.transmit(tcb, first, first, len(first), now)
-            output.mark_sent(tcb, first, first, now)
+            probe.append(nxt)
+        for skb in probe:
+            output.transmit(tcb, skb, skb, len(skb), now)
+        output.mark_sent(tcb, first, probe[-1], now)
     else:
         last = first.prev if first is not None else tcb.write_queue.last
         if last is None:
