@@ -237,11 +237,7 @@ def test_two_workers_each_with_its_own_disk_cache(lab, tmp_path: Path) -> None:
     stack = StackProcess(lab, "http-proxy", "--workers", "2", "--cache-dir", str(cache),
                          log=tmp_path / "workers.log")
     try:
-        deadline = time.monotonic() + 30
-        while "ready" not in stack.log.read_text(errors="replace"):
-            assert time.monotonic() < deadline and stack.proc.poll() is None, \
-                stack.log.read_text()[-3000:]
-            time.sleep(0.05)  # poll interval while the workers start
+        stack.wait_logged("ready")
         with Origin(lab.server_ns, addr="198.19.0.1") as origin:
             f = origin.make_file("w.bin", 200_000, random=True)
             url = origin.url(f)

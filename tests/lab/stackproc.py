@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from tools.bench.proc import ns_cmd, wait_until
@@ -27,6 +28,15 @@ class StackProcess:
                                "198.18.0.2"), timeout=20)
         assert ok, self.log.read_text()
 
+    def wait_logged(self, text: str = "ready", timeout: float = 30.0) -> None:
+        """Wait until the log shows ``text`` (a supervisor's ``ready``: all workers)."""
+        wait_logged(self.proc, self.log, text, timeout)
+
+    def worker_pids(self) -> list[str]:
+        """The pids of a supervisor's workers."""
+        return subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True,
+                              text=True, timeout=10).stdout.split()
+
     def stop(self) -> dict:
         self.proc.send_signal(signal.SIGTERM)
         try:
@@ -38,6 +48,15 @@ class StackProcess:
         text = self.log.read_text()
         assert self.proc.returncode == 0, text
         return json.loads(text[text.index("{\n"):])
+
+
+def wait_logged(proc: subprocess.Popen, log: Path, text: str, timeout: float = 30.0) -> None:
+    """Wait (bounded) until ``log`` shows ``text``; fail if ``proc`` exits first."""
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text(errors="replace"):
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.05)  # poll interval while the process starts
 
 
 def ping(ns: str, addr: str, count: int = 2, size: int = 56) -> subprocess.CompletedProcess:

@@ -227,18 +227,10 @@ def test_many_concurrent_splices(lab, kernel_server, spliced):
     assert summary["splice"].get("copied_payload_bytes", 0) == 0
 
 
-def wait_logged(stack: StackProcess, text: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in stack.log.read_text(errors="replace"):
-        assert stack.proc.poll() is None, stack.log.read_text()
-        assert time.monotonic() < deadline, stack.log.read_text()[-3000:]
-        time.sleep(0.05)  # poll interval while the workers start
-
-
 def test_two_workers_share_the_connections(lab, kernel_server, tmp_path):
     stack = StackProcess(lab, "socks", "--mode", "splice", "--workers", "2",
                          "--max-connections", "2000", log=tmp_path / "workers.log")
-    wait_logged(stack, "ready")
+    stack.wait_logged("ready")
     assert socks_client(lab, "echo", 7000, 32 << 10, count=400) == (400, 400)
     assert socks_client(lab, "download", 7003, 8 << 20, count=4) == (4, 4)
     summary = stack.stop()
@@ -253,9 +245,8 @@ def test_two_workers_share_the_connections(lab, kernel_server, tmp_path):
 
 def test_workers_stop_together_when_one_dies(lab, tmp_path):
     stack = StackProcess(lab, "socks", "--workers", "2", log=tmp_path / "die.log")
-    wait_logged(stack, "ready")
-    kids = subprocess.run(["pgrep", "-P", str(stack.proc.pid)], capture_output=True,
-                          text=True, timeout=10).stdout.split()
+    stack.wait_logged("ready")
+    kids = stack.worker_pids()
     assert len(kids) == 2
     os.kill(int(kids[1]), signal.SIGKILL)
     assert stack.proc.wait(timeout=30) == 1
@@ -266,9 +257,8 @@ def test_workers_stop_together_when_one_dies(lab, tmp_path):
 
 def test_workers_stop_when_the_supervisor_is_killed(lab, tmp_path):
     stack = StackProcess(lab, "socks", "--workers", "2", log=tmp_path / "orphan.log")
-    wait_logged(stack, "ready")
-    kids = subprocess.run(["pgrep", "-P", str(stack.proc.pid)], capture_output=True,
-                          text=True, timeout=10).stdout.split()
+    stack.wait_logged("ready")
+    kids = stack.worker_pids()
     assert len(kids) == 2
     stack.proc.kill()
     stack.proc.wait(timeout=10)

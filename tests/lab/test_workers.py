@@ -10,10 +10,10 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
+from tests.lab.stackproc import wait_logged
 from tools.bench.proc import ns_cmd
 
 pytestmark = pytest.mark.lab
@@ -63,10 +63,7 @@ def test_a_library_program_runs_two_workers(lab, tmp_path):
                              lab.server_ns, lab.server_tap], stdout=open(log, "wb"),
                             stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 30
-        while "ready" not in log.read_text(errors="replace"):
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)  # poll interval while the workers start
+        wait_logged(proc, log, "ready")
         out = subprocess.run(ns_cmd(lab.client_ns, sys.executable, "-c", CLIENT),
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr + log.read_text()

@@ -10,14 +10,24 @@ from tools.bench.harness import format_size, parse_size
 
 def int_in(low: int, high: int) -> Callable[[str], int]:
     """An integer in ``low..high`` (``,`` and ``_`` separators allowed)."""
-    def parse(text: str) -> int:
+    return number_in(low, high, lambda t: int(t.replace(",", "").replace("_", "")))
+
+
+def _show(v: float) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def number_in(low: float, high: float, kind: Callable[[str], float] = float
+              ) -> Callable[[str], float]:
+    """A number that ``kind`` parses, within ``low..high`` (NaN refused: it is not)."""
+    def parse(text: str) -> float:
         try:
-            n = int(text.replace(",", "").replace("_", ""))
+            value = kind(text)
         except ValueError as exc:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from exc
-        if not low <= n <= high:
-            raise argparse.ArgumentTypeError(f"must be {low}..{high}")
-        return n
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from exc
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be within {_show(low)}..{_show(high)}")
+        return value
     return parse
 
 

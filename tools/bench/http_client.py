@@ -34,9 +34,9 @@ import hashlib
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 
+from tools.bench.args import int_in, number_in
 from tools.bench.common_client import (
     MAX_CONCURRENCY,
     MAX_OBJECTS,
@@ -332,20 +332,6 @@ def parse_object(text: str) -> ObjectSpec:
     return ObjectSpec(size, parts[1], repeats, sha)
 
 
-def _bounded(low: float, high: float, kind: Callable[[str], float] = int
-             ) -> Callable[[str], float]:
-    """An argparse type: a number of ``kind`` within ``low..high`` (NaN refused)."""
-    def parse(text: str) -> float:
-        try:
-            value = kind(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from exc
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be within {low:g}..{high:g}")
-        return value
-    return parse
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line (bounds checked)."""
     p = argparse.ArgumentParser(prog="http_client")
@@ -355,11 +341,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--behaviour", choices=BEHAVIOURS, default="keep-alive")
     p.add_argument("--object", type=parse_object, action="append", default=[])
     p.add_argument("--tag", default="0")
-    p.add_argument("--concurrency", type=_bounded(1, MAX_CONCURRENCY), default=64)
-    p.add_argument("--count", type=_bounded(1, MAX_COUNT), default=20_000)
-    p.add_argument("--seconds", type=_bounded(0.01, 3600, float), default=3.0)
-    p.add_argument("--timeout", type=_bounded(0.01, 3600, float), default=60.0)
-    p.add_argument("--deadline", type=_bounded(0.01, 24 * 3600, float), default=600.0,
+    p.add_argument("--concurrency", type=int_in(1, MAX_CONCURRENCY), default=64)
+    p.add_argument("--count", type=int_in(1, MAX_COUNT), default=20_000)
+    p.add_argument("--seconds", type=number_in(0.01, 3600), default=3.0)
+    p.add_argument("--timeout", type=number_in(0.01, 3600), default=60.0)
+    p.add_argument("--deadline", type=number_in(0.01, 24 * 3600), default=600.0,
                    help="seconds for the whole mode")
     args = p.parse_args(argv)
     if not 1 <= len(args.object) <= MAX_OBJECTS:
