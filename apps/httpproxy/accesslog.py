@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from apps.logsafe import field
+
 
 @dataclass
 class Entry:
@@ -35,7 +37,10 @@ class Entry:
         return f"HIER_DIRECT/{self.peer}" if self.peer != "-" else "HIER_NONE/-"
 
     def line(self) -> str:
-        """The Squid native line."""
-        return (f"{self.start:.3f} {int(self.elapsed * 1000):6d} {self.client} "
-                f"{self.code}/{self.status:03d} {self.bytes} {self.method} {self.url} "
-                f"{self.user} {self.hierarchy} {self.type}")
+        """The Squid native line. Method, URL, user and type come from the client or
+        the origin: each is escaped as one field (apps/logsafe.py), so one request is
+        one line of printable ASCII with the fields where Squid's readers expect them."""
+        return (f"{self.start:.3f} {int(self.elapsed * 1000):6d} {field(self.client)} "
+                f"{self.code}/{self.status:03d} {self.bytes} {field(self.method)} "
+                f"{field(self.url)} {field(self.user)} {field(self.hierarchy)} "
+                f"{field(self.type)}")

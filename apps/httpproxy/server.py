@@ -230,7 +230,7 @@ class HttpProxy:
             return True
         user, password = _basic_credentials(req.headers.get("proxy-authorization"))
         if user is not None:
-            entry.user = user.decode("utf-8", "backslashreplace") or "-"
+            entry.user = user.decode("latin-1") or "-"   # byte for byte; escaped in the log
         if user is None or not self.policy.authenticate(user, password):
             self.counters["auth_failed"] += 1
             entry.code = "TCP_DENIED"

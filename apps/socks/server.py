@@ -19,6 +19,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from apps.logsafe import escape, field
 from apps.socks import protocol as p
 from apps.socks.policy import Policy, api_interfaces, attached_networks, check_mode
 from apps.socks.protocol import Address, Command, Method, Rep, SocksError
@@ -44,7 +45,7 @@ class Session:
     version: int = 0
     user: str = "-"
     dest: str = "-"
-    rep: int | None = None
+    rep: int | None = None   # the reply code the client received (SOCKS4: 0x5A/0x5B)
     up: int = 0      # client -> destination bytes
     down: int = 0    # destination -> client bytes
     duration: float = 0.0
@@ -52,12 +53,14 @@ class Session:
     spliced: bool = False   # handed to the splice layer: logged when the splice ends
 
     def line(self) -> str:
-        """The access-log line."""
+        """The access-log line. User, destination and note come from the client: they
+        are escaped (apps/logsafe.py), so one session is one line of printable ASCII."""
         rep = "-" if self.rep is None else f"0x{self.rep:02x}"
         version = f"socks{self.version}" if self.version else "-"
-        text = (f"{self.client} {version} user={self.user} dest={self.dest} rep={rep} "
+        text = (f"{field(self.client)} {version} user={field(self.user)} "
+                f"dest={field(self.dest)} rep={rep} "
                 f"up={self.up} down={self.down} dur={self.duration:.3f}")
-        return f"{text} {self.note}" if self.note else text
+        return f"{text} {escape(self.note)}" if self.note else text
 
 
 class _Input:
@@ -222,7 +225,7 @@ class SocksServer:
                             s: Session) -> bool:
         """RFC 1929 sub-negotiation; on failure the server closes (§2)."""
         req = await inp.next(p.parse_userpass_request)
-        s.user = req.username.decode("utf-8", "backslashreplace")
+        s.user = req.username.decode("latin-1")   # byte for byte; escaped when logged
         ok = self.policy.authenticate(req.username, req.password)
         writer.write(p.UserPassResponse(0 if ok else 1).encode())
         await writer.drain()
@@ -235,7 +238,7 @@ class SocksServer:
                           s: Session) -> Address | None:
         """A SOCKS4/4a request: CONNECT only, and never when passwords are required."""
         req = await inp.next(p.parse_socks4_request)
-        s.user = req.userid.decode("utf-8", "backslashreplace") or "-"
+        s.user = req.userid.decode("latin-1") or "-"   # escaped when logged
         s.dest = str(req.address)
         if self.policy.auth_required:
             # SOCKS4 has no passwords: a proxy that requires them must refuse it.
@@ -297,14 +300,13 @@ class SocksServer:
         """The reply bytes for the client's protocol version."""
         host, port = bound or ("0.0.0.0", 0)
         if version == p.SOCKS4_VERSION:
-            status = p.Socks4Status.GRANTED if rep == Rep.SUCCEEDED else p.Socks4Status.REJECTED
             ip = host if ":" not in host else "0.0.0.0"
-            return p.Socks4Reply(status, port, ip).encode()
+            return p.Socks4Reply(_received(version, rep), port, ip).encode()
         return p.Reply(rep, Address.of(host, port)).encode()
 
     async def _answer(self, writer: asyncio.StreamWriter, s: Session, rep: int) -> None:
         """Send an error reply (the connection is closed afterwards)."""
-        s.rep = rep
+        s.rep = _received(s.version, rep)
         self.counters[f"rep_{rep:#04x}"] += 1
         writer.write(self._reply(s.version, rep))
         # Bounded: a client that stops reading must not hold the task.
@@ -317,7 +319,7 @@ class SocksServer:
                     server_reader: asyncio.StreamReader,
                     server_writer: asyncio.StreamWriter, reply: bytes, s: Session) -> None:
         """Copy mode: send the reply, then relay both ways until both ends are done."""
-        s.rep = Rep.SUCCEEDED
+        s.rep = _received(s.version, Rep.SUCCEEDED)
         self.counters["rep_0x00"] += 1
         client_writer.write(reply)
 
@@ -347,7 +349,7 @@ class SocksServer:
         pair's TIMEWAIT goes on in the stack without the session), so an idle spliced
         pair costs the proxy no task, stream or buffer."""
         pair = await self.splice.splice(client_writer, server_writer, reply_to_client=reply)
-        s.rep = Rep.SUCCEEDED
+        s.rep = _received(s.version, Rep.SUCCEEDED)
         s.spliced = True
         self.counters["rep_0x00"] += 1
         self.counters["spliced"] += 1
@@ -360,6 +362,14 @@ class SocksServer:
             self._log(s, asyncio.get_running_loop().time())
 
         self.splice.when_finished(pair, finished)
+
+
+def _received(version: int, rep: int) -> int:
+    """The reply code as the client received it: SOCKS4 has only "granted" (0x5A)
+    and "rejected" (0x5B) for every SOCKS5 reason (the reason goes in the note)."""
+    if version == p.SOCKS4_VERSION:
+        return p.Socks4Status.GRANTED if rep == Rep.SUCCEEDED else p.Socks4Status.REJECTED
+    return rep
 
 
 async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, count) -> None:

@@ -616,3 +616,25 @@ def test_close_delimited_body_is_spliced_up_to_the_origins_fin_and_cached():
         assert await w.until(lambda: w.proxy.active == 0 and w.proxy_connections() == 0)
 
     simulate(body, mode="splice")
+
+
+# -- proxy defaults and abuse ------------------------------------------------------------
+
+def basic(user: bytes, password: bytes) -> list[tuple[str, str]]:
+    token = base64.b64encode(user + b":" + password).decode()
+    return [("Proxy-Authorization", f"Basic {token}")]
+
+
+def test_client_text_is_escaped_in_the_access_log() -> None:
+    policy = HttpPolicy(users={"alice": "pw"})
+    evil = b"eve\n1700000000.000      0 198.18.0.1 TCP_MISS/200 \x1b]0;x\x07\\"
+
+    async def body(w: World):
+        r, _b = await fetch(await w.connect(), origin_url("/fresh"), fields=basic(evil, b"x"))
+        assert r.status == 407
+        (e,) = w.log.entries
+        line = e.line()
+        assert all(0x20 <= ord(c) < 0x7f for c in line), line
+        assert "eve\\x0a1700000000.000\\x20" in line and "\\x1b]0;x\\x07\\\\" in line
+
+    simulate(body, policy=policy)

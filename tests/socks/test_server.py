@@ -211,8 +211,10 @@ def test_socks4_and_socks4a() -> None:
             writer.close()
         assert await w.until(lambda: len(w.log.sessions) == 4)
         # A spliced session ends (and is logged) after its TIMEWAIT: compare as sets.
-        assert sorted(s.rep for s in w.log.sessions) == sorted(
-            [0, 0, Rep.HOST_UNREACHABLE, Rep.COMMAND_NOT_SUPPORTED])
+        # The log shows what the client received: SOCKS4 has only granted/rejected.
+        assert sorted(s.rep for s in w.log.sessions) == [0x5A, 0x5A, 0x5B, 0x5B]
+        assert sorted(s.note for s in w.log.sessions if s.rep == 0x5B) == [
+            "command 2", "unknown name"]
         bob = [s for s in w.log.sessions if s.user == "bob"]
         assert len(bob) == 1 and bob[0].version == 4
 
@@ -419,3 +421,41 @@ def test_arbitrary_client_bytes_end_cleanly(prefix: bytes, raw: bytes, eof: bool
         assert not s.note.startswith("internal"), s.note
 
     simulate(body, policy=FUZZ_POLICY)
+
+
+# -- proxy defaults and abuse ------------------------------------------------------------
+
+def test_client_text_is_escaped_in_the_access_log() -> None:
+    evil = b"bob\n1.2.3.4:5 socks5 user=root \x1b[2J\\ \xc3\xa9"
+
+    async def body(w: World):
+        reader, writer = await w.client.open_connection(PROXY_C, SOCKS_PORT)
+        writer.write(p.Socks4Request(1, ECHO, "0.0.0.1", evil, "unknown.test").encode())
+        assert (await read_message(reader, p.parse_socks4_reply)) is not None
+        writer.close()
+        await socks5(w, Address.of(ORIGIN, ECHO), methods=(2,), creds=(evil, b"nope"))
+        assert await w.until(lambda: len(w.log.sessions) == 2)
+        for s in w.log.sessions:
+            line = s.line()
+            assert all(0x20 <= ord(c) < 0x7f for c in line), line
+            assert "user=bob\\x0a1.2.3.4:5\\x20socks5\\x20user=root\\x20\\x1b[2J\\\\" in line
+            assert "\\xc3\\xa9" in line
+
+    simulate(body, policy=Policy(users={"alice": "wonderland"}, hosts={}))
+
+
+def test_socks4_log_shows_the_status_the_client_received() -> None:
+    policy = Policy(hosts={"origin.test": ORIGIN})
+
+    async def body(w: World):
+        for name in ("origin.test", "unknown.test"):
+            reader, writer = await w.client.open_connection(PROXY_C, SOCKS_PORT)
+            writer.write(p.Socks4Request(1, ECHO, "0.0.0.1", b"", name).encode())
+            await read_message(reader, p.parse_socks4_reply)
+            writer.close()
+        assert await w.until(lambda: len(w.log.sessions) == 2)
+        lines = sorted(s.line() for s in w.log.sessions)
+        assert "rep=0x5a" in lines[0] and "unknown.test" not in lines[0]
+        assert "rep=0x5b" in lines[1] and "unknown name" in lines[1]
+
+    simulate(body, policy=policy)
