@@ -31,6 +31,7 @@ from stack.wire import WireError
 from stack.wire import checksum as cks
 from stack.wire import icmp as wicmp
 from stack.wire import ipv4 as wip
+from stack.wire import udp as wudp
 from stack.wire.arp import ARP_REPLY, ARP_REQUEST, ArpPacket
 from stack.wire.ethernet import BROADCAST, ETH_HLEN, ETH_P_ARP, ETH_P_IP, random_mac
 from stack.wire.vnet import VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM
@@ -40,6 +41,9 @@ _ETH_IP = b"\x08\x00"
 _ETH_ARP = b"\x08\x06"
 HEADROOM = 128
 _ZERO = b"\0\0\0\0"
+#: Ethernet + a 20-byte IPv4 header + a 20-byte TCP header: the least a frame offered
+#: to the flow table holds (the handlers read the IPv4 and TCP headers in place).
+_FLOW_MIN_LEN = ETH_HLEN + 20 + 20
 
 
 class ProtocolHandler(Protocol):
@@ -189,9 +193,12 @@ class Stack:
             return self._drop("eth_not_for_us")
         etype = buf[d + 12:d + 14]
         if etype == _ETH_IP:
-            if self.flows and buf[d + 14] == 0x45 and buf[d + 23] == 6:
+            if (self.flows and skb.tail - d >= _FLOW_MIN_LEN and buf[d + 14] == 0x45
+                    and buf[d + 23] == 6):
                 # Exact-match flow table (a 20-byte IPv4 header carrying TCP): the
                 # splice layer's relayed pairs take their own short path from here.
+                # Only frames long enough for both headers are offered; shorter ones
+                # take the normal path, which drops them as truncated.
                 handler = self.flows.get(bytes(buf[d + 26:d + 38]))
                 if handler is not None and handler(skb, now):
                     c["rx_local"] += 1
@@ -291,7 +298,11 @@ class Stack:
         _H.pack_into(buf, d + 10, cks.update16(csum, old, old - 0x100))
         wire_len = totlen
         if skb.gso_size:
+            # A super-frame's wire segments are its headers plus gso_size each: the
+            # TCP header must be there to say how long they are.
             t = d + ihl
+            if t + 20 > skb.tail or (buf[t + 12] >> 4) < 5:
+                return self._drop("tcp_truncated")
             wire_len = ihl + ((buf[t + 12] >> 4) << 2) + skb.gso_size
         if wire_len > out.mtu:
             return self._forward_too_big(iface, out, skb, d, ihl, route.via or dst, now)
@@ -350,11 +361,29 @@ class Stack:
         elif proto == wip.IPPROTO_ICMP:
             self._icmp_input(iface, skb, src, dst, now)
         elif proto == wip.IPPROTO_UDP:
-            self.counters["udp_no_port"] += 1
-            self._icmp_error(iface, quoted, wicmp.DEST_UNREACH, wicmp.UNREACH_PORT, now)
+            self._udp_input(iface, skb, quoted, src, dst, now)
         else:
             self.counters["ip_unknown_protocol"] += 1
             self._icmp_error(iface, quoted, wicmp.DEST_UNREACH, wicmp.UNREACH_PROTOCOL, now)
+
+    def _udp_input(self, iface: Interface, skb: SkBuff, quoted: bytes, src: bytes,
+                   dst: bytes, now: float) -> None:
+        """No UDP port is open here: a well-formed datagram earns a port unreachable
+        (RFC 1122 §4.1.3.1). A truncated one, or one whose length or checksum is
+        wrong, is counted and dropped unanswered, as Linux does (InErrors,
+        InCsumErrors): it may not even have come from its source."""
+        datagram = skb.view()
+        try:
+            hdr = wudp.UdpHeader.parse(datagram)
+        except WireError as e:
+            self.counters[e.reason] += 1
+            return None
+        trusted = skb.vnet_flags & (VIRTIO_NET_HDR_F_NEEDS_CSUM | VIRTIO_NET_HDR_F_DATA_VALID)
+        if not trusted and not wudp.verify(src, dst, datagram[:hdr.length]):
+            self.counters["udp_bad_checksum"] += 1
+            return None
+        self.counters["udp_no_port"] += 1
+        self._icmp_error(iface, quoted, wicmp.DEST_UNREACH, wicmp.UNREACH_PORT, now)
 
     def _icmp_input(self, iface: Interface, skb: SkBuff, src: bytes, dst: bytes,
                     now: float) -> None:
@@ -376,11 +405,15 @@ class Stack:
     def _icmp_error_input(self, msg: wicmp.IcmpMessage, now: float) -> None:
         """Hand an ICMP error to the protocol whose datagram it quotes (RFC 5927)."""
         q = bytes(msg.payload)
-        if len(q) < 28 or q[0] >> 4 != 4:
+        ihl = (q[0] & 15) * 4 if q else 0
+        # RFC 792 / RFC 1812 §4.3.2.3: the quote is the original IPv4 header and at
+        # least 8 bytes of its payload (TCP: the ports and the sequence number).
+        if len(q) < 28 or q[0] >> 4 != 4 or ihl < 20 or len(q) < ihl + 8:
+            self.counters["icmp_error_bad_quote"] += 1
             return
-        ihl = (q[0] & 15) * 4
         handler = self.protocols.get(q[9])
-        if handler is None or len(q) < ihl + 8 or not hasattr(handler, "icmp_error"):
+        if handler is None or not hasattr(handler, "icmp_error"):
+            self.counters["icmp_error_no_protocol"] += 1
             return
         sport, dport, seg_seq = struct.unpack_from("!HHL", q, ihl)
         # The quoted sequence number lets TCP check the error is about data in flight

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 import dpkt
 import pytest
 
@@ -189,7 +191,7 @@ def test_pending_queue_is_bounded():
 def test_udp_to_stack_gets_port_unreachable():
     lab = Lab()
     lab.resolve_a()
-    lab.from_a(ip(A_HOST, A_STACK, dpkt.udp.UDP(sport=5, dport=6, data=b"q"),
+    lab.from_a(ip(A_HOST, A_STACK, dpkt.udp.UDP(sport=5, dport=6, ulen=9, data=b"q"),
                   p=dpkt.ip.IP_PROTO_UDP))
     (pu,) = frames_of(lab.a)
     assert pu.data.data.type == 3 and pu.data.data.code == 3
@@ -308,3 +310,64 @@ def test_counters_add_up():
     c = lab.stack.counters
     assert c["rx_frames"] == c["rx_arp"] + c["rx_local"] + c["rx_forwarded"] + c["rx_dropped"]
     assert c["drop.eth_truncated"] == 1
+
+
+def _raw_ip(src: str, dst: str, proto: int, payload: bytes, ihl: int = 20) -> bytes:
+    """An IPv4 datagram whose payload is taken as given (no codec fills it in)."""
+    hdr = bytearray(struct.pack("!BBHHHBBH4s4s", 0x40 | ihl >> 2, 0, ihl + len(payload), 9,
+                                0, 64, proto, 0, ip_bytes(src), ip_bytes(dst)))
+    hdr += bytes(ihl - 20)
+    total = sum(int.from_bytes(hdr[i:i + 2], "big") for i in range(0, ihl, 2))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    hdr[10:12] = (~total & 0xFFFF).to_bytes(2, "big")
+    return bytes(hdr) + payload
+
+
+@pytest.mark.parametrize("payload, reason", [
+    (b"\0\5\0\6", "udp_truncated"),                       # half a header
+    (b"\0\5\0\6\0\x40\0\0q", "udp_bad_length"),           # length past the datagram
+    (b"\0\5\0\6\0\x09\x12\x34q", "udp_bad_checksum"),     # wrong checksum
+])
+def test_malformed_udp_gets_no_port_unreachable(payload, reason):
+    # Linux counts such datagrams as UDP InErrors/InCsumErrors and answers nothing;
+    # only a well-formed datagram to a closed port earns a port unreachable.
+    lab = Lab()
+    lab.resolve_a()
+    lab.a.send(eth(lab.ia.mac, A_MAC_PEER, _raw_ip(A_HOST, A_STACK, 17, payload)))
+    lab.run()
+    assert frames_of(lab.a) == []
+    assert lab.stack.counters[reason] == 1
+    assert lab.stack.counters["udp_no_port"] == 0
+
+
+def test_icmp_error_quoting_a_bad_header_is_counted_not_delivered():
+    lab = Lab()
+    lab.resolve_a()
+    got: list = []
+
+    class Proto:
+        def input(self, *a): ...
+        def next_deadline(self): return None
+        def on_timer(self, now): ...
+        def icmp_error(self, *a, **kw): got.append(a)
+
+    lab.stack.register_protocol(6, Proto())
+    # The quoted header claims IHL 8 bytes (less than the 20 any header has).
+    quoted = bytearray(_raw_ip(A_STACK, A_HOST, 6, b"\0" * 20))
+    quoted[0] = 0x42
+    err = dpkt.icmp.ICMP(type=3, code=4, data=dpkt.icmp.ICMP.Unreach(mtu=1000,
+                                                                     data=bytes(quoted)))
+    lab.from_a(ip(A_HOST, A_STACK, err))
+    assert got == []
+    assert lab.stack.counters["icmp_error_bad_quote"] == 1
+
+
+def test_superframe_with_a_truncated_tcp_header_is_a_counted_drop():
+    lab = Lab(offload=True)
+    lab.resolve_a()
+    lab.a.send(eth(lab.ia.mac, A_MAC_PEER, _raw_ip(A_HOST, B_HOST, 6, b"\0" * 8)),
+               gso_size=1448)
+    lab.run()
+    assert lab.stack.counters["drop.tcp_truncated"] == 1
+    assert lab.stack.counters["rx_forwarded"] == 0
