@@ -21,17 +21,40 @@ MAX_HEADERS = 100
 #: A chunk-size line with extensions, and the trailer section of a chunked body.
 MAX_CHUNK_LINE = 4096
 MAX_TRAILER_BYTES = 16 * 1024
+#: Chunk sizes: at most 16 hex digits and below 2**63, so that no 64-bit parser
+#: further on could read a size we accepted as a different (wrapped) number.
+MAX_CHUNK_SIZE_DIGITS = 16
+MAX_CHUNK_SIZE = 2**63 - 1
+#: RFC 9112 §2.2 asks to ignore "at least one" empty line before a request; a few
+#: are ignored, an endless run of them is refused instead of buffered.
+MAX_EMPTY_LINES = 4
 
 # RFC 9110 §5.6.2: token = 1*tchar.
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _VERSION = re.compile(rb"HTTP/1\.[0-9]\Z")
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# ASCII digits only: str.isdigit() also accepts "\u00b2" and other digits int() refuses.
+_DIGITS = re.compile(r"[0-9]{1,18}")
+_PORT = re.compile(r"[0-9]{1,5}")
+# RFC 3986 §3.2.2 host (reg-name without ",", or an IP literal) and an optional port.
+_HOST_FIELD = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+;=%]*)(?::[0-9]*)?")
+# RFC 9112 §7.1.1: chunk-size [ chunk-ext ], with
+# chunk-ext = *( BWS ";" BWS ext-name [ BWS "=" BWS ext-val ] ), ext-val = token / quoted-string.
+_TCHARS = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_QUOTED = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
+_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,%d})(?:[ \t]*;[ \t]*%s(?:[ \t]*=[ \t]*(?:%s|%s))?)*"
+                         % (MAX_CHUNK_SIZE_DIGITS, _TCHARS, _TCHARS, _QUOTED))
 
 #: RFC 9110 §7.6.1 and the proxy-only fields; plus whatever Connection names.
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
     "upgrade", "proxy-authorization", "proxy-authenticate",
 })
+#: Fields a proxy must not drop because Connection names them (RFC 9110 §7.6.1: a
+#: sender must not name fields meant for every recipient): removing Content-Length
+#: or Transfer-Encoding would forward a body without its framing, removing Host the
+#: request's authority. A message whose Connection names one is refused.
+END_TO_END = frozenset({"content-length", "transfer-encoding", "host"})
 
 
 class HttpError(ValueError):
@@ -182,7 +205,10 @@ def _split_head(buf: bytes | bytearray, error: type[HttpError],
     # RFC 9112 §2.2: a server SHOULD ignore at least one empty line before a request.
     while buf.startswith(b"\r\n", start):
         start += 2
+        if start > 2 * MAX_EMPTY_LINES:
+            raise error("too many empty lines before the start line")
     end = buf.find(b"\r\n\r\n", start)
+    _check_line_ends(buf, start, len(buf) if end < 0 else end + 2, error)
     first = buf.find(b"\r\n", start)
     if (first < 0 and len(buf) - start > MAX_START_LINE) or first - start > MAX_START_LINE:
         raise line_error("start line too long")
@@ -199,6 +225,20 @@ def _split_head(buf: bytes | bytearray, error: type[HttpError],
     if any(b"\n" in line or b"\r" in line for line in lines):
         raise error("bare CR or LF in the head")
     return lines, end + 4
+
+
+def _check_line_ends(buf: bytes | bytearray, start: int, stop: int,
+                     error: type[HttpError]) -> None:
+    """Every CR and LF in ``buf[start:stop]`` is part of a CRLF (RFC 9112 §2.2: a bare
+    CR or LF is read differently by different parsers); refused as soon as it is seen,
+    not when the head ends. A CR at the very end of an incomplete head may still get
+    its LF."""
+    crlf = buf.count(b"\r\n", start, stop)
+    if buf.count(b"\n", start, stop) != crlf:
+        raise error("bare LF in the head")
+    cr = buf.count(b"\r", start, stop)
+    if cr != crlf and not (cr == crlf + 1 and stop == len(buf) and buf.endswith(b"\r")):
+        raise error("bare CR in the head")
 
 
 def _fields(lines: list[bytes], error: type[HttpError]) -> Headers:
@@ -234,6 +274,9 @@ def parse_request_head(buf: bytes | bytearray) -> tuple[Request, int] | None:
     if not target or not target.isprintable():
         raise BadRequest("bad request target")
     req = Request(parts[0].decode(), target, parts[2].decode(), _fields(lines[1:], BadRequest))
+    hosts = req.headers.get_all("host")
+    if len(hosts) > 1 or (hosts and not _HOST_FIELD.fullmatch(hosts[0])):
+        raise BadRequest("more than one Host, or a bad Host")   # RFC 9112 §3.2
     _resolve_target(req)
     return req, used
 
@@ -246,7 +289,7 @@ def _authority(text: str, default_port: int | None) -> tuple[str, int]:
         if default_port is None:
             raise BadRequest(f"no port in {text!r}")
         return _check_host(host), default_port
-    if not port.isdigit() or not 0 < int(port) < 65536:
+    if not _PORT.fullmatch(port) or not 0 < int(port) < 65536:
         raise BadRequest(f"bad port in {text!r}")
     return _check_host(host), int(port)
 
@@ -267,14 +310,16 @@ def _resolve_target(req: Request) -> None:
     scheme, sep, rest = target.partition("://")
     if not sep or scheme.lower() not in ("http", "https"):
         raise BadRequest("a proxy needs an absolute-form target")
-    auth, slash, path = rest.partition("/")
-    auth, _q, query = auth.partition("?")
+    # RFC 3986 §3.2: the authority ends at the first "/", "?" or "#".
+    cut = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+    auth, tail = rest[:cut], rest[cut:]
     if "@" in auth or not auth:
         raise BadRequest("bad authority in the target")
+    # RFC 9110 §4.2.5: the fragment is the client's; it never goes on the wire.
+    path, q, query = tail.partition("#")[0].partition("?")
     req.scheme = scheme.lower()
     req.host, req.port = _authority(auth, 443 if req.scheme == "https" else 80)
-    path = (slash + path) or "/"
-    req.path = path + (f"?{query}" if _q else "")
+    req.path = (path or "/") + q + query
     if req.version == "HTTP/1.1" and req.headers.get("host") is None:
         raise BadRequest("HTTP/1.1 request without Host")  # RFC 9112 §3.2
 
@@ -287,7 +332,8 @@ def parse_response_head(buf: bytes | bytearray) -> tuple[Response, int] | None:
     lines, used = got
     version, _sp, rest = lines[0].partition(b" ")
     code, _sp, reason = rest.partition(b" ")
-    if not _VERSION.match(version) or len(code) != 3 or not code.isdigit():
+    if not _VERSION.match(version) or not re.fullmatch(rb"[1-5][0-9][0-9]", code):
+        # RFC 9110 §15: a status code outside 100-599 is invalid.
         raise BadResponse(f"bad status line {lines[0][:60]!r}")
     headers = _fields(lines[1:], BadResponse)
     return Response(int(code), reason.decode("latin-1"), version.decode(), headers), used
@@ -305,23 +351,40 @@ class Framing(Enum):
     TUNNEL = "tunnel"    # 2xx to CONNECT: the connection becomes a tunnel
 
 
+def _check_connection(headers: Headers, error: type[HttpError]) -> None:
+    """Refuse a message whose Connection (or Proxy-Connection) names a field that
+    :data:`END_TO_END` says must stay (RFC 9110 §7.6.1)."""
+    named = set(headers.tokens("connection")) | set(headers.tokens("proxy-connection"))
+    bad = sorted(named & END_TO_END)
+    if bad:
+        raise error(f"Connection names {bad[0]}")
+
+
 def _content_length(headers: Headers, error: type[HttpError]) -> int | None:
-    values = headers.tokens("content-length")
+    values = headers.get_all("content-length")
     if not values:
         return None
-    # §6.3 item 5: repeated identical values are one value; anything else is an error.
-    if len(set(values)) != 1 or not values[0].isdigit() or len(values[0]) > 18:
+    # RFC 9110 §8.6: 1*DIGIT; a list of identical values (or repeated fields) is one
+    # value; anything else, an empty element included, is an error (RFC 9112 §6.3).
+    elements = [e.strip(" \t") for v in values for e in v.split(",")]
+    if len(set(elements)) != 1 or not _DIGITS.fullmatch(elements[0]):
         raise error(f"bad Content-Length {values[:3]}")
-    return int(values[0])
+    return int(elements[0])
 
 
 def request_framing(req: Request) -> tuple[Framing, int]:
     """The request body's framing and length (0 unless LENGTH)."""
-    codings = req.headers.tokens("transfer-encoding")
-    if codings:
-        if req.version == "HTTP/1.0" or codings[-1] != "chunked":
-            # §6.3 item 4: the request body length cannot be determined reliably.
-            raise BadRequest("Transfer-Encoding without final chunked")
+    _check_connection(req.headers, BadRequest)
+    if req.headers.get_all("transfer-encoding"):
+        codings = req.headers.tokens("transfer-encoding")
+        if req.version == "HTTP/1.0" or not codings or codings[-1] != "chunked" \
+                or codings.count("chunked") > 1:
+            # §6.1: HTTP/1.0 has no transfer codings; §7: chunked only once; §6.3 item
+            # 4: without a final chunked the body length cannot be determined.
+            raise BadRequest("Transfer-Encoding without one final chunked")
+        if len(codings) > 1:
+            # §6.1: a coding we do not apply; we would forward it undecoded.
+            raise BadRequest(f"transfer coding {codings[0]!r} not implemented", 501)
         if req.headers.get("content-length") is not None:
             # §6.1: both present is a smuggling attempt; refuse rather than choose.
             raise BadRequest("both Transfer-Encoding and Content-Length")
@@ -332,23 +395,60 @@ def request_framing(req: Request) -> tuple[Framing, int]:
 
 def response_framing(method: str, resp: Response) -> tuple[Framing, int]:
     """The response body's framing and length for a request ``method`` (§6.3)."""
+    _check_connection(resp.headers, BadResponse)
     if method == "HEAD" or resp.status < 200 or resp.status in (204, 304):
         return Framing.NONE, 0
     if method == "CONNECT" and resp.status < 300:
         return Framing.TUNNEL, 0
-    codings = resp.headers.tokens("transfer-encoding")
-    if codings:
-        return (Framing.CHUNKED, 0) if codings[-1] == "chunked" else (Framing.CLOSE, 0)
+    if resp.headers.get_all("transfer-encoding"):
+        if resp.version == "HTTP/1.0" or resp.headers.tokens("transfer-encoding") != ["chunked"]:
+            # §6.1: Transfer-Encoding in HTTP/1.0 is faulty framing; and a coding other
+            # than chunked is one nothing here decodes: forwarding it undecoded, or
+            # reading to the close, would both be guesses.
+            raise BadResponse(f"Transfer-Encoding {resp.headers.get('transfer-encoding')!r}")
+        # §6.3 item 3: chunked wins over a Content-Length, which set_framing removes.
+        return Framing.CHUNKED, 0
     n = _content_length(resp.headers, BadResponse)
     if n is None:
         return Framing.CLOSE, 0
     return (Framing.LENGTH, n) if n else (Framing.NONE, 0)
 
 
+def set_framing(headers: Headers, framing: Framing, length: int, chunked: bool = True) -> None:
+    """Make the framing fields of a forwarded head the proxy's own (RFC 9112 §6.3): one
+    Content-Length for a LENGTH body, ``Transfer-Encoding: chunked`` for a CHUNKED body
+    the proxy re-chunks (``chunked``), neither for a body that ends with the close.
+    What the sender wrote is never passed on, so no parser further on can read
+    the body's end where this one did not."""
+    headers.remove("transfer-encoding")
+    if framing is Framing.LENGTH:
+        headers.set("Content-Length", str(length))
+        return
+    if framing is Framing.NONE:
+        # No body follows (HEAD, 304, or a length of 0): a Content-Length stays as
+        # one value, or goes when it is not one valid value.
+        try:
+            n = _content_length(headers, HttpError)
+        except HttpError:
+            n = None
+        headers.remove("content-length")
+        if n is not None:
+            headers.add("Content-Length", str(n))
+        return
+    headers.remove("content-length")
+    if framing is Framing.CHUNKED and chunked:
+        headers.add("Transfer-Encoding", "chunked")
+
+
 class ChunkedDecoder:
     """Incremental chunked decoding (RFC 9112 §7.1): :meth:`feed` returns the payload
     bytes and how many input bytes it used; ``done`` once the last chunk and the
-    trailer section were read (bytes after that are not used)."""
+    trailer section were read (bytes after that are not used). Strict: every line
+    ends with CRLF and is at most MAX_CHUNK_LINE bytes, chunk-size is 1 to 16 hex
+    digits below 2**63, extensions follow the chunk-ext grammar, trailer lines are
+    field lines; anything else raises ``error``. The payload is all a caller may
+    forward (re-chunked with :func:`encode_chunk`): extensions and trailers go no
+    further."""
 
     def __init__(self, error: type[HttpError] = BadResponse) -> None:
         self.error = error
@@ -375,7 +475,15 @@ class ChunkedDecoder:
                 if self.remaining == 0:
                     self.state = "data_crlf"
                 continue
-            end = data.find(b"\r\n", pos)
+            if self.state == "data_crlf":
+                if len(data) - pos < 2:
+                    break
+                if data[pos:pos + 2] != b"\r\n":
+                    raise self.error("chunk data not followed by CRLF")
+                pos += 2
+                self.state = "size"
+                continue
+            end = data.find(b"\r\n", pos, pos + MAX_CHUNK_LINE + 2)
             if end < 0:
                 if len(data) - pos > MAX_CHUNK_LINE:
                     raise self.error("chunk line too long")
@@ -385,23 +493,20 @@ class ChunkedDecoder:
         return b"".join(out), pos
 
     def _line(self, line: bytes) -> None:
-        if self.state == "data_crlf":
-            if line:
-                raise self.error("chunk data not followed by CRLF")
-            self.state = "size"
-        elif self.state == "size":
-            size = line.partition(b";")[0].strip(b" \t")
-            if not size or len(size) > 16 or not all(c in b"0123456789abcdefABCDEF"
-                                                     for c in size):
-                raise self.error(f"bad chunk size {line[:20]!r}")
-            self.remaining = int(size, 16)
+        if self.state == "size":
+            m = _CHUNK_LINE.fullmatch(line)
+            if m is None or int(m.group(1), 16) > MAX_CHUNK_SIZE:
+                raise self.error(f"bad chunk line {line[:20]!r}")
+            self.remaining = int(m.group(1), 16)
             self.state = "data" if self.remaining else "trailer"
-        elif self.state == "trailer":
-            self.trailer_bytes += len(line) + 2
-            if self.trailer_bytes > MAX_TRAILER_BYTES:
-                raise self.error("trailer section too large")
-            if not line:
-                self.state = "done"
+            return
+        self.trailer_bytes += len(line) + 2
+        if self.trailer_bytes > MAX_TRAILER_BYTES:
+            raise self.error("trailer section too large")
+        if not line:
+            self.state = "done"
+        else:
+            _fields([line], self.error)   # §7.1.2: a trailer line is a field line
 
 
 def encode_chunk(data: bytes) -> bytes:

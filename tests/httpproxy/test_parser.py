@@ -124,7 +124,6 @@ def test_request_framing() -> None:
     ("GET", 200, [("Content-Length", "10")], (Framing.LENGTH, 10)),
     ("GET", 200, [("Transfer-Encoding", "chunked"), ("Content-Length", "10")],
      (Framing.CHUNKED, 0)),
-    ("GET", 200, [("Transfer-Encoding", "gzip")], (Framing.CLOSE, 0)),
     ("GET", 200, [], (Framing.CLOSE, 0)),
     ("CONNECT", 200, [], (Framing.TUNNEL, 0)),
 ])
@@ -222,3 +221,172 @@ def test_fuzz_response_and_chunked_raise_only_typed_errors(data: bytes) -> None:
         ChunkedDecoder().feed(data)
     except BadResponse:
         pass
+
+
+# -- framing hardening (RFC 9112 §6-7, RFC 9110 §7.6.1) ------------------------------------
+
+def _post(fields: str) -> str:
+    return f"POST http://h/ HTTP/1.1\r\nHost: h\r\n{fields}\r\n\r\n"
+
+
+@pytest.mark.parametrize("conn", ["Connection: Content-Length", "Connection: close, content-length",
+                                  "Connection: Transfer-Encoding", "Proxy-Connection: Content-Length",
+                                  "Connection: Host"])
+def test_connection_naming_a_framing_field_is_refused(conn: str) -> None:
+    # Removing the field named in Connection would forward a body without its framing.
+    with pytest.raises(BadRequest):
+        hp.request_framing(req(_post(f"{conn}\r\nContent-Length: 5")))
+    resp = hp.Response(200, headers=Headers([tuple(conn.split(": ")), ("Content-Length", "5")]))
+    with pytest.raises(BadResponse):
+        hp.response_framing("GET", resp)
+
+
+@pytest.mark.parametrize("bad,status", [
+    ("Content-Length: \u00b2", 400),             # a Latin-1 digit passes str.isdigit()
+    ("Content-Length: 5, \u00b2", 400),
+    ("Content-Length: ", 400),                   # empty: not "no body"
+    ("Content-Length: 5,", 400),
+    ("Content-Length: +5", 400),
+    ("Content-Length: 5 5", 400),
+    ("Content-Length: " + "9" * 30, 400),
+    ("Transfer-Encoding: gzip, chunked", 501),   # §6.1: a coding we do not apply
+    ("Transfer-Encoding: chunked, chunked", 400),  # §7: chunked at most once
+    ("Transfer-Encoding: chunked, gzip", 400),   # §6.3 item 4: not final
+    ("Transfer-Encoding: identity", 400),
+])
+def test_request_framing_is_strict(bad: str, status: int) -> None:
+    with pytest.raises(BadRequest) as e:
+        hp.request_framing(req(_post(bad)))
+    assert e.value.status == status
+
+
+def test_identical_lengths_collapse_to_one_value() -> None:
+    for fields in ("Content-Length: 5, 5", "Content-Length: 5\r\nContent-Length: 5"):
+        r = req(_post(fields))
+        assert hp.request_framing(r) == (Framing.LENGTH, 5)
+        out = hp.strip_hop_by_hop(r.headers)
+        hp.set_framing(out, Framing.LENGTH, 5)
+        assert out.get_all("content-length") == ["5"]
+
+
+def test_set_framing_emits_only_the_proxys_framing_fields() -> None:
+    h = Headers([("Content-Length", "10"), ("Transfer-Encoding", "chunked"), ("A", "b")])
+    hp.set_framing(h, Framing.CHUNKED, 0)
+    assert h.fields == [("A", "b"), ("Transfer-Encoding", "chunked")]
+    h = Headers([("Content-Length", "10"), ("A", "b")])
+    hp.set_framing(h, Framing.CLOSE, 0)
+    assert h.fields == [("A", "b")]
+    h = Headers([("Content-Length", "0, 0")])
+    hp.set_framing(h, Framing.NONE, 0)
+    assert h.fields == [("Content-Length", "0")]
+
+
+@pytest.mark.parametrize("fields,expected", [
+    ([("Transfer-Encoding", "chunked"), ("Content-Length", "10")], (Framing.CHUNKED, 0)),
+    ([("Content-Length", "10, 10")], (Framing.LENGTH, 10)),
+])
+def test_response_framing_both_fields_is_chunked(fields, expected) -> None:
+    assert hp.response_framing("GET", hp.Response(200, headers=Headers(fields))) == expected
+
+
+@pytest.mark.parametrize("fields,version", [
+    ([("Content-Length", "\u00b2")], "HTTP/1.1"),
+    ([("Content-Length", "")], "HTTP/1.1"),
+    ([("Transfer-Encoding", "gzip")], "HTTP/1.1"),           # nothing here decodes it
+    ([("Transfer-Encoding", "gzip, chunked")], "HTTP/1.1"),
+    ([("Transfer-Encoding", "chunked, chunked")], "HTTP/1.1"),
+    ([("Transfer-Encoding", "chunked")], "HTTP/1.0"),        # §6.1: faulty framing
+])
+def test_response_framing_refuses_what_it_cannot_frame(fields, version) -> None:
+    with pytest.raises(BadResponse):
+        hp.response_framing("GET", hp.Response(200, version=version, headers=Headers(fields)))
+
+
+@pytest.mark.parametrize("line", [b"HTTP/1.1 000 X", b"HTTP/1.1 099 X", b"HTTP/1.1 600 X",
+                                  b"HTTP/1.1 \xb2\xb2\xb2 X", b"HTTP/1.1 20 X"])
+def test_status_codes_outside_100_to_599_are_502(line: bytes) -> None:
+    with pytest.raises(BadResponse):
+        parse_response_head(line + b"\r\n\r\n")
+
+
+@pytest.mark.parametrize("text", [
+    "GET http://h/ HTTP/1.1\r\nHost: h\r\nHost: h\r\n\r\n",      # RFC 9112 §3.2
+    "GET http://h/ HTTP/1.1\r\nHost: h, h\r\n\r\n",
+    "GET http://h/ HTTP/1.1\r\nHost: a b\r\n\r\n",
+    "GET http://h/ HTTP/1.1\r\nHost: h/x\r\n\r\n",
+    "GET http://h:\u00b2/ HTTP/1.1\r\nHost: h\r\n\r\n",
+    "GET http://h:08080808/ HTTP/1.1\r\nHost: h\r\n\r\n",
+    "GET http://h/a\rb HTTP/1.1\r\nHost: h\r\n\r\n",
+])
+def test_more_malformed_requests_are_400(text: str) -> None:
+    with pytest.raises(BadRequest) as e:
+        parse_request_head(text.encode("latin-1"))
+    assert e.value.status == 400
+
+
+@pytest.mark.parametrize("raw", [b"GET http://h/ HTTP/1.1\nHost: h\n\n",
+                                 b"GET http://h/ HTTP/1.1\nHost: h",
+                                 b"GET http://h/ HTTP/1.1\r\nHost: h\r\nX: \rY\r\n",
+                                 b"\r\n" * 20 + b"GET"])
+def test_bare_lf_cr_and_empty_line_floods_are_refused_before_the_head_ends(raw) -> None:
+    # Nothing to wait for: a head with a bare LF or CR is refused as soon as it is seen.
+    with pytest.raises(BadRequest):
+        parse_request_head(raw)
+
+
+@pytest.mark.parametrize("target,path,uri", [
+    ("http://h/p?q=1#frag", "/p?q=1", "http://h/p?q=1"),        # a fragment never goes out
+    ("http://h#frag", "/", "http://h/"),
+    ("http://h?q=1/qbp", "/?q=1/qbp", "http://h/?q=1/qbp"),     # RFC 3986 §3.2
+    ("http://h:81?q#x/y", "/?q", "http://h:81/?q"),
+    ("http://h/a/b", "/a/b", "http://h/a/b"),
+])
+def test_absolute_form_per_rfc3986(target: str, path: str, uri: str) -> None:
+    r = req(f"GET {target} HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert (r.host, r.path, r.uri) == ("h", path, uri)
+    assert b"#" not in r.encode_origin_form()
+
+
+@pytest.mark.parametrize("raw", [
+    b"5;a\nb\r\nhello\r\n0\r\n\r\n",          # bare LF in an extension
+    b"5;a=\x01\r\nhello\r\n0\r\n\r\n",        # control byte
+    b"5;a=b\rc\r\nhello\r\n0\r\n\r\n",        # bare CR
+    b"5;" + b"a" * 5000 + b"\r\nhello\r\n0\r\n\r\n",   # a long line read in one piece
+    b"0" * 17 + b"5\r\nhello\r\n0\r\n\r\n",    # too many digits
+    b"8000000000000000\r\n",                   # 2**63: overflows a signed 64-bit size
+    b" 5\r\nhello\r\n0\r\n\r\n",
+    b"5 \r\nhello\r\n0\r\n\r\n",               # BWS only before ";" (§7.1.1)
+    b"-5\r\n", b"0x5\r\n", b"+5\r\n", b"\xb2\r\n", b";a\r\n",
+    b"5;=b\r\nhello\r\n0\r\n\r\n",
+    b'5;a="b\r\nhello\r\n0\r\n\r\n',
+    b"5\r\nhello\n0\r\n\r\n",                  # bare LF after the data
+    b"5\r\nhello\r\n0\r\nX: a\nb\r\n\r\n",      # bare LF in a trailer
+    b"5\r\nhello\r\n0\r\nX: a\x01\r\n\r\n",
+    b"5\r\nhello\r\n0\r\nnocolon\r\n\r\n",
+    b"5\r\nhello\r\n0\r\nX : a\r\n\r\n",
+    b"5\r\nhello\r\n0\r\nX: a\r\n folded\r\n\r\n",
+    b"5\r\nhello\r\n0\r\nX: " + b"a" * 5000 + b"\r\n\r\n",
+])
+def test_chunked_framing_is_strict(raw: bytes) -> None:
+    dec = ChunkedDecoder()
+    with pytest.raises(BadResponse):
+        dec.feed(raw)
+
+
+def test_valid_chunk_extensions_and_trailers_still_decode() -> None:
+    for raw in (b"5 ; a = b ; c=\"q \\\" d\"\r\nhello\r\n0\r\nX-T: 1\r\n\r\n",
+                b"00005;x\r\nhello\r\n000\r\n\r\n", b"A\r\n0123456789\r\n0\r\n\r\n"):
+        dec = ChunkedDecoder()
+        payload, used = dec.feed(raw)
+        assert dec.done and used == len(raw) and payload in (b"hello", b"0123456789")
+
+
+def test_chunk_line_limit_applies_to_lines_in_one_read_and_across_reads() -> None:
+    line = b"5;" + b"a" * (hp.MAX_CHUNK_LINE - 2)
+    dec = ChunkedDecoder()
+    assert dec.feed(line + b"\r\nhello\r\n0\r\n\r\n")[0] == b"hello"   # at the limit
+    for feed in ([line + b"a\r\n"], [line[:100], line + b"a"]):
+        dec = ChunkedDecoder()
+        with pytest.raises(BadResponse):
+            for data in feed:
+                dec.feed(data)
