@@ -25,6 +25,8 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from apps import authlimit
+from apps.authlimit import AuthLimiter
 from apps.httpproxy import cache as rules
 from apps.httpproxy import spliced
 from apps.httpproxy.accesslog import Entry
@@ -87,7 +89,8 @@ class HttpProxy:
     def __init__(self, api: Any, *, splice: Any = None, mode: str = "splice",
                  cache: CacheStore | None = None, policy: HttpPolicy | None = None,
                  log: logging.Logger | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 auth_limiter: AuthLimiter | None = None) -> None:
         check_mode(mode, MODES, splice)
         self.api = api
         self.mode = mode
@@ -97,6 +100,9 @@ class HttpProxy:
             attached_networks(api_interfaces(api)))
         self.access_log = log or ACCESS_LOG
         self.clock = clock
+        #: Back-off of repeated Basic failures per client address (on loop time).
+        self.auth_limiter = auth_limiter or AuthLimiter(
+            clock=lambda: asyncio.get_running_loop().time())
         self.active = 0
         self.counters: Counter[str] = Counter()
 
@@ -231,13 +237,22 @@ class HttpProxy:
         user, password = _basic_credentials(req.headers.get("proxy-authorization"))
         if user is not None:
             entry.user = user.decode("latin-1") or "-"   # byte for byte; escaped in the log
-        if user is None or not self.policy.authenticate(user, password):
-            self.counters["auth_failed"] += 1
-            entry.code = "TCP_DENIED"
+        outcome = "missing" if user is None else self.auth_limiter.attempt(
+            entry.client, lambda: self.policy.authenticate(user, password))
+        if outcome == authlimit.OK:
+            return True
+        self.counters[f"auth_{outcome}"] += 1
+        entry.code = "TCP_DENIED"
+        if user is not None:
+            authlimit.log_failure(log, entry.client, user, self.auth_limiter, outcome)
+        if outcome == authlimit.THROTTLED:   # RFC 6585 §4: 429 with Retry-After
+            wait = f"{max(1, round(self.auth_limiter.wait(entry.client)))}"
+            await self._error(client, entry, 429, "too many failed attempts",
+                              [("Retry-After", wait)])
+        else:
             await self._error(client, entry, 407, "proxy authentication required",
                               [("Proxy-Authenticate", 'Basic realm="tapsplice"')])
-            return False
-        return True
+        return False
 
     def _lookup(self, req: Request) -> StoredResponse | None:
         """A stored response whose Vary fields match the request (RFC 9111 §4.1)."""

@@ -9,8 +9,10 @@ unknown name is answered with "host unreachable" (RFC 1928 §6, X'04').
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -23,6 +25,17 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 #: Bounds of the files the policy reads (a policy is small; a huge file is a mistake).
 MAX_FILE_BYTES = 1 << 20
 MAX_ENTRIES = 10_000
+
+
+#: Passwords are compared as keyed digests: fixed length whatever the password, and
+#: the key (new in every process) means the digests in memory are worth nothing alone.
+_DIGEST_KEY = os.urandom(32)
+#: What an unknown user's password is compared with: the same work as a known one.
+_NO_USER = hmac.digest(_DIGEST_KEY, os.urandom(32), hashlib.sha256)
+
+
+def _digest(secret: bytes) -> bytes:
+    return hmac.digest(_DIGEST_KEY, secret, hashlib.sha256)
 
 
 class PolicyError(ValueError):
@@ -164,8 +177,13 @@ class Policy:
     max_connections: int = 256
     handshake_timeout: float = 10.0
     connect_timeout: float = 10.0
+    #: user -> keyed digest of the password (derived from ``users``).
+    _digests: dict[str, bytes] = field(init=False, repr=False, compare=False,
+                                       default_factory=dict)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "_digests", {
+            user: _digest(password.encode()) for user, password in (self.users or {}).items()})
         if self.max_connections < 1:
             raise PolicyError(f"max_connections {self.max_connections} must be at least 1")
         for name in ("handshake_timeout", "connect_timeout"):
@@ -199,16 +217,17 @@ class Policy:
         return self.allow_dests is None or _within(addr, self.allow_dests)
 
     def authenticate(self, username: bytes, password: bytes) -> bool:
-        """Check RFC 1929 credentials (compared in constant time)."""
+        """Check RFC 1929 credentials in constant time: one digest of the password
+        and one comparison of two 32-byte digests, for an unknown user too, so that
+        timing tells neither which users exist nor how long a password is."""
         if self.users is None:
             return True
         try:
-            stored = self.users.get(username.decode("utf-8"))
+            stored = self._digests.get(username.decode("utf-8"))
         except UnicodeDecodeError:
             stored = None
-        # Compare even for an unknown user, so timing does not tell which users exist.
-        expected = (stored if stored is not None else "\0").encode()
-        return hmac.compare_digest(expected, password) and stored is not None
+        same = hmac.compare_digest(_digest(bytes(password)), stored or _NO_USER)
+        return same and stored is not None
 
     def resolve(self, address: Address) -> str | None:
         """The IP address ``address`` stands for; None for an unknown name."""

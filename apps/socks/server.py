@@ -19,6 +19,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from apps import authlimit
+from apps.authlimit import AuthLimiter
 from apps.logsafe import escape, field
 from apps.socks import protocol as p
 from apps.socks.policy import Policy, api_interfaces, attached_networks, check_mode
@@ -93,7 +95,8 @@ class SocksServer:
     """A SOCKS5/SOCKS4a proxy on an asyncio-shaped TCP API (TcpApi or TapStack)."""
 
     def __init__(self, api: Any, *, mode: str = "copy", policy: Policy | None = None,
-                 log: logging.Logger | None = None, splice: Any = None) -> None:
+                 log: logging.Logger | None = None, splice: Any = None,
+                 auth_limiter: AuthLimiter | None = None) -> None:
         check_mode(mode, MODES, splice)
         self.api = api
         self.mode = mode
@@ -101,6 +104,8 @@ class SocksServer:
         self.policy = (policy or Policy()).with_default_clients(
             attached_networks(api_interfaces(api)))
         self.access_log = log or ACCESS_LOG
+        #: Back-off of repeated RFC 1929 failures per client address (on loop time).
+        self.auth_limiter = auth_limiter or AuthLimiter(clock=_loop_time)
         self.active = 0
         self.counters: Counter[str] = Counter()
 
@@ -223,15 +228,20 @@ class SocksServer:
 
     async def _authenticate(self, inp: _Input, writer: asyncio.StreamWriter,
                             s: Session) -> bool:
-        """RFC 1929 sub-negotiation; on failure the server closes (§2)."""
+        """RFC 1929 sub-negotiation; on failure the server closes (§2). An address
+        inside its back-off window (apps/authlimit.py) is refused unchecked."""
         req = await inp.next(p.parse_userpass_request)
         s.user = req.username.decode("latin-1")   # byte for byte; escaped when logged
-        ok = self.policy.authenticate(req.username, req.password)
+        ip = s.client.rpartition(":")[0]
+        outcome = self.auth_limiter.attempt(
+            ip, lambda: self.policy.authenticate(req.username, req.password))
+        ok = outcome == authlimit.OK
         writer.write(p.UserPassResponse(0 if ok else 1).encode())
         await writer.drain()
         if not ok:
-            self.counters["auth_failed"] += 1
-            s.note = "authentication failed"
+            self.counters[f"auth_{outcome}"] += 1
+            s.note = f"authentication {outcome}"
+            authlimit.log_failure(log, ip, s.user, self.auth_limiter, outcome)
         return ok
 
     async def _handshake4(self, inp: _Input, writer: asyncio.StreamWriter,
@@ -362,6 +372,10 @@ class SocksServer:
             self._log(s, asyncio.get_running_loop().time())
 
         self.splice.when_finished(pair, finished)
+
+
+def _loop_time() -> float:
+    return asyncio.get_running_loop().time()
 
 
 def _received(version: int, rep: int) -> int:

@@ -2,6 +2,9 @@
 
 client 198.18.0.1 --- 198.18.0.2 proxy 198.19.0.2 --- 198.19.0.1 origin
 
+With ``clients=2`` a second client 198.18.1.1 sits behind the first (which forwards),
+so that it reaches the proxy through the same interface from another address.
+
 The origin runs a few services; tests drive a client written with the codecs.
 Everything runs on virtual time, so timeouts cost nothing and runs repeat exactly.
 """
@@ -22,6 +25,7 @@ from stack.simloop import run, until
 from stack.streams import TcpApi
 
 CLIENT, PROXY_C, PROXY_S, ORIGIN = "198.18.0.1", "198.18.0.2", "198.19.0.2", "198.19.0.1"
+CLIENT2 = "198.18.1.1"
 SOCKS_PORT = 1080
 ECHO, REPORT, RESET, SILENT = 7, 8, 9, 10
 
@@ -46,6 +50,7 @@ class World:
     proxy_api: TcpApi
     origin: TcpApi
     log: Records
+    client2: TcpApi | None = None
 
     @property
     def now(self) -> float:
@@ -113,15 +118,18 @@ DEFAULT_MODE = {"mode": "copy"}
 
 
 def simulate(body: Callable[[World], Awaitable[Any]], *, policy: Policy | None = None,
-             mode: str | None = None, seed: int = 1) -> Any:
-    """Run ``body`` in a fresh three-host network with a SOCKS server on the proxy."""
+             mode: str | None = None, seed: int = 1, clients: int = 1) -> Any:
+    """Run ``body`` in a fresh three-host network with a SOCKS server on the proxy
+    (four hosts with ``clients=2``)."""
     mode = mode or DEFAULT_MODE["mode"]
     net = SimNetwork(seed)
-    c, px, o = net.add_host("client"), net.add_host("proxy"), net.add_host("origin")
+    c = net.add_host("client", forwarding=clients > 1)
+    px, o = net.add_host("proxy"), net.add_host("origin")
     net.connect(c, f"{CLIENT}/24", px, f"{PROXY_C}/24")
     net.connect(px, f"{PROXY_S}/24", o, f"{ORIGIN}/24")
     c.add_route("0.0.0.0/0", PROXY_C)
     o.add_route("0.0.0.0/0", PROXY_S)
+    c2 = second_client(net, c, px) if clients > 1 else None
     records = Records()
     ENDINGS.clear()
     access = logging.getLogger(f"tests.socks.access.{id(records)}")
@@ -138,12 +146,22 @@ def simulate(body: Callable[[World], Awaitable[Any]], *, policy: Policy | None =
         splice = driver.splice(px) if mode == "splice" else None
         proxy = SocksServer(proxy_api, mode=mode, policy=policy, log=access, splice=splice)
         await proxy.start(PROXY_C, SOCKS_PORT)
-        return await body(World(driver.tcp(c), proxy, proxy_api, origin, records))
+        return await body(World(driver.tcp(c), proxy, proxy_api, origin, records,
+                                driver.tcp(c2) if c2 is not None else None))
 
     try:
         return run(main, net)
     finally:
         access.removeHandler(records)
+
+
+def second_client(net: SimNetwork, client, proxy):
+    """A host at CLIENT2 behind ``client``; the proxy routes to it through ``client``."""
+    c2 = net.add_host("client2")
+    net.connect(c2, f"{CLIENT2}/24", client, "198.18.1.2/24")
+    c2.add_route("0.0.0.0/0", "198.18.1.2")
+    proxy.add_route("198.18.1.0/24", CLIENT)
+    return c2
 
 
 # -- a small SOCKS client written with the codecs -------------------------------------------
@@ -164,11 +182,12 @@ async def read_message(reader: asyncio.StreamReader, parse):
 
 async def socks5(world: World, dest: p.Address, *, methods: tuple[int, ...] = (0,),
                  creds: tuple[bytes, bytes] | None = None, command: int = p.Command.CONNECT,
-                 early: bytes = b""):
-    """Open a connection through the proxy. Returns (reader, writer, answers) where
-    answers holds the method selection, the RFC 1929 response and the reply, each None
-    when the proxy closed before sending it."""
-    reader, writer = await world.client.open_connection(PROXY_C, SOCKS_PORT)
+                 early: bytes = b"", client: TcpApi | None = None):
+    """Open a connection through the proxy (from ``client``, by default the first).
+    Returns (reader, writer, answers) where answers holds the method selection, the
+    RFC 1929 response and the reply, each None when the proxy closed before sending it."""
+    api = client or world.client
+    reader, writer = await api.open_connection(PROXY_C, SOCKS_PORT)
     request = p.Request(command, dest).encode()
     writer.write(p.Greeting(methods).encode())
     if creds is None:

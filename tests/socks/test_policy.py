@@ -120,3 +120,24 @@ def test_parsers() -> None:
 def test_policy_validates(kw: dict) -> None:
     with pytest.raises(PolicyError):
         Policy(**kw)
+
+
+def test_unknown_user_and_wrong_password_do_the_same_comparison(monkeypatch) -> None:
+    # Constant time: every attempt compares two digests of one fixed length, whatever
+    # the user (known or not) and the lengths of the passwords; no early return.
+    import apps.socks.policy as policy_module
+
+    seen: list[tuple[int, int]] = []
+    real = policy_module.hmac.compare_digest
+
+    def spy(a, b):
+        seen.append((len(a), len(b)))
+        return real(a, b)
+
+    monkeypatch.setattr(policy_module.hmac, "compare_digest", spy)
+    p = Policy(users={"alice": "a much longer stored password", "bob": "x"})
+    for user, password in ((b"alice", b"short"), (b"carol", b"short"), (b"bob", b""),
+                           (b"\xff", b"y" * 300), (b"alice", b"a much longer stored password")):
+        p.authenticate(user, password)
+    assert len(seen) == 5 and len(set(seen)) == 1
+    assert seen[0][0] == seen[0][1]

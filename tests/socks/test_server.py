@@ -15,6 +15,7 @@ from apps.socks.policy import Policy
 from apps.socks.protocol import Address, Atyp, Rep
 from tests.socks.harness import (
     CLIENT,
+    CLIENT2,
     ECHO,
     ENDINGS,
     ORIGIN,
@@ -459,3 +460,38 @@ def test_socks4_log_shows_the_status_the_client_received() -> None:
         assert "rep=0x5b" in lines[1] and "unknown name" in lines[1]
 
     simulate(body, policy=policy)
+
+
+def test_repeated_auth_failures_back_off_per_client_address(caplog) -> None:
+    # Three wrong passwords are free; then the address waits 1 s, 2 s, 4 s ... after its
+    # last failure, and an attempt inside that window is refused without being checked.
+    policy = Policy(users={"alice": "wonderland"},
+                    allow_clients=nets("198.18.0.0/16"))
+    good, bad = (b"alice", b"wonderland"), (b"alice", b"guess")
+
+    async def body(w: World):
+        async def attempt(creds, client=None) -> bool:
+            _r, writer, (_s, auth, reply) = await socks5(
+                w, Address.of(ORIGIN, ECHO), methods=(2,), creds=creds, client=client)
+            writer.close()
+            return auth.ok and reply.rep == Rep.SUCCEEDED
+
+        for _ in range(3):
+            assert not await attempt(bad)
+        assert not await attempt(good)        # the right password, refused: too soon
+        assert await attempt(good, w.client2)   # another address is not affected
+        assert w.proxy.counters["auth_throttled"] == 1
+        assert w.proxy.counters["auth_failed"] == 3
+        t0 = w.now
+        await w.until(lambda: w.now - t0 >= 1.0)   # the back-off after three failures
+        assert await attempt(good)
+        assert await w.until(lambda: len(w.log.sessions) == 6)
+        notes = [s.note for s in w.log.sessions if s.client.startswith(CLIENT + ":")]
+        assert notes.count("authentication failed") == 3
+        assert notes.count("authentication throttled") == 1
+        warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"
+                    and "authentication failed" in r.getMessage()]
+        assert len(warnings) == 3 and all(CLIENT in m for m in warnings)
+        assert not any(CLIENT2 in m for m in warnings)
+
+    simulate(body, policy=policy, clients=2)

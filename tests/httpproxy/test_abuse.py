@@ -1,0 +1,111 @@
+"""The HTTP proxy against abusive clients: password guessing, slot hogging. Two
+client hosts (198.18.0.1 and, behind it, 198.18.1.1) on the simulated network."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ipaddress
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from apps.httpproxy.policy import HttpPolicy
+from apps.httpproxy.server import HttpProxy
+from stack.sim import SimNetwork
+from stack.simloop import run
+from tests.httpproxy import harness
+from tests.httpproxy.harness import (
+    CLIENT,
+    EPOCH,
+    HTTP,
+    ORIGIN,
+    PROXY_C,
+    PROXY_PORT,
+    PROXY_S,
+    Origin,
+    Records,
+    World,
+    fetch,
+    origin_url,
+)
+from tests.socks.harness import CLIENT2, second_client
+
+ALL_CLIENTS = (ipaddress.ip_network("198.18.0.0/16"),)
+
+
+def simulate2(body: Callable[[World, Any], Awaitable[Any]], policy: HttpPolicy,
+              **proxy_kw: Any) -> Any:
+    """Like harness.simulate (copy mode, no cache), with a second client host; ``body``
+    gets the World and the second client's TcpApi."""
+    net = SimNetwork(1)
+    c = net.add_host("client", forwarding=True)
+    px, o = net.add_host("proxy"), net.add_host("origin")
+    net.connect(c, f"{CLIENT}/24", px, f"{PROXY_C}/24")
+    net.connect(px, f"{PROXY_S}/24", o, f"{ORIGIN}/24")
+    c.add_route("0.0.0.0/0", PROXY_C)
+    o.add_route("0.0.0.0/0", PROXY_S)
+    c2 = second_client(net, c, px)
+    records = Records()
+    access = logging.getLogger(f"tests.httpproxy.abuse.{id(records)}")
+    access.propagate = False
+    access.setLevel(logging.INFO)
+    access.addHandler(records)
+
+    async def main(driver) -> Any:
+        loop = asyncio.get_running_loop()
+
+        def clock() -> float:
+            return EPOCH + loop.time()
+
+        origin = Origin(clock)
+        await driver.tcp(o).start_server(origin.serve, ORIGIN, HTTP)
+        proxy_api = driver.tcp(px)
+        proxy = HttpProxy(proxy_api, mode="copy", policy=policy, log=access, cache=None,
+                          clock=clock, **proxy_kw)
+        await proxy.start(PROXY_C, PROXY_PORT)
+        world = World(driver.tcp(c), proxy, proxy_api, origin, records)
+        return await body(world, driver.tcp(c2))
+
+    try:
+        return run(main, net)
+    finally:
+        access.removeHandler(records)
+
+
+def basic(user: str, password: str) -> list[tuple[str, str]]:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return [("Proxy-Authorization", f"Basic {token}")]
+
+
+async def connect(api) -> harness.BufferedStream:
+    return harness.BufferedStream(*await api.open_connection(PROXY_C, PROXY_PORT))
+
+
+def test_repeated_auth_failures_back_off_per_client_address(caplog) -> None:
+    policy = HttpPolicy(users={"alice": "pw"}, allow_clients=ALL_CLIENTS)
+
+    async def body(w: World, client2):
+        async def status(fields, api=None) -> int:
+            conn = await connect(api or w.client)
+            r, _b = await fetch(conn, origin_url("/fresh"), fields=fields)
+            conn.writer.close()
+            return r.status
+
+        assert await status([]) == 407            # no credentials: a challenge, not a guess
+        for _ in range(3):
+            assert await status(basic("alice", "guess")) == 407
+        assert await status(basic("alice", "pw")) == 429     # right password, too soon
+        assert await status(basic("alice", "pw"), client2) == 200
+        assert w.proxy.counters["auth_failed"] == 3
+        assert w.proxy.counters["auth_throttled"] == 1
+        t0 = w.now
+        await w.until(lambda: w.now - t0 >= 1.0)
+        assert await status(basic("alice", "pw")) == 200
+        warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"
+                    and "authentication failed" in r.getMessage()]
+        assert len(warnings) == 3 and all(CLIENT in m and CLIENT2 not in m for m in warnings)
+        throttled = [e for e in w.log.entries if e.status == 429]
+        assert len(throttled) == 1 and throttled[0].code == "TCP_DENIED"
+
+    simulate2(body, policy)
