@@ -62,6 +62,12 @@ class Side:
     offload: bool = True
     seg_key: str = ""
     byte_key: str = ""
+    #: What this interface's peer last sent, as far as the relay saw (splice/guard.py):
+    #: its acknowledgement and window field (None: nothing relayed from it yet), and
+    #: the TSval of its last segment that took the slow path (its FIN, for TIMEWAIT).
+    peer_ack: int | None = None
+    peer_win: int = 0
+    peer_tsval: int | None = None
 
     def apply(self, event: SpliceEvent) -> SpliceState:
         """Move along the splice state table (logged at debug level: --log-level debug)."""
@@ -87,6 +93,10 @@ class SplicePair:
     timewait_until: float | None = None
     closed: bool = False
     reset: bool = False
+    #: When a segment of the pair last arrived (either way): the idle timeout's clock.
+    last_seen: float = 0.0
+    #: Why the stack ended the pair itself: "idle" (idle timeout) or "drain" (shutdown).
+    ended_by: str | None = None
     #: With a tap: an asyncio.StreamReader holding a copy of the tapped direction.
     tap_reader: object = None
 
@@ -102,4 +112,5 @@ class SplicePair:
                     f"{t.local_port}", "remote": f"{'.'.join(map(str, t.remote))}:"
                     f"{t.remote_port}", "pending": len(s.pending or ())}
         return {"client": one(self.client), "server": one(self.server),
-                "counters": dict(self.counters)}
+                "counters": dict(self.counters),
+                **({"ended_by": self.ended_by} if self.ended_by else {})}

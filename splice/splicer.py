@@ -20,6 +20,7 @@ import struct
 from collections import Counter, deque
 from typing import TYPE_CHECKING
 
+from splice import guard
 from splice.mapping import ConnSnapshot, make_maps, snapshot_of
 from splice.pair import QueuedFrame, Side, SpliceError, SplicePair
 from splice.relay import RelayError, flow_frame_ip, flow_tcp_valid, relay_rewrite
@@ -60,6 +61,8 @@ _NO_DATA = memoryview(b"")
 WINDOW_SCHEMES = ("rescale", "thesis")
 #: How far ahead of the proxy's own timestamp clock relayed TSvals start (ms).
 TS_HEADROOM_MS = 10_000
+#: Idle timeout of spliced pairs (s): Squid's client and read timeouts are 15 minutes.
+DEFAULT_IDLE_TIMEOUT = 900.0
 
 
 class Splicer:
@@ -67,9 +70,12 @@ class Splicer:
 
     def __init__(self, stack: Stack, tcp: TcpLayer, *, queue_limit: int = 8 << 20,
                  timewait: float | None = None, max_pairs: int = 65536,
-                 max_timewait: int | None = None, window_scheme: str = "rescale") -> None:
+                 max_timewait: int | None = None, window_scheme: str = "rescale",
+                 idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT) -> None:
         if window_scheme not in WINDOW_SCHEMES:
             raise ValueError(f"window scheme {window_scheme!r}: one of {WINDOW_SCHEMES}")
+        if idle_timeout is not None and not idle_timeout > 0:
+            raise ValueError(f"idle timeout {idle_timeout!r}: seconds > 0, or None")
         self.stack = stack
         self.tcp = tcp
         self.window_scheme = window_scheme
@@ -82,6 +88,11 @@ class Splicer:
         #: as Linux ends TIME-WAIT early past tcp_max_tw_buckets.
         self.max_timewait = max(1, max_pairs // 4) if max_timewait is None else max_timewait
         self.in_timewait = 0
+        #: Seconds without a segment either way after which a spliced pair is ended
+        #: with a RST to both peers (None: never). Nothing else ends a pair whose peers
+        #: vanished without a FIN or RST, and it holds its slot and memory meanwhile.
+        self.idle_timeout = idle_timeout
+        self._idle_heap: list[tuple[float, int, SplicePair]] = []
         self.sides: dict[int, Side] = {}           # id(tcb) -> its side
         #: Arriving 4-tuple (local, lport, remote, rport) -> side, for pairs where both
         #: interfaces relay: their segments skip TCP's parsing (see SpliceDemux).
@@ -173,7 +184,9 @@ class Splicer:
         for side in (c, s):
             route = self.stack.routes.lookup(side.tcb.remote)
             side.offload = route.iface.offload if route is not None else False
-        pair.spliced_at = now
+        pair.spliced_at = pair.last_seen = now
+        if self.idle_timeout is not None:
+            heapq.heappush(self._idle_heap, (now + self.idle_timeout, next(self._tie), pair))
         for side, owed in zip((c, s), owes, strict=True):
             side.apply(E.SPLICE_OWED if owed else E.SPLICE_CLEAN)
             self.counters["pre_spliced" if owed else "spliced_clean"] += 1
@@ -315,14 +328,14 @@ class Splicer:
             return True
         if hdr.flags & RST:
             return self._on_rst(side, hdr, skb, now)
-        if hdr.flags & SYN and side.state is S.TIMEWAIT:
-            # A new connection on the 4-tuple of a pair in TIMEWAIT (the peer closed
-            # last and reuses its port): as a TIME-WAIT TCB may (RFC 9293 §3.10.7.4,
-            # RFC 6191), end the old pair now and let the SYN reach the listener.
-            self.counters["timewait_reopened"] += 1
-            self._teardown(self._pair_of(side), now)
-            self.tcp.input(skb, tcb.remote, tcb.local, now)
-            return True
+        if hdr.flags & SYN:
+            return self._on_syn(side, hdr, skb, now)
+        # Only segments that are taken count as activity: a spoofed RST or SYN must
+        # not keep an abandoned pair alive.
+        side.pair.last_seen = now
+        ts = hdr.options.timestamp
+        if ts is not None:
+            side.peer_tsval = ts[0]  # a FIN's TSval judges SYNs in TIMEWAIT
         payload = len(skb) - hdr.header_len
         if side.state is S.ESTABLISHED or side.state is S.PRE_SPLICED:
             self._ack_only(tcb, hdr, now)
@@ -388,8 +401,13 @@ class Splicer:
         and send it (§3)."""
         pair = out.pair
         arrived = out.other
-        if flags & ACK and arrived.out_map is not None and seq.lt(ack, arrived.iss):
-            self._clamp_ack(arrived, skb, flags, ack)
+        pair.last_seen = now
+        if flags & ACK:
+            # What the arriving peer acknowledged and offered (splice/guard.py).
+            arrived.peer_ack = ack
+            arrived.peer_win = (skb.buf[skb.data + 14] << 8) | skb.buf[skb.data + 15]
+            if arrived.out_map is not None and seq.lt(ack, arrived.iss):
+                self._clamp_ack(arrived, skb, flags, ack)
         if arrived.tap is not None:
             t = skb.data
             thl = (skb.buf[t + 12] >> 4) << 2
@@ -461,6 +479,13 @@ class Splicer:
         other = side.other
         assert other is not None
         if side.state in RELAYING or side.state is S.PRE_SPLICED:
+            # RFC 5961 §3.2 on the receiving peer's behalf (splice/guard.py).
+            verdict = guard.judge_rst(side, hdr.seq)
+            if verdict is not guard.RELAY:
+                self.counters[f"rst_{verdict}"] += 1
+                if verdict is guard.CHALLENGE:
+                    guard.send_challenge_ack(self.tcp, side, now)
+                return True
             if other.state in RELAYING:
                 self._relay(other, skb, hdr.flags, hdr.ack, now)  # tears the pair down
                 return True
@@ -474,7 +499,61 @@ class Splicer:
             self._teardown(pair, now, abort_other=other)
         return True
 
+    def _on_syn(self, side: Side, hdr: TcpHeader, skb: SkBuff, now: float) -> bool:
+        """A SYN on a spliced 4-tuple (RFC 5961 §4.2): never relayed; answered with a
+        challenge ACK, except a newer one on a pair in TIMEWAIT, which opens a new
+        connection (the peer closed last and reuses its port)."""
+        ts = hdr.options.timestamp
+        if guard.judge_syn(side, hdr.seq, ts[0] if ts else None) is guard.RELAY:
+            self.counters["timewait_reopened"] += 1
+            tcb = side.tcb
+            self._teardown(self._pair_of(side), now)
+            self.tcp.input(skb, tcb.remote, tcb.local, now)
+            return True
+        self.counters["syn_challenge"] += 1
+        guard.send_challenge_ack(self.tcp, side, now)
+        return True
+
     # -- teardown and timers ------------------------------------------------------------------
+    def end_pair(self, pair: SplicePair, why: str, now: float) -> None:
+        """End ``pair`` from the stack's side: a RST to both peers (each at a sequence
+        number it accepts), then teardown. ``why`` ("idle", "drain") is counted
+        (``<why>_reset``) and kept in ``pair.ended_by``."""
+        if pair.closed:
+            return
+        for side in pair.sides():
+            guard.reset_peer(self.tcp, side, now)
+        pair.reset = True
+        pair.ended_by = why
+        self.counters[f"{why}_reset"] += 1
+        self._teardown(pair, now)
+
+    def end_all(self, why: str, now: float) -> int:
+        """End every pair not yet in TIMEWAIT (see :meth:`end_pair`); how many."""
+        live = [p for p in self.pairs.values() if p.timewait_until is None]
+        for pair in live:
+            self.end_pair(pair, why, now)
+        self.tcp.flush_events()
+        return len(live)
+
+    def live_pairs(self) -> int:
+        """Pairs whose peers may still send (not in TIMEWAIT)."""
+        return sum(1 for p in self.pairs.values() if p.timewait_until is None)
+
+    def _expire_idle(self, now: float) -> None:
+        """End pairs silent for idle_timeout seconds; re-arm the others (one heap entry
+        per pair and idle period, never one per segment)."""
+        heap = self._idle_heap
+        while heap and heap[0][0] <= now:
+            _t, _tie, pair = heapq.heappop(heap)
+            if pair.closed or pair.timewait_until is not None:
+                continue  # gone, or ending by itself: TIMEWAIT has its own timer
+            due = pair.last_seen + self.idle_timeout
+            if due > now:
+                heapq.heappush(heap, (due, next(self._tie), pair))
+            else:
+                self.end_pair(pair, "idle", now)
+
     def _pair_of(self, side: Side) -> SplicePair:
         return self.pairs[id(side if side.role == "client" else side.other)]
 
@@ -543,15 +622,21 @@ class Splicer:
         self.counters["abandoned"] += 1
 
     def next_deadline(self) -> float | None:
-        """When the oldest pair in TIMEWAIT is due."""
-        while self._heap and self._heap[0][2].closed:
-            heapq.heappop(self._heap)
-        return self._heap[0][0] if self._heap else None
+        """When the oldest pair in TIMEWAIT or the next idle check is due."""
+        due = None
+        for heap in (self._heap, self._idle_heap):
+            while heap and heap[0][2].closed:
+                heapq.heappop(heap)
+            if heap and (due is None or heap[0][0] < due):
+                due = heap[0][0]
+        return due
 
     def on_timer(self, now: float) -> None:
-        """End TIMEWAIT of pairs whose 2*MSL has passed."""
+        """End TIMEWAIT of pairs whose 2*MSL has passed, and pairs idle too long."""
         while self._end_oldest_timewait(now, now):
             pass
+        if self._idle_heap:
+            self._expire_idle(now)
         self.tcp.flush_events()
 
     def splice_one_way(self, source: Tcb, sink: Tcb, budget: int, now: float, *,

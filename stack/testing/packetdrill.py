@@ -127,6 +127,8 @@ class ScriptResult:
     stack: Stack
     layer: TcpLayer
     counters: dict[str, int] = field(default_factory=dict)
+    #: The splicer's counters (``--splice`` scripts).
+    splice_counters: dict[str, int] = field(default_factory=dict)
 
 
 class Runner:
@@ -273,7 +275,8 @@ class Runner:
             if self.tee is not None:
                 self.tee.close()
         return ScriptResult(self.script.name, len(self.script.events), self.prev, self.stack,
-                            self.layer, dict(self.layer.counters))
+                            self.layer, dict(self.layer.counters),
+                            dict(self.splicer.counters) if self.splicer else {})
 
     def _inject(self, pkt: Packet) -> None:
         side = self.sides.get(pkt.side)

@@ -1,0 +1,132 @@
+"""What a splice pair believes of its two peers, and the defences built on it.
+
+Once an interface relays, the proxy's TCB on it falls silent: its ``rcv_nxt`` and
+``snd_una`` stop where the splice found them, while the peers go on end to end. The
+relay still sees every segment, so it keeps, per interface, the newest acknowledgement
+and window that interface's peer sent (``Side.peer_ack``, ``Side.peer_win``, written by
+the relay of each segment). From them follows what each peer expects next, which is
+what three defences need:
+
+* RFC 5961 for spliced pairs (:func:`judge_rst`, :func:`judge_syn`): a RST is relayed
+  only when its sequence number is exactly what the receiving peer expects; an
+  in-window, inexact RST or any SYN is answered with a challenge ACK sent on the
+  receiving peer's behalf (within the stack's RFC 5961 §7 rate limit), so a peer that
+  really reset answers with an exact RST; anything else is dropped and counted. A
+  spoofer who knows only the 4-tuple can no longer end a spliced flow.
+* The idle timeout and the drain (:func:`reset_peer`): a pair is ended with a RST to
+  both peers whose sequence number each peer accepts.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from splice.state import RELAYING
+from stack import seq
+from stack.tcp import output
+from stack.wire.tcp import ACK, RST, TcpHeader
+
+if TYPE_CHECKING:
+    from splice.pair import Side
+    from stack.tcp.layer import TcpLayer
+
+#: Verdicts of :func:`judge_rst` and :func:`judge_syn`.
+RELAY, CHALLENGE, DROP = "relay", "challenge", "drop"
+_M16 = 0xFFFF
+
+
+def acked_by_peer(side: Side) -> int:
+    """The newest acknowledgement ``side``'s peer sent (in that connection's space):
+    the sequence number the peer expects from the proxy's end next."""
+    una = side.tcb.snd_una
+    if side.peer_ack is None:
+        return una
+    return seq.max_seq(side.peer_ack, una)
+
+
+def receiver_view(arrived: Side) -> tuple[int, int]:
+    """(next sequence number, window in bytes) that the receiver of a segment arriving
+    on ``arrived`` expects, in ``arrived``'s receive space.
+
+    When the other interface relays, the receiver is the other peer: what it last
+    acknowledged, mapped back (never below the base point: acknowledgements of the
+    proxy's own data say nothing about the relayed stream). Otherwise nothing that
+    arrived has been relayed yet and the proxy's TCB is the receiver.
+    """
+    other = arrived.other
+    assert other is not None
+    tcb = arrived.tcb
+    if other.state not in RELAYING or other.out_map is None:
+        return tcb.rcv_nxt, max(1, seq.sub(tcb.rcv_adv, tcb.rcv_nxt))
+    expected = acked_by_peer(other)
+    if seq.lt(expected, other.iss):
+        expected = other.iss
+    window = (other.peer_win << other.tcb.snd_wscale if other.peer_ack is not None
+              else other.tcb.snd_wnd)
+    return seq.add(expected, -other.out_map.seq_delta), max(1, window)
+
+
+def judge_rst(arrived: Side, seg_seq: int) -> str:
+    """RFC 5961 §3.2 for a RST arriving on ``arrived``: RELAY when its sequence number
+    is exactly the one the receiver expects, CHALLENGE when it lies in the receiver's
+    window, DROP otherwise."""
+    expected, window = receiver_view(arrived)
+    if seg_seq == expected:
+        return RELAY
+    return CHALLENGE if seq.in_window(expected, seg_seq, window) else DROP
+
+
+def judge_syn(arrived: Side, seg_seq: int, tsval: int | None) -> str:
+    """RFC 5961 §4.2 for a SYN arriving on ``arrived``: a synchronized pair answers any
+    SYN with a challenge ACK. In TIMEWAIT a SYN may open a new connection on the
+    4-tuple (RELAY: end the pair, give the SYN to the listener) when it is newer than
+    the old one, by sequence number or by timestamp, as a TIME-WAIT TCB allows
+    (RFC 9293 §3.10.7.4, RFC 6191; Linux applies the same two tests)."""
+    from splice.state import SpliceState
+    if arrived.state is not SpliceState.TIMEWAIT:
+        return CHALLENGE
+    expected, _window = receiver_view(arrived)
+    if seq.gt(seg_seq, expected):
+        return RELAY
+    last = arrived.peer_tsval
+    if tsval is not None and last is not None and 0 < (tsval - last) & 0xFFFFFFFF < 1 << 31:
+        return RELAY
+    return CHALLENGE
+
+
+def send_challenge_ack(tcp: TcpLayer, arrived: Side, now: float) -> bool:
+    """The ACK the receiver would send (RFC 5961 §3.2), sent on its behalf to
+    ``arrived``'s peer, within the stack-wide challenge ACK limit (§7); False when the
+    limit held it back. It carries no timestamp option: the relay does not know the
+    receiver's clock, and a segment without one is not subject to PAWS."""
+    if not tcp.challenge_ack_allowed(now):
+        tcp.count("splice_challenge_ack_ratelimited")
+        return False
+    ack, _window = receiver_view(arrived)
+    other = arrived.other
+    assert other is not None
+    if other.state in RELAYING and arrived.out_map is not None:
+        win_bytes = (other.peer_win << other.tcb.snd_wscale if other.peer_ack is not None
+                     else other.tcb.snd_wnd)
+        field = win_bytes >> arrived.out_map.win_out_shift
+    else:
+        field = seq.sub(arrived.tcb.rcv_adv, arrived.tcb.rcv_nxt) >> arrived.tcb.rcv_wscale
+    tcb = arrived.tcb
+    hdr = TcpHeader(tcb.local_port, tcb.remote_port, acked_by_peer(arrived), ack, ACK,
+                    min(max(field, 0), _M16))
+    tcp.count("splice_challenge_ack")
+    output.emit(tcp, tcb.local, tcb.remote, hdr, [], 0, False, 0, now)
+    return True
+
+
+def reset_peer(tcp: TcpLayer, side: Side, now: float) -> None:
+    """End ``side``'s connection with a RST its peer accepts: from the TCB itself while
+    it still speaks (before relaying), else at the sequence number the peer last
+    acknowledged (its RCV.NXT as far as the relay saw, RFC 5961 §3.2)."""
+    tcb = side.tcb
+    if side.state not in RELAYING:
+        tcb.abort(now)
+        return
+    hdr = TcpHeader(tcb.local_port, tcb.remote_port, acked_by_peer(side), 0, RST, 0)
+    tcp.count("rst_sent")
+    output.emit(tcp, tcb.local, tcb.remote, hdr, [], 0, False, 0, now)
