@@ -127,3 +127,56 @@ def test_a_reader_with_a_small_limit_never_sees_a_false_end_of_stream():
         return bytes(got)
 
     assert run(main, net) == data
+
+
+def _frag_needed(stack_mac: bytes, spoofed_src: str, tcb, seg_seq: int, mtu: int) -> bytes:
+    """An ICMP "fragmentation needed" from anywhere, quoting a segment of ``tcb``."""
+    import dpkt
+
+    from stack.wire.ipv4 import ip_bytes
+
+    quoted_tcp = dpkt.tcp.TCP(sport=tcb.local_port, dport=tcb.remote_port, seq=seg_seq,
+                              flags=dpkt.tcp.TH_ACK)
+    quoted = dpkt.ip.IP(src=tcb.local, dst=tcb.remote, p=6, data=quoted_tcp, len=40)
+    icmp = dpkt.icmp.ICMP(type=3, code=4,
+                          data=dpkt.icmp.ICMP.Unreach(mtu=mtu, data=bytes(quoted)[:28]))
+    outer = dpkt.ip.IP(src=ip_bytes(spoofed_src), dst=tcb.local, p=1, data=icmp)
+    outer.len = 20 + len(bytes(icmp))
+    return bytes(dpkt.ethernet.Ethernet(dst=stack_mac, src=b"\x02\0\0\0\0\x99",
+                                        type=0x0800, data=outer))
+
+
+def test_spoofed_frag_needed_is_checked_against_the_flight_and_floored():
+    """RFC 5927 §4.1: an ICMP error must quote a sequence number in flight; a
+    "fragmentation needed" with MTU 68 is taken as the 552 floor (as Linux)."""
+    from stack.skbuff import SkBuff
+
+    net = SimNetwork(seed=4)
+    a, b = net.add_host("a"), net.add_host("b")
+    net.connect(a, "198.18.0.1/24", b, "198.18.0.2/24", offload=False)
+
+    async def main(driver):
+        async def hold(reader, writer):
+            await reader.read(-1)
+
+        await driver.tcp(b).start_server(hold, "198.18.0.2", 80)
+        reader, writer = await driver.tcp(a).open_connection("198.18.0.2", 80)
+        tcb = writer.get_extra_info("tcb")
+        layer = driver.tcp(a).tcp
+        iface = a.interfaces[0]
+        mss = tcb.mss
+        for wrong in (tcb.snd_nxt, (tcb.snd_una - 1000) & 0xFFFFFFFF):
+            frame = _frag_needed(iface.mac, "198.19.77.7", tcb, wrong, 68)
+            a.receive_frame(iface, SkBuff.from_bytes(frame), driver.now())
+        assert tcb.mss == mss and layer.counters["icmp_out_of_window"] == 2
+        writer.write(b"x" * 50_000)  # data in flight, so a quote can be right
+        frame = _frag_needed(iface.mac, "198.19.77.7", tcb, tcb.snd_una, 68)
+        a.receive_frame(iface, SkBuff.from_bytes(frame), driver.now())
+        mss_after = tcb.mss
+        await writer.drain()
+        writer.close()
+        return mss, mss_after, layer.counters["icmp_pmtu_clamped"]
+
+    mss, mss_after, clamped = run(main, net)
+    assert mss == 1460 - 12
+    assert mss_after == 552 - 40 - 12 and clamped == 1

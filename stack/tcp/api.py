@@ -19,6 +19,10 @@ MAX_HEADER = 128
 #: IP protocol number of TCP.
 IPPROTO_TCP = 6
 
+#: The lowest ``TcpConfig.mss_min`` allowed (Linux's TCP_MIN_SND_MSS, the lower bound
+#: of its tcp_min_snd_mss): below it headers outweigh any payload.
+MSS_MIN_LIMIT = 48
+
 
 @dataclass(slots=True, frozen=True)
 class RouteInfo:
@@ -46,7 +50,11 @@ class TcpConfig:
     """Tunables of one TcpLayer (names follow Linux's net.ipv4.tcp_* where one exists)."""
 
     mss_default: int = 1460          # RFC 9293 §3.7.1: used when the route gives no MTU
-    mss_min: int = 536               # floor for a peer-advertised MSS (RFC 9293 §3.7.1)
+    # floor of a peer-advertised MSS (48..65495): RFC 9293 §3.7.1's default of 536 =
+    # the 576-byte datagram every IPv4 host must accept (RFC 1122 §3.3.2) less 40 bytes
+    # of headers, so no real peer needs less, while an MSS of 0 or 1 turns each byte
+    # into a segment (Linux's floor, tcp_min_snd_mss, is 48 and cannot go lower)
+    mss_min: int = 536
     rcvbuf: int = 4 << 20            # receive buffer when autotuning is off
     rcvbuf_initial: int = 256 << 10  # autotuning starts here ...
     rcvbuf_max: int = 6 << 20        # ... and grows up to here (Linux tcp_rmem[2])
@@ -91,6 +99,10 @@ class TcpConfig:
     # floor of the probe timeout (seconds): Linux arms 2*SRTT + 2 jiffies (2 ms at
     # HZ=1000); the event loop's clock has 1 ms steps
     tlp_min: float = 0.002
+
+    def __post_init__(self) -> None:
+        if not MSS_MIN_LIMIT <= self.mss_min <= 65495:
+            raise ValueError(f"mss_min must be {MSS_MIN_LIMIT}..65495, got {self.mss_min}")
 
 
 class TcpState(enum.Enum):

@@ -31,7 +31,7 @@ from stack.tcp.api import (
 )
 from stack.tcp.input import output_after_batch, segment_arrives
 from stack.tcp.isn import IsnGenerator
-from stack.tcp.options import apply_peer_syn
+from stack.tcp.options import apply_peer_syn, send_mss
 from stack.tcp.state import Event
 from stack.tcp.syncookies import SynCookies, decode_ts_options, encode_ts_options
 from stack.tcp.tcb import Tcb
@@ -311,8 +311,8 @@ class TcpLayer:
             self.count("no_route")
             return
         peer = hdr.options
-        cookie, _mss = self.cookies.make(dst, hdr.dport, src, hdr.sport, hdr.seq,
-                                         peer.mss if peer.mss is not None else 536, now)
+        mss = send_mss(self.config.mss_min, peer.mss, 0xFFFF)  # never 0: a table index
+        cookie, _mss = self.cookies.make(dst, hdr.dport, src, hdr.sport, hdr.seq, mss, now)
         adv_mss = max(route.mtu - 40, 64)
         opts = TcpOptions(mss=adv_mss)
         if peer.timestamp is not None and self.config.timestamps:
@@ -490,8 +490,10 @@ class TcpLayer:
             self.count("icmp_out_of_window")
             return
         if type == 3 and code == 4 and mtu:
-            self.count("icmp_frag_needed")
-            output.path_mtu_changed(tcb, mtu, now)
+            outcome = output.path_mtu_changed(tcb, mtu, now)
+            self.count("icmp_pmtu_ignored" if outcome == "ignored" else "icmp_frag_needed")
+            if outcome == "clamped":
+                self.count("icmp_pmtu_clamped")
         elif tcb.state is TcpState.SYN_SENT and type == 3 and code in (2, 3):
             self.count("icmp_hard_error")
             tcb.fail(TcpRefused(f"ICMP destination unreachable (code {code})"))

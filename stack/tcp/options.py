@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 
 #: RFC 7323 §2.3: a shift count above 14 is treated as 14.
 MAX_WSCALE = 14
+#: RFC 9293 §3.7.1: the MSS a peer that sends no MSS option is taken to have.
+DEFAULT_PEER_MSS = 536
 #: RFC 7323 §5.5: ts_recent older than 24 days is invalid for PAWS.
 PAWS_24DAYS = 24 * 24 * 3600.0
 
@@ -51,6 +53,18 @@ def syn_options(tcb: Tcb, now: float, *, syn_ack: bool) -> TcpOptions:
     return opts
 
 
+def send_mss(mss_min: int, peer_mss: int | None, adv_mss: int) -> int:
+    """The MSS we send with, before the room for options comes off it.
+
+    Without an MSS option the peer takes 536 (RFC 9293 §3.7.1). A smaller advertised
+    value is raised to ``mss_min``: every IPv4 host reassembles 576-byte datagrams
+    (RFC 1122 §3.3.2), and an MSS of 0 or 1 would make each byte a segment of its
+    own, a cheap way for a peer to exhaust us. Our own link (``adv_mss``) still caps it.
+    """
+    value = DEFAULT_PEER_MSS if peer_mss is None else peer_mss
+    return min(max(value, mss_min), adv_mss)
+
+
 def apply_peer_syn(tcb: Tcb, peer: TcpOptions, now: float, *, we_sent_syn: bool) -> None:
     """Record what the peer's SYN (or SYN-ACK) offered and settle what is in use.
 
@@ -59,8 +73,7 @@ def apply_peer_syn(tcb: Tcb, peer: TcpOptions, now: float, *, we_sent_syn: bool)
     SYN-ACK will echo exactly what is agreed here.
     """
     cfg = tcb.config
-    peer_mss = peer.mss if peer.mss is not None else 536  # RFC 9293 §3.7.1 default
-    tcb.mss = max(min(peer_mss, tcb.adv_mss), 64)
+    tcb.mss = send_mss(cfg.mss_min, peer.mss, tcb.adv_mss)
     tcb.rcv_mss = tcb.mss
     tcb.wscale_ok = cfg.window_scaling and peer.wscale is not None
     if tcb.wscale_ok:

@@ -38,6 +38,9 @@ if TYPE_CHECKING:
     from stack.tcp.tcb import Tcb
 
 _CSUM = struct.Struct("!H")
+#: The smallest path MTU believed from an ICMP "fragmentation needed" (Linux's
+#: min_pmtu: 512 bytes of data + 20 of IPv4 + 20 of TCP headers).
+PMTU_MIN = 552
 _CSUM_OFFSET = 16
 
 #: States in which queued data and our FIN may be (re)transmitted.
@@ -315,16 +318,26 @@ def retransmit(tcb: Tcb, skb: SkBuff, now: float) -> None:
     tcb.layer.counters["retransmits"] += 1
 
 
-def path_mtu_changed(tcb: Tcb, mtu: int, now: float) -> None:
+def path_mtu_changed(tcb: Tcb, mtu: int, now: float) -> str:
     """A smaller path MTU (RFC 1191): shrink the MSS, resend what no longer fits.
 
-    Sent buffers larger than the new MSS are cut to size and marked lost, then
-    retransmitted as the congestion window allows; cwnd itself is not reduced,
-    since this is no sign of congestion (as Linux's simple retransmit).
+    Returns "ignored" (not below the path MTU in use), "clamped" (below
+    :data:`PMTU_MIN`, taken as that) or "lowered". Sent buffers larger than the new
+    MSS are cut to size and marked lost, then retransmitted as the congestion window
+    allows; cwnd itself is not reduced, since this is no sign of congestion (as
+    Linux's simple retransmit).
     """
-    new = max(mtu - 40 - (12 if tcb.ts_ok else 0), 64)
+    outcome = "lowered"
+    if mtu < PMTU_MIN:
+        # A forged "MTU 68" would make every segment tiny (RFC 5927 §7 describes the
+        # attack). Linux takes anything below its min_pmtu (552) as 552; so do we.
+        mtu, outcome = PMTU_MIN, "clamped"
+    if mtu >= tcb.pmtu:
+        return "ignored"  # RFC 1191 §3: a host never raises its estimate on an ICMP
+    tcb.pmtu = mtu
+    new = mtu - 40 - (12 if tcb.ts_ok else 0)
     if new >= tcb.mss:
-        return
+        return outcome  # the peer's MSS is the smaller limit already
     tcb.mss = new
     tcb.cc.set_mss(new)
     skb = tcb.write_queue.first
@@ -339,6 +352,7 @@ def path_mtu_changed(tcb: Tcb, mtu: int, now: float) -> None:
         tcb.rto_recovery = True
         tcb.recover = tcb.snd_nxt
     push(tcb, now)
+    return outcome
 
 
 def retransmit_lost(tcb: Tcb, now: float, in_pipe: int) -> int:

@@ -55,7 +55,7 @@ class Tcb:
         "snd_wscale", "max_snd_wnd", "write_seq", "irs", "rcv_nxt", "rcv_wnd", "rcv_adv",
         "rcv_up", "last_ack_sent",
         # options
-        "adv_mss", "mss", "rcv_mss", "wscale_ok", "sack_ok", "ts_ok", "ts_recent",
+        "adv_mss", "mss", "rcv_mss", "pmtu", "wscale_ok", "sack_ok", "ts_ok", "ts_recent",
         "ts_recent_age", "ts_offset", "rcvbuf", "rcvbuf_limit", "rcv_wscale", "sndbuf",
         # queues
         "write_queue", "send_head", "recv_queue", "rcv_queued", "out_of_order_queue",
@@ -121,6 +121,7 @@ class Tcb:
         self.adv_mss = max(route.mtu - 40, 64)
         self.mss = min(self.adv_mss, cfg.mss_default)
         self.rcv_mss = self.mss     # estimate of the peer's segment size (delayed ACK)
+        self.pmtu = route.mtu       # path MTU: the route's until ICMP says less (RFC 1191)
         self.wscale_ok = False
         self.sack_ok = False
         self.ts_ok = False
@@ -418,6 +419,7 @@ class Tcb:
             "segs_out": self.segs_out,
             "mss": self.mss,
             "rcv_mss": self.rcv_mss,
+            "pmtu": self.pmtu,
             "unacked": seq.sub(self.snd_nxt, self.snd_una),
             "in_recovery": self.in_recovery,
             "options": {
