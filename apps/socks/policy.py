@@ -177,6 +177,10 @@ class Policy:
     max_connections: int = 256
     handshake_timeout: float = 10.0
     connect_timeout: float = 10.0
+    #: Connections one client address may hold at once, and how many of them may be
+    #: in their handshake (apps/clientslots.py): one client cannot take every slot.
+    max_per_client: int = 64
+    max_handshakes_per_client: int = 8
     #: user -> keyed digest of the password (derived from ``users``).
     _digests: dict[str, bytes] = field(init=False, repr=False, compare=False,
                                        default_factory=dict)
@@ -184,8 +188,9 @@ class Policy:
     def __post_init__(self) -> None:
         object.__setattr__(self, "_digests", {
             user: _digest(password.encode()) for user, password in (self.users or {}).items()})
-        if self.max_connections < 1:
-            raise PolicyError(f"max_connections {self.max_connections} must be at least 1")
+        for name in ("max_connections", "max_per_client", "max_handshakes_per_client"):
+            if getattr(self, name) < 1:
+                raise PolicyError(f"{name} {getattr(self, name)} must be at least 1")
         for name in ("handshake_timeout", "connect_timeout"):
             value = getattr(self, name)
             if not value > 0:

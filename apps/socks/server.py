@@ -21,6 +21,7 @@ from typing import Any
 
 from apps import authlimit
 from apps.authlimit import AuthLimiter
+from apps.clientslots import ClientSlots, Ticket
 from apps.logsafe import escape, field
 from apps.socks import protocol as p
 from apps.socks.policy import Policy, api_interfaces, attached_networks, check_mode
@@ -106,6 +107,8 @@ class SocksServer:
         self.access_log = log or ACCESS_LOG
         #: Back-off of repeated RFC 1929 failures per client address (on loop time).
         self.auth_limiter = auth_limiter or AuthLimiter(clock=_loop_time)
+        self.slots = ClientSlots(self.policy.max_per_client,
+                                 self.policy.max_handshakes_per_client)
         self.active = 0
         self.counters: Counter[str] = Counter()
 
@@ -128,11 +131,20 @@ class SocksServer:
             writer.close()
             self._log(s, loop.time())
             return
+        refusal = self.slots.refusal(str(peer[0]))
+        if refusal is not None:
+            # One address may not take every slot: refused at once with a RST.
+            self.counters[refusal] += 1
+            s.note = refusal.replace("_", " ")
+            writer.transport.abort()
+            self._log(s, loop.time())
+            return
         self.active += 1
+        ticket = self.slots.admit(str(peer[0]))
         conns: list[asyncio.StreamWriter] = [writer]
         failed = False
         try:
-            await self._serve(reader, writer, s, conns)
+            await self._serve(reader, writer, s, conns, ticket)
         except asyncio.CancelledError:
             s.note, failed = "cancelled", True
         except _ClientGone as e:
@@ -147,6 +159,7 @@ class SocksServer:
                 _finish(w, failed)
             if not s.spliced:
                 self.active -= 1
+                ticket.release()
                 self._log(s, loop.time())
             # A spliced session is logged (and its slot freed) when the splice ends;
             # this task, its streams and their buffers are gone meanwhile.
@@ -156,7 +169,7 @@ class SocksServer:
         self.access_log.info("%s", s.line(), extra={"socks": s})
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                     s: Session, conns: list[asyncio.StreamWriter]) -> None:
+                     s: Session, conns: list[asyncio.StreamWriter], ticket: Ticket) -> None:
         ip = str(s.client.rpartition(":")[0])
         if not self.policy.client_allowed(ip):
             self.counters["client_denied"] += 1
@@ -174,6 +187,8 @@ class SocksServer:
             self.counters[f"bad_{e.reason}"] += 1
             s.note = f"bad request: {e}"
             return
+        finally:
+            ticket.handshake_done()
         if address is None:
             return
         splice = self.mode == "splice" and self._spliceable(writer)
@@ -188,7 +203,7 @@ class SocksServer:
             s.up += len(inp.buf)
             inp.buf.clear()
         if splice:
-            await self._splice(writer, server_writer, reply, s)
+            await self._splice(writer, server_writer, reply, s, ticket)
         else:
             await self._copy(reader, writer, server_reader, server_writer, reply, s)
 
@@ -352,7 +367,8 @@ class SocksServer:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _splice(self, client_writer: asyncio.StreamWriter,
-                      server_writer: asyncio.StreamWriter, reply: bytes, s: Session) -> None:
+                      server_writer: asyncio.StreamWriter, reply: bytes, s: Session,
+                      ticket: Ticket) -> None:
         """Splice mode: the reply is the write allowance n (SPLICE.md §1.3); from then on
         the stack relays the two connections itself. Nothing waits here: the access-log
         line (with the bytes relayed) is written when both directions have ended (the
@@ -366,6 +382,7 @@ class SocksServer:
 
         def finished() -> None:
             self.active -= 1
+            ticket.release()
             s.up += pair.counters["c2s_bytes"]
             s.down += pair.counters["s2c_bytes"]
             s.note = s.note or ("spliced, reset" if pair.reset else "spliced")

@@ -495,3 +495,64 @@ def test_repeated_auth_failures_back_off_per_client_address(caplog) -> None:
         assert not any(CLIENT2 in m for m in warnings)
 
     simulate(body, policy=policy, clients=2)
+
+
+async def ended_at_once(w: World, reader: asyncio.StreamReader) -> bool:
+    """Whether the proxy ends this connection (FIN or RST) within a second."""
+    t0 = w.now
+    try:
+        await read_all(reader)
+    except ConnectionError:
+        pass
+    return w.now - t0 < 1.0
+
+
+def test_one_address_in_many_handshakes_does_not_block_another() -> None:
+    # 20 one-byte handshakes from one address: only 8 may be in progress, the rest are
+    # refused at once; a second address still gets a slot of the 16.
+    policy = Policy(max_connections=16, handshake_timeout=50.0,
+                    allow_clients=nets("198.18.0.0/16"))
+
+    async def body(w: World):
+        conns = []
+        for _ in range(20):
+            reader, writer = await w.client.open_connection(PROXY_C, SOCKS_PORT)
+            writer.write(b"\x05")
+            conns.append((reader, writer))
+        assert await w.until(lambda: w.proxy.counters["accepted"] == 20)
+        assert w.proxy.active == 8 and w.proxy.counters["handshake_limit"] == 12
+        assert all([await ended_at_once(w, r) for r, _w in conns[8:]])
+        _r, w2, (_s, _a, reply) = await socks5(w, Address.of(ORIGIN, ECHO), client=w.client2)
+        assert reply.rep == Rep.SUCCEEDED
+        w2.close()
+        for _r, writer in conns:
+            writer.close()
+        assert await w.until(lambda: w.proxy.active == 0 and not w.proxy.slots.connections)
+
+    simulate(body, policy=policy, clients=2)
+
+
+def test_connections_per_client_address_are_bounded() -> None:
+    policy = Policy(max_per_client=3, allow_clients=nets("198.18.0.0/16"))
+
+    async def body(w: World):
+        sessions = []
+        for _ in range(3):
+            reader, writer, (_s, _a, reply) = await socks5(w, Address.of(ORIGIN, SILENT))
+            assert reply.rep == Rep.SUCCEEDED
+            sessions.append(writer)
+        reader, writer = await w.client.open_connection(PROXY_C, SOCKS_PORT)
+        assert await ended_at_once(w, reader)
+        writer.close()
+        assert w.proxy.counters["per_client_limit"] == 1
+        _r, w2, (_s, _a, reply) = await socks5(w, Address.of(ORIGIN, ECHO), client=w.client2)
+        assert reply.rep == Rep.SUCCEEDED
+        w2.close()
+        for writer in sessions:
+            writer.close()
+        assert await w.until(lambda: w.proxy.active == 0)
+        _r, w3, (_s, _a, reply) = await socks5(w, Address.of(ORIGIN, ECHO))
+        assert reply.rep == Rep.SUCCEEDED           # the slots are free again
+        w3.close()
+
+    simulate(body, policy=policy, clients=2)
