@@ -21,9 +21,11 @@ import contextlib
 from collections import Counter, OrderedDict
 from collections.abc import Iterator
 
-__all__ = ["HANDSHAKE_LIMIT", "PER_CLIENT_LIMIT", "ClientSlots", "IdlePool", "Ticket"]
+__all__ = ["HANDSHAKE_LIMIT", "OVER_LIMIT", "PER_CLIENT_LIMIT", "ClientSlots", "IdlePool",
+           "Ticket", "admit_closing_idle"]
 
 PER_CLIENT_LIMIT, HANDSHAKE_LIMIT = "per_client_limit", "handshake_limit"
+OVER_LIMIT = "over_limit"
 
 
 class Ticket:
@@ -112,3 +114,19 @@ class IdlePool:
                 self.evicted += 1
                 return True
         return False
+
+
+def admit_closing_idle(slots: ClientSlots, idle: IdlePool, addr: str, full: bool,
+                       counters: Counter[str]) -> Ticket | str:
+    """Admit a new connection from ``addr`` (``full``: every slot of the proxy is
+    taken), closing an idle keep-alive connection to make room if that is what
+    stands in the way: the address's own oldest, else (proxy full) anyone's oldest.
+    The ticket, or why the connection is refused (a counter name)."""
+    refusal = slots.refusal(addr)
+    if refusal == HANDSHAKE_LIMIT:
+        return refusal          # idle connections are not handshakes: closing one won't help
+    if refusal == PER_CLIENT_LIMIT or full:
+        if not (idle.close_oldest(addr) or (refusal is None and idle.close_oldest())):
+            return refusal or OVER_LIMIT
+        counters["idle_closed"] += 1
+    return slots.admit(addr)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from apps.socks.policy import Policy, PolicyError, parse_port
 
-__all__ = ["HttpPolicy", "PolicyError"]
+__all__ = ["HttpPolicy", "PolicyError", "refusal_response"]
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,7 @@ class HttpPolicy(Policy):
     has to send a complete request head (slowloris bound)."""
 
     connect_ports: frozenset[int] = frozenset({443})
-    idle_timeout: float = 30.0       # a kept-alive client connection with no request
+    keepalive_timeout: float = 30.0  # a kept-alive client connection with no request
     response_timeout: float = 30.0   # origin's response head, and each body read
     via: str = "tapsplice"
     #: Splice mode: response bodies of at least this many bytes (Content-Length) are
@@ -31,7 +31,7 @@ class HttpPolicy(Policy):
         super().__post_init__()
         for port in self.connect_ports:
             parse_port(port)
-        for name in ("idle_timeout", "response_timeout"):
+        for name in ("keepalive_timeout", "response_timeout"):
             if not getattr(self, name) > 0:
                 raise PolicyError(f"{name} {getattr(self, name)} must be positive")
         if self.splice_min < 0:
@@ -40,3 +40,12 @@ class HttpPolicy(Policy):
     def connect_allowed(self, port: int) -> bool:
         """Whether CONNECT may reach ``port``."""
         return port in self.connect_ports
+
+
+def refusal_response(reason: str) -> bytes:
+    """The 503 (RFC 9110 §15.6.4) for a connection refused by a per-client limit,
+    sent at once before the close."""
+    body = f"503 Service Unavailable: {reason.replace('_', ' ')}\n".encode()
+    return (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+            b"Content-Length: %d\r\nRetry-After: 1\r\nConnection: close\r\n\r\n%s"
+            % (len(body), body))

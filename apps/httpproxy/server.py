@@ -27,6 +27,7 @@ from typing import Any
 
 from apps import authlimit
 from apps.authlimit import AuthLimiter
+from apps.clientslots import ClientSlots, IdlePool, Ticket, admit_closing_idle
 from apps.httpproxy import cache as rules
 from apps.httpproxy import spliced
 from apps.httpproxy.accesslog import Entry
@@ -45,8 +46,9 @@ from apps.httpproxy.parser import (
     response_framing,
     strip_hop_by_hop,
 )
-from apps.httpproxy.policy import HttpPolicy
+from apps.httpproxy.policy import HttpPolicy, refusal_response
 from apps.httpproxy.store import CacheStore, StoredResponse
+from apps.logsafe import escape
 from apps.socks.policy import api_interfaces, attached_networks, check_mode
 from apps.socks.protocol import Address
 
@@ -103,6 +105,10 @@ class HttpProxy:
         #: Back-off of repeated Basic failures per client address (on loop time).
         self.auth_limiter = auth_limiter or AuthLimiter(
             clock=lambda: asyncio.get_running_loop().time())
+        #: Per-client slots and the kept-alive connections waiting (apps/clientslots.py).
+        self.slots = ClientSlots(self.policy.max_per_client,
+                                 self.policy.max_handshakes_per_client)
+        self.idle = IdlePool()
         self.active = 0
         self.counters: Counter[str] = Counter()
 
@@ -117,20 +123,26 @@ class HttpProxy:
         """Serve one client connection: every request on it, or one tunnel."""
         peer = writer.get_extra_info("peername") or ("?", 0)
         self.counters["accepted"] += 1
-        if self.active >= self.policy.max_connections:
-            self.counters["over_limit"] += 1
-            writer.transport.abort()
+        ticket = admit_closing_idle(self.slots, self.idle, str(peer[0]),
+                                    self.active >= self.policy.max_connections, self.counters)
+        if isinstance(ticket, str):
+            self.counters[ticket] += 1
+            if ticket == "over_limit":
+                writer.transport.abort()
+            else:   # one address over its share: told at once, then closed
+                writer.write(refusal_response(ticket))
+                writer.transport.close()
             return
         self.active += 1
         conns: list[asyncio.StreamWriter] = [writer]
         failed = False
         try:
-            await self._serve(BufferedStream(reader, writer), str(peer[0]), conns)
+            await self._serve(BufferedStream(reader, writer), str(peer[0]), conns, ticket)
         except asyncio.CancelledError:
             failed = True
         except (_Abort, ConnectionError, OSError, HttpError, TimeoutError) as e:
             self.counters["aborted"] += 1
-            log.debug("client %s: %s", peer[0], e)
+            log.debug("client %s: %s", peer[0], escape(str(e)))
             failed = True
         except Exception:  # a bug must not leak the connections
             self.counters["internal_error"] += 1
@@ -138,11 +150,12 @@ class HttpProxy:
             failed = True
         finally:
             self.active -= 1
+            ticket.release()
             for w in conns:
                 _finish(w, failed)
 
     async def _serve(self, client: BufferedStream, ip: str,
-                     conns: list[asyncio.StreamWriter]) -> None:
+                     conns: list[asyncio.StreamWriter], ticket: Ticket) -> None:
         loop = asyncio.get_running_loop()
         first = True
         while True:
@@ -151,6 +164,7 @@ class HttpProxy:
             keep = False
             try:
                 req = await self._read_request(client, entry, first)
+                ticket.handshake_done()   # the first request head is in (or never came)
                 if req is not None:
                     keep = await self._exchange(client, req, entry, conns)
             finally:
@@ -167,10 +181,12 @@ class HttpProxy:
         error response if it was malformed or too slow)."""
         try:
             if not first and not client.buf:
-                # A kept-alive connection may stay quiet for the idle timeout.
-                async with asyncio.timeout(self.policy.idle_timeout):
-                    if not await client.fill():
-                        return None
+                # A kept-alive connection may stay quiet for the keep-alive timeout; under
+                # slot pressure the oldest idle one is closed early (its timeout expires).
+                async with asyncio.timeout(self.policy.keepalive_timeout) as wait:
+                    with self.idle.waiting(entry.client, wait):
+                        if not await client.fill():
+                            return None
             # The whole head within the handshake timeout: a slowloris client that
             # trickles bytes is cut off (and answered 408 if it sent something).
             async with asyncio.timeout(self.policy.handshake_timeout):
@@ -584,7 +600,7 @@ class HttpProxy:
         """Write and wait for room, bounded: a client that stops reading is dropped."""
         writer.write(data)
         entry.bytes += len(data)
-        async with asyncio.timeout(self.policy.idle_timeout):
+        async with asyncio.timeout(self.policy.keepalive_timeout):
             await writer.drain()
 
     async def _error(self, client: BufferedStream, entry: Entry, status: int, message: str,

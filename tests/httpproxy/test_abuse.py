@@ -109,3 +109,82 @@ def test_repeated_auth_failures_back_off_per_client_address(caplog) -> None:
         assert len(throttled) == 1 and throttled[0].code == "TCP_DENIED"
 
     simulate2(body, policy)
+
+
+async def ended_at_once(w: World, conn) -> bytes | None:
+    """What the proxy sent before ending the connection, if it ended within a second."""
+    t0 = w.now
+    out = bytearray()
+    try:
+        while data := await conn.read_some():
+            out += data
+    except ConnectionError:
+        pass
+    return bytes(out) if w.now - t0 < 1.0 else None
+
+
+def test_one_address_in_many_handshakes_does_not_block_another() -> None:
+    policy = HttpPolicy(max_connections=16, handshake_timeout=50.0, allow_clients=ALL_CLIENTS)
+
+    async def body(w: World, client2):
+        conns = []
+        for _ in range(20):
+            conn = await connect(w.client)
+            conn.writer.write(b"G")               # a request head that never ends
+            conns.append(conn)
+        assert await w.until(lambda: w.proxy.counters["accepted"] == 20)
+        assert w.proxy.active == 8 and w.proxy.counters["handshake_limit"] == 12
+        for conn in conns[8:]:
+            # Ended at once: a 503, or only a reset when the close found the client's
+            # unread byte (RFC 9293 §3.10.4: a close with data unread may reset).
+            got = await ended_at_once(w, conn)
+            assert got is not None and (got == b"" or got.startswith(b"HTTP/1.1 503 "))
+        r, _b = await fetch(await connect(client2), origin_url("/fresh"))
+        assert r.status == 200
+        for conn in conns:
+            conn.writer.close()
+        assert await w.until(lambda: w.proxy.active == 0 and not w.proxy.slots.connections)
+
+    simulate2(body, policy)
+
+
+def test_idle_keep_alives_are_closed_first_under_slot_pressure() -> None:
+    # One client holds every slot with idle keep-alive connections: a new client's
+    # connection closes the oldest idle one (FIN) instead of being refused.
+    policy = HttpPolicy(max_connections=4, idle_timeout=300.0, allow_clients=ALL_CLIENTS)
+
+    async def body(w: World, client2):
+        idle = []
+        for _ in range(4):
+            conn = await connect(w.client)
+            r, _b = await fetch(conn, origin_url("/fresh"))
+            assert r.status == 200 and r.headers.get("connection") != "close"
+            idle.append(conn)
+        t0 = w.now
+        r, _b = await fetch(await connect(client2), origin_url("/fresh"))
+        assert r.status == 200 and w.now - t0 < 5.0
+        assert w.proxy.counters["idle_closed"] == 1 and w.proxy.counters["over_limit"] == 0
+        assert await ended_at_once(w, idle[0]) == b""           # the oldest, closed cleanly
+        r, _b = await fetch(idle[1], origin_url("/fresh"))       # the others still work
+        assert r.status == 200
+
+    simulate2(body, policy)
+
+
+def test_connections_per_client_address_are_bounded() -> None:
+    policy = HttpPolicy(max_per_client=2, allow_clients=ALL_CLIENTS)
+
+    async def body(w: World, client2):
+        busy = []
+        for _ in range(2):
+            conn = await connect(w.client)
+            r, _b = await fetch(conn, origin_url("/fresh"))
+            conn.writer.write(b"GET http://198.19.0.1/fresh HTTP/1.1\r\n")  # mid-request
+            busy.append(conn)
+        got = await ended_at_once(w, await connect(w.client))
+        assert got is not None and got.startswith(b"HTTP/1.1 503 ")
+        assert w.proxy.counters["per_client_limit"] == 1
+        r, _b = await fetch(await connect(client2), origin_url("/fresh"))
+        assert r.status == 200
+
+    simulate2(body, policy)
