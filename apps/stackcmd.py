@@ -16,6 +16,7 @@ from stack.aio import Attachment, TapStack
 from stack.control import ControlError
 from stack.netdev.faults import FaultModel
 from stack.netdev.pcap import PcapTee, PcapWriter
+from stack.netdev.taplock import TapBusyError
 from stack.wire.ipv4 import ip_str
 from stack.workers import MAX_WORKERS, Seat, open_seats, run_workers
 from tools.lab import LabConfig
@@ -86,6 +87,8 @@ def open_stack(args: argparse.Namespace, forwarding: bool = False,
         return TapStack(attachments_from(args), forwarding=forwarding,
                         offload=not args.no_offload, routes=args.route, pcap=pcap,
                         impair=args.impair, seed=args.seed, control=control, seat=seat)
+    except TapBusyError as e:  # another stack has the TAP: say so, and nothing else
+        raise SystemExit(f"cannot attach: {e}") from None
     except (OSError, ValueError) as e:
         raise SystemExit(f"cannot attach: {e} (is the lab up? `tapsplice lab up`)") from e
 
@@ -118,6 +121,8 @@ def run_command(args: argparse.Namespace, child: Callable[[Seat | None], int]) -
         raise SystemExit("--pcap records one process: use it without --workers")
     try:
         seats = open_seats(attachments_from(args), args.workers, offload=not args.no_offload)
+    except TapBusyError as e:
+        raise SystemExit(f"cannot attach {args.workers} workers: {e}") from None
     except (OSError, ValueError) as e:
         raise SystemExit(f"cannot attach {args.workers} workers: {e} (the TAPs must be "
                          "multi_queue devices, as `tapsplice lab up` makes them)") from e

@@ -32,6 +32,7 @@ from stack.netdev.offload import (
     complete_checksum,
     vnet_error,
 )
+from stack.netdev.taplock import TapLock, lock_tap
 from stack.skbuff import SkBuff
 
 # linux/if_tun.h: _IOW('T', 216, int) and _IOW('T', 208, unsigned int)
@@ -83,6 +84,8 @@ class TapDevice:
         self._cap = size - first
         #: Opened as one queue of a multiqueue device.
         self.multi_queue = False
+        #: This process's claim on the device (stack/netdev/taplock.py).
+        self._lock: TapLock | None = None
 
     @classmethod
     def open(cls, name: str, *, netns: str | None = None, offload: bool = True,
@@ -114,15 +117,25 @@ class TapDevice:
         if count > 1:
             multi_queue = True
         out: list[TapDevice] = []
+        lock: TapLock | None = None
         try:
             with enter_netns(netns) if netns is not None else contextlib.nullcontext():
+                _check_exists(name)
+                # One stack per TAP: a second process would attach one more queue of a
+                # multi_queue device and get half of its frames (taplock.py).
+                lock = lock_tap(name, netns).hold()
                 for _ in range(count):
-                    out.append(cls._open_here(name, offload, batch, backlog, multi_queue))
+                    dev = cls._open_here(name, offload, batch, backlog, multi_queue)
+                    dev._lock = lock.hold()
+                    out.append(dev)
                     multi_queue = out[0].multi_queue
         except BaseException:
             for dev in out:
                 dev.close()
             raise
+        finally:
+            if lock is not None:
+                lock.release()  # the devices hold it from here on
         return out
 
     @classmethod
@@ -136,13 +149,7 @@ class TapDevice:
                 if e.args and e.args[0] != errno.EINVAL:
                     raise
             return cls._open_here(name, offload, batch, backlog, True)
-        # TUNSETIFF on a missing name would create a new, transient device here
-        # (possibly in the root namespace); only attach to one that exists.
-        try:
-            socket.if_nametoindex(name)
-        except OSError:
-            raise FileNotFoundError(errno.ENODEV, f"no TAP device {name!r} "
-                                    "(is the lab up?)") from None
+        _check_exists(name)
         flags = pytun.IFF_TAP | pytun.IFF_NO_PI | (pytun.IFF_VNET_HDR if offload else 0)
         if multi_queue:
             flags |= pytun.IFF_MULTI_QUEUE
@@ -320,6 +327,9 @@ class TapDevice:
             self._dev.close()
             self._fd = -1
             self._backlog.clear()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def __enter__(self) -> TapDevice:
         return self
@@ -329,3 +339,14 @@ class TapDevice:
 
     def __repr__(self) -> str:
         return f"TapDevice({self.name!r}, offload={self.offload}, mtu={self.mtu})"
+
+
+def _check_exists(name: str) -> None:
+    """FileNotFoundError unless a device ``name`` exists in the current namespace:
+    TUNSETIFF on a missing name would create a new, transient device here (possibly
+    in the root namespace), so only one that exists is attached to."""
+    try:
+        socket.if_nametoindex(name)
+    except OSError:
+        raise FileNotFoundError(errno.ENODEV, f"no TAP device {name!r} "
+                                "(is the lab up?)") from None
