@@ -22,12 +22,17 @@ from stack.iface import Interface
 from stack.netdev.faults import FaultDecider, FaultModel, flip_bit
 from stack.netdev.pcap import PcapTee
 from stack.skbuff import SkBuff
+from stack.tcp.api import TcpState
 from stack.wire.ethernet import ETH_HLEN
 
 log = logging.getLogger("tapsplice.driver")
+#: TCP states in which a connection is no running session (TapStack.sessions).
+_ENDED = frozenset({TcpState.CLOSED, TcpState.LISTEN, TcpState.TIME_WAIT})
 
 #: Read batches per readable event before yielding to the loop (fairness bound).
 MAX_ROUNDS = 8
+#: Seconds a stop signal lets running sessions finish (TapStack.drain_period).
+DEFAULT_DRAIN = 10.0
 
 
 @dataclass(order=True, slots=True)
@@ -61,6 +66,9 @@ class StackDriver:
         #: Called with (iface, skb) for every frame read, before the core sees it
         #: (stack/workers.py shares ARP this way).
         self.rx_tee = None
+        #: Called on SIGINT/SIGTERM in :meth:`serve_forever` (default: stop at once;
+        #: TapStack drains first).
+        self.on_signal = self.stop
         self._impair_limit = impair_limit
 
     def attach(self, iface: Interface, device) -> None:
@@ -94,7 +102,7 @@ class StackDriver:
         assert self.loop is not None
         if handle_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
-                self.loop.add_signal_handler(sig, self.stop)
+                self.loop.add_signal_handler(sig, lambda: self.on_signal())
         try:
             await self._stopped.wait()
         finally:
@@ -328,6 +336,16 @@ class TapStack:
         self.control_path = control
         self.control = None
         self.arp_share = None
+        #: Keyword arguments for the Splicer made on first use (e.g. idle_timeout).
+        self.splice_options: dict = {}
+        #: Seconds a stop signal lets running sessions finish before the rest are reset
+        #: (see :meth:`drain`); a second signal cuts it short.
+        self.drain_period = DEFAULT_DRAIN
+        #: Called when a drain starts (a proxy closes its idle kept-alive connections).
+        self.drain_hooks: list = []
+        self._drain_task: asyncio.Task | None = None
+        self._drain_cut = asyncio.Event()
+        self.driver.on_signal = self._on_signal
 
     @property
     def splice_api(self):
@@ -335,7 +353,8 @@ class TapStack:
         if self._splice_api is None:
             from splice.aio import SpliceApi
             from splice.splicer import Splicer
-            self.splicer = Splicer(self.stack, self.tcp, window_scheme=self.window_scheme)
+            self.splicer = Splicer(self.stack, self.tcp, window_scheme=self.window_scheme,
+                                   **self.splice_options)
             self._splice_api = SpliceApi(self.splicer, self.driver)
         return self._splice_api
 
@@ -364,6 +383,64 @@ class TapStack:
             if self.control is not None:
                 self.control.close()
                 self.control = None
+
+    # -- graceful stop ----------------------------------------------------------------
+    def sessions(self) -> int:
+        """Connections whose peers may still send: neither closed, listening nor in
+        TIME-WAIT, with each splice pair not yet in its TIMEWAIT counted once."""
+        n = self.splicer.live_pairs() if self.splicer is not None else 0
+        for tcb in self.tcp.connections.values():
+            if tcb.splice is None and tcb.state not in _ENDED:
+                n += 1
+        return n
+
+    def reset_all(self, why: str = "drain") -> int:
+        """Reset every running session on both sides: spliced pairs (a RST to each
+        peer, splice/guard.py), then every other connection (RFC 9293 §3.10.5 abort);
+        how many. Counted as ``<why>_reset``."""
+        now = self.driver.now()
+        n = self.splicer.end_all(why, now) if self.splicer is not None else 0
+        for tcb in list(self.tcp.connections.values()):
+            if tcb.state not in _ENDED:
+                tcb.abort(now)
+                n += 1
+        self.stack.counters[f"{why}_reset"] += n
+        self.tcp.flush_events()
+        self.driver.poke()
+        return n
+
+    async def drain(self, seconds: float) -> None:
+        """Graceful stop: refuse new connections at once (the listeners close; a SYN
+        then gets a RST), let running sessions finish for up to ``seconds``, reset what
+        remains on both sides, then stop. A second stop signal ends the wait early."""
+        now = self.driver.now()
+        for lst in list(self.tcp.listeners.values()):
+            lst.close(now)
+        for hook in self.drain_hooks:
+            hook()
+        self.driver.poke()
+        log.info("stopping: no new connections; %d sessions may finish within %gs",
+                 self.sessions(), seconds)
+        deadline = now + seconds
+        while self.sessions() and not self._drain_cut.is_set():
+            left = deadline - self.driver.now()
+            if left <= 0:
+                break
+            try:  # re-checked every 100 ms: sessions end inside the core, unannounced
+                await asyncio.wait_for(self._drain_cut.wait(), min(0.1, left))
+            except TimeoutError:
+                pass
+        reset = self.reset_all("drain")
+        log.info("stopped: %d sessions reset", reset)
+        self.driver.stop()
+
+    def _on_signal(self) -> None:
+        """First stop signal: drain; a second one: stop now (what remains is reset)."""
+        if self._drain_task is None:
+            self._drain_task = asyncio.ensure_future(self.drain(self.drain_period))
+        else:
+            log.warning("second stop signal: resetting what remains now")
+            self._drain_cut.set()
 
     def close(self) -> None:
         """Stop and release the devices (and the control socket)."""

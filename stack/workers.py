@@ -257,11 +257,13 @@ def _die_with_parent(parent: int) -> None:
 
 
 def run_workers(seats: list[Seat], child: Callable[[Seat], int], *,
-                ready_timeout: float = READY_TIMEOUT) -> int:
+                ready_timeout: float = READY_TIMEOUT, grace: float = STOP_GRACE) -> int:
     """Fork a worker for each seat running ``child(seat)``; supervise until they end.
 
-    Prints ``ready`` when every worker reported ready, and at the end the merged
-    counters (JSON, on stderr) with each worker's connection count. Returns 0 when
+    A stop signal goes on to the workers (each drains, see stack/aio.py); one still
+    running ``grace`` seconds later is killed. Prints ``ready`` when every worker
+    reported ready, and at the end the merged counters (JSON, on stderr) with each
+    worker's connection count. Returns 0 when
     all workers exited 0 after a stop signal, 1 otherwise.
     """
     children: list[_Child] = []
@@ -269,10 +271,10 @@ def run_workers(seats: list[Seat], child: Callable[[Seat], int], *,
         children.append(_fork_worker(seat, seats, children, child))
     for seat in seats:
         seat.close()
-    return _supervise(children, ready_timeout)
+    return _supervise(children, ready_timeout, grace)
 
 
-def _supervise(children: list[_Child], ready_timeout: float) -> int:
+def _supervise(children: list[_Child], ready_timeout: float, grace: float) -> int:
     stopping = {"why": None}
 
     def stop(why: str) -> None:
@@ -307,7 +309,7 @@ def _supervise(children: list[_Child], ready_timeout: float) -> int:
                     stop("not ready")
             if stopping["why"] is not None:
                 stop_at = stop_at or time.monotonic()
-                if time.monotonic() - stop_at > STOP_GRACE:
+                if time.monotonic() - stop_at > grace:
                     _signal_running(children, signal.SIGKILL)
     finally:
         for sig, handler in old.items():

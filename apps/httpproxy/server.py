@@ -28,6 +28,7 @@ from typing import Any
 from apps import authlimit
 from apps.authlimit import AuthLimiter
 from apps.clientslots import ClientSlots, IdlePool, Ticket, admit_closing_idle
+from apps.copyrelay import IdleTimeout, copy_both
 from apps.httpproxy import cache as rules
 from apps.httpproxy import spliced
 from apps.httpproxy.accesslog import Entry
@@ -57,7 +58,6 @@ log = logging.getLogger("tapsplice.httpproxy")
 
 MODES = ("splice", "copy")
 CONNECT_REPLY = b"HTTP/1.1 200 Connection established\r\n\r\n"
-CHUNK = 256 * 1024
 
 
 class _Abort(Exception):
@@ -593,7 +593,16 @@ class HttpProxy:
                 entry.bytes += len(CONNECT_REPLY) + pair.counters["s2c_bytes"]
             return
         await self._write(client.writer, CONNECT_REPLY, entry)
-        await _copy_both(client, origin, entry)
+
+        def down(n: int) -> None:
+            entry.bytes += n
+
+        try:
+            await copy_both(client.reader, client.writer, origin.reader, origin.writer,
+                            b_to_a=down, idle_timeout=self.policy.idle_timeout)
+        except IdleTimeout:
+            self.counters["idle_timeout"] += 1
+            raise
 
     # -- output -----------------------------------------------------------------------------
     async def _write(self, writer: asyncio.StreamWriter, data: bytes, entry: Entry) -> None:
@@ -657,36 +666,6 @@ def _spliceable(writer: asyncio.StreamWriter) -> bool:
     """Only an ESTABLISHED client connection can be spliced (SPLICE.md §1.2)."""
     tcb = writer.get_extra_info("tcb")
     return tcb is not None and tcb.state.name == "ESTABLISHED"
-
-
-async def _copy_both(client: BufferedStream, origin: BufferedStream, entry: Entry) -> None:
-    """Copy-mode tunnel: relay both ways until both ends are done."""
-    def down(n: int) -> None:
-        entry.bytes += n
-
-    tasks = [asyncio.ensure_future(_pump(client.reader, origin.writer, None)),
-             asyncio.ensure_future(_pump(origin.reader, client.writer, down))]
-    try:
-        done, _pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        for task in done:
-            if task.exception() is not None:
-                raise task.exception()
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-
-async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                count: Callable[[int], None] | None) -> None:
-    """One direction of a copied tunnel; the end of input becomes a half-close (FIN)."""
-    while data := await reader.read(CHUNK):
-        writer.write(data)
-        if count is not None:
-            count(len(data))
-        await writer.drain()
-    if not writer.is_closing():
-        writer.write_eof()
 
 
 def _finish(writer: asyncio.StreamWriter, failed: bool) -> None:

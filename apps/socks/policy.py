@@ -152,6 +152,31 @@ def api_interfaces(api: Any) -> list:
     return list(getattr(stack, "interfaces", []))
 
 
+def listen_interface(api: Any, host: str) -> Any | None:
+    """The interface of the stack behind ``api`` that owns the address ``host``
+    (None for 0.0.0.0 or an address the stack does not have)."""
+    try:
+        packed = ipaddress.ip_address(host).packed
+    except ValueError:
+        return None
+    return next((i for i in api_interfaces(api) if i.addr == packed), None)
+
+
+def own_interface_defaults(server: Any, api: Any, host: str, policy: Policy) -> Policy:
+    """A proxy listening on ``host`` serves the side of the interface that owns it:
+    its listener accepts connections only through that interface (stack/tcp/layer.py
+    Listener.own_interface_only), and without --allow-client only that interface's
+    subnet may use it. Hosts on the other side (the servers) cannot use the proxy to
+    reach the client network. A 0.0.0.0 listener keeps every attached subnet."""
+    iface = listen_interface(api, host)
+    listener = getattr(server, "listener", None)
+    if iface is None:
+        return policy.with_default_clients(attached_networks(api_interfaces(api)))
+    if listener is not None:
+        listener.own_interface_only = True
+    return policy.with_default_clients([iface.network])
+
+
 def check_mode(mode: str, modes: Iterable[str], splice: Any) -> None:
     """A proxy's --mode: one of ``modes``; splice mode needs the splice API."""
     if mode not in modes:
@@ -177,6 +202,9 @@ class Policy:
     max_connections: int = 256
     handshake_timeout: float = 10.0
     connect_timeout: float = 10.0
+    #: A relayed session (spliced pair or copy-mode relay) with nothing moving either
+    #: way for this long is ended with a RST to both ends (Squid's 15 minutes).
+    idle_timeout: float = 900.0
     #: Connections one client address may hold at once, and how many of them may be
     #: in their handshake (apps/clientslots.py): one client cannot take every slot.
     max_per_client: int = 64
@@ -191,7 +219,7 @@ class Policy:
         for name in ("max_connections", "max_per_client", "max_handshakes_per_client"):
             if getattr(self, name) < 1:
                 raise PolicyError(f"{name} {getattr(self, name)} must be at least 1")
-        for name in ("handshake_timeout", "connect_timeout"):
+        for name in ("handshake_timeout", "connect_timeout", "idle_timeout"):
             value = getattr(self, name)
             if not value > 0:
                 raise PolicyError(f"{name} {value} must be positive")

@@ -22,6 +22,7 @@ from typing import Any
 from apps import authlimit
 from apps.authlimit import AuthLimiter
 from apps.clientslots import ClientSlots, Ticket
+from apps.copyrelay import IdleTimeout, copy_both
 from apps.logsafe import escape, field
 from apps.socks import protocol as p
 from apps.socks.policy import Policy, api_interfaces, attached_networks, check_mode
@@ -30,8 +31,6 @@ from apps.socks.protocol import Address, Command, Method, Rep, SocksError
 ACCESS_LOG = logging.getLogger("tapsplice.socks.access")
 log = logging.getLogger("tapsplice.socks")
 
-#: Relay read size: big reads keep the per-byte cost of copy mode down.
-CHUNK = 256 * 1024
 MODES = ("copy", "splice")
 
 
@@ -354,17 +353,13 @@ class SocksServer:
         def down(n: int) -> None:
             s.down += n
 
-        tasks = [asyncio.ensure_future(_pump(client_reader, server_writer, up)),
-                 asyncio.ensure_future(_pump(server_reader, client_writer, down))]
         try:
-            done, _pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-            for task in done:
-                if task.exception() is not None:
-                    raise task.exception()
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await copy_both(client_reader, client_writer, server_reader, server_writer,
+                            a_to_b=up, b_to_a=down, idle_timeout=self.policy.idle_timeout)
+        except IdleTimeout:
+            self.counters["idle_timeout"] += 1
+            s.note = "idle timeout"
+            raise
 
     async def _splice(self, client_writer: asyncio.StreamWriter,
                       server_writer: asyncio.StreamWriter, reply: bytes, s: Session,
@@ -385,7 +380,9 @@ class SocksServer:
             ticket.release()
             s.up += pair.counters["c2s_bytes"]
             s.down += pair.counters["s2c_bytes"]
-            s.note = s.note or ("spliced, reset" if pair.reset else "spliced")
+            ended = {"idle": "spliced, idle timeout", "drain": "spliced, reset at stop"}
+            s.note = s.note or ended.get(pair.ended_by or "",
+                                         "spliced, reset" if pair.reset else "spliced")
             self._log(s, asyncio.get_running_loop().time())
 
         self.splice.when_finished(pair, finished)
@@ -401,16 +398,6 @@ def _received(version: int, rep: int) -> int:
     if version == p.SOCKS4_VERSION:
         return p.Socks4Status.GRANTED if rep == Rep.SUCCEEDED else p.Socks4Status.REJECTED
     return rep
-
-
-async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, count) -> None:
-    """One direction of copy mode; the end of input becomes a half-close (FIN)."""
-    while data := await reader.read(CHUNK):
-        writer.write(data)
-        count(len(data))
-        await writer.drain()
-    if not writer.is_closing():
-        writer.write_eof()
 
 
 def _finish(writer: asyncio.StreamWriter, failed: bool) -> None:

@@ -366,7 +366,7 @@ def test_body_cut_short_resets_the_client_and_is_not_stored(mode: str) -> None:
     b"CONNECT 198.19.0.1:443", b"\x00\xff", b" ", b"0\r\n\r\n", b"Connection: close\r\n",
 ]), max_size=25))
 def test_fuzzed_clients_never_leave_a_session_behind(parts) -> None:
-    policy = HttpPolicy(handshake_timeout=3.0, idle_timeout=3.0, response_timeout=3.0)
+    policy = HttpPolicy(handshake_timeout=3.0, keepalive_timeout=3.0, response_timeout=3.0)
 
     async def body(w: World):
         conn = await w.connect()
@@ -407,7 +407,7 @@ def test_slowloris_is_cut_off() -> None:
 
 
 def test_idle_keep_alive_connection_is_closed_silently() -> None:
-    policy = HttpPolicy(idle_timeout=7.0)
+    policy = HttpPolicy(keepalive_timeout=7.0)
 
     async def body(w: World):
         conn = await w.connect()
