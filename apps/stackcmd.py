@@ -12,13 +12,13 @@ from collections.abc import Awaitable, Callable
 import uvloop
 
 from apps.services import start_services
-from stack.aio import Attachment, TapStack
+from stack.aio import DEFAULT_DRAIN, Attachment, TapStack
 from stack.control import ControlError
 from stack.netdev.faults import FaultModel
 from stack.netdev.pcap import PcapTee, PcapWriter
 from stack.netdev.taplock import TapBusyError
 from stack.wire.ipv4 import ip_str
-from stack.workers import MAX_WORKERS, Seat, open_seats, run_workers
+from stack.workers import MAX_WORKERS, STOP_GRACE, Seat, open_seats, run_workers
 from tools.lab import LabConfig
 
 log = logging.getLogger("tapsplice")
@@ -54,6 +54,16 @@ def _impair(text: str) -> FaultModel:
         raise argparse.ArgumentTypeError(str(e)) from e
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 86400:
+        raise argparse.ArgumentTypeError(f"seconds: 0..86400, not {text!r}")
+    return value
+
+
 def _workers(text: str) -> int:
     try:
         n = int(text)
@@ -84,9 +94,11 @@ def open_stack(args: argparse.Namespace, forwarding: bool = False,
     if seat is not None and seat.index and control is not True:
         control = f"{control}.{seat.index}"  # one control socket per worker
     try:
-        return TapStack(attachments_from(args), forwarding=forwarding,
-                        offload=not args.no_offload, routes=args.route, pcap=pcap,
-                        impair=args.impair, seed=args.seed, control=control, seat=seat)
+        net = TapStack(attachments_from(args), forwarding=forwarding,
+                       offload=not args.no_offload, routes=args.route, pcap=pcap,
+                       impair=args.impair, seed=args.seed, control=control, seat=seat)
+        net.drain_period = args.drain
+        return net
     except TapBusyError as e:  # another stack has the TAP: say so, and nothing else
         raise SystemExit(f"cannot attach: {e}") from None
     except (OSError, ValueError) as e:
@@ -126,7 +138,8 @@ def run_command(args: argparse.Namespace, child: Callable[[Seat | None], int]) -
     except (OSError, ValueError) as e:
         raise SystemExit(f"cannot attach {args.workers} workers: {e} (the TAPs must be "
                          "multi_queue devices, as `tapsplice lab up` makes them)") from e
-    return run_workers(seats, child)
+    # The supervisor kills workers that outlive the drain by its own grace period.
+    return run_workers(seats, child, grace=args.drain + STOP_GRACE)
 
 
 def run_stack(net: TapStack, setup: Callable[[TapStack], Awaitable[None]] | None = None,
@@ -201,6 +214,10 @@ def add_common(p: argparse.ArgumentParser, workers: bool = True) -> None:
                    help='fault injection on the stack\'s devices, both directions, e.g. '
                         '"loss=1%%,duplicate=1%%,reorder=2%%,corrupt=0.1%%,delay=1ms"')
     p.add_argument("--seed", type=int, default=0, help="seed of the fault injector")
+    p.add_argument("--drain", type=_seconds, default=DEFAULT_DRAIN, metavar="SECONDS",
+                   help="on SIGTERM/SIGINT: refuse new connections at once, let running "
+                        "sessions finish for this long, then reset what remains on both "
+                        f"sides (default {DEFAULT_DRAIN:g}); a second signal stops at once")
     p.add_argument("--control", metavar="PATH", default=None,
                    help="control socket for `tapsplice stat` (default "
                         "/run/tapsplice/<pid>.sock)")
