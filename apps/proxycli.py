@@ -44,3 +44,25 @@ def listen_address(args: argparse.Namespace, lab: tuple[str, int]) -> tuple[str,
     if args.lab or not args.addr:
         return lab
     return args.addr[0].partition("/")[0], lab[1]
+
+
+#: --allow-client's help, the same in both proxies.
+ALLOW_CLIENT_HELP = ("allowed client network (repeatable; default: the subnet of the interface "
+                     "that owns the listening address; connections are accepted only "
+                     "through that interface)")
+
+
+def add_client_limits(p: argparse.ArgumentParser) -> None:
+    """--max-per-client and --max-handshakes-per-client (apps/clientslots.py)."""
+    p.add_argument("--max-per-client", type=int, default=64, metavar="N",
+                   help="connections one client address may hold at once (default 64); "
+                        "more are refused at once")
+    p.add_argument("--max-handshakes-per-client", type=int, default=8, metavar="N",
+                   help="connections of one client address still in their handshake or "
+                        "first request (default 8); more are refused at once")
+
+
+def client_limits(args: argparse.Namespace) -> dict[str, int]:
+    """The Policy fields of the per-client options."""
+    return {"max_per_client": args.max_per_client,
+            "max_handshakes_per_client": args.max_handshakes_per_client}

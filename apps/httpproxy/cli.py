@@ -11,7 +11,13 @@ from apps import proxycli
 from apps.httpproxy.policy import HttpPolicy, PolicyError
 from apps.httpproxy.server import MODES, HttpProxy
 from apps.httpproxy.store import CacheStore
-from apps.proxycli import listen_parser, policy_type
+from apps.proxycli import (
+    ALLOW_CLIENT_HELP,
+    add_client_limits,
+    client_limits,
+    listen_parser,
+    policy_type,
+)
 from apps.socks.cli import default_destinations
 from apps.socks.policy import (
     load_hosts,
@@ -55,6 +61,7 @@ def policy_from_args(args: argparse.Namespace) -> HttpPolicy:
         users=load_users(args.users) if args.users else None,
         hosts=hosts,
         max_connections=args.max_connections,
+        **client_limits(args),
         handshake_timeout=args.request_timeout,
         connect_timeout=args.connect_timeout,
         connect_ports=frozenset(args.connect_port or [443]),
@@ -145,12 +152,14 @@ def add_parser(subparsers) -> None:
     p.add_argument("--host", action="append", default=[], type=_arg(parse_host_mapping),
                    metavar="NAME=ADDR", help="one name (repeatable)")
     p.add_argument("--allow-client", action="append", default=[], type=_arg(parse_network),
-                   metavar="NET", help="allowed client network (repeatable; default: the "
-                                       "subnets the stack is attached to)")
+                   metavar="NET", help=ALLOW_CLIENT_HELP)
     p.add_argument("--connect-port", action="append", default=[], type=_arg(parse_port),
-                   metavar="PORT", help="port CONNECT may reach (repeatable; default 443)")
+                   metavar="PORT", help="port CONNECT may reach (repeatable; default 443). "
+                   "Given, it replaces the default 443 (add --connect-port 443 to keep "
+                   "it); the start-up log line lists the CONNECT ports")
     p.add_argument("--max-connections", type=int, default=256, metavar="N",
                    help="client connections served at once (default 256)")
+    add_client_limits(p)
     p.add_argument("--request-timeout", type=float, default=10.0, metavar="SECONDS",
                    help="time a client has to send a request head (default 10)")
     p.add_argument("--idle-timeout", type=float, default=30.0, metavar="SECONDS",

@@ -50,7 +50,7 @@ from apps.httpproxy.parser import (
 from apps.httpproxy.policy import HttpPolicy, refusal_response
 from apps.httpproxy.store import CacheStore, StoredResponse
 from apps.logsafe import escape
-from apps.socks.policy import api_interfaces, attached_networks, check_mode
+from apps.socks.policy import check_mode, own_interface_defaults
 from apps.socks.protocol import Address
 
 ACCESS_LOG = logging.getLogger("tapsplice.httpproxy.access")
@@ -98,8 +98,8 @@ class HttpProxy:
         self.mode = mode
         self.splice = splice
         self.cache = cache
-        self.policy = (policy or HttpPolicy()).with_default_clients(
-            attached_networks(api_interfaces(api)))
+        #: Without allowed clients, start() fills in the listening interface's subnet.
+        self.policy = policy or HttpPolicy()
         self.access_log = log or ACCESS_LOG
         self.clock = clock
         #: Back-off of repeated Basic failures per client address (on loop time).
@@ -115,6 +115,7 @@ class HttpProxy:
     async def start(self, host: str, port: int) -> Any:
         """Listen on (host, port); returns the server object of the API."""
         server = await self.api.start_server(self.handle, host, port)
+        self.policy = own_interface_defaults(server, self.api, host, self.policy)
         if self.splice is not None:
             self.splice.init_splice(server)  # SPLICE.md §1.1: before any accept
         return server

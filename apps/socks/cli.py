@@ -8,7 +8,13 @@ import sys
 from dataclasses import replace
 
 from apps import proxycli
-from apps.proxycli import listen_parser, policy_type
+from apps.proxycli import (
+    ALLOW_CLIENT_HELP,
+    add_client_limits,
+    client_limits,
+    listen_parser,
+    policy_type,
+)
 from apps.socks.policy import (
     Policy,
     PolicyError,
@@ -47,6 +53,7 @@ def policy_from_args(args: argparse.Namespace) -> Policy:
         users=load_users(args.users) if args.users else None,
         hosts=hosts,
         max_connections=args.max_connections,
+        **client_limits(args),
         handshake_timeout=args.handshake_timeout,
         connect_timeout=args.connect_timeout,
     )
@@ -112,14 +119,14 @@ def add_parser(subparsers) -> None:
                         "(default), or the thesis's receive scale 0 toward the client "
                         "(windows clamped to 64 KB; for comparison)")
     p.add_argument("--users", metavar="FILE",
-                   help='require RFC 1929 username/password; FILE has "user:password" lines')
+                   help='require RFC 1929 username/password; FILE has "user:password" '
+                        "lines. SOCKS4 requests are refused then (SOCKS4 has no passwords)")
     p.add_argument("--hosts", metavar="FILE",
                    help="names for DOMAINNAME requests (/etc/hosts lines or NAME=ADDRESS)")
     p.add_argument("--host", action="append", default=[], type=_arg(parse_host_mapping),
                    metavar="NAME=ADDR", help="one name (repeatable)")
     p.add_argument("--allow-client", action="append", default=[], type=_arg(parse_network),
-                   metavar="NET", help="allowed client network (repeatable; default: the "
-                                       "subnets the stack is attached to)")
+                   metavar="NET", help=ALLOW_CLIENT_HELP)
     p.add_argument("--allow-dest", action="append", default=[], type=_arg(parse_network),
                    metavar="NET", help="allowed destination network (repeatable; default: "
                                        "the attached subnets and --route prefixes)")
@@ -127,6 +134,7 @@ def add_parser(subparsers) -> None:
                    metavar="PORT", help="allowed destination port (repeatable; default any)")
     p.add_argument("--max-connections", type=int, default=256, metavar="N",
                    help="client connections served at once (default 256)")
+    add_client_limits(p)
     p.add_argument("--handshake-timeout", type=float, default=10.0, metavar="SECONDS",
                    help="time a client has for greeting, auth and request (default 10)")
     p.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS",

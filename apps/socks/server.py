@@ -25,7 +25,7 @@ from apps.clientslots import ClientSlots, Ticket
 from apps.copyrelay import IdleTimeout, copy_both
 from apps.logsafe import escape, field
 from apps.socks import protocol as p
-from apps.socks.policy import Policy, api_interfaces, attached_networks, check_mode
+from apps.socks.policy import Policy, check_mode, own_interface_defaults
 from apps.socks.protocol import Address, Command, Method, Rep, SocksError
 
 ACCESS_LOG = logging.getLogger("tapsplice.socks.access")
@@ -101,8 +101,8 @@ class SocksServer:
         self.api = api
         self.mode = mode
         self.splice = splice
-        self.policy = (policy or Policy()).with_default_clients(
-            attached_networks(api_interfaces(api)))
+        #: Without allowed clients, start() fills in the listening interface's subnet.
+        self.policy = policy or Policy()
         self.access_log = log or ACCESS_LOG
         #: Back-off of repeated RFC 1929 failures per client address (on loop time).
         self.auth_limiter = auth_limiter or AuthLimiter(clock=_loop_time)
@@ -114,6 +114,7 @@ class SocksServer:
     async def start(self, host: str, port: int) -> Any:
         """Listen on (host, port); returns the server object of the API."""
         server = await self.api.start_server(self.handle, host, port)
+        self.policy = own_interface_defaults(server, self.api, host, self.policy)
         if self.splice is not None:
             self.splice.init_splice(server)  # SPLICE.md §1.1: before any accept
         return server

@@ -61,6 +61,12 @@ class Listener:
         #: Applied to every connection created by this listener before its SYN-ACK
         #: (used e.g. by the splice layer to force a receive window scale).
         self.tcb_setup: Callable[[Tcb], None] | None = None
+        #: Accept only clients whose route leaves through the interface that owns
+        #: ``addr`` (strict reverse path, RFC 3704 §2.2): a SYN for 198.18.0.2 that
+        #: came in from another interface's side is answered with a RST. A spoofed
+        #: source cannot complete the handshake, so this is the arrival interface
+        #: for every connection that could be accepted. Not for 0.0.0.0 listeners.
+        self.own_interface_only = False
 
     @property
     def local_address(self) -> tuple[bytes, int]:
@@ -253,6 +259,10 @@ class TcpLayer:
         if flags & RST:
             self.count("listen_rst")
             return
+        if lst.own_interface_only and not self._via_own_interface(lst, src):
+            self.count("listen_wrong_iface")
+            self.reply_rst(dst, src, hdr, len(payload), now)
+            return
         if flags & ACK:
             if not flags & SYN and self._cookie_ack(lst, hdr, payload, src, dst, now):
                 return
@@ -275,6 +285,11 @@ class TcpLayer:
         if tcb is not None:
             output.send_syn(tcb, now)
             self.after_call(tcb)
+
+    def _via_own_interface(self, lst: Listener, src: bytes) -> bool:
+        """Whether the route back to ``src`` leaves through the listener's interface."""
+        route = self.ip.route(src)
+        return route is not None and route.src == lst.addr
 
     def _new_passive(self, lst: Listener, hdr: TcpHeader, src: bytes, dst: bytes,
                      now: float) -> Tcb | None:

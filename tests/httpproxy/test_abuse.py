@@ -59,12 +59,14 @@ def simulate2(body: Callable[[World, Any], Awaitable[Any]], policy: HttpPolicy,
             return EPOCH + loop.time()
 
         origin = Origin(clock)
-        await driver.tcp(o).start_server(origin.serve, ORIGIN, HTTP)
+        origin_api = driver.tcp(o)
+        await origin_api.start_server(origin.serve, ORIGIN, HTTP)
         proxy_api = driver.tcp(px)
         proxy = HttpProxy(proxy_api, mode="copy", policy=policy, log=access, cache=None,
                           clock=clock, **proxy_kw)
         await proxy.start(PROXY_C, PROXY_PORT)
         world = World(driver.tcp(c), proxy, proxy_api, origin, records)
+        world.origin_api = origin_api   # type: ignore[attr-defined]  # a server-side host
         return await body(world, driver.tcp(c2))
 
     try:
@@ -151,7 +153,8 @@ def test_one_address_in_many_handshakes_does_not_block_another() -> None:
 def test_idle_keep_alives_are_closed_first_under_slot_pressure() -> None:
     # One client holds every slot with idle keep-alive connections: a new client's
     # connection closes the oldest idle one (FIN) instead of being refused.
-    policy = HttpPolicy(max_connections=4, idle_timeout=300.0, allow_clients=ALL_CLIENTS)
+    policy = HttpPolicy(max_connections=4, keepalive_timeout=300.0,
+                        allow_clients=ALL_CLIENTS)
 
     async def body(w: World, client2):
         idle = []
@@ -188,3 +191,26 @@ def test_connections_per_client_address_are_bounded() -> None:
         assert r.status == 200
 
     simulate2(body, policy)
+
+
+def test_server_side_hosts_cannot_use_the_proxy() -> None:
+    async def body(w: World, client2):
+        try:
+            await w.origin_api.open_connection(PROXY_C, PROXY_PORT)
+            refused = False
+        except ConnectionRefusedError:
+            refused = True
+        assert refused and w.proxy_api.tcp.counters["listen_wrong_iface"] == 1
+        r, _b = await fetch(await connect(w.client), origin_url("/fresh"))
+        assert r.status == 200
+
+    simulate2(body, HttpPolicy(allow_clients=(ipaddress.ip_network("0.0.0.0/0"),)))
+
+
+def test_clients_default_to_the_listening_interfaces_subnet() -> None:
+    async def body(w: World, client2):
+        assert w.proxy.policy.allow_clients == (ipaddress.ip_network("198.18.0.0/24"),)
+        r, _b = await fetch(await connect(client2), origin_url("/fresh"))   # 198.18.1.1
+        assert r.status == 403
+
+    simulate2(body, HttpPolicy())

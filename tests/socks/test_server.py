@@ -556,3 +556,21 @@ def test_connections_per_client_address_are_bounded() -> None:
         w3.close()
 
     simulate(body, policy=policy, clients=2)
+
+
+@pytest.mark.parametrize("allow", [None, nets("198.18.0.0/15")])
+def test_only_the_listening_interfaces_side_may_use_the_proxy(allow) -> None:
+    # The proxy listens on 198.18.0.2 (client side). A host on the server side
+    # (198.19.0.1) is refused at its SYN, even when --allow-client would cover it.
+    async def body(w: World):
+        with pytest.raises(ConnectionRefusedError):
+            await w.origin.open_connection(PROXY_C, SOCKS_PORT)
+        assert w.proxy_api.tcp.counters["listen_wrong_iface"] == 1
+        assert w.proxy.counters["accepted"] == 0
+        if allow is None:
+            assert w.proxy.policy.allow_clients == nets("198.18.0.0/24")
+        _r, writer, (_s, _a, reply) = await socks5(w, Address.of(ORIGIN, ECHO))
+        assert reply.rep == Rep.SUCCEEDED
+        writer.close()
+
+    simulate(body, policy=Policy(allow_clients=allow))
