@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import dpkt
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -96,10 +97,17 @@ def _check_output(stack: Stack) -> None:
             assert total == 0xFFFF
 
 
-def test_hundred_thousand_bad_frames():
+@pytest.mark.parametrize("with_flow", [False, True], ids=["plain", "flow"])
+def test_hundred_thousand_bad_frames(with_flow):
     stack = _router()
     rng = random.Random(2024)
     bases = _bases(stack)
+    offered: list[int] = []
+    if with_flow:  # the TCP base's 4-tuple in the flow table, as a splice relaying has
+        def handler(skb: SkBuff, now: float) -> bool:
+            offered.append(skb.tail - skb.data)
+            return False
+        stack.flows[bases[4][26:38]] = handler
     ifaces = stack.interfaces
     now = 0.0
     for i in range(N_FRAMES):
@@ -121,6 +129,7 @@ def test_hundred_thousand_bad_frames():
     assert len(stack.neigh) <= stack.neigh.max_entries
     assert stack.reasm.bytes <= stack.reasm.max_bytes
     assert _ping_answered(stack)
+    assert not with_flow or (offered and min(offered) >= 54)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
