@@ -102,7 +102,9 @@ def open_stack(args: argparse.Namespace, forwarding: bool = False,
     except TapBusyError as e:  # another stack has the TAP: say so, and nothing else
         raise SystemExit(f"cannot attach: {e}") from None
     except (OSError, ValueError) as e:
-        raise SystemExit(f"cannot attach: {e} (is the lab up? `tapsplice lab up`)") from e
+        # The device layer's error may carry the hint already (a missing TAP): once.
+        hint = "" if "is the lab up" in str(e) else " (is the lab up? `tapsplice lab up`)"
+        raise SystemExit(f"cannot attach: {e}{hint}") from e
 
 
 #: Cyclic garbage collector thresholds for the stack's processes (see tune_gc).

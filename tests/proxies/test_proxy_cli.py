@@ -53,3 +53,20 @@ def test_socks_help_says_socks4_is_refused_with_users(capsys) -> None:
 
 def test_http_help_says_connect_port_replaces_443(capsys) -> None:
     assert "replaces the default 443" in help_text("http-proxy", http_cli, capsys)
+
+
+def test_a_missing_tap_prints_the_lab_hint_once(monkeypatch, capsys) -> None:
+    # The device layer's own error already carries the hint (stack/netdev/tap.py).
+    from apps import stackcmd
+    from stack.netdev import tap
+
+    def missing(*_a, **_kw):
+        tap._check_exists("nosuchtap-ts0")   # only looks the name up: nothing is created
+        raise AssertionError("the TAP exists?")
+
+    monkeypatch.setattr(stackcmd, "TapStack", missing)
+    args = parse("socks", socks_cli, "--tap", "nosuchtap-ts0", "--addr", "198.18.77.2/24")
+    with pytest.raises(SystemExit) as e:
+        args.func(args)
+    message = str(e.value.code)
+    assert "nosuchtap-ts0" in message and message.count("is the lab up") == 1, message
