@@ -40,8 +40,10 @@ class IpService(Protocol):
         """The route towards ``dst``, or None when unreachable."""
         ...
 
-    def ip_output(self, src: bytes, dst: bytes, proto: int, skb: SkBuff, now: float) -> bool:
-        """Send ``skb`` (data at the TCP header); False when it could not be queued."""
+    def ip_output(self, src: bytes, dst: bytes, proto: int, skb: SkBuff, now: float, *,
+                  df: bool = True) -> bool:
+        """Send ``skb`` (data at the TCP header), with DF unless ``df`` is False; False
+        when it could not be queued."""
         ...
 
 

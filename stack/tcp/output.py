@@ -56,8 +56,9 @@ def wscale_for_buffer(space: int) -> int:
 # ------------------------------------------------------------------ emission
 def emit(layer: TcpLayer, src: bytes, dst: bytes, hdr: TcpHeader,
          parts: list[memoryview], plen: int, offload: bool, gso_size: int,
-         now: float) -> bool:
-    """Build one segment (header + payload parts) and hand it to the IP layer.
+         now: float, *, df: bool = True) -> bool:
+    """Build one segment (header + payload parts) and hand it to the IP layer
+    (with DF set unless ``df`` is False).
 
     The payload is copied once, into a fresh buffer with MAX_HEADER headroom in
     front of the TCP header. Offload metadata (csum_start, and hdr_len for a
@@ -85,7 +86,10 @@ def emit(layer: TcpLayer, src: bytes, dst: bytes, hdr: TcpHeader,
             skb.hdr_len = hlen
     else:
         _CSUM.pack_into(skb.buf, skb.data + _CSUM_OFFSET, tcp_checksum(src, dst, seg))
-    ok = layer.ip.ip_output(src, dst, IPPROTO_TCP, skb, now)
+    if df:
+        ok = layer.ip.ip_output(src, dst, IPPROTO_TCP, skb, now)
+    else:
+        ok = layer.ip.ip_output(src, dst, IPPROTO_TCP, skb, now, df=False)
     layer.counters["segs_out"] += 1
     if not ok:
         layer.count("tx_local_drop")
@@ -149,7 +153,7 @@ def send_segment(tcb: Tcb, seq_: int, flags: int, now: float, *,
         tcb.timer_delack = None
     tcb.segs_out += 1
     return emit(tcb.layer, tcb.local, tcb.remote, hdr, parts or [], plen,
-                tcb.offload, tcb.mss, now)
+                tcb.offload, tcb.mss, now, df=not tcb.pmtu_locked)
 
 
 def send_ack(tcb: Tcb, now: float) -> None:
@@ -335,6 +339,9 @@ def path_mtu_changed(tcb: Tcb, mtu: int, now: float) -> str:
     if mtu >= tcb.pmtu:
         return "ignored"  # RFC 1191 §3: a host never raises its estimate on an ICMP
     tcb.pmtu = mtu
+    # Linux then locks the path MTU and sends without DF: should the path really be
+    # narrower than the floor, routers fragment rather than drop.
+    tcb.pmtu_locked = outcome == "clamped"
     new = mtu - 40 - (12 if tcb.ts_ok else 0)
     if new >= tcb.mss:
         return outcome  # the peer's MSS is the smaller limit already

@@ -55,7 +55,7 @@ class Tcb:
         "snd_wscale", "max_snd_wnd", "write_seq", "irs", "rcv_nxt", "rcv_wnd", "rcv_adv",
         "rcv_up", "last_ack_sent",
         # options
-        "adv_mss", "mss", "rcv_mss", "pmtu", "wscale_ok", "sack_ok", "ts_ok", "ts_recent",
+        "adv_mss", "mss", "rcv_mss", "pmtu", "pmtu_locked", "wscale_ok", "sack_ok", "ts_ok", "ts_recent",
         "ts_recent_age", "ts_offset", "rcvbuf", "rcvbuf_limit", "rcv_wscale", "sndbuf",
         # queues
         "write_queue", "send_head", "recv_queue", "rcv_queued", "out_of_order_queue",
@@ -122,6 +122,7 @@ class Tcb:
         self.mss = min(self.adv_mss, cfg.mss_default)
         self.rcv_mss = self.mss     # estimate of the peer's segment size (delayed ACK)
         self.pmtu = route.mtu       # path MTU: the route's until ICMP says less (RFC 1191)
+        self.pmtu_locked = False    # raised to PMTU_MIN: sent without DF (output.py)
         self.wscale_ok = False
         self.sack_ok = False
         self.ts_ok = False

@@ -42,6 +42,7 @@ class Sent:
     raw: bytes = b""
     vnet_flags: int = 0
     gso_type: int = 0
+    df: bool = True
 
     @property
     def flags(self) -> int:
@@ -63,8 +64,9 @@ class Capture:
         """Every destination is reachable directly."""
         return RouteInfo(self.addr, self.mtu, self.offload)
 
-    def ip_output(self, src: bytes, dst: bytes, proto: int, skb: SkBuff, now: float) -> bool:
-        """Record the segment."""
+    def ip_output(self, src: bytes, dst: bytes, proto: int, skb: SkBuff, now: float, *,
+                  df: bool = True) -> bool:
+        """Record the segment (and whether it may not be fragmented)."""
         assert proto == 6
         assert skb.headroom >= MAX_HEADER
         raw = skb.tobytes()
@@ -72,7 +74,7 @@ class Capture:
         size = hdr.header_len + skb.gso_size if skb.gso_size else len(raw)
         assert size + 20 <= self.mtu, "segment larger than the MTU"
         self.sent.append(Sent(src, dst, hdr, raw[hdr.header_len:], now, skb.gso_size, raw,
-                              skb.vnet_flags, skb.gso_type))
+                              skb.vnet_flags, skb.gso_type, df))
         return self.accept
 
     def take(self) -> list[Sent]:
@@ -110,7 +112,8 @@ class _Port:
     def route(self, dst: bytes) -> RouteInfo | None:
         return RouteInfo(self.addr, self.net.mtu, self.net.offload)
 
-    def ip_output(self, src: bytes, dst: bytes, proto: int, skb: SkBuff, now: float) -> bool:
+    def ip_output(self, src: bytes, dst: bytes, proto: int, skb: SkBuff, now: float, *,
+                  df: bool = True) -> bool:
         return self.net.send(src, dst, skb, now)
 
 

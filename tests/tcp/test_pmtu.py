@@ -67,6 +67,19 @@ def test_frag_needed_with_mtu_68_is_clamped_to_the_floor():
     assert all(len(s.payload) <= PMTU_MIN - 40 - 12 for s in p.take())
 
 
+def test_segments_after_a_clamp_may_be_fragmented_and_not_before():
+    # Linux locks a path MTU it raised to min_pmtu and stops setting DF on that
+    # path: should the path really be narrower, routers fragment instead of dropping.
+    p, tcb = _established_with_data()
+    tcb.send(b"n" * 100, 1.01)
+    assert all(s.df for s in p.take())
+    p.layer.icmp_error(A, B, 80, 5000, 3, 4, 1.02, mtu=1200, seg_seq=tcb.snd_una)
+    assert all(s.df for s in p.take())  # an ordinary smaller path MTU keeps DF
+    p.layer.icmp_error(A, B, 80, 5000, 3, 4, 1.05, mtu=68, seg_seq=tcb.snd_una)
+    out = p.take()
+    assert out and not any(s.df for s in out)
+
+
 def test_frag_needed_at_the_floor_leaves_a_clamped_connection_alone():
     p, tcb = _established_with_data()
     p.layer.icmp_error(A, B, 80, 5000, 3, 4, 1.05, mtu=100, seg_seq=tcb.snd_una)
