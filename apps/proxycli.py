@@ -54,9 +54,9 @@ ALLOW_CLIENT_HELP = ("allowed client network (repeatable; default: the subnet of
 
 def add_client_limits(p: argparse.ArgumentParser) -> None:
     """--max-per-client and --max-handshakes-per-client (apps/clientslots.py)."""
-    p.add_argument("--max-per-client", type=int, default=64, metavar="N",
-                   help="connections one client address may hold at once (default 64); "
-                        "more are refused at once")
+    p.add_argument("--max-per-client", type=int, default=None, metavar="N",
+                   help="connections one client address may hold at once (default: a "
+                        "quarter of --max-connections, 64 of 256); more are refused at once")
     p.add_argument("--max-handshakes-per-client", type=int, default=8, metavar="N",
                    help="connections of one client address still in their handshake or "
                         "first request (default 8); more are refused at once")

@@ -205,15 +205,18 @@ class Policy:
     #: A relayed session (spliced pair or copy-mode relay) with nothing moving either
     #: way for this long is ended with a RST to both ends (Squid's 15 minutes).
     idle_timeout: float = 900.0
-    #: Connections one client address may hold at once, and how many of them may be
-    #: in their handshake (apps/clientslots.py): one client cannot take every slot.
-    max_per_client: int = 64
+    #: Connections one client address may hold at once (None: a quarter of
+    #: max_connections, at least 1), and how many of them may be in their handshake
+    #: (apps/clientslots.py): one client cannot take every slot.
+    max_per_client: int | None = None
     max_handshakes_per_client: int = 8
     #: user -> keyed digest of the password (derived from ``users``).
     _digests: dict[str, bytes] = field(init=False, repr=False, compare=False,
                                        default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.max_per_client is None:
+            object.__setattr__(self, "max_per_client", max(1, self.max_connections // 4))
         object.__setattr__(self, "_digests", {
             user: _digest(password.encode()) for user, password in (self.users or {}).items()})
         for name in ("max_connections", "max_per_client", "max_handshakes_per_client"):

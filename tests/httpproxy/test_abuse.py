@@ -126,7 +126,8 @@ async def ended_at_once(w: World, conn) -> bytes | None:
 
 
 def test_one_address_in_many_handshakes_does_not_block_another() -> None:
-    policy = HttpPolicy(max_connections=16, handshake_timeout=50.0, allow_clients=ALL_CLIENTS)
+    policy = HttpPolicy(max_connections=16, max_per_client=16, handshake_timeout=50.0,
+                        allow_clients=ALL_CLIENTS)
 
     async def body(w: World, client2):
         conns = []
@@ -153,7 +154,7 @@ def test_one_address_in_many_handshakes_does_not_block_another() -> None:
 def test_idle_keep_alives_are_closed_first_under_slot_pressure() -> None:
     # One client holds every slot with idle keep-alive connections: a new client's
     # connection closes the oldest idle one (FIN) instead of being refused.
-    policy = HttpPolicy(max_connections=4, keepalive_timeout=300.0,
+    policy = HttpPolicy(max_connections=4, max_per_client=4, keepalive_timeout=300.0,
                         allow_clients=ALL_CLIENTS)
 
     async def body(w: World, client2):

@@ -141,3 +141,13 @@ def test_unknown_user_and_wrong_password_do_the_same_comparison(monkeypatch) -> 
         p.authenticate(user, password)
     assert len(seen) == 5 and len(set(seen)) == 1
     assert seen[0][0] == seen[0][1]
+
+
+def test_per_client_default_is_a_quarter_of_the_connection_limit() -> None:
+    # One client address can never take every slot, whatever --max-connections is.
+    assert Policy().max_per_client == 64
+    assert Policy(max_connections=16).max_per_client == 4
+    assert Policy(max_connections=2).max_per_client == 1
+    assert Policy(max_connections=16, max_per_client=10).max_per_client == 10
+    with pytest.raises(PolicyError):
+        Policy(max_per_client=0)
