@@ -120,13 +120,24 @@ def send_challenge_ack(tcp: TcpLayer, arrived: Side, now: float) -> bool:
 
 
 def reset_peer(tcp: TcpLayer, side: Side, now: float) -> None:
-    """End ``side``'s connection with a RST its peer accepts: from the TCB itself while
-    it still speaks (before relaying), else at the sequence number the peer last
-    acknowledged (its RCV.NXT as far as the relay saw, RFC 5961 §3.2)."""
+    """End ``side``'s connection with a RST its peer accepts (RFC 5961 §3.2 wants its
+    RCV.NXT exactly): from the TCB itself while it still speaks (before relaying);
+    else one RST just past the last byte relayed to the peer (its RCV.NXT when nothing
+    is lost) and, if different, one at what the peer last acknowledged (its RCV.NXT
+    when the newest bytes were lost). The peer takes the exact one and drops or
+    challenges the other."""
     tcb = side.tcb
     if side.state not in RELAYING:
         tcb.abort(now)
         return
-    hdr = TcpHeader(tcb.local_port, tcb.remote_port, acked_by_peer(side), 0, RST, 0)
-    tcp.count("rst_sent")
-    output.emit(tcp, tcb.local, tcb.remote, hdr, [], 0, False, 0, now)
+    acked = acked_by_peer(side)
+    seqs = [acked]
+    if side.sent_end is not None and side.out_map is not None:
+        end = seq.add(side.fin_end if side.fin_end is not None else side.sent_end,
+                      0 if side.fin_end is not None else side.out_map.seq_delta)
+        if end != acked and seq.gt(end, acked):
+            seqs.insert(0, end)
+    for seq_ in seqs:
+        hdr = TcpHeader(tcb.local_port, tcb.remote_port, seq_, 0, RST, 0)
+        tcp.count("rst_sent")
+        output.emit(tcp, tcb.local, tcb.remote, hdr, [], 0, False, 0, now)

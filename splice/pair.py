@@ -68,6 +68,9 @@ class Side:
     peer_ack: int | None = None
     peer_win: int = 0
     peer_tsval: int | None = None
+    #: Just past the newest payload relayed out of this interface, in the sequence
+    #: space of the other connection (None: none yet).
+    sent_end: int | None = None
 
     def apply(self, event: SpliceEvent) -> SpliceState:
         """Move along the splice state table (logged at debug level: --log-level debug)."""

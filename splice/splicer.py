@@ -413,6 +413,7 @@ class Splicer:
             thl = (skb.buf[t + 12] >> 4) << 2
             arrived.tap.feed(_L.unpack_from(skb.buf, t + 4)[0],
                              memoryview(skb.buf)[t + thl:skb.tail], bool(flags & FIN))
+        seq_in = _L.unpack_from(skb.buf, skb.data + 4)[0]
         skb.data = skb.network_off - ETH_HLEN
         try:
             res = relay_rewrite(skb, out.out_map, out.offload)
@@ -422,7 +423,9 @@ class Splicer:
             return
         counters = pair.counters
         counters[out.seg_key] += 1
-        counters[out.byte_key] += res.payload_bytes
+        if res.payload_bytes:
+            counters[out.byte_key] += res.payload_bytes
+            out.sent_end = seq_in + res.payload_bytes  # (unmasked; splice/guard.py)
         if len(res.frames) != 1 or res.frames[0] is not skb:
             self.counters["copied_payload_bytes"] += res.payload_bytes
         for frame in res.frames:

@@ -33,6 +33,8 @@ _ENDED = frozenset({TcpState.CLOSED, TcpState.LISTEN, TcpState.TIME_WAIT})
 MAX_ROUNDS = 8
 #: Seconds a stop signal lets running sessions finish (TapStack.drain_period).
 DEFAULT_DRAIN = 10.0
+#: Seconds the stack stays after resetting what a drain left (answers to those RSTs).
+DRAIN_LINGER = 1.0
 
 
 @dataclass(order=True, slots=True)
@@ -432,6 +434,14 @@ class TapStack:
                 pass
         reset = self.reset_all("drain")
         log.info("stopped: %d sessions reset", reset)
+        if reset and not self._drain_cut.is_set():
+            # A peer that got data after its last ACK takes our RST as inexact and
+            # answers with a challenge ACK (RFC 5961 §3.2); the stack must still be
+            # there to answer that with the exact RST (the 4-tuple is closed now).
+            try:
+                await asyncio.wait_for(self._drain_cut.wait(), DRAIN_LINGER)
+            except TimeoutError:
+                pass
         self.driver.stop()
 
     def _on_signal(self) -> None:
