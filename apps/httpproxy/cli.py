@@ -65,6 +65,7 @@ def policy_from_args(args: argparse.Namespace) -> HttpPolicy:
         handshake_timeout=args.request_timeout,
         connect_timeout=args.connect_timeout,
         connect_ports=frozenset(args.connect_port or [443]),
+        keepalive_timeout=args.keepalive_timeout,
         idle_timeout=args.idle_timeout,
         response_timeout=args.response_timeout,
         splice_min=args.splice_min,
@@ -89,6 +90,7 @@ def cmd_http_proxy(args: argparse.Namespace) -> int:
                                      args.route)
 
         async def setup(net) -> None:
+            net.splice_options["idle_timeout"] = args.idle_timeout
             splice = net.splice_api if args.mode == "splice" else None
             proxy = HttpProxy(net, mode=args.mode, policy=dests, splice=splice, cache=cache)
             await proxy.start(host, port)
@@ -162,8 +164,11 @@ def add_parser(subparsers) -> None:
     add_client_limits(p)
     p.add_argument("--request-timeout", type=float, default=10.0, metavar="SECONDS",
                    help="time a client has to send a request head (default 10)")
-    p.add_argument("--idle-timeout", type=float, default=30.0, metavar="SECONDS",
+    p.add_argument("--keepalive-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="a kept-alive client connection with no request (default 30)")
+    p.add_argument("--idle-timeout", type=float, default=900.0, metavar="SECONDS",
+                   help="a tunnel or spliced exchange with no segment either way for this "
+                        "long is reset on both sides (default 900)")
     p.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS",
                    help="time to connect to the origin (default 10; then 504)")
     p.add_argument("--response-timeout", type=float, default=30.0, metavar="SECONDS",

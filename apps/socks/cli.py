@@ -56,6 +56,7 @@ def policy_from_args(args: argparse.Namespace) -> Policy:
         **client_limits(args),
         handshake_timeout=args.handshake_timeout,
         connect_timeout=args.connect_timeout,
+        idle_timeout=args.idle_timeout,
     )
 
 
@@ -85,6 +86,7 @@ def cmd_socks(args: argparse.Namespace) -> int:
 
         async def setup(net) -> None:
             net.window_scheme = args.window_scheme
+            net.splice_options["idle_timeout"] = args.idle_timeout
             splice = net.splice_api if args.mode == "splice" else None
             server = SocksServer(net, mode=args.mode, policy=dests, splice=splice)
             await server.start(host, port)
@@ -139,6 +141,9 @@ def add_parser(subparsers) -> None:
                    help="time a client has for greeting, auth and request (default 10)")
     p.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS",
                    help="time to connect to the destination (default 10)")
+    p.add_argument("--idle-timeout", type=float, default=900.0, metavar="SECONDS",
+                   help="a session (spliced or copied) with no segment either way for this "
+                        "long is reset on both sides (default 900)")
     p.set_defaults(func=cmd_socks)
 
 

@@ -57,14 +57,15 @@ def test_policy_from_options(tmp_path: Path) -> None:
     args = parse("--lab", "--users", str(users), "--hosts", str(hosts),
                  "--host", "other.test=198.19.0.9", "--allow-client", "198.18.0.0/24",
                  "--connect-port", "443", "--connect-port", "8443", "--request-timeout", "3",
-                 "--response-timeout", "4", "--idle-timeout", "5", "--connect-timeout", "6")
+                 "--response-timeout", "4", "--keepalive-timeout", "5", "--connect-timeout", "6",
+                 "--idle-timeout", "7")
     policy = cli.policy_from_args(args)
     assert policy.users == {"alice": "pw"}
     assert policy.hosts == {"origin.test": "198.19.0.1", "other.test": "198.19.0.9"}
     assert policy.allow_clients == (ipaddress.ip_network("198.18.0.0/24"),)
     assert policy.connect_ports == frozenset({443, 8443})
-    assert (policy.handshake_timeout, policy.response_timeout, policy.idle_timeout,
-            policy.connect_timeout) == (3, 4, 5, 6)
+    assert (policy.handshake_timeout, policy.response_timeout, policy.keepalive_timeout,
+            policy.connect_timeout, policy.idle_timeout) == (3, 4, 5, 6, 7)
     assert cli.policy_from_args(parse("--lab")).connect_ports == frozenset({443})
 
 
