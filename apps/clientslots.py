@@ -55,7 +55,7 @@ class Ticket:
 class ClientSlots:
     """Connections and handshakes in progress per client address."""
 
-    def __init__(self, max_per_client: int = 64, max_handshakes: int = 8) -> None:
+    def __init__(self, max_per_client: int = 64, max_handshakes: int = 32) -> None:
         if max_per_client < 1 or max_handshakes < 1:
             raise ValueError("per-client limits must be at least 1")
         self.max_per_client, self.max_handshakes = max_per_client, max_handshakes

@@ -57,9 +57,9 @@ def add_client_limits(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-per-client", type=int, default=None, metavar="N",
                    help="connections one client address may hold at once (default: a "
                         "quarter of --max-connections, 64 of 256); more are refused at once")
-    p.add_argument("--max-handshakes-per-client", type=int, default=8, metavar="N",
+    p.add_argument("--max-handshakes-per-client", type=int, default=32, metavar="N",
                    help="connections of one client address still in their handshake or "
-                        "first request (default 8); more are refused at once")
+                        "first request (default 32); more are refused at once")
 
 
 def client_limits(args: argparse.Namespace) -> dict[str, int]:

@@ -209,7 +209,7 @@ class Policy:
     #: max_connections, at least 1), and how many of them may be in their handshake
     #: (apps/clientslots.py): one client cannot take every slot.
     max_per_client: int | None = None
-    max_handshakes_per_client: int = 8
+    max_handshakes_per_client: int = 32
     #: user -> keyed digest of the password (derived from ``users``).
     _digests: dict[str, bytes] = field(init=False, repr=False, compare=False,
                                        default_factory=dict)

@@ -126,8 +126,8 @@ async def ended_at_once(w: World, conn) -> bytes | None:
 
 
 def test_one_address_in_many_handshakes_does_not_block_another() -> None:
-    policy = HttpPolicy(max_connections=16, max_per_client=16, handshake_timeout=50.0,
-                        allow_clients=ALL_CLIENTS)
+    policy = HttpPolicy(max_connections=16, max_per_client=16, max_handshakes_per_client=8,
+                        handshake_timeout=50.0, allow_clients=ALL_CLIENTS)
 
     async def body(w: World, client2):
         conns = []

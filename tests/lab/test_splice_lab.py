@@ -228,8 +228,10 @@ def test_many_concurrent_splices(lab, kernel_server, spliced):
 
 
 def test_two_workers_share_the_connections(lab, kernel_server, tmp_path):
+    # 400 clients from one address start at once.
     stack = StackProcess(lab, "socks", "--mode", "splice", "--workers", "2",
-                         "--max-connections", "2000", log=tmp_path / "workers.log")
+                         "--max-connections", "2000", "--max-handshakes-per-client", "400",
+                         log=tmp_path / "workers.log")
     stack.wait_logged("ready")
     assert socks_client(lab, "echo", 7000, 32 << 10, count=400) == (400, 400)
     assert socks_client(lab, "download", 7003, 8 << 20, count=4) == (4, 4)

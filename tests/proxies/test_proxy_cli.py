@@ -30,7 +30,7 @@ def test_per_client_limits_are_options(name: str, module) -> None:
                                            "--max-handshakes-per-client", "2"))
     assert (policy.max_per_client, policy.max_handshakes_per_client) == (5, 2)
     default = module.policy_from_args(parse(name, module, "--lab"))
-    assert (default.max_per_client, default.max_handshakes_per_client) == (64, 8)
+    assert (default.max_per_client, default.max_handshakes_per_client) == (64, 32)
     small = module.policy_from_args(parse(name, module, "--lab", "--max-connections", "20"))
     assert small.max_per_client == 5      # a quarter of the connection limit
 

@@ -510,8 +510,8 @@ async def ended_at_once(w: World, reader: asyncio.StreamReader) -> bool:
 def test_one_address_in_many_handshakes_does_not_block_another() -> None:
     # 20 one-byte handshakes from one address: only 8 may be in progress, the rest are
     # refused at once; a second address still gets a slot of the 16.
-    policy = Policy(max_connections=16, max_per_client=16, handshake_timeout=50.0,
-                    allow_clients=nets("198.18.0.0/16"))
+    policy = Policy(max_connections=16, max_per_client=16, max_handshakes_per_client=8,
+                    handshake_timeout=50.0, allow_clients=nets("198.18.0.0/16"))
 
     async def body(w: World):
         conns = []

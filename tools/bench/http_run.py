@@ -49,7 +49,9 @@ class HttpProxyRoute(Route):
         extra = {"copy": ["--mode", "copy"], "splice": ["--mode", "splice"],
                  "splice-min0": ["--mode", "splice", "--splice-min", "0"],
                  "splice-notap": ["--mode", "splice", "--cache-size", "0"]}
-        self.options = extra[name]
+        # The load comes from one client address: no per-client share applies.
+        self.options = extra[name] + ["--max-per-client", "256",
+                                      "--max-handshakes-per-client", "256"]
 
     def _service(self, lab: Any) -> Service:
         return Service(f"http-{self.name}", lab.stack_argv("http-proxy", *self.options),

@@ -378,9 +378,11 @@ class StackSocksRoute(Route):
         self.max_connections = max_connections
 
     def _service(self, lab: Any) -> Service:
+        # The load comes from one client address: no per-client share applies.
+        n = str(self.max_connections)
         return Service(f"socks-{self.name}", lab.stack_argv(
-            "socks", "--mode", self.mode, "--max-connections", str(self.max_connections),
-            "--workers", str(self.workers)), lab.logdir)
+            "socks", "--mode", self.mode, "--max-connections", n, "--max-per-client", n,
+            "--max-handshakes-per-client", n, "--workers", str(self.workers)), lab.logdir)
 
     def proxy(self, lab: Any) -> tuple[str, int]:
         """The stack's client-side address, port 1080."""
