@@ -44,6 +44,13 @@ def acked_by_peer(side: Side) -> int:
     return seq.max_seq(side.peer_ack, una)
 
 
+def offered_by_peer(side: Side) -> int:
+    """The receive window (bytes) ``side``'s peer last offered."""
+    if side.peer_ack is None:
+        return side.tcb.snd_wnd
+    return side.peer_win << side.tcb.snd_wscale
+
+
 def receiver_view(arrived: Side) -> tuple[int, int]:
     """(next sequence number, window in bytes) that the receiver of a segment arriving
     on ``arrived`` expects, in ``arrived``'s receive space.
@@ -61,9 +68,7 @@ def receiver_view(arrived: Side) -> tuple[int, int]:
     expected = acked_by_peer(other)
     if seq.lt(expected, other.iss):
         expected = other.iss
-    window = (other.peer_win << other.tcb.snd_wscale if other.peer_ack is not None
-              else other.tcb.snd_wnd)
-    return seq.add(expected, -other.out_map.seq_delta), max(1, window)
+    return seq.add(expected, -other.out_map.seq_delta), max(1, offered_by_peer(other))
 
 
 def judge_rst(arrived: Side, seg_seq: int) -> str:
@@ -106,9 +111,7 @@ def send_challenge_ack(tcp: TcpLayer, arrived: Side, now: float) -> bool:
     other = arrived.other
     assert other is not None
     if other.state in RELAYING and arrived.out_map is not None:
-        win_bytes = (other.peer_win << other.tcb.snd_wscale if other.peer_ack is not None
-                     else other.tcb.snd_wnd)
-        field = win_bytes >> arrived.out_map.win_out_shift
+        field = offered_by_peer(other) >> arrived.out_map.win_out_shift
     else:
         field = seq.sub(arrived.tcb.rcv_adv, arrived.tcb.rcv_nxt) >> arrived.tcb.rcv_wscale
     tcb = arrived.tcb
