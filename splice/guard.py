@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from splice.state import RELAYING
+from splice.state import RELAYING, SpliceState
 from stack import seq
 from stack.tcp import output
 from stack.wire.tcp import ACK, RST, TcpHeader
@@ -87,7 +87,6 @@ def judge_syn(arrived: Side, seg_seq: int, tsval: int | None) -> str:
     4-tuple (RELAY: end the pair, give the SYN to the listener) when it is newer than
     the old one, by sequence number or by timestamp, as a TIME-WAIT TCB allows
     (RFC 9293 §3.10.7.4, RFC 6191; Linux applies the same two tests)."""
-    from splice.state import SpliceState
     if arrived.state is not SpliceState.TIMEWAIT:
         return CHALLENGE
     expected, _window = receiver_view(arrived)
