@@ -11,11 +11,12 @@ cache, :func:`conditional_headers` and :func:`freshen` for revalidation, and
 from __future__ import annotations
 
 import email.utils
+import re
 from collections.abc import Iterable
 from enum import Enum
 from urllib.parse import urljoin, urlsplit
 
-from apps.httpproxy.parser import Headers
+from apps.httpproxy.parser import Headers, strip_hop_by_hop
 
 #: RFC 9110 §15.1: status codes heuristically cacheable (206 left out: no ranges here).
 HEURISTIC_STATUS = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
@@ -61,10 +62,13 @@ def _split_list(value: str) -> Iterable[str]:
 
 
 def delta_seconds(value: str | None) -> int | None:
-    """A delta-seconds argument (§1.2.2); None if missing or invalid."""
-    if value is None or not value.isdigit():
+    """A delta-seconds argument (§1.2.2); None if missing or invalid. ASCII digits
+    only (str.isdigit() also takes "\u00b2", which int() refuses); a value past 2**31,
+    however many digits, is 2**31 (§1.2.2), never a long int() conversion."""
+    if value is None or not re.fullmatch(r"[0-9]+", value):
         return None
-    return min(int(value), MAX_DELTA)
+    digits = value.lstrip("0") or "0"
+    return MAX_DELTA if len(digits) > 10 else min(int(digits), MAX_DELTA)
 
 
 def parse_http_date(value: str | None) -> float | None:
@@ -262,3 +266,15 @@ def invalidated_uris(method: str, status: int, uri: str, headers: Headers) -> li
 def age_header(age: float) -> str:
     """The Age value (§5.1), whole seconds."""
     return str(min(int(age), MAX_DELTA))
+
+
+def stored_head(headers: Headers, status: int, body_length: int) -> Headers:
+    """The header fields to keep with a stored body (RFC 9111 §3.1): no hop-by-hop
+    fields and no transfer coding (the body is stored decoded), and a Content-Length
+    that is the stored body's, so a hit's head always matches the body it carries
+    (RFC 9112 §6.3). 204 has no body and no Content-Length (RFC 9110 §8.6)."""
+    out = strip_hop_by_hop(headers)
+    out.remove("content-length")
+    if status != 204:
+        out.add("Content-Length", str(body_length))
+    return out

@@ -34,17 +34,21 @@ from apps.httpproxy import spliced
 from apps.httpproxy.accesslog import Entry
 from apps.httpproxy.conn import BufferedStream, PeerClosed
 from apps.httpproxy.parser import (
+    BadRequest,
     BadResponse,
+    ChunkedDecoder,
     Framing,
     Headers,
     HttpError,
     Request,
     Response,
     add_via,
+    encode_chunk,
     parse_request_head,
     parse_response_head,
     request_framing,
     response_framing,
+    set_framing,
     strip_hop_by_hop,
 )
 from apps.httpproxy.policy import HttpPolicy, refusal_response
@@ -201,10 +205,16 @@ class HttpProxy:
         except PeerClosed:
             return None
         except HttpError as e:
-            self.counters[f"bad_request_{e.status}"] += 1
-            entry.note = str(e)
+            self._refused(f"bad_request_{e.status}", entry, e)
             await self._error(client, entry, e.status, str(e))
             return None
+
+    def _refused(self, counter: str, entry: Entry, e: HttpError) -> None:
+        """Count a refused message and log it once (INFO, no traceback)."""
+        self.counters[counter] += 1
+        entry.note = entry.note or str(e)
+        log.info("refused (%s) for %s %s: %s", counter, entry.client, escape(entry.url),
+                 escape(str(e)))
 
     # -- one exchange ------------------------------------------------------------------------
     async def _exchange(self, client: BufferedStream, req: Request, entry: Entry,
@@ -228,6 +238,7 @@ class HttpProxy:
         try:
             framing, length = request_framing(req)
         except HttpError as e:
+            self._refused(f"bad_request_{e.status}", entry, e)
             await self._error(client, entry, e.status, str(e))
             return False
         stored = None
@@ -346,7 +357,13 @@ class HttpProxy:
             return False
         try:
             request_time = self.clock()
-            await self._send_request(client, origin, req, body, stored)
+            try:
+                await self._send_request(client, origin, req, body, stored)
+            except BadRequest as e:   # a malformed request body: nothing was answered yet
+                self._refused(f"bad_request_{e.status}", entry, e)
+                origin.writer.transport.abort()   # the origin must not take a cut body
+                await self._error(client, entry, e.status, str(e))
+                return False
             resp = await self._response_head(client, origin, req, entry)
             if resp is None:
                 return False
@@ -376,7 +393,8 @@ class HttpProxy:
     async def _send_request(self, client: BufferedStream, origin: BufferedStream,
                             req: Request, body: tuple[Framing, int],
                             stored: StoredResponse | None) -> None:
-        """The request in origin form (RFC 9112 §3.2.1), then its body as received."""
+        """The request in origin form (RFC 9112 §3.2.1), then its body: a chunked body
+        re-chunked by the proxy (RFC 9112 §7.1), without extensions or trailers."""
         headers = strip_hop_by_hop(req.headers)
         if stored is not None:
             headers = rules.conditional_headers(headers, stored.headers)
@@ -384,8 +402,7 @@ class HttpProxy:
         headers.set("Host", req.host if req.port == 80 else f"{req.host}:{req.port}")
         add_via(headers, req.version, self.policy.via)
         framing, length = body
-        if framing is Framing.CHUNKED:
-            headers.add("Transfer-Encoding", "chunked")   # relayed as received
+        set_framing(headers, framing, length)   # our framing fields, never the client's
         headers.add("Connection", "close")  # one origin connection per request
         if framing is not Framing.NONE and "100-continue" in headers.tokens("expect"):
             # RFC 9110 §10.1.1: we read the body before the origin's answer, so the
@@ -399,14 +416,18 @@ class HttpProxy:
                 and self._may_relay(client.writer) and self._may_relay(origin.writer)):
             await self._splice_request_body(client, origin, length)
             return
-        pieces = client.body(framing, length, HttpError)
+        pieces = client.body(framing, length, BadRequest)
+        chunked = framing is Framing.CHUNKED
         while True:
             async with asyncio.timeout(self.policy.handshake_timeout):
                 piece = await anext(pieces, None)
                 if piece is None:
                     break
-                origin.writer.write(piece[0])
+                if piece[1] or not chunked:
+                    origin.writer.write(encode_chunk(piece[1]) if chunked else piece[1])
                 await origin.writer.drain()
+        if chunked:
+            origin.writer.write(encode_chunk(b""))
 
     async def _response_head(self, client: BufferedStream, origin: BufferedStream,
                              req: Request, entry: Entry) -> Response | None:
@@ -426,6 +447,8 @@ class HttpProxy:
             return None
         except (PeerClosed, BadResponse) as e:
             self.counters["bad_response"] += 1
+            if isinstance(e, BadResponse):
+                log.info("refused (bad_response) from %s: %s", entry.url, escape(str(e)))
             await self._error(client, entry, 502, f"bad response from the origin: {e}")
             return None
         if resp.status == 101:  # we removed Upgrade; an origin switching anyway is broken
@@ -439,15 +462,21 @@ class HttpProxy:
         """Send the response head to the client, relay the body, store it if allowed."""
         try:
             framing, length = response_framing(req.method, resp)
+            if framing is Framing.CHUNKED:
+                # RFC 9112 §7.1: chunked bytes read with the head are checked before the
+                # head goes out, so that a bad start is a 502 rather than a cut body.
+                ChunkedDecoder(BadResponse).feed(origin.buf)
         except HttpError as e:
+            self._refused("bad_response", entry, e)
             await self._error(client, entry, 502, str(e))
             return False
         headers = strip_hop_by_hop(resp.headers)
         keep = req.keep_alive
         rechunk = framing is Framing.CHUNKED and req.version == "HTTP/1.1"
-        if rechunk:
-            headers.add("Transfer-Encoding", "chunked")
-        elif framing in (Framing.CHUNKED, Framing.CLOSE):
+        # RFC 9112 §6.3: the framing fields are the proxy's own (chunked wins over a
+        # Content-Length, identical lengths become one).
+        set_framing(headers, framing, length, chunked=rechunk)
+        if framing in (Framing.CHUNKED, Framing.CLOSE) and not rechunk:
             keep = False   # the body ends when we close (RFC 9112 §6.3 item 8)
         store = headers.copy()
         add_via(headers, resp.version, self.policy.via)
@@ -474,10 +503,13 @@ class HttpProxy:
         return keep
 
     async def _relay_body(self, origin: BufferedStream, client_writer: asyncio.StreamWriter,
-                          body: tuple[Framing, int], raw: bool, capture: _Capture | None,
+                          body: tuple[Framing, int], rechunk: bool, capture: _Capture | None,
                           entry: Entry) -> None:
         """Copy the response body from the origin to the client, by its framing: the
-        received bytes when ``raw`` (chunked to an HTTP/1.1 client), else the payload.
+        payload, in chunks of the proxy's own when ``rechunk`` (chunked to an HTTP/1.1
+        client; the origin's chunk lines, extensions and trailers are not forwarded,
+        RFC 9112 §7.1). A framing error ends the client connection without a final
+        chunk.
         ``capture`` (when not None) receives the payload for the cache. A body cut
         short or stalled resets the client (its head was already sent). This is the
         only place body bytes move origin -> client; bytes of the body already read
@@ -489,12 +521,18 @@ class HttpProxy:
                 async with asyncio.timeout(self.policy.response_timeout):
                     piece = await anext(pieces, None)
                 if piece is None:
+                    if rechunk:
+                        await self._write(client_writer, encode_chunk(b""), entry)
                     return
-                data, payload = piece
+                payload = piece[1]
                 if capture is not None:
                     capture.add(payload)
-                await self._write(client_writer, data if raw else payload, entry)
+                if payload:
+                    await self._write(client_writer,
+                                      encode_chunk(payload) if rechunk else payload, entry)
         except (TimeoutError, HttpError, PeerClosed) as e:
+            if isinstance(e, HttpError):
+                self._refused("bad_response_body", entry, e)
             self.counters["body_cut"] += 1
             entry.note = f"response body: {e}"
             raise _Abort(entry.note) from None

@@ -17,6 +17,7 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+from apps.httpproxy.cache import stored_head
 from apps.httpproxy.parser import Headers
 
 log = logging.getLogger("tapsplice.httpproxy.store")
@@ -111,7 +112,9 @@ class CacheStore:
             self._save_index()
 
     def put(self, entry: StoredResponse) -> bool:
-        """Store (or replace) an entry; False if it is larger than the per-object limit."""
+        """Store (or replace) an entry; False if it is larger than the per-object limit.
+        Its head is made to match its body (:func:`~apps.httpproxy.cache.stored_head`)."""
+        entry.headers = stored_head(entry.headers, entry.status, len(entry.body))
         key = (entry.uri, entry.vary_key)
         self._drop(key)
         if entry.size > self.max_object:
@@ -268,7 +271,9 @@ def _entry_from_json(item: object, body: bytes) -> StoredResponse | None:
 
 
 def _read_entry(path: Path) -> StoredResponse | None:
-    """An entry file: a JSON head line, then exactly body_len body bytes."""
+    """An entry file: a JSON head line, then exactly body_len body bytes. The head is
+    made to match the body again: files written before heads were cleaned may still
+    carry ``Transfer-Encoding: chunked``."""
     try:
         with open(path, "rb") as f:
             head = f.readline(MAX_HEAD_BYTES)
@@ -278,4 +283,7 @@ def _read_entry(path: Path) -> StoredResponse | None:
         return None
     if not isinstance(item, dict) or len(body) != item.get("body_len"):
         return None
-    return _entry_from_json(item, body)
+    entry = _entry_from_json(item, body)
+    if entry is not None:
+        entry.headers = stored_head(entry.headers, entry.status, len(body))
+    return entry

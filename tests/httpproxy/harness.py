@@ -60,6 +60,10 @@ class Origin:
     hits: Counter = field(default_factory=Counter)
     requests: list = field(default_factory=list)
     version: str = "v1"
+    #: path -> the raw response, in parts written with a short pause between them
+    scripted: dict[str, list[bytes]] = field(default_factory=dict)
+    #: every request as received: head and, for POST, the body bytes as framed
+    raw_requests: list[bytes] = field(default_factory=list)
 
     def page(self, path: str, head: dict[str, str]) -> tuple[int, list, bytes, str]:
         """(status, fields, body, framing) for a GET/HEAD of ``path``."""
@@ -102,7 +106,11 @@ class Origin:
         head = {k.strip().lower(): v.strip() for k, _s, v in
                 (line.partition(":") for line in lines[1:] if line)}
         self.requests.append((method, target, head))
+        self.raw_requests.append(raw)
         self.hits[target] += 1
+        if target in self.scripted:
+            await self._scripted(self.scripted[target], writer)
+            return
         if target == "/slow":
             await reader.read()        # never answers; ends when the proxy gives up
             writer.close()
@@ -115,7 +123,8 @@ class Origin:
             writer.write(b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\n"
                          b"Content-Length: 100000\r\n\r\n" + b"s" * 5000)
         elif method == "POST":
-            body = await _request_body(reader, head)
+            body, framed = await _request_body(reader, head)
+            self.raw_requests[-1] += framed
             writer.write(b"HTTP/1.1 201 Created\r\nContent-Length: %d\r\n\r\n%s"
                          % (len(body), body))
         elif target == "/big-paced":   # the head, a pause, then the body
@@ -127,6 +136,14 @@ class Origin:
         else:
             writer.write(self._response(method, target, head))
         await writer.drain()
+        writer.close()
+
+    async def _scripted(self, parts: list[bytes], writer: asyncio.StreamWriter) -> None:
+        for i, part in enumerate(parts):
+            if i:
+                await asyncio.sleep(0.05)   # the next part in a later segment
+            writer.write(part)
+            await writer.drain()
         writer.close()
 
     def _response(self, method: str, path: str, head: dict[str, str]) -> bytes:
@@ -143,16 +160,23 @@ class Origin:
         return Response(status, "X", headers=headers).encode() + body
 
 
-async def _request_body(reader: asyncio.StreamReader, head: dict[str, str]) -> bytes:
+async def _request_body(reader: asyncio.StreamReader,
+                        head: dict[str, str]) -> tuple[bytes, bytes]:
+    """(payload, the body as framed on the wire)."""
     if head.get("transfer-encoding") != "chunked":
-        return await reader.readexactly(int(head.get("content-length", "0")))
-    decoder, out, pending = ChunkedDecoder(), bytearray(), b""
+        body = await reader.readexactly(int(head.get("content-length", "0")))
+        return body, body
+    decoder, out, pending, framed = ChunkedDecoder(), bytearray(), b"", bytearray()
     while not decoder.done:
-        pending += await reader.read(65536)
+        data = await reader.read(65536)
+        if not data:
+            break   # cut short: the proxy gave up on the body
+        pending += data
         payload, used = decoder.feed(pending)
         out += payload
+        framed += pending[:used]
         pending = pending[used:]
-    return bytes(out)
+    return bytes(out), bytes(framed)
 
 
 def _big() -> bytes:

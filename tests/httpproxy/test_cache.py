@@ -176,13 +176,13 @@ def entry(uri: str, size: int, key=()) -> StoredResponse:
 
 
 def test_store_is_bounded_lru() -> None:
-    store = CacheStore(max_bytes=3000, max_object=1500)
+    store = CacheStore(max_bytes=3100, max_object=1500)
     assert not store.put(entry("http://h/big", 2000))
     for name in "abc":
         assert store.put(entry(f"http://h/{name}", 700))
     store.touch(store.variants("http://h/a")[0])          # a is now most recent
     assert store.put(entry("http://h/d", 700))
-    assert store.bytes <= 3000
+    assert store.bytes <= 3100
     assert store.variants("http://h/b") == []             # least recently used went first
     assert store.variants("http://h/a") and store.variants("http://h/d")
 
@@ -226,3 +226,34 @@ def test_disk_store_drops_a_damaged_entry(tmp_path: Path) -> None:
     path.write_bytes(path.read_bytes()[:-10])              # truncated body
     assert store.variants("http://h/a") == []
     assert store.counters["disk_errors"] == 1 and len(store) == 0
+
+
+@pytest.mark.parametrize("value,expected", [
+    ("60", 60), ("\u00b2", None), ("6\u00b2", None), ("", None), ("-1", None), (" 6", None),
+    ("9" * 5000, c.MAX_DELTA), ("0" * 5000 + "7", 7), (str(2**40), c.MAX_DELTA),
+])
+def test_delta_seconds_is_ascii_digits_and_bounded(value, expected) -> None:
+    assert c.delta_seconds(value) == expected
+
+
+def test_stored_heads_carry_no_transfer_coding_and_the_bodys_length(tmp_path: Path) -> None:
+    head = h(("Transfer-Encoding", "chunked"), ("Content-Length", "999"),
+             ("Connection", "keep-alive, X-Hop"), ("X-Hop", "1"), ("Keep-Alive", "5"),
+             ("Cache-Control", "max-age=60"))
+    for store in (CacheStore(1 << 20), CacheStore(1 << 20, directory=tmp_path)):
+        store.put(StoredResponse("http://h/", (), 200, "OK", head.copy(), b"hello", T0, T0))
+        got = store.variants("http://h/")[0]
+        assert got.headers.fields == [("Cache-Control", "max-age=60"), ("Content-Length", "5")]
+
+
+def test_an_old_disk_entry_with_a_transfer_coding_is_served_consistent(tmp_path: Path) -> None:
+    store = CacheStore(1 << 20, directory=tmp_path)
+    store.put(StoredResponse("http://h/", (), 200, "OK", h(("A", "b")), b"hello", T0, T0))
+    (path,) = tmp_path.glob("*.entry")
+    first, _nl, body = path.read_bytes().partition(b"\n")
+    old = first.replace(b'"headers": [["A", "b"], ["Content-Length", "5"]]',
+                        b'"headers": [["A", "b"], ["Transfer-Encoding", "chunked"]]')
+    assert old != first
+    path.write_bytes(old + b"\n" + body)
+    got = CacheStore(1 << 20, directory=tmp_path).variants("http://h/")[0]
+    assert got.headers.fields == [("A", "b"), ("Content-Length", "5")] and got.body == b"hello"
