@@ -414,13 +414,18 @@ def response_framing(method: str, resp: Response) -> tuple[Framing, int]:
     return (Framing.LENGTH, n) if n else (Framing.NONE, 0)
 
 
-def set_framing(headers: Headers, framing: Framing, length: int, chunked: bool = True) -> None:
+def set_framing(headers: Headers, framing: Framing, length: int, chunked: bool = True,
+                status: int = 200) -> None:
     """Make the framing fields of a forwarded head the proxy's own (RFC 9112 §6.3): one
     Content-Length for a LENGTH body, ``Transfer-Encoding: chunked`` for a CHUNKED body
-    the proxy re-chunks (``chunked``), neither for a body that ends with the close.
-    What the sender wrote is never passed on, so no parser further on can read
-    the body's end where this one did not."""
+    the proxy re-chunks (``chunked``), neither for a body that ends with the close,
+    nor for a 1xx or 204 response ``status`` (RFC 9110 §8.6). What the sender wrote
+    is never passed on, so no parser further on can read the body's end where this
+    one did not."""
     headers.remove("transfer-encoding")
+    if status < 200 or status == 204:
+        headers.remove("content-length")
+        return
     if framing is Framing.LENGTH:
         headers.set("Content-Length", str(length))
         return

@@ -440,7 +440,10 @@ class HttpProxy:
                     if resp.status >= 200 or resp.status == 101:
                         break
                     if req.version == "HTTP/1.1":
-                        client.writer.write(resp.encode())
+                        interim = strip_hop_by_hop(resp.headers)
+                        set_framing(interim, Framing.NONE, 0, status=resp.status)
+                        client.writer.write(Response(resp.status, resp.reason,
+                                                     headers=interim).encode())
         except TimeoutError:
             self.counters["origin_timeout"] += 1
             await self._error(client, entry, 504, "the origin did not answer in time")
@@ -475,7 +478,7 @@ class HttpProxy:
         rechunk = framing is Framing.CHUNKED and req.version == "HTTP/1.1"
         # RFC 9112 §6.3: the framing fields are the proxy's own (chunked wins over a
         # Content-Length, identical lengths become one).
-        set_framing(headers, framing, length, chunked=rechunk)
+        set_framing(headers, framing, length, chunked=rechunk, status=resp.status)
         if framing in (Framing.CHUNKED, Framing.CLOSE) and not rechunk:
             keep = False   # the body ends when we close (RFC 9112 §6.3 item 8)
         store = headers.copy()

@@ -260,3 +260,18 @@ def test_a_response_that_arrived_chunked_is_served_from_the_cache_with_its_lengt
 
     simulate(body, mode=mode)
 
+
+
+def test_no_length_goes_out_with_a_204_or_an_interim_response() -> None:
+    # RFC 9110 §8.6: never with 1xx or 204; a lenient client would read a body there.
+    async def body(w: World):
+        w.origin.scripted["/nc"] = [b"HTTP/1.1 103 Early Hints\r\nContent-Length: 5\r\n"
+                                    b"Link: </a.css>; rel=preload\r\n\r\n"
+                                    b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n"
+                                    b"Transfer-Encoding: chunked\r\n\r\n"]
+        out = await exchange(w, get("/nc"))
+        assert out.startswith(b"HTTP/1.1 103 ") and b"HTTP/1.1 204 " in out
+        assert b"content-length" not in out.lower() and b"transfer-encoding" not in out.lower()
+        assert b"Link: </a.css>; rel=preload" in out
+
+    simulate(body)
