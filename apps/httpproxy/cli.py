@@ -94,6 +94,7 @@ def cmd_http_proxy(args: argparse.Namespace) -> int:
             splice = net.splice_api if args.mode == "splice" else None
             proxy = HttpProxy(net, mode=args.mode, policy=dests, splice=splice, cache=cache)
             await proxy.start(host, port)
+            net.drain_hooks.append(proxy.drain)
             log.info("http-proxy (%s mode) on %s:%d; cache %s; CONNECT ports %s; auth %s%s",
                      args.mode, host, port,
                      "off" if cache is None else f"{args.cache_size} bytes"

@@ -113,8 +113,19 @@ class HttpProxy:
         self.slots = ClientSlots(self.policy.max_per_client,
                                  self.policy.max_handshakes_per_client)
         self.idle = IdlePool()
+        #: Set by drain(): no connection is kept alive any more.
+        self.draining = False
         self.active = 0
         self.counters: Counter[str] = Counter()
+
+    def drain(self) -> None:
+        """The stack is stopping (TapStack.drain_hooks): kept-alive connections waiting
+        for a request are closed now, and every response from now on says
+        ``Connection: close`` (RFC 9112 §9.6), so that running exchanges finish and
+        nothing waits for a next request."""
+        self.draining = True
+        while self.idle.close_oldest():
+            pass
 
     async def start(self, host: str, port: int) -> Any:
         """Listen on (host, port); returns the server object of the API."""
@@ -176,7 +187,7 @@ class HttpProxy:
                 entry.elapsed = loop.time() - t0
                 if entry.method != "NONE" or entry.status:
                     self.access_log.info("%s", entry.line(), extra={"http": entry})
-            if not keep:
+            if not keep or self.draining:
                 return
             first = False
 
@@ -307,7 +318,7 @@ class HttpProxy:
         if stored.status != 204:
             headers.set("Content-Length", str(len(stored.body)))
         add_via(headers, "HTTP/1.1", self.policy.via)
-        keep = req.keep_alive
+        keep = req.keep_alive and not self.draining
         _connection_header(headers, req, keep)
         head = Response(stored.status, stored.reason, headers=headers).encode()
         body = b"" if req.method == "HEAD" else stored.body
@@ -474,7 +485,7 @@ class HttpProxy:
             await self._error(client, entry, 502, str(e))
             return False
         headers = strip_hop_by_hop(resp.headers)
-        keep = req.keep_alive
+        keep = req.keep_alive and not self.draining
         rechunk = framing is Framing.CHUNKED and req.version == "HTTP/1.1"
         # RFC 9112 §6.3: the framing fields are the proxy's own (chunked wins over a
         # Content-Length, identical lengths become one).

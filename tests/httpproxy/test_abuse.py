@@ -215,3 +215,22 @@ def test_clients_default_to_the_listening_interfaces_subnet() -> None:
         assert r.status == 403
 
     simulate2(body, HttpPolicy())
+
+
+def test_drain_closes_idle_keep_alives_and_keeps_nothing_alive() -> None:
+    # At a stop (TapStack.drain_hooks): an idle kept-alive connection is closed at once
+    # (FIN), and the response of an exchange in progress says Connection: close.
+    policy = HttpPolicy(keepalive_timeout=300.0, allow_clients=ALL_CLIENTS)
+
+    async def body(w: World, client2):
+        idle = await connect(w.client)
+        r, _b = await fetch(idle, origin_url("/fresh"))
+        assert r.status == 200 and r.headers.get("connection") != "close"
+        busy = await connect(client2)
+        w.proxy.drain()
+        assert await ended_at_once(w, idle) == b""
+        r, _b = await fetch(busy, origin_url("/fresh"))
+        assert r.status == 200 and r.headers.get("connection") == "close"
+        assert await ended_at_once(w, busy) == b""
+
+    simulate2(body, policy)
