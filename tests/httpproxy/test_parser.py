@@ -180,12 +180,16 @@ def test_bad_chunked_is_an_error(raw: bytes) -> None:
 
 _token = st.text(alphabet="abcdefghijklmnopqrstuvwxyz-0123456789", min_size=1, max_size=12)
 _value = st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7e), max_size=30)
+#: Fields whose values the parser judges (framing, Host): their own tests cover them.
+_CHECKED_FIELDS = ("host", "content-length", "transfer-encoding", "connection",
+                   "proxy-connection")
 
 
 @settings(max_examples=150, deadline=None)
 @given(st.sampled_from(["GET", "HEAD", "POST", "DELETE"]), _token,
        st.text(alphabet="abc/._-=?&", max_size=30),
-       st.lists(st.tuples(_token, _value), max_size=20))
+       st.lists(st.tuples(_token.filter(lambda n: n not in _CHECKED_FIELDS), _value),
+                max_size=20))
 def test_request_round_trip(method, host, path, fields) -> None:
     headers = Headers([("Host", host), *fields])
     target = f"http://{host}/{path}"
