@@ -403,7 +403,8 @@ class TapStack:
         now = self.driver.now()
         n = self.splicer.end_all(why, now) if self.splicer is not None else 0
         for tcb in list(self.tcp.connections.values()):
-            if tcb.state not in _ENDED:
+            # What is left of splice pairs waits out its TIMEWAIT: its TCBs are silent.
+            if tcb.splice is None and tcb.state not in _ENDED:
                 tcb.abort(now)
                 n += 1
         self.stack.counters[f"{why}_reset"] += n

@@ -41,6 +41,7 @@ from tools.bench.http_plot import plot_sizes
 from tools.bench.http_run import (
     BEHAVIOURS,
     HTTP_PATHS,
+    ONE_CLIENT_ADDRESS,
     HitRun,
     HttpRunner,
     Series,
@@ -91,7 +92,7 @@ def test_planned_steps_count_every_request_and_hit_run() -> None:
 
 def test_proxy_routes_pass_their_options() -> None:
     routes = {r.name: r for r in make_http_routes(["copy", "splice-min0", "splice-notap"])}
-    assert routes["copy"].options == ["--mode", "copy"]
+    assert routes["copy"].options == [*ONE_CLIENT_ADDRESS, "--mode", "copy"]
     assert routes["splice-min0"].options[-2:] == ["--splice-min", "0"]
     assert routes["splice-notap"].options[-2:] == ["--cache-size", "0"]
     assert routes["copy"].proxy(None) == ("198.18.0.2", 3128)

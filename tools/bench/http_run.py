@@ -37,6 +37,10 @@ LABELS = {"kernel": "kernel router", "copy": "http-proxy copy", "splice": "http-
           "splice-notap": "http-proxy splice --cache-size 0"}
 
 
+#: The load comes from one client address: no per-client share of the slots applies.
+ONE_CLIENT_ADDRESS = ("--max-per-client", "256", "--max-handshakes-per-client", "256")
+
+
 class HttpProxyRoute(Route):
     """`tapsplice http-proxy --lab` with the options of one path."""
 
@@ -49,9 +53,7 @@ class HttpProxyRoute(Route):
         extra = {"copy": ["--mode", "copy"], "splice": ["--mode", "splice"],
                  "splice-min0": ["--mode", "splice", "--splice-min", "0"],
                  "splice-notap": ["--mode", "splice", "--cache-size", "0"]}
-        # The load comes from one client address: no per-client share applies.
-        self.options = extra[name] + ["--max-per-client", "256",
-                                      "--max-handshakes-per-client", "256"]
+        self.options = [*ONE_CLIENT_ADDRESS, *extra[name]]
 
     def _service(self, lab: Any) -> Service:
         return Service(f"http-{self.name}", lab.stack_argv("http-proxy", *self.options),
