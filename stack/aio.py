@@ -135,27 +135,33 @@ class StackDriver:
     # -- data path ---------------------------------------------------------------
     def _on_readable(self, iface: Interface, dev) -> None:
         stack = self.stack
-        for _ in range(MAX_ROUNDS):
-            skbs = dev.read_batch()
-            if not skbs:
-                break
-            now = self.loop.time()
-            stack.begin_batch()
-            tee = self.rx_tee
-            for skb in skbs:
-                if tee is not None:
-                    tee(iface, skb)
-                if self.pcap is not None:
-                    self.pcap.rx(iface.name, skb, now)
-                if self._rx_fault is not None:
-                    self._impaired(True, iface, skb, now)
-                else:
-                    stack.receive_frame(iface, skb, now)
-            stack.end_batch(now)
-            self._flush()
-            if len(skbs) < dev.batch:
-                break
-        self._reschedule()
+        try:
+            for _ in range(MAX_ROUNDS):
+                skbs = dev.read_batch()
+                if not skbs:
+                    break
+                now = self.loop.time()
+                stack.begin_batch()
+                tee = self.rx_tee
+                try:
+                    for skb in skbs:
+                        if tee is not None:
+                            tee(iface, skb)
+                        if self.pcap is not None:
+                            self.pcap.rx(iface.name, skb, now)
+                        if self._rx_fault is not None:
+                            self._impaired(True, iface, skb, now)
+                        else:
+                            stack.receive_frame(iface, skb, now)
+                finally:
+                    # Even when a handler raised: a batch left open would hold every
+                    # later send until the next frame arrives.
+                    stack.end_batch(now)
+                    self._flush()
+                if len(skbs) < dev.batch:
+                    break
+        finally:
+            self._reschedule()
 
     def _flush(self) -> None:
         out = self.stack.drain()

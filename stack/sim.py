@@ -145,6 +145,20 @@ class SimNetwork:
         self.events += 1
         for stack in self.hosts.values():
             stack.begin_batch()
+        try:
+            self._deliver(now)
+        finally:
+            # Even when a handler raised: an open batch would hold later sends.
+            for stack in self.hosts.values():
+                stack.end_batch(now)
+        for stack in self.hosts.values():
+            d = stack.next_deadline()
+            if d is not None and d <= now:
+                stack.on_timer(now)
+        self.flush()
+        return True
+
+    def _deliver(self, now: float) -> None:
         for link in self.links:
             for end, skb in link.poll(now):
                 probe = self.probes.get(id(end))
@@ -153,14 +167,6 @@ class SimNetwork:
                     continue
                 stack, iface = self.ends[id(end)]
                 stack.receive_frame(iface, skb, now)
-        for stack in self.hosts.values():
-            stack.end_batch(now)
-        for stack in self.hosts.values():
-            d = stack.next_deadline()
-            if d is not None and d <= now:
-                stack.on_timer(now)
-        self.flush()
-        return True
 
     def run(self, duration: float, max_events: int = 1_000_000) -> None:
         """Run for ``duration`` virtual seconds (or until ``max_events``)."""
