@@ -406,6 +406,40 @@ def established(tcb: Tcb) -> asyncio.Future[None]:
     return done
 
 
+class _Handler:
+    """Runs a client_connected_cb as asyncio.start_server does, except that a handler
+    task that ends cancelled just closes its connection (Python 3.11's own callback
+    asks a cancelled task for its exception and logs the CancelledError that raises)."""
+
+    def __init__(self, cb: Callable[[asyncio.StreamReader, asyncio.StreamWriter],
+                                    Awaitable[None] | None],
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self._cb = cb
+        self._loop = loop
+        self._tasks: set[asyncio.Task[None]] = set()  # strong references while running
+
+    def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        res = self._cb(reader, writer)
+        if not asyncio.iscoroutine(res):
+            return
+        task = self._loop.create_task(res)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._tasks.discard(t)
+            if t.cancelled():
+                writer.transport.close()
+                return
+            exc = t.exception()
+            if exc is not None:
+                self._loop.call_exception_handler({
+                    "message": "Unhandled exception in client_connected_cb",
+                    "exception": exc, "transport": writer.transport})
+                writer.transport.close()
+
+        task.add_done_callback(done)
+
+
 class TcpApi:
     """asyncio-shaped calls on a stack's TCP: like ``asyncio.open_connection`` & co."""
 
@@ -458,6 +492,7 @@ class TcpApi:
 
         def factory() -> asyncio.StreamReaderProtocol:
             reader = asyncio.StreamReader(limit=limit, loop=loop)
-            return asyncio.StreamReaderProtocol(reader, client_connected_cb, loop=loop)
+            return asyncio.StreamReaderProtocol(reader, _Handler(client_connected_cb, loop),
+                                                loop=loop)
 
         return await self.create_server(factory, host, port, backlog=backlog)

@@ -156,6 +156,7 @@ class HttpProxy:
             await self._serve(BufferedStream(reader, writer), str(peer[0]), conns, ticket)
         except asyncio.CancelledError:
             failed = True
+            raise  # the finally releases everything; the cancellation goes on
         except (_Abort, ConnectionError, OSError, HttpError, TimeoutError) as e:
             self.counters["aborted"] += 1
             log.debug("client %s: %s", peer[0], escape(str(e)))

@@ -147,6 +147,7 @@ class SocksServer:
             await self._serve(reader, writer, s, conns, ticket)
         except asyncio.CancelledError:
             s.note, failed = "cancelled", True
+            raise  # the finally releases everything; the cancellation goes on
         except _ClientGone as e:
             s.note = str(e)
         except (ConnectionError, OSError, SocksError) as e:

@@ -638,3 +638,25 @@ def test_client_text_is_escaped_in_the_access_log() -> None:
         assert "eve\\x0a1700000000.000\\x20" in line and "\\x1b]0;x\\x07\\\\" in line
 
     simulate(body, policy=policy)
+
+
+def test_a_cancelled_handler_ends_cancelled_and_releases_everything() -> None:
+    async def body(w: World):
+        conn = await w.connect()
+        conn.writer.write(f"CONNECT {ORIGIN}:{TLS} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        head = await conn.read_head(lambda buf: (None if b"\r\n\r\n" not in buf else
+                                                 (bytes(buf), buf.index(b"\r\n\r\n") + 4)))
+        assert head.startswith(b"HTTP/1.1 200 ")    # the tunnel is up: two connections
+        assert w.proxy_connections() == 2
+        (task,) = [t for t in asyncio.all_tasks() if not t.done() and getattr(
+            t.get_coro(), "__qualname__", "") == "HttpProxy.handle"]
+        task.cancel()
+        await asyncio.wait([task])
+        assert task.cancelled()                     # not swallowed: it ends as cancelled
+        assert w.proxy.active == 0 and not w.proxy.slots.connections
+        assert await w.until(lambda: w.proxy_connections() == 0)
+        with pytest.raises(ConnectionResetError):   # the client's side was reset
+            await conn.reader.read(65536)
+        conn.writer.close()
+
+    simulate(body, mode="copy")

@@ -574,3 +574,29 @@ def test_only_the_listening_interfaces_side_may_use_the_proxy(allow) -> None:
         writer.close()
 
     simulate(body, policy=Policy(allow_clients=allow))
+
+
+def _handler_tasks(name: str) -> list[asyncio.Task]:
+    return [t for t in asyncio.all_tasks()
+            if getattr(t.get_coro(), "__qualname__", "") == name and not t.done()]
+
+
+def test_a_cancelled_handler_ends_cancelled_and_releases_everything() -> None:
+    async def body(w: World):
+        reader, writer, (_s, _a, reply) = await socks5(w, Address.of(ORIGIN, SILENT))
+        assert reply.rep == Rep.SUCCEEDED
+        assert await w.until(lambda: any(
+            t.remote_port == SILENT for t in w.proxy_api.tcp.connections.values()))
+        (task,) = _handler_tasks("SocksServer.handle")
+        task.cancel()
+        await asyncio.wait([task])
+        assert task.cancelled()                     # not swallowed: it ends as cancelled
+        assert w.proxy.active == 0 and not w.proxy.slots.connections
+        assert await w.until(lambda: w.proxy_connections() == 0 and bool(ENDINGS))
+        assert ENDINGS == ["reset"]                 # the origin's side was reset
+        with pytest.raises(ConnectionResetError):   # and so was the client's
+            await read_all(reader)
+        assert w.log.sessions[0].note == "cancelled"
+        writer.close()
+
+    simulate(body, mode="copy")
