@@ -1,4 +1,4 @@
-"""The relay fast path: rewrite one spliced segment in place (SPLICE.md §3-§5).
+"""The relay fast path: rewrite one spliced segment in place (docs/splice.md §3-§5).
 
 :func:`relay_rewrite` takes an Ethernet frame that arrived on one spliced connection
 and turns it, in its own buffer, into the segment that leaves on the other one:
@@ -36,8 +36,30 @@ from stack.gso import complete_checksum, segment_tcp4
 from stack.skbuff import SkBuff
 from stack.wire.checksum import fold, ones_sum, pseudo_header_sum
 from stack.wire.errors import WireError
-from stack.wire.ethernet import ETH_HLEN
-from stack.wire.tcp import ACK, CWR, SYN, TCP_MIN_HLEN, option_offsets, verify_tcp_checksum
+from stack.wire.fields import (
+    ETH_HLEN,
+    FRAME_TCP,
+    IP_CSUM,
+    IP_FRAG,
+    IP_FRAG_MF_OFFSET,
+    IP_MIN_HLEN,
+    IP_PROTO,
+    IP_SRC,
+    IP_TOTLEN,
+    IP_TTL,
+    IP_VIHL_NO_OPTIONS,
+    TCP_CSUM,
+    TCP_DOFF,
+    TCP_FLAGS,
+    TCP_MIN_HLEN,
+    TCP_OPTIONS,
+    TCP_PORTS_SEQ_ACK,
+    TCP_WIN,
+    U16,
+    U32X2,
+)
+from stack.wire.ipv4 import IPPROTO_TCP
+from stack.wire.tcp import ACK, CWR, SYN, option_offsets, verify_tcp_checksum
 from stack.wire.vnet import (
     VIRTIO_NET_HDR_F_DATA_VALID,
     VIRTIO_NET_HDR_F_NEEDS_CSUM,
@@ -46,28 +68,32 @@ from stack.wire.vnet import (
 )
 
 _ETHERTYPE_IPV4 = 0x0800
-_IPPROTO_TCP = 6
-_IP_MIN = 20
+_IPPROTO_TCP = IPPROTO_TCP
+_IP_MIN = IP_MIN_HLEN
 _TTL = 64
 _MASK32 = 0xFFFFFFFF
 _M16 = 0xFFFF
-# Offset of the TCP checksum field inside the TCP header (RFC 9293 §3.1).
-_CSUM_OFFSET = 16
+_CSUM_OFFSET = TCP_CSUM
 # The layout every Linux peer uses for timestamps alone: NOP, NOP, kind 8, length 10
 # (RFC 7323 Appendix A), so TSval sits at offset 24 of a 32-byte header.
 _NOP_NOP_TS = b"\x01\x01\x08\x0a"
 _FAST_TS_HLEN = TCP_MIN_HLEN + 12
-_FAST_TSVAL = TCP_MIN_HLEN + 4
+_FAST_TSVAL = TCP_OPTIONS + 4
+_FAST_TS_END = TCP_OPTIONS + len(_NOP_NOP_TS)
 _NOPS = b"\x01" * 40
+# Kind, length, TSval, TSecr (RFC 7323 §3).
+_TS_OPT_LEN = 10
+# Both addresses, as one 8-byte run from the source address on.
+_IP_ADDRS_END = IP_SRC + 8
 
-_H = struct.Struct("!H")
-_II = struct.Struct("!II")
-_PORTS_SEQ_ACK = struct.Struct("!HHII")
-# TCP sport, dport, seq, ack, offset+flags, window, checksum (fast path)
+_H = U16
+_II = U32X2
+_PORTS_SEQ_ACK = TCP_PORTS_SEQ_ACK
+# TCP sport, dport, seq, ack, offset+flags, window, checksum (fast path, from TCP_SPORT)
 _TCP_FIXED = struct.Struct("!HHIIHHH")
-# IPv4 TTL, protocol, checksum, src, dst (fast path)
+# IPv4 TTL, protocol, checksum, src, dst (fast path, from IP_TTL)
 _IP_TAIL = struct.Struct("!BBHII")
-# ethertype at 12; then IPv4 version/IHL, TOS, total length, ident, flags/fragment
+# ethertype at ETH_TYPE; then IPv4 version/IHL, TOS, total length, ident, flags/fragment
 _ETH_IP = struct.Struct("!12xHBBHHH")
 
 
@@ -111,20 +137,20 @@ def _check_frame(skb: SkBuff) -> tuple[int, int, int, int]:
     ihl = (vihl & 0x0F) * 4
     if vihl >> 4 != 4 or ihl < _IP_MIN:
         raise RelayError("relay_ip_bad_header", f"version/IHL {vihl:#04x}")
-    if frag & 0x3FFF:
+    if frag & IP_FRAG_MF_OFFSET:
         # MF or a fragment offset: only whole datagrams can be rewritten (the stack
         # reassembles before a segment reaches a splice).
         raise RelayError("relay_fragment")
     ip = d + ETH_HLEN
-    if buf[ip + 9] != _IPPROTO_TCP:
-        raise RelayError("relay_not_tcp", f"protocol {buf[ip + 9]}")
+    if buf[ip + IP_PROTO] != _IPPROTO_TCP:
+        raise RelayError("relay_not_tcp", f"protocol {buf[ip + IP_PROTO]}")
     if tot_len < ihl + TCP_MIN_HLEN or ETH_HLEN + tot_len > skb.tail - d:
         raise RelayError("relay_ip_bad_length", f"total length {tot_len}")
     t = ip + ihl
-    thl = (buf[t + 12] >> 4) * 4
+    thl = (buf[t + TCP_DOFF] >> 4) * 4
     if thl < TCP_MIN_HLEN or ihl + thl > tot_len:
         raise RelayError("relay_tcp_bad_offset", f"TCP header {thl} bytes")
-    flags = buf[t + 13]
+    flags = buf[t + TCP_FLAGS]
     if flags & SYN:
         # Window and options of a SYN are not scaled/mapped like the others: a SYN
         # after the splice belongs to the TCP endpoint, not to the relay.
@@ -148,7 +174,7 @@ def _find_options(buf: bytearray, t: int, thl: int) -> tuple[int, int, int]:
     TCP header, -1 when absent. No option at all or NOP,NOP,TS skip the option walk."""
     if thl == TCP_MIN_HLEN:
         return -1, -1, 0
-    if thl == _FAST_TS_HLEN and buf[t + 20:t + 24] == _NOP_NOP_TS:
+    if thl == _FAST_TS_HLEN and buf[t + TCP_OPTIONS:t + _FAST_TS_END] == _NOP_NOP_TS:
         return _FAST_TSVAL, -1, 0
     try:
         offs = option_offsets(memoryview(buf)[t:t + thl], thl)
@@ -166,7 +192,7 @@ def _rewrite_ip(skb: SkBuff, m: DirectionMap, ihl: int, tot_len: int) -> int:
     # Everything the old checksum covered, its own field included: the new header
     # keeps the same field until it is patched, so the field cancels out.
     old_sum = int.from_bytes(buf[ip:ip + ihl], "big")
-    old_addrs = int.from_bytes(buf[ip + 12:ip + 20], "big")
+    old_addrs = int.from_bytes(buf[ip + IP_SRC:ip + _IP_ADDRS_END], "big")
     if ihl > _IP_MIN:
         optlen = ihl - _IP_MIN
         # Move Ethernet + fixed IP header forward over the options: the TCP header
@@ -175,26 +201,26 @@ def _rewrite_ip(skb: SkBuff, m: DirectionMap, ihl: int, tot_len: int) -> int:
         d += optlen
         skb.data = d
         ip = d + ETH_HLEN
-        buf[ip] = 0x45
-        _H.pack_into(buf, ip + 2, tot_len - optlen)
+        buf[ip] = IP_VIHL_NO_OPTIONS
+        _H.pack_into(buf, ip + IP_TOTLEN, tot_len - optlen)
         if skb.vnet_flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
             skb.csum_start -= optlen
         if skb.hdr_len:
             skb.hdr_len = max(0, skb.hdr_len - optlen)
-    buf[ip + 8] = _TTL
-    buf[ip + 12:ip + 20] = m.addrs
+    buf[ip + IP_TTL] = _TTL
+    buf[ip + IP_SRC:ip + _IP_ADDRS_END] = m.addrs
     new_sum = int.from_bytes(buf[ip:ip + _IP_MIN], "big")
-    csum = _H.unpack_from(buf, ip + 10)[0]
+    csum = _H.unpack_from(buf, ip + IP_CSUM)[0]
     # RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m'); 2**16 ≡ 1 (mod 0xFFFF) lets whole
     # headers be read as integers instead of word by word.
-    _H.pack_into(buf, ip + 10,
+    _H.pack_into(buf, ip + IP_CSUM,
                  ~fold((~csum & _M16) + new_sum % _M16 + _M16 - old_sum % _M16) & _M16)
     return old_addrs
 
 
 def _map_options(buf: bytearray, t: int, m: DirectionMap, flags: int,
                  ts: int, sack: int, sack_count: int) -> None:
-    """Map or NOP out the timestamp and SACK options (SPLICE.md §5)."""
+    """Map or NOP out the timestamp and SACK options (docs/splice.md §5)."""
     if ts >= 0:
         if m.ts_mode == TS_MAP:
             tsval, tsecr = _II.unpack_from(buf, t + ts)
@@ -203,11 +229,12 @@ def _map_options(buf: bytearray, t: int, m: DirectionMap, flags: int,
                 tsecr = (tsecr + m.tsecr_delta) & _MASK32
             _II.pack_into(buf, t + ts, (tsval + m.tsval_delta) & _MASK32, tsecr)
         else:
-            buf[t + ts - 2:t + ts + 8] = _NOPS[:10]
+            opt = t + ts - 2  # the option's kind byte
+            buf[opt:opt + _TS_OPT_LEN] = _NOPS[:_TS_OPT_LEN]
     if sack >= 0:
         if m.sack_mode == SACK_MAP:
             # Block edges acknowledge data of the other direction: they map like the
-            # acknowledgement number of this segment (SPLICE.md §4).
+            # acknowledgement number of this segment (docs/splice.md §4).
             delta = m.ack_delta
             for off in range(t + sack, t + sack + 8 * sack_count, 8):
                 left, right = _II.unpack_from(buf, off)
@@ -231,8 +258,8 @@ def _rewrite_tcp(skb: SkBuff, m: DirectionMap, thl: int, flags: int, old_addrs: 
         ack = (ack + m.ack_delta) & _MASK32
     _PORTS_SEQ_ACK.pack_into(buf, t, m.sport, m.dport, seq, ack)
     # Window: see splice.mapping.map_window (inlined on the hot path).
-    win = (_H.unpack_from(buf, t + 14)[0] << m.win_in_shift) >> m.win_out_shift
-    _H.pack_into(buf, t + 14, win if win <= _M16 else _M16)
+    win = (_H.unpack_from(buf, t + TCP_WIN)[0] << m.win_in_shift) >> m.win_out_shift
+    _H.pack_into(buf, t + TCP_WIN, win if win <= _M16 else _M16)
     if opts[0] >= 0 or opts[1] >= 0:
         _map_options(buf, t, m, flags, *opts)
     new_addrs = int.from_bytes(m.addrs, "big")
@@ -254,7 +281,7 @@ def _rewrite_fast(buf: bytearray, d: int, m: DirectionMap, thl: int, flags: int,
     integer: 2**16 ≡ 1 (mod 0xFFFF), so a 32-bit value is congruent to the sum of its
     two 16-bit words (RFC 1071 §2), and RFC 1624 eqn. 3 needs only sums."""
     ip = d + ETH_HLEN
-    _ttl, _proto, ipc, src, dst = _IP_TAIL.unpack_from(buf, ip + 8)
+    _ttl, _proto, ipc, src, dst = _IP_TAIL.unpack_from(buf, ip + IP_TTL)
     new_src, new_dst = m.src_int, m.dst_int
     # IP: TTL/protocol word and both addresses change. fold(x) is inlined as
     # (x - 1) % 0xFFFF + 1; the added 0xFFFF keeps x positive, so a sum folds to
@@ -262,7 +289,7 @@ def _rewrite_fast(buf: bytearray, d: int, m: DirectionMap, thl: int, flags: int,
     old = (_ttl << 8 | _IPPROTO_TCP) + src + dst
     new = (_TTL << 8 | _IPPROTO_TCP) + new_src + new_dst
     ipc = ~(((~ipc & _M16) + (new - old) % _M16 + _M16 - 1) % _M16 + 1) & _M16
-    _IP_TAIL.pack_into(buf, ip + 8, _TTL, _IPPROTO_TCP, ipc, new_src, new_dst)
+    _IP_TAIL.pack_into(buf, ip + IP_TTL, _TTL, _IPPROTO_TCP, ipc, new_src, new_dst)
     t = ip + _IP_MIN
     sport, dport, seq, ack, off_flags, win, csum = _TCP_FIXED.unpack_from(buf, t)
     new_seq = (seq + m.seq_delta) & _MASK32
@@ -293,7 +320,7 @@ def _rewrite_fast(buf: bytearray, d: int, m: DirectionMap, thl: int, flags: int,
 def _to_partial(skb: SkBuff, m: DirectionMap, thl: int, tcp_len: int) -> None:
     """Turn a frame with a complete checksum into NEEDS_CSUM form (field = folded
     pseudo-header sum over the whole TCP length, not complemented)."""
-    t = ETH_HLEN + _IP_MIN
+    t = FRAME_TCP
     if not skb.vnet_flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
         _H.pack_into(skb.buf, skb.data + t + _CSUM_OFFSET,
                      pseudo_header_sum(m.src, m.dst, _IPPROTO_TCP, tcp_len))
@@ -316,7 +343,7 @@ def segment_limit(m: DirectionMap, thl: int) -> int:
 def _fit_offload(skb: SkBuff, m: DirectionMap, thl: int, flags: int, payload: int,
                  limit: int) -> None:
     """Out device with TSO: keep one frame, a super-segment of at most ``limit``
-    payload bytes per segment (SPLICE.md §5, MSS)."""
+    payload bytes per segment (docs/splice.md §5.1)."""
     if skb.gso_type:
         if skb.gso_size > limit:
             skb.gso_size = limit
@@ -365,7 +392,8 @@ def relay_rewrite(skb: SkBuff, m: DirectionMap, out_offload: bool) -> RelayResul
         _check_offload(skb, ETH_HLEN + ihl)
     t = d + ETH_HLEN + ihl
     fast = ihl == _IP_MIN and (thl == TCP_MIN_HLEN or (
-        thl == _FAST_TS_HLEN and m.ts_mode == TS_MAP and buf[t + 20:t + 24] == _NOP_NOP_TS))
+        thl == _FAST_TS_HLEN and m.ts_mode == TS_MAP
+        and buf[t + TCP_OPTIONS:t + _FAST_TS_END] == _NOP_NOP_TS))
     if not fast:
         opts = _find_options(buf, t, thl)  # the last check: nothing written before it
     # Ethernet padding after the datagram must not reach a device that sums to the end.
@@ -385,6 +413,10 @@ def relay_rewrite(skb: SkBuff, m: DirectionMap, out_offload: bool) -> RelayResul
 
 
 _TRUSTED = VIRTIO_NET_HDR_F_NEEDS_CSUM | VIRTIO_NET_HDR_F_DATA_VALID
+#: A plain IPv4 header and a TCP header without options: the least a flow frame holds.
+_FLOW_MIN_TOTLEN = IP_MIN_HLEN + TCP_MIN_HLEN
+# The flags/fragment word's high byte without DF: MF and the top of the offset.
+_FRAG_HI = IP_FRAG_MF_OFFSET >> 8
 
 
 def flow_frame_ip(skb: SkBuff) -> int:
@@ -394,9 +426,10 @@ def flow_frame_ip(skb: SkBuff) -> int:
     then cut to that length (Ethernet padding off) — else -1 (take the normal path)."""
     buf = skb.buf
     ip = skb.data + ETH_HLEN
-    totlen = (buf[ip + 2] << 8) | buf[ip + 3]
-    if (totlen > skb.tail - ip or totlen < 40 or buf[ip + 6] & 0x3F or buf[ip + 7]
-            or ones_sum(memoryview(buf)[ip:ip + 20]) != 0xFFFF):
+    totlen = (buf[ip + IP_TOTLEN] << 8) | buf[ip + IP_TOTLEN + 1]
+    if (totlen > skb.tail - ip or totlen < _FLOW_MIN_TOTLEN
+            or buf[ip + IP_FRAG] & _FRAG_HI or buf[ip + IP_FRAG + 1]
+            or ones_sum(memoryview(buf)[ip:ip + _IP_MIN]) != 0xFFFF):
         return -1
     skb.tail = ip + totlen
     return ip

@@ -34,16 +34,70 @@ from stack.wire import ipv4 as wip
 from stack.wire import udp as wudp
 from stack.wire.arp import ARP_REPLY, ARP_REQUEST, ArpPacket
 from stack.wire.ethernet import BROADCAST, ETH_HLEN, ETH_P_ARP, ETH_P_IP, random_mac
-from stack.wire.vnet import VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM
+from stack.wire.fields import (
+    ETH_DST,
+    ETH_SRC,
+    ETH_TYPE,
+    FLOW_KEY,
+    FRAME_FLOW_KEY,
+    FRAME_FLOW_KEY_END,
+    FRAME_IP_DST,
+    FRAME_IP_PROTO,
+    FRAME_IP_VIHL,
+    FRAME_TCP,
+    IP_CSUM,
+    IP_DST,
+    IP_FLAG_DF,
+    IP_FLAG_MF,
+    IP_FRAG,
+    IP_FRAG_MF_OFFSET,
+    IP_FRAG_OFFSET_MASK,
+    IP_IDENT,
+    IP_MIN_HLEN,
+    IP_PROTO,
+    IP_SRC,
+    IP_TOTLEN,
+    IP_TTL,
+    IP_VIHL_NO_OPTIONS,
+    TCP_DOFF,
+    TCP_MIN_HLEN,
+    U16,
+)
+from stack.wire.ipv4 import IPPROTO_TCP
+from stack.wire.vnet import (
+    VIRTIO_NET_HDR_F_DATA_VALID,
+    VIRTIO_NET_HDR_F_NEEDS_CSUM,
+    restore_vnet,
+    save_vnet,
+)
 
-_H = struct.Struct("!H")
+_H = U16
 _ETH_IP = b"\x08\x00"
 _ETH_ARP = b"\x08\x06"
 HEADROOM = 128
 _ZERO = b"\0\0\0\0"
 #: Ethernet + a 20-byte IPv4 header + a 20-byte TCP header: the least a frame offered
 #: to the flow table holds (the handlers read the IPv4 and TCP headers in place).
-_FLOW_MIN_LEN = ETH_HLEN + 20 + 20
+_FLOW_MIN_LEN = FRAME_TCP + TCP_MIN_HLEN
+#: An ICMP error quotes the original IPv4 header and at least 8 bytes of its payload.
+_QUOTE_MIN = IP_MIN_HLEN + 8
+#: The quoted TCP ports and sequence number (RFC 5927 §4.1).
+_QUOTED_TCP = struct.Struct("!HHL")
+
+
+class FlowEnds(Protocol):
+    """The addresses and ports of a connection (a TCB), as :func:`flow_key` reads them."""
+
+    local: bytes
+    local_port: int
+    remote: bytes
+    remote_port: int
+
+
+def flow_key(conn: FlowEnds) -> bytes:
+    """The key in :attr:`Stack.flows` of the segments that arrive on ``conn``: their
+    source (the remote end) and destination (the local end) as on the wire."""
+    return FLOW_KEY.pack(conn.remote, conn.local, conn.remote_port, conn.local_port)
 
 
 class ProtocolHandler(Protocol):
@@ -162,7 +216,7 @@ class Stack:
                     self._icmp_error(n.iface, p.frame[ETH_HLEN:], wicmp.DEST_UNREACH,
                                      wicmp.UNREACH_HOST, now)
         for quoted in self.reasm.expire(now):
-            src = quoted[12:16]
+            src = quoted[IP_SRC:IP_DST]
             iface = self.routes.lookup(src)
             if iface is not None:
                 self._icmp_error(iface.iface, quoted, wicmp.TIME_EXCEEDED,
@@ -189,17 +243,18 @@ class Stack:
         d = skb.data
         if skb.tail - d < ETH_HLEN:
             return self._drop("eth_truncated")
-        if not buf[d] & 1 and buf[d:d + 6] != iface.mac:
+        if not buf[d + ETH_DST] & 1 and buf[d + ETH_DST:d + ETH_SRC] != iface.mac:
             return self._drop("eth_not_for_us")
-        etype = buf[d + 12:d + 14]
+        etype = buf[d + ETH_TYPE:d + ETH_HLEN]
         if etype == _ETH_IP:
-            if (self.flows and skb.tail - d >= _FLOW_MIN_LEN and buf[d + 14] == 0x45
-                    and buf[d + 23] == 6):
+            if (self.flows and skb.tail - d >= _FLOW_MIN_LEN
+                    and buf[d + FRAME_IP_VIHL] == IP_VIHL_NO_OPTIONS
+                    and buf[d + FRAME_IP_PROTO] == IPPROTO_TCP):
                 # Exact-match flow table (a 20-byte IPv4 header carrying TCP): the
                 # splice layer's relayed pairs take their own short path from here.
                 # Only frames long enough for both headers are offered; shorter ones
                 # take the normal path, which drops them as truncated.
-                handler = self.flows.get(bytes(buf[d + 26:d + 38]))
+                handler = self.flows.get(bytes(buf[d + FRAME_FLOW_KEY:d + FRAME_FLOW_KEY_END]))
                 if handler is not None and handler(skb, now):
                     c["rx_local"] += 1
                     return None
@@ -243,28 +298,28 @@ class Stack:
         buf = skb.buf
         d = skb.data + ETH_HLEN
         avail = skb.tail - d
-        if avail < 20:
+        if avail < IP_MIN_HLEN:
             return self._drop("ipv4_truncated")
         vihl = buf[d]
         if vihl >> 4 != 4:
             return self._drop("ipv4_bad_version")
         ihl = (vihl & 15) << 2
-        if ihl < 20 or ihl > avail:
+        if ihl < IP_MIN_HLEN or ihl > avail:
             return self._drop("ipv4_bad_ihl")
-        totlen = (buf[d + 2] << 8) | buf[d + 3]
+        totlen = _H.unpack_from(buf, d + IP_TOTLEN)[0]
         if totlen < ihl or totlen > avail:
             return self._drop("ipv4_bad_total_length")
         mv = memoryview(buf)
         if cks.ones_sum(mv[d:d + ihl]) != 0xFFFF:
             return self._drop("ipv4_bad_checksum")
-        if ihl > 20:
+        if ihl > IP_MIN_HLEN:
             try:
-                wip.parse_options(mv[d + 20:d + ihl])
+                wip.parse_options(mv[d + IP_MIN_HLEN:d + ihl])
             except WireError:
                 return self._drop("ipv4_bad_options")
         skb.tail = d + totlen  # cut Ethernet padding
-        src = bytes(mv[d + 12:d + 16])
-        dst = bytes(mv[d + 16:d + 20])
+        src = bytes(mv[d + IP_SRC:d + IP_DST])
+        dst = bytes(mv[d + IP_DST:d + IP_MIN_HLEN])
         if src[0] >= 224 or src[0] in (0, 127) or src in self.by_addr:
             return self._drop("ipv4_martian_source")
         if dst in self.by_addr:
@@ -279,7 +334,7 @@ class Stack:
     def _forward(self, iface: Interface, skb: SkBuff, d: int, ihl: int, totlen: int,
                  dst: bytes, now: float) -> None:
         buf = skb.buf
-        ttl = buf[d + 8]
+        ttl = buf[d + IP_TTL]
         if ttl <= 1:
             self._icmp_error(iface, skb.view()[ETH_HLEN:], wicmp.TIME_EXCEEDED,
                              wicmp.EXC_TTL, now)
@@ -292,18 +347,18 @@ class Stack:
         out = route.iface
         # RFC 1812 §5.3.1: decrement TTL, patch the header checksum incrementally
         # (RFC 1624) rather than summing the header again.
-        old = (ttl << 8) | buf[d + 9]
-        buf[d + 8] = ttl - 1
-        csum = (buf[d + 10] << 8) | buf[d + 11]
-        _H.pack_into(buf, d + 10, cks.update16(csum, old, old - 0x100))
+        old = (ttl << 8) | buf[d + IP_PROTO]
+        buf[d + IP_TTL] = ttl - 1
+        csum = _H.unpack_from(buf, d + IP_CSUM)[0]
+        _H.pack_into(buf, d + IP_CSUM, cks.update16(csum, old, old - 0x100))
         wire_len = totlen
         if skb.gso_size:
             # A super-frame's wire segments are its headers plus gso_size each: the
             # TCP header must be there to say how long they are.
             t = d + ihl
-            if t + 20 > skb.tail or (buf[t + 12] >> 4) < 5:
+            if t + TCP_MIN_HLEN > skb.tail or (buf[t + TCP_DOFF] >> 4) << 2 < TCP_MIN_HLEN:
                 return self._drop("tcp_truncated")
-            wire_len = ihl + ((buf[t + 12] >> 4) << 2) + skb.gso_size
+            wire_len = ihl + ((buf[t + TCP_DOFF] >> 4) << 2) + skb.gso_size
         if wire_len > out.mtu:
             return self._forward_too_big(iface, out, skb, d, ihl, route.via or dst, now)
         self.counters["rx_forwarded"] += 1
@@ -312,7 +367,7 @@ class Stack:
     def _forward_too_big(self, iface: Interface, out: Interface, skb: SkBuff, d: int,
                          ihl: int, nexthop: bytes, now: float) -> None:
         buf = skb.buf
-        if buf[d + 6] & 0x40 or skb.gso_size:
+        if buf[d + IP_FRAG] << 8 & IP_FLAG_DF or skb.gso_size:
             # DF set (always the case for TSO frames): RFC 1191 path MTU discovery.
             self._icmp_error(iface, skb.view()[ETH_HLEN:], wicmp.DEST_UNREACH,
                              wicmp.UNREACH_NEEDFRAG, now, mtu=out.mtu)
@@ -330,13 +385,14 @@ class Stack:
     def _local_input(self, iface: Interface, skb: SkBuff, d: int, ihl: int, src: bytes,
                      dst: bytes, now: float) -> None:
         buf = skb.buf
-        frag = (buf[d + 6] << 8) | buf[d + 7]
-        proto = buf[d + 9]
-        if frag & 0x3FFF:
+        frag = _H.unpack_from(buf, d + IP_FRAG)[0]
+        proto = buf[d + IP_PROTO]
+        if frag & IP_FRAG_MF_OFFSET:
             mv = skb.view()
-            key = (src, dst, proto, (buf[d + 4] << 8) | buf[d + 5])
+            key = (src, dst, proto, _H.unpack_from(buf, d + IP_IDENT)[0])
             whole, reason = self.reasm.add(key, bytes(mv[ETH_HLEN:ETH_HLEN + ihl]),
-                                           (frag & 0x1FFF) << 3, bool(frag & 0x2000),
+                                           (frag & IP_FRAG_OFFSET_MASK) << 3,
+                                           bool(frag & IP_FLAG_MF),
                                            bytes(mv[ETH_HLEN + ihl:]), now)
             if reason is not None:
                 return self._drop(reason)
@@ -350,7 +406,7 @@ class Stack:
         skb.network_off = d
         skb.pull(ETH_HLEN + ihl)
         self.counters["rx_local"] += 1
-        quoted = bytes(memoryview(buf)[d:d + ihl + 8])
+        quoted = bytes(memoryview(buf)[d:d + ihl + _QUOTE_MIN - IP_MIN_HLEN])
         return self._deliver(iface, skb, quoted, proto, src, dst, now)
 
     def _deliver(self, iface: Interface, skb: SkBuff, quoted: bytes, proto: int, src: bytes,
@@ -408,32 +464,34 @@ class Stack:
         ihl = (q[0] & 15) * 4 if q else 0
         # RFC 792 / RFC 1812 §4.3.2.3: the quote is the original IPv4 header and at
         # least 8 bytes of its payload (TCP: the ports and the sequence number).
-        if len(q) < 28 or q[0] >> 4 != 4 or ihl < 20 or len(q) < ihl + 8:
+        if (len(q) < _QUOTE_MIN or q[0] >> 4 != 4 or ihl < IP_MIN_HLEN
+                or len(q) < ihl + _QUOTE_MIN - IP_MIN_HLEN):
             self.counters["icmp_error_bad_quote"] += 1
             return
-        handler = self.protocols.get(q[9])
+        handler = self.protocols.get(q[IP_PROTO])
         if handler is None or not hasattr(handler, "icmp_error"):
             self.counters["icmp_error_no_protocol"] += 1
             return
-        sport, dport, seg_seq = struct.unpack_from("!HHL", q, ihl)
+        sport, dport, seg_seq = _QUOTED_TCP.unpack_from(q, ihl)
         # The quoted sequence number lets TCP check the error is about data in flight
         # (RFC 5927 §4.1); the next-hop MTU drives path MTU discovery (RFC 1191).
         mtu = msg.rest & 0xFFFF if msg.type == wicmp.DEST_UNREACH else 0
-        handler.icmp_error(q[12:16], q[16:20], sport, dport, msg.type, msg.code, now,
+        handler.icmp_error(q[IP_SRC:IP_DST], q[IP_DST:IP_MIN_HLEN], sport, dport, msg.type,
+                           msg.code, now,
                            mtu=mtu, seg_seq=seg_seq)
 
     def _icmp_error(self, iface: Interface, original: bytes | memoryview, type_: int,
                     code: int, now: float, mtu: int = 0) -> None:
-        if len(original) < 20:
+        if len(original) < IP_MIN_HLEN:
             return
-        src = bytes(original[12:16])
-        frag_off = ((original[6] << 8) | original[7]) & 0x1FFF
-        proto = original[9]
+        src = bytes(original[IP_SRC:IP_DST])
+        frag_off = _H.unpack_from(original, IP_FRAG)[0] & IP_FRAG_OFFSET_MASK
+        proto = original[IP_PROTO]
         is_err = False
         ihl = (original[0] & 15) * 4
         if proto == wip.IPPROTO_ICMP and len(original) > ihl:
             is_err = original[ihl] not in (wicmp.ECHO_REQUEST, wicmp.ECHO_REPLY, 13, 14, 15, 16)
-        dst = bytes(original[16:20])
+        dst = bytes(original[IP_DST:IP_MIN_HLEN])
         bcast = dst[0] >= 224 or dst == b"\xff\xff\xff\xff" or dst == iface.broadcast
         if not sicmp.may_send_error(src, bcast, is_err, frag_off):
             self.counters["icmp_error_suppressed"] += 1
@@ -472,17 +530,17 @@ class Stack:
             self.counters["tx_to_self_unsupported"] += 1
             return False
         plen = len(skb)
-        total = 20 + plen
+        total = IP_MIN_HLEN + plen
         if total > 65535:
             self.counters["tx_too_long"] += 1
             return False
         self._ident = (self._ident + 1) & 0xFFFF
-        h = skb.push(20)
-        struct.pack_into("!BBHHHBBH4s4s", h, 0, 0x45, 0, total, self._ident,
-                         0x4000 if df else 0, ttl, proto, 0, src, dst)
-        _H.pack_into(h, 10, cks.checksum(h))
+        h = skb.push(IP_MIN_HLEN)
+        wip.IPV4_HEADER.pack_into(h, 0, IP_VIHL_NO_OPTIONS, 0, total, self._ident,
+                                  IP_FLAG_DF if df else 0, ttl, proto, 0, src, dst)
+        _H.pack_into(h, IP_CSUM, cks.checksum(h))
         if skb.vnet_flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
-            skb.csum_start += 20
+            skb.csum_start += IP_MIN_HLEN
         out = route.iface
         nexthop = route.via or dst
         if total > out.mtu and not skb.gso_size:
@@ -491,7 +549,7 @@ class Stack:
                 return False
             gso.complete_checksum(skb)
             mv = skb.view()
-            for f in fragment(mv[:20], mv[20:], out.mtu):
+            for f in fragment(mv[:IP_MIN_HLEN], mv[IP_MIN_HLEN:], out.mtu):
                 self._link_output(out, nexthop, SkBuff.from_bytes(f, headroom=HEADROOM),
                                   now, forwarded=False, has_eth=False)
             return True
@@ -502,7 +560,7 @@ class Stack:
         """Send a complete frame (data at its Ethernet header, IPv4 header filled in,
         addressed to a remote host) towards its destination: route, neighbour, MACs.
         Used by the splice relay, which rewrites received frames in place."""
-        dst = bytes(skb.buf[skb.data + ETH_HLEN + 16:skb.data + ETH_HLEN + 20])
+        dst = bytes(skb.buf[skb.data + FRAME_IP_DST:skb.data + FRAME_TCP])
         route = self.routes.lookup(dst)
         if route is None:
             self.counters["tx_no_route"] += 1
@@ -513,12 +571,12 @@ class Stack:
                      forwarded: bool, has_eth: bool = True) -> bool:
         """Address the frame to ``nexthop``'s MAC (resolving it if needed) and queue it."""
         if not has_eth:
-            skb.push(ETH_HLEN)[12:14] = _ETH_IP
+            skb.push(ETH_HLEN)[ETH_TYPE:ETH_HLEN] = _ETH_IP
             if skb.vnet_flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
                 skb.csum_start += ETH_HLEN
             if skb.gso_size:
-                b, t = skb.buf, skb.data + ETH_HLEN + 20
-                skb.hdr_len = ETH_HLEN + 20 + ((b[t + 12] >> 4) << 2)
+                b, t = skb.buf, skb.data + FRAME_TCP
+                skb.hdr_len = FRAME_TCP + ((b[t + TCP_DOFF] >> 4) << 2)
         n = self.neigh.get(out, nexthop)
         if n is None or n.mac is None:
             return self._queue_unresolved(out, nexthop, skb, now, forwarded)
@@ -530,8 +588,8 @@ class Stack:
     def _emit(self, out: Interface, mac: bytes, skb: SkBuff) -> None:
         d = skb.data
         buf = skb.buf
-        buf[d:d + 6] = mac
-        buf[d + 6:d + 12] = out.mac
+        buf[d + ETH_DST:d + ETH_SRC] = mac
+        buf[d + ETH_SRC:d + ETH_TYPE] = out.mac
         if not out.offload and (skb.gso_size or skb.vnet_flags & VIRTIO_NET_HDR_F_NEEDS_CSUM):
             self.counters["tx_software_offload"] += 1
             for seg in gso.software_offload(skb):
@@ -548,9 +606,7 @@ class Stack:
         if len(n.pending) >= self.neigh.max_pending:
             self._drop("arp_queue_full", count_rx=False)
             return False
-        vnet = (skb.vnet_flags, skb.gso_type, skb.gso_size, skb.csum_start,
-                skb.csum_offset, skb.hdr_len)
-        n.pending.append(PendingFrame(skb.tobytes(), vnet, forwarded))
+        n.pending.append(PendingFrame(skb.tobytes(), save_vnet(skb), forwarded))
         if n.probes == 0:
             n.probes = 1
             n.next_probe = now + self.neigh.retrans_time
@@ -561,9 +617,9 @@ class Stack:
         while n.pending:
             p = n.pending.popleft()
             skb = SkBuff.from_bytes(p.frame, headroom=HEADROOM)
-            (skb.vnet_flags, skb.gso_type, skb.gso_size, skb.csum_start,
-             skb.csum_offset, skb.hdr_len) = p.vnet
+            restore_vnet(skb, p.vnet)
             self._emit(n.iface, n.mac, skb)
 
 
-__all__ = ["Stack", "ProtocolHandler", "HEADROOM", "ETH_P_IP", "ETH_P_ARP"]
+__all__ = ["Stack", "ProtocolHandler", "FlowEnds", "flow_key", "HEADROOM", "ETH_P_IP",
+           "ETH_P_ARP"]

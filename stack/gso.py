@@ -8,17 +8,31 @@ sides the fast path never calls into this module.
 
 from __future__ import annotations
 
-import struct
-
 from stack.netdev import offload
 from stack.skbuff import SkBuff
 from stack.wire import checksum as cks
 from stack.wire.ethernet import ETH_HLEN
-from stack.wire.tcp import ACK, CWR, FIN, PSH, RST, SYN, URG
+from stack.wire.fields import (
+    IP_CSUM,
+    IP_DST,
+    IP_IDENT,
+    IP_MIN_HLEN,
+    IP_SRC,
+    IP_TOTLEN,
+    TCP_CSUM,
+    TCP_FLAGS,
+    TCP_SEQ,
+    U16,
+    U32,
+    ip_header_len,
+    tcp_header_len,
+)
+from stack.wire.ipv4 import IPPROTO_TCP
+from stack.wire.tcp import ACK, CWR, ECE, FIN, PSH, RST, SYN, URG
 from stack.wire.vnet import VIRTIO_NET_HDR_F_NEEDS_CSUM
 
-_H = struct.Struct("!H")
-_L = struct.Struct("!L")
+_H = U16
+_L = U32
 
 
 def complete_checksum(skb: SkBuff) -> None:
@@ -41,18 +55,19 @@ def segment_tcp4(skb: SkBuff) -> list[SkBuff]:
     """
     mv = memoryview(skb.buf)
     f = skb.data
-    ihl = (skb.buf[f + ETH_HLEN] & 0x0F) * 4
-    tcp_off = f + ETH_HLEN + ihl
-    thl = (skb.buf[tcp_off + 12] >> 4) * 4
+    ip0 = f + ETH_HLEN
+    ihl = ip_header_len(skb.buf, ip0)
+    tcp_off = ip0 + ihl
+    thl = tcp_header_len(skb.buf, tcp_off)
     hdr_end = tcp_off + thl
     payload = skb.tail - hdr_end
     mss = skb.gso_size or payload or 1
     headers = bytes(mv[f:hdr_end])
-    seq0 = _L.unpack_from(skb.buf, tcp_off + 4)[0]
-    ident0 = _H.unpack_from(skb.buf, f + ETH_HLEN + 4)[0]
-    flags0 = skb.buf[tcp_off + 13]
-    src = bytes(mv[f + ETH_HLEN + 12:f + ETH_HLEN + 16])
-    dst = bytes(mv[f + ETH_HLEN + 16:f + ETH_HLEN + 20])
+    seq0 = _L.unpack_from(skb.buf, tcp_off + TCP_SEQ)[0]
+    ident0 = _H.unpack_from(skb.buf, ip0 + IP_IDENT)[0]
+    flags0 = skb.buf[tcp_off + TCP_FLAGS]
+    src = bytes(mv[ip0 + IP_SRC:ip0 + IP_DST])
+    dst = bytes(mv[ip0 + IP_DST:ip0 + IP_MIN_HLEN])
     out = []
     n = max(1, -(-payload // mss))
     for i in range(n):
@@ -63,21 +78,21 @@ def segment_tcp4(skb: SkBuff) -> list[SkBuff]:
         b = seg.buf
         ip = seg.data + ETH_HLEN
         t = ip + ihl
-        _H.pack_into(b, ip + 2, ihl + thl + len(chunk))
-        _H.pack_into(b, ip + 4, (ident0 + i) & 0xFFFF)
-        _H.pack_into(b, ip + 10, 0)
-        _H.pack_into(b, ip + 10, cks.checksum(memoryview(b)[ip:ip + ihl]))
-        _L.pack_into(b, t + 4, (seq0 + i * mss) & 0xFFFFFFFF)
+        _H.pack_into(b, ip + IP_TOTLEN, ihl + thl + len(chunk))
+        _H.pack_into(b, ip + IP_IDENT, (ident0 + i) & 0xFFFF)
+        _H.pack_into(b, ip + IP_CSUM, 0)
+        _H.pack_into(b, ip + IP_CSUM, cks.checksum(memoryview(b)[ip:ip + ihl]))
+        _L.pack_into(b, t + TCP_SEQ, (seq0 + i * mss) & 0xFFFFFFFF)
         flags = flags0
         if i != n - 1:
             flags &= ~(FIN | PSH)
         if i != 0:
             flags &= ~CWR
-        b[t + 13] = flags & (FIN | SYN | RST | PSH | ACK | URG | CWR | 0x40)
-        _H.pack_into(b, t + 16, 0)
+        b[t + TCP_FLAGS] = flags & (FIN | SYN | RST | PSH | ACK | URG | CWR | ECE)
+        _H.pack_into(b, t + TCP_CSUM, 0)
         seglen = thl + len(chunk)
-        ph = cks.pseudo_header_sum(src, dst, 6, seglen)
-        _H.pack_into(b, t + 16, cks.checksum(memoryview(b)[t:t + seglen], ph))
+        ph = cks.pseudo_header_sum(src, dst, IPPROTO_TCP, seglen)
+        _H.pack_into(b, t + TCP_CSUM, cks.checksum(memoryview(b)[t:t + seglen], ph))
         seg.dev = skb.dev
         out.append(seg)
     return out

@@ -21,6 +21,10 @@ from stack.netdev.offload import (
     complete_checksum,
 )
 from stack.skbuff import SkBuff
+from stack.wire.fields import ETH_TYPE
+from stack.wire.vnet import restore_vnet, save_vnet
+
+_ETH_IP = b"\x08\x00"
 
 __all__ = ["FaultModel", "LinkEnd", "MemoryLink", "VirtualClock", "HEADROOM"]
 
@@ -115,8 +119,7 @@ class MemoryLink:
             raise ValueError(f"{end.name}: super-segment (gso_size {skb.gso_size}) "
                              "written to a link without offload")
         data = bytearray(memoryview(skb.buf)[skb.data:skb.tail])
-        vnet: tuple[int, ...] = (flags, skb.gso_type, skb.hdr_len, skb.gso_size,
-                                 skb.csum_start, skb.csum_offset)
+        vnet: tuple[int, ...] = save_vnet(skb)
         if not self.offload and flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
             vnet = _completed(data, vnet)
         c["tx_frames"] += 1
@@ -131,7 +134,7 @@ class MemoryLink:
         if fate.lost:
             c["lost"] += 1
             return
-        if fate.corrupt and data[12:14] == b"\x08\x00":
+        if fate.corrupt and data[ETH_TYPE:ETH_HLEN] == _ETH_IP:
             # Only IPv4 frames are damaged: the IP, TCP, UDP and ICMP checksums are
             # what such noise tests. An ARP frame has no checksum of its own (a real
             # wire's FCS drops it), and a damaged one would poison a neighbour cache.
@@ -160,8 +163,7 @@ class MemoryLink:
             assert dst.peer is not None
             dst.peer.in_flight -= 1
             skb = SkBuff.from_bytes(frame.data, headroom=HEADROOM)
-            (skb.vnet_flags, skb.gso_type, skb.hdr_len, skb.gso_size,
-             skb.csum_start, skb.csum_offset) = frame.vnet
+            restore_vnet(skb, frame.vnet)
             dst.counters["rx_frames"] += 1
             dst.counters["rx_bytes"] += len(frame.data)
             out.append((dst, skb))

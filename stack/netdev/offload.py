@@ -11,6 +11,7 @@ from __future__ import annotations
 import struct
 
 from stack.wire.checksum import ones_sum
+from stack.wire.fields import ETH_HLEN
 from stack.wire.vnet import (
     VIRTIO_NET_HDR_F_DATA_VALID,
     VIRTIO_NET_HDR_F_NEEDS_CSUM,
@@ -31,7 +32,6 @@ __all__ = [
     "vnet_error", "complete_checksum",
 ]
 
-ETH_HLEN = 14
 _KNOWN_FLAGS = VIRTIO_NET_HDR_F_NEEDS_CSUM | VIRTIO_NET_HDR_F_DATA_VALID | 4  # 4: RSC_INFO
 _GSO_TYPES = (VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_UDP, VIRTIO_NET_HDR_GSO_TCPV6,
               VIRTIO_NET_HDR_GSO_UDP_L4)

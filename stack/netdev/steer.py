@@ -29,6 +29,17 @@ import os
 import platform
 import struct
 
+from stack.wire.fields import (
+    ETH_HLEN,
+    ETH_TYPE,
+    FRAME_IP_PROTO,
+    FRAME_IP_VIHL,
+    IP_FRAG,
+    TCP_DPORT,
+    TCP_SPORT,
+)
+from stack.wire.icmp import ICMP_HLEN
+
 # _IOR('T', 224, int): attach a steering program to the device of this descriptor.
 TUNSETSTEERINGEBPF = 0x800454E0
 _BPF_PROG_LOAD = 5
@@ -89,31 +100,31 @@ def port_sum_program(queues: int) -> bytes:
     quoted = [(_JEQ_K, 0, 0, t, "quoted") for t in _ICMP_ERRORS]
     return _assemble([
         (_MOV_X, 6, 1, 0, None),             # r6 = the packet
-        (_LD_ABS_H, 0, 0, 12, None),         # ethertype
+        (_LD_ABS_H, 0, 0, ETH_TYPE, None),   # ethertype
         (_JNE_K, 0, 0, _ETH_P_IP, "zero"),
-        (_LD_ABS_B, 0, 0, 14, None),         # version/IHL
+        (_LD_ABS_B, 0, 0, FRAME_IP_VIHL, None),  # version/IHL
         (_AND_K, 0, 0, 0x0F, None),
         (_LSH_K, 0, 0, 2, None),
         (_MOV_X, 7, 0, 0, None),             # r7 = IP header length
-        (_LD_ABS_H, 0, 0, 20, None),         # flags, fragment offset
+        (_LD_ABS_H, 0, 0, ETH_HLEN + IP_FRAG, None),  # flags, fragment offset
         (_JSET_K, 0, 0, 0x3FFF, "zero"),     # a fragment: no ports in most of them
-        (_LD_ABS_B, 0, 0, 23, None),         # protocol
+        (_LD_ABS_B, 0, 0, FRAME_IP_PROTO, None),  # protocol
         (_JEQ_K, 0, 0, 6, "ports"),          # TCP
         (_JEQ_K, 0, 0, 17, "ports"),         # UDP
         (_JNE_K, 0, 0, 1, "zero"),           # not ICMP
-        (_LD_IND_B, 0, 7, 14, None),         # ICMP type
+        (_LD_IND_B, 0, 7, ETH_HLEN, None),   # ICMP type
         *quoted,
         (_JA, 0, 0, 0, "zero"),              # an echo or another ICMP message
         "quoted",
-        (_LD_IND_B, 0, 7, 14 + 8, None),     # the quoted IP header's version/IHL
+        (_LD_IND_B, 0, 7, ETH_HLEN + ICMP_HLEN, None),  # the quoted IP header's version/IHL
         (_AND_K, 0, 0, 0x0F, None),
         (_LSH_K, 0, 0, 2, None),
         (_ADD_X, 7, 0, 0, None),
-        (_ADD_K, 7, 0, 8, None),             # past the ICMP header
+        (_ADD_K, 7, 0, ICMP_HLEN, None),     # past the ICMP header
         "ports",
-        (_LD_IND_H, 0, 7, 14, None),         # source port
+        (_LD_IND_H, 0, 7, ETH_HLEN + TCP_SPORT, None),  # source port
         (_MOV_X, 8, 0, 0, None),
-        (_LD_IND_H, 0, 7, 16, None),         # destination port
+        (_LD_IND_H, 0, 7, ETH_HLEN + TCP_DPORT, None),  # destination port
         (_ADD_X, 0, 8, 0, None),
         (_MUL32_K, 0, 0, _GOLDEN - (1 << 32), None),  # imm is signed; same low bits
         (_RSH32_K, 0, 0, 16, None),

@@ -7,8 +7,8 @@ import struct
 from dataclasses import dataclass
 
 from stack.wire.errors import BytesLike, WireError
+from stack.wire.fields import ETH_HLEN as ETH_HLEN
 
-ETH_HLEN = 14
 ETH_P_IP = 0x0800
 ETH_P_ARP = 0x0806
 ETH_P_IPV6 = 0x86DD

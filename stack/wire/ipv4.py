@@ -8,27 +8,29 @@ from dataclasses import dataclass
 
 from stack.wire.checksum import checksum, ones_sum
 from stack.wire.errors import BytesLike, WireError
+from stack.wire.fields import IP_CSUM as IP_CSUM
+from stack.wire.fields import IP_DST as IP_DST
+from stack.wire.fields import IP_FLAG_DF, IP_FLAG_MF, IP_FRAG_OFFSET_MASK, IP_MIN_HLEN
+from stack.wire.fields import IP_FRAG as IP_FRAG
+from stack.wire.fields import IP_PROTO as IP_PROTO
+from stack.wire.fields import IP_SRC as IP_SRC
+from stack.wire.fields import IP_TOTLEN as IP_TOTLEN
+from stack.wire.fields import IP_TTL as IP_TTL
 
 IPPROTO_ICMP = 1
 IPPROTO_TCP = 6
 IPPROTO_UDP = 17
-IPV4_MIN_HLEN = 20
+IPV4_MIN_HLEN = IP_MIN_HLEN
 IPV4_MAX_HLEN = 60
 
-# Byte offsets of fields inside the header, for in-place rewriting.
-IP_TOTLEN = 2
-IP_FRAG = 6
-IP_TTL = 8
-IP_PROTO = 9
-IP_CSUM = 10
-IP_SRC = 12
-IP_DST = 16
+# Byte offsets of fields inside the header (for in-place rewriting) are
+# stack.wire.fields'; the codec re-exports them for its callers.
 
 _IPOPT_EOL = 0
 _IPOPT_NOP = 1
-_FLAG_DF = 0x4000
-_FLAG_MF = 0x2000
-_FRAG_MASK = 0x1FFF
+_FLAG_DF = IP_FLAG_DF
+_FLAG_MF = IP_FLAG_MF
+_FRAG_MASK = IP_FRAG_OFFSET_MASK
 #: The fixed header for the fast path: version/IHL, TOS, total length, ident, flags/fragment, TTL, proto, checksum, src, dst.
 IPV4_HEADER = struct.Struct("!BBHHHBBH4s4s")
 _IPV4 = IPV4_HEADER
@@ -178,6 +180,11 @@ def ip_str(addr: bytes) -> str:
     if len(addr) != 4:
         raise ValueError(f"IPv4 address must be 4 bytes, got {len(addr)}")
     return ".".join(str(b) for b in addr)
+
+
+def endpoint_str(addr: bytes, port: int) -> str:
+    """4 bytes and a port -> ``"a.b.c.d:port"`` (logs, statistics)."""
+    return f"{ip_str(addr)}:{port}"
 
 
 def ip_bytes(text: str) -> bytes:

@@ -7,6 +7,16 @@ from dataclasses import dataclass, field
 
 from stack.wire.checksum import adjust_sum, ones_sum, pseudo_header_sum
 from stack.wire.errors import BytesLike, WireError
+from stack.wire.fields import TCP_ACK as TCP_ACK
+from stack.wire.fields import TCP_CSUM as TCP_CSUM
+from stack.wire.fields import TCP_DOFF as TCP_DOFF
+from stack.wire.fields import TCP_DPORT as TCP_DPORT
+from stack.wire.fields import TCP_FLAGS as TCP_FLAGS
+from stack.wire.fields import TCP_MIN_HLEN as TCP_MIN_HLEN
+from stack.wire.fields import TCP_SEQ as TCP_SEQ
+from stack.wire.fields import TCP_SPORT as TCP_SPORT
+from stack.wire.fields import TCP_URP as TCP_URP
+from stack.wire.fields import TCP_WIN as TCP_WIN
 
 FIN = 0x01
 SYN = 0x02
@@ -17,17 +27,8 @@ URG = 0x20
 ECE = 0x40
 CWR = 0x80
 
-# Byte offsets of header fields, for in-place rewriting.
-TCP_SPORT = 0
-TCP_DPORT = 2
-TCP_SEQ = 4
-TCP_ACK = 8
-TCP_DOFF = 12
-TCP_FLAGS = 13
-TCP_WIN = 14
-TCP_CSUM = 16
-TCP_URP = 18
-TCP_MIN_HLEN = 20
+# Byte offsets of header fields (for in-place rewriting) are stack.wire.fields'; the
+# codec re-exports them for its callers.
 TCP_MAX_OPTLEN = 40
 TCP_MAX_HLEN = TCP_MIN_HLEN + TCP_MAX_OPTLEN
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Protocol
 
 from stack.wire.errors import BytesLike, WireError
 
@@ -30,6 +31,33 @@ GSO_ECN = VIRTIO_NET_HDR_GSO_ECN
 
 #: flags, gso_type, hdr_len, gso_size, csum_start, csum_offset — for the fast path.
 VNET = struct.Struct("<BBHHHH")
+
+#: The six fields in :data:`VNET` order, as a frame kept aside stores them.
+VnetFields = tuple[int, int, int, int, int, int]
+
+
+class VnetCarrier(Protocol):
+    """Anything that carries a frame's offload metadata (an SkBuff)."""
+
+    vnet_flags: int
+    gso_type: int
+    hdr_len: int
+    gso_size: int
+    csum_start: int
+    csum_offset: int
+
+
+def save_vnet(skb: VnetCarrier) -> VnetFields:
+    """The offload metadata of ``skb``, for a copy of the frame kept for later
+    (a frame waiting for a neighbour or for a splice to start relaying)."""
+    return (skb.vnet_flags, skb.gso_type, skb.hdr_len, skb.gso_size, skb.csum_start,
+            skb.csum_offset)
+
+
+def restore_vnet(skb: VnetCarrier, fields: VnetFields) -> None:
+    """Give ``skb`` the metadata :func:`save_vnet` (or ``VNET.unpack``) returned."""
+    (skb.vnet_flags, skb.gso_type, skb.hdr_len, skb.gso_size, skb.csum_start,
+     skb.csum_offset) = fields
 
 
 @dataclass(slots=True)
