@@ -26,7 +26,7 @@ from splice.oneway import OneWay
 from splice.pair import SpliceError, SplicePair
 from splice.splicer import Splicer
 from splice.tap import Tap
-from stack.streams import Driver, TcpServer, TcpTransport, established
+from stack.streams import Driver, StackStreamReader, TcpServer, TcpTransport, established
 from stack.tcp.tcb import Tcb
 
 
@@ -39,15 +39,12 @@ def _tcb(writer: asyncio.StreamWriter) -> Tcb:
 
 def _take_buffered(writer: asyncio.StreamWriter, limit: int | None) -> bytes:
     """What the stream's reader took from the connection but the application did not
-    read (up to ``limit`` bytes, None: all), removed from it. asyncio keeps it in the
-    reader's buffer, which has no public accessor."""
-    reader = getattr(writer, "_reader", None)
-    if reader is None or not reader._buffer:
-        return b""
-    take = len(reader._buffer) if limit is None else max(0, min(limit, len(reader._buffer)))
-    data = bytes(reader._buffer[:take])
-    del reader._buffer[:take]
-    return data
+    read (up to ``limit`` bytes, None: all), removed from it (the stack's
+    StackStreamReader hands it over; SpliceError for a reader that cannot)."""
+    try:
+        return writer.transport.take_buffered(limit)
+    except ValueError as e:
+        raise SpliceError(str(e)) from None
 
 
 async def _until_done(ow: OneWay, idle_timeout: float | None) -> None:
@@ -71,13 +68,13 @@ class TapOverflow(ConnectionError):
     was reset before the end)."""
 
 
-def _stream_tap(reader: asyncio.StreamReader, limit: int, total: int | None) -> Tap:
+def _stream_tap(reader: StackStreamReader, limit: int, total: int | None) -> Tap:
     """A Tap that feeds ``reader``; bounded by ``limit`` bytes not yet read and, when
     ``total`` is given, by that many bytes in all (a cache wants at most one object)."""
     tap = Tap(0, limit=limit)
 
     def on_data(data: bytes) -> None:
-        if len(reader._buffer) + len(data) > limit or (
+        if reader.buffered_size() + len(data) > limit or (
                 total is not None and tap.delivered > total):
             tap._give_up()  # the reader is not keeping up, or has had all it wants
             return
@@ -126,7 +123,7 @@ class SpliceApi:
             self.splicer.abandon(client, self.driver.now())
             self.driver.poke()
             raise
-        reader = asyncio.StreamReader(loop=loop)
+        reader = StackStreamReader(loop=loop)
         protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
         transport = TcpTransport(server, protocol, self.driver)
         protocol.connection_made(transport)
@@ -150,7 +147,7 @@ class SpliceApi:
                 conn.abort(self.driver.now())
                 self.driver.poke()
             raise
-        reader = asyncio.StreamReader(loop=loop)
+        reader = StackStreamReader(loop=loop)
         protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
         transport = TcpTransport(conn, protocol, self.driver)
         protocol.connection_made(transport)
@@ -179,7 +176,7 @@ class SpliceApi:
         tap_obj = None
         tap_reader = None
         if tap is not None:
-            tap_reader = asyncio.StreamReader(limit=tap_limit)
+            tap_reader = StackStreamReader(limit=tap_limit)
             tap_obj = _stream_tap(tap_reader, tap_limit, tap_total)
         pair = self.splicer.splice(client, server, len(reply_to_client), now, unread=unread,
                                    tap=tap_obj, tap_direction=tap or "s2c")
@@ -219,7 +216,7 @@ class SpliceApi:
                 Splicer._force_send(tcb, unsent, now)
         tap_obj = tap_reader = None
         if tap:
-            tap_reader = asyncio.StreamReader(limit=tap_limit)
+            tap_reader = StackStreamReader(limit=tap_limit)
             tap_obj = _stream_tap(tap_reader, tap_limit, tap_total)
         try:
             ow = self.splicer.splice_one_way(src, sink, budget, now, seam=seam + extra,

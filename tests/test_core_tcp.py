@@ -121,7 +121,7 @@ def test_a_reader_with_a_small_limit_never_sees_a_false_end_of_stream():
         got = bytearray()
         while chunk := await reader.read(1000):
             got += chunk
-            while len(reader._buffer):           # drain what is there in the same turn
+            while reader.buffered_size():        # drain what is there in the same turn
                 got += await reader.read(1000)
         writer.close()
         return bytes(got)
