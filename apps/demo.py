@@ -213,7 +213,7 @@ def _http_part(cfg: LabConfig, tmp: Path, extra: list[str]) -> bool:
 def _kept_alive(cfg: LabConfig, origin: Origin, tmp: Path, page_url: str,
                 page_sha: str) -> bool:
     """Several large objects and a cached page on ONE kept-alive client connection:
-    each body is spliced one way (SPLICE.md §6), then the proxy reads the next request."""
+    each body is spliced one way (docs/splice.md §7), then the proxy reads the next request."""
     files = [origin.make_file(f"ka{i}.bin", size, random=True)
              for i, size in enumerate((64 << 20, 16 << 20, 2 << 20))]
     urls = [origin.url(f, "198.19.0.1") for f in files] + [page_url]

@@ -3,7 +3,7 @@
 At splice time each of the proxy's two TCP connections is frozen into a
 :class:`ConnSnapshot`; :func:`make_maps` turns the pair into one
 :class:`DirectionMap` per direction, holding the constant deltas that the relay adds
-to sequence, acknowledgement and timestamp values (SPLICE.md §4, §5) and the window
+to sequence, acknowledgement and timestamp values (docs/splice.md §4, §5) and the window
 scales on either side. Everything here is pure and computed once per splice.
 """
 
@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 
 from stack.seq import MASK
 
-#: Timestamps agreed on both connections: map TSval and TSecr (SPLICE.md §5).
+#: Timestamps agreed on both connections: map TSval and TSecr (docs/splice.md §5).
 TS_MAP = 0
 #: The outgoing connection did not agree on timestamps: overwrite the option with NOPs.
 TS_STRIP = 1
-#: SACK agreed on both connections: map the block edges (SPLICE.md §4).
+#: SACK agreed on both connections: map the block edges (docs/splice.md §4).
 SACK_MAP = 0
 #: The outgoing connection has no SACK: overwrite SACK options with NOPs.
 SACK_STRIP = 1
@@ -132,7 +132,7 @@ def _shift(wscale: int | None) -> int:
 def _direction(a: ConnSnapshot, b: ConnSnapshot) -> DirectionMap:
     """The map for segments that arrive on ``a`` and leave on ``b``.
 
-    SPLICE.md §4 with irs_a = a.rcv_nxt, iss_a = a.snd_nxt (and likewise for b):
+    docs/splice.md §4 with irs_a = a.rcv_nxt, iss_a = a.snd_nxt (and likewise for b):
     seq_out = seq_in - irs_a + iss_b, ack_out = ack_in - iss_a + irs_b; §5 takes the
     timestamp base points from what each connection last received and sent.
     """
@@ -158,7 +158,7 @@ def _direction(a: ConnSnapshot, b: ConnSnapshot) -> DirectionMap:
 
 
 def make_maps(client: ConnSnapshot, server: ConnSnapshot) -> tuple[DirectionMap, DirectionMap]:
-    """The (client->server, server->client) maps of a splice (SPLICE.md §4, §5).
+    """The (client->server, server->client) maps of a splice (docs/splice.md §4, §5).
 
     ValueError for a snapshot that cannot be mapped (window scale above 14, bad
     address length or port, MSS outside 1..65535).

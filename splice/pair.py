@@ -1,4 +1,4 @@
-"""The two halves of a splice and what they record (SPLICE.md §2, §4)."""
+"""The two halves of a splice and what they record (docs/splice.md §2, §4)."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ class Side:
     pending_bytes: int = 0
     #: Bytes the application may still write on this connection (client: n).
     owed: int = 0
-    #: Base points at splice time: next byte we send / expect (SPLICE.md §4).
+    #: Base points at splice time: next byte we send / expect (docs/splice.md §4).
     iss: int = 0
     irs: int = 0
     #: Rewrite for segments that leave through this interface.

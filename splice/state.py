@@ -1,4 +1,4 @@
-"""Splice states of one interface, and the one table of their transitions (SPLICE.md §2).
+"""Splice states of one interface, and the one table of their transitions (docs/splice.md §2).
 
 Each of the two connections of a splice pair (the client interface and the server
 interface) has its own state. The table maps (state, event) to the next state;
@@ -68,7 +68,7 @@ class SpliceStateError(RuntimeError):
 
 
 def next_state(state: SpliceState, event: SpliceEvent) -> SpliceState:
-    """The state after ``event`` (SPLICE.md §2)."""
+    """The state after ``event`` (docs/splice.md §2)."""
     try:
         return TRANSITIONS[(state, event)]
     except KeyError:

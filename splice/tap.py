@@ -1,4 +1,4 @@
-"""TCP Tap (SPLICE.md §6): a copy of one direction of a splice, in order, for the
+"""TCP Tap (docs/splice.md §6): a copy of one direction of a splice, in order, for the
 application (to fill a cache, say), while the relay goes on unchanged.
 
 The tap sees each relayed segment before it is rewritten: its sequence number (in the

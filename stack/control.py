@@ -115,7 +115,7 @@ def connection_row(tcb: Any, splicer: Any = None) -> dict[str, Any]:
                          "partner": _endpoints(partner.tcb) if partner is not None else None}
     ow = splicer.oneway.by_tcb.get(id(tcb)) if splicer is not None else None
     if ow is not None:
-        # A one-way splice (SPLICE.md §6): this connection is its source or its sink.
+        # A one-way splice (docs/splice.md §7): this connection is its source or its sink.
         role = "source" if ow.source is tcb else "sink"
         partner_tcb = ow.sink if ow.source is tcb else ow.source
         row["splice"] = {"role": f"one-way {role}", "state": ow.phase.value,
@@ -180,7 +180,7 @@ def counters_part(net: StackView) -> dict[str, Any]:
         "devices": {iface.name: dict(dev.counters) for iface, dev in net.devices},
         "neighbours": neigh,
         "neighbours_total": len(core.neigh),
-        # Bytes of spliced payload the stack copied (SPLICE.md promises none).
+        # Bytes of spliced payload the stack copied (docs/splice.md promises none).
         "copied_payload_bytes": splicer.counters["copied_payload_bytes"] if splicer else 0,
     }
 

@@ -132,7 +132,7 @@ class HttpProxy:
         server = await self.api.start_server(self.handle, host, port)
         self.policy = own_interface_defaults(server, self.api, host, self.policy)
         if self.splice is not None:
-            self.splice.init_splice(server)  # SPLICE.md §1.1: before any accept
+            self.splice.init_splice(server)  # docs/splice.md §1.1: before any accept
         return server
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -343,7 +343,8 @@ class HttpProxy:
         try:
             async with asyncio.timeout(self.policy.connect_timeout):
                 if splice:
-                    # intend_splice: the server SYN carries the client's options (SPLICE.md §1.2)
+                    # intend_splice: the server SYN carries the client's options
+                    # (docs/splice.md §1.2)
                     pair = await self.splice.open_connection(client.writer, ip, port)
                 elif self._may_relay(client.writer):
                     # The same options, so that a body can be spliced one way later.
@@ -562,7 +563,7 @@ class HttpProxy:
     async def _splice_body(self, origin: BufferedStream, client: BufferedStream,
                            length: int | None, capture: _Capture | None,
                            entry: Entry) -> None:
-        """A body spliced one way (SPLICE.md §6): the stack relays it from the origin
+        """A body spliced one way (docs/splice.md §7): the stack relays it from the origin
         to the client; then the client connection is ours again for its next request
         (Content-Length), or has ended with the origin's FIN (``length`` None, a
         close-delimited body). With ``capture`` a TCP Tap keeps the copy for the
@@ -600,7 +601,7 @@ class HttpProxy:
     async def _splice_request_body(self, client: BufferedStream, origin: BufferedStream,
                                    length: int) -> None:
         """A Content-Length request body (an upload) spliced one way, client to origin:
-        the other direction of the same primitive (SPLICE.md §6)."""
+        the other direction of the same primitive (docs/splice.md §7)."""
         assert self.splice is not None
         seam = bytes(client.buf[:length])
         del client.buf[:len(seam)]
@@ -717,7 +718,7 @@ def _basic_credentials(value: str | None) -> tuple[bytes | None, bytes]:
 
 
 def _spliceable(writer: asyncio.StreamWriter) -> bool:
-    """Only an ESTABLISHED client connection can be spliced (SPLICE.md §1.2)."""
+    """Only an ESTABLISHED client connection can be spliced (docs/splice.md §1.2)."""
     tcb = writer.get_extra_info("tcb")
     return tcb is not None and tcb.state.name == "ESTABLISHED"
 

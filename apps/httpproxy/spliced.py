@@ -4,9 +4,9 @@ When the client will send no further request on its connection (HTTP/1.0 without
 keep-alive, or ``Connection: close``) and the request has no body, there is nothing
 left for the proxy to read from the client once the request is forwarded: the origin
 connection is opened with intend_splice, the request written as the proxy's own data,
-and the two connections spliced (SPLICE.md §1). The stack relays the whole response;
+and the two connections spliced (docs/splice.md §1). The stack relays the whole response;
 the proxy copies no byte of it. When the response may be cached, a TCP Tap
-(SPLICE.md §6) keeps a copy, from which the cache entry is made afterwards.
+(docs/splice.md §6) keeps a copy, from which the cache entry is made afterwards.
 
 A spliced response is relayed byte for byte: its head is the origin's (no Via field is
 added, hop-by-hop fields are not removed), as in the thesis's proxy.

@@ -116,7 +116,7 @@ class SocksServer:
         server = await self.api.start_server(self.handle, host, port)
         self.policy = own_interface_defaults(server, self.api, host, self.policy)
         if self.splice is not None:
-            self.splice.init_splice(server)  # SPLICE.md §1.1: before any accept
+            self.splice.init_splice(server)  # docs/splice.md §1.1: before any accept
         return server
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -281,7 +281,7 @@ class SocksServer:
     # -- connect and reply ---------------------------------------------------------------
     def _spliceable(self, writer: asyncio.StreamWriter) -> bool:
         """A client that already half-closed (sent its FIN with the request) cannot be
-        spliced (SPLICE.md §1.2 wants it ESTABLISHED): that session is copied."""
+        spliced (docs/splice.md §1.2 wants it ESTABLISHED): that session is copied."""
         tcb = writer.get_extra_info("tcb")
         if tcb is not None and tcb.state.name == "ESTABLISHED":
             return True
@@ -307,7 +307,7 @@ class SocksServer:
             async with asyncio.timeout(self.policy.connect_timeout):
                 if splice:
                     # intend_splice: the server connection's SYN carries the client
-                    # connection's options (SPLICE.md §1.2, §5).
+                    # connection's options (docs/splice.md §1.2, §5).
                     return await self.splice.open_connection(writer, ip, address.port)
                 return await self.api.open_connection(ip, address.port)
         except TimeoutError:
@@ -366,7 +366,7 @@ class SocksServer:
     async def _splice(self, client_writer: asyncio.StreamWriter,
                       server_writer: asyncio.StreamWriter, reply: bytes, s: Session,
                       ticket: Ticket) -> None:
-        """Splice mode: the reply is the write allowance n (SPLICE.md §1.3); from then on
+        """Splice mode: the reply is the write allowance n (docs/splice.md §1.3); from then on
         the stack relays the two connections itself. Nothing waits here: the access-log
         line (with the bytes relayed) is written when both directions have ended (the
         pair's TIMEWAIT goes on in the stack without the session), so an idle spliced

@@ -40,7 +40,7 @@ Calls: ``socket(..., SOCK_STREAM, IPPROTO_TCP)``; ``setsockopt`` with
   ``htons(N)``); ``write``/``send`` (N bytes); ``read``/``recv`` (count, 0 at end of
   stream, EAGAIN, or the connection's error); ``shutdown`` (SHUT_WR, SHUT_RD,
   SHUT_RDWR); ``close``. With ``--splice``: ``init_splice(lfd)``,
-  ``intend_splice(cfd, ...) = sfd`` and ``splice(cfd, sfd, n)`` (SPLICE.md §1); a
+  ``intend_splice(cfd, ...) = sfd`` and ``splice(cfd, sfd, n)`` (docs/splice.md §1); a
   ``write`` on a client descriptor after ``splice`` writes the owed bytes.
 Options lines: ``--tolerance_usecs=N``, ``--config=key=value,...`` (TcpConfig
   fields), ``--splice``.

@@ -263,7 +263,7 @@ class Calls:
             fd.tcb.close(now)
         return 0, None
 
-    # -- splice (SPLICE.md §1) -----------------------------------------------------------
+    # -- splice (docs/splice.md §1) ------------------------------------------------------
     def _splicer(self):
         if self.r.splicer is None:
             raise UnsupportedCall("splice calls need the --splice option")

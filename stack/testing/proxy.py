@@ -92,10 +92,10 @@ async def copy_proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
 
 async def splice_proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                        ctx: ProxyContext) -> None:
-    """A proxy that splices the two connections (SPLICE.md) and waits for the end.
+    """A proxy that splices the two connections (docs/splice.md) and waits for the end.
 
     A client connection that is no longer ESTABLISHED when the proxy gets to it (the
-    client already half-closed) cannot be spliced (SPLICE.md §1): it is copied."""
+    client already half-closed) cannot be spliced (docs/splice.md §1): it is copied."""
     from splice.pair import SpliceError
     try:
         _sr, sw = await ctx.splice.open_connection(writer, *ctx.upstream)

@@ -84,8 +84,9 @@ for url in sys.argv[2:]:
 
 @pytest.mark.parametrize("loss", [None, 10], ids=["clean", "loss-1pct"])
 def test_kept_alive_connection_splices_each_large_body(lab, tmp_path: Path, loss) -> None:
-    """Four URLs on one curl connection: three large bodies spliced one way (SPLICE.md
-    §6), then a hit; with 1% loss on the client's and the origin's kernels too."""
+    """Four URLs on one curl connection: three large bodies spliced one way
+    (docs/splice.md §7), then a hit; with 1% loss on the client's and the origin's kernels
+    too."""
     stack = StackProcess(lab, "http-proxy", "--host", "origin.test=198.19.0.1",
                          "--cache-size", "16M", "--max-object", "3M",
                          log=tmp_path / "proxy.log")
@@ -174,7 +175,7 @@ http.server.ThreadingHTTPServer(("198.19.0.1", int(sys.argv[1])), Sink).serve_fo
 
 def test_uploads_on_one_kept_alive_connection_are_spliced_one_way(lab, tmp_path: Path) -> None:
     """Two large POST bodies on one curl connection: each spliced client -> origin by
-    the stack (the other direction of SPLICE.md §6), the origin's sha256 of what it
+    the stack (the other direction of docs/splice.md §7), the origin's sha256 of what it
     received equal to the file's."""
     upload = tmp_path / "up.bin"
     upload.write_bytes(os.urandom(5 << 20))

@@ -191,7 +191,7 @@ def test_loss_on_both_kernel_sides_and_faults_on_the_stack(lab, kernel_server, t
 
 
 def test_smaller_mtu_toward_the_server_splits_client_segments(lab, kernel_server, tmp_path):
-    """The server's MSS is smaller than the client's (SPLICE.md §5): client segments are
+    """The server's MSS is smaller than the client's (docs/splice.md §5.1): client segments are
     relayed as super-segments cut to the server's MSS by the kernel (gso_size)."""
     subprocess.run(["ip", "-n", lab.server_ns, "link", "set", lab.server_tap, "mtu", "1280"],
                    check=True, timeout=10)

@@ -1,4 +1,4 @@
-"""make_maps and map_window: the SPLICE.md §4/§5 base points, modes and window rules,
+"""make_maps and map_window: the docs/splice.md §4/§5 base points, modes and window rules,
 and round trips through both directions across the 2**32 wrap."""
 
 from __future__ import annotations

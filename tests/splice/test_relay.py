@@ -1,5 +1,5 @@
 """relay_rewrite: the rewritten frame is a valid segment of the other connection whose
-numbers follow SPLICE.md §4/§5, whatever the options, IP options, size and offloads."""
+numbers follow docs/splice.md §4/§5, whatever the options, IP options, size and offloads."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def incoming(a: ConnSnapshot, **kw: object) -> Segment:
 
 @dataclass
 class Expect:
-    """What SPLICE.md says a segment from a's peer must look like on b."""
+    """What docs/splice.md says a segment from a's peer must look like on b."""
 
     a: ConnSnapshot
     b: ConnSnapshot

@@ -36,7 +36,7 @@ def test_splice_proxy_under_faults(faults, data, seed):
     run = check_proxy(splice_proxy, data, faults=faults, seed=seed, splice=True)
     assert run.received == [data]
     # Spliced (and torn down after TIMEWAIT), or copied when the client had already
-    # half-closed before the proxy could intend the splice (SPLICE.md §1).
+    # half-closed before the proxy could intend the splice (docs/splice.md §1).
     sc = run.splice_counters
     assert sc.get("splices", 0) == sc.get("closed", 0) <= 1
 
