@@ -29,6 +29,8 @@ import os
 import platform
 import struct
 
+from stack.portshard import GOLDEN
+from stack.portshard import queue_of as queue_of  # the queue this program picks
 from stack.wire.fields import (
     ETH_HLEN,
     ETH_TYPE,
@@ -60,10 +62,9 @@ _INSN = struct.Struct("<BBhi")
 
 _ETH_P_IP = 0x0800
 _ICMP_ERRORS = (3, 4, 11, 12)  # unreachable, source quench, time exceeded, parameter
-# Knuth's multiplicative hash constant (2**32 / golden ratio): the port sum is mixed
+# The port sum is mixed by Knuth's multiplicative hash (GOLDEN, stack/portshard.py)
 # before the modulo, because Linux picks the ports of its connects with one parity
 # (even), which would put every connection of a client on one of two queues.
-_GOLDEN = 0x9E3779B1
 
 
 class SteeringError(OSError):
@@ -126,7 +127,7 @@ def port_sum_program(queues: int) -> bytes:
         (_MOV_X, 8, 0, 0, None),
         (_LD_IND_H, 0, 7, ETH_HLEN + TCP_DPORT, None),  # destination port
         (_ADD_X, 0, 8, 0, None),
-        (_MUL32_K, 0, 0, _GOLDEN - (1 << 32), None),  # imm is signed; same low bits
+        (_MUL32_K, 0, 0, GOLDEN - (1 << 32), None),  # imm is signed; same low bits
         (_RSH32_K, 0, 0, 16, None),
         (_MOD_K, 0, 0, queues, None),
         (_EXIT, 0, 0, 0, None),
@@ -134,11 +135,6 @@ def port_sum_program(queues: int) -> bytes:
         (_MOV_K, 0, 0, 0, None),
         (_EXIT, 0, 0, 0, None),
     ])
-
-
-def queue_of(sport: int, dport: int, queues: int) -> int:
-    """The queue the program picks for a TCP or UDP frame between these ports."""
-    return ((((sport + dport) * _GOLDEN) & 0xFFFFFFFF) >> 16) % queues
 
 
 def load_program(code: bytes) -> int:

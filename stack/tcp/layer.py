@@ -18,7 +18,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 
 from stack import seq
-from stack.netdev.steer import queue_of
+from stack.portshard import queue_of
 from stack.skbuff import SkBuff
 from stack.tcp import output
 from stack.tcp.api import (
