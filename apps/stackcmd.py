@@ -152,7 +152,7 @@ def run_stack(net: TapStack, setup: Callable[[TapStack], Awaitable[None]] | None
         net.start()
         for iface, dev in net.devices:
             log.info("%s %s/%d mac %s mtu %d offload %s", iface.name,
-                     ".".join(map(str, iface.addr)), iface.prefixlen, iface.mac.hex(":"),
+                     ip_str(iface.addr), iface.prefixlen, iface.mac.hex(":"),
                      iface.mtu, "on" if dev.offload else "off")
         if setup is not None:
             await setup(net)

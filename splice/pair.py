@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from splice.mapping import DirectionMap
 from splice.state import SpliceEvent, SpliceState, next_state
 from splice.tap import Tap
-from stack.wire.ipv4 import ip_str
+from stack.wire.ipv4 import endpoint_str, ip_str
 
 if TYPE_CHECKING:
     from stack.tcp.tcb import Tcb
@@ -111,9 +111,9 @@ class SplicePair:
         """A summary for statistics and logs."""
         def one(s: Side) -> dict:
             t = s.tcb
-            return {"state": s.state.value, "local": f"{'.'.join(map(str, t.local))}:"
-                    f"{t.local_port}", "remote": f"{'.'.join(map(str, t.remote))}:"
-                    f"{t.remote_port}", "pending": len(s.pending or ())}
+            return {"state": s.state.value, "local": endpoint_str(t.local, t.local_port),
+                    "remote": endpoint_str(t.remote, t.remote_port),
+                    "pending": len(s.pending or ())}
         return {"client": one(self.client), "server": one(self.server),
                 "counters": dict(self.counters),
                 **({"ended_by": self.ended_by} if self.ended_by else {})}

@@ -35,6 +35,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
+from stack.wire.ipv4 import ip_str
+
 log = logging.getLogger("tapsplice.control")
 
 #: Where stacks put their control sockets unless told otherwise.
@@ -74,8 +76,7 @@ def default_path(pid: int | None = None) -> Path:
 
 # -- the snapshot ---------------------------------------------------------------------
 
-def _ip(addr: bytes) -> str:
-    return ".".join(map(str, addr))
+_ip = ip_str
 
 
 def _num(value: Any) -> Any:
