@@ -87,8 +87,9 @@ class TcpConfig:
     ooo_max_segments: int = 4096     # ... and of its number of buffers
     nodelay: bool = False
     max_connections: int = 65536     # bound of the connection table (TIME_WAIT included)
-    # bound of connections in TIME-WAIT: past it the oldest one ends early, as Linux does
-    # past tcp_max_tw_buckets (otherwise 1,000 closes/s would fill the table in a minute)
+    # bound of connections in TIME-WAIT (small records, stack/tcp/timewait.py): past it
+    # the oldest one ends early, as Linux does past tcp_max_tw_buckets (otherwise 1,000
+    # closes/s would fill the table in a minute); counted as time_wait_recycled
     max_time_wait: int = 16384
     ephemeral_ports: tuple[int, int] = (32768, 60999)
     # (index, count): local ports of active opens are only those whose sum with the
@@ -96,7 +97,10 @@ class TcpConfig:
     port_shard: tuple[int, int] = (0, 1)
     challenge_ack_limit: int = 1000  # per second, RFC 5961 §7
     tso_max: int = 65535 - 40 - 60   # largest super-segment payload (64 KB - headers)
-    max_events: int = 1024           # bound of the pending event list
+    # connections (or listeners) whose events one flush fires; past it the rest stay
+    # queued in order for the next flush, counted as events_deferred. The queue itself
+    # holds each connection or listener at most once, so the tables bound it.
+    max_events: int = 1024
     tlp: bool = True                 # tail loss probes (RFC 8985 §7)
     # floor of the probe timeout (seconds): Linux arms 2*SRTT + 2 jiffies (2 ms at
     # HZ=1000); the event loop's clock has 1 ms steps

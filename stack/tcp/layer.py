@@ -20,7 +20,7 @@ from collections.abc import Callable
 from stack import seq
 from stack.portshard import queue_of
 from stack.skbuff import SkBuff
-from stack.tcp import output
+from stack.tcp import output, timewait
 from stack.tcp.api import (
     IpService,
     TcpAddressError,
@@ -36,6 +36,7 @@ from stack.tcp.state import Event
 from stack.tcp.syncookies import SynCookies, decode_ts_options, encode_ts_options
 from stack.tcp.tcb import Tcb
 from stack.tcp.timers import arm_keepalive, run_timers
+from stack.tcp.timewait import TimeWait
 from stack.wire.errors import WireError
 from stack.wire.tcp import ACK, FIN, RST, SYN, TcpHeader, TcpOptions, verify_tcp_checksum
 from stack.wire.vnet import VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM
@@ -43,6 +44,8 @@ from stack.wire.vnet import VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_
 ANY = b"\0\0\0\0"
 _CSUM_TRUSTED = VIRTIO_NET_HDR_F_NEEDS_CSUM | VIRTIO_NET_HDR_F_DATA_VALID
 Key = tuple[bytes, int, bytes, int]
+#: What the connection table holds: a whole TCB, or a TIME-WAIT record (timewait.py).
+Conn = Tcb | TimeWait
 
 
 class Listener:
@@ -108,9 +111,10 @@ class TcpLayer:
         self.ip = ip
         self.config = config or TcpConfig()
         self.rng = rng or random.Random()
-        self.connections: dict[Key, Tcb] = {}
-        #: Connections in the order they entered TIME-WAIT (note_time_wait).
-        self._time_waits: deque[Tcb] = deque()
+        self.connections: dict[Key, Conn] = {}
+        #: Connections in the order they entered TIME-WAIT (note_time_wait); at most
+        #: max_time_wait entries (some may have ended already).
+        self._time_waits: deque[Conn] = deque()
         self.listeners: dict[tuple[bytes, int], Listener] = {}
         self.counters: Counter[str] = Counter()
         def key(use: bytes) -> bytes:
@@ -122,9 +126,12 @@ class TcpLayer:
         self._ts_key = key(b"tsoffset")
         self._port_key = key(b"ports")
         self._port_counter = 0
-        self._heap: list[tuple[float, int, Tcb]] = []
+        self._heap: list[tuple[float, int, Conn]] = []
         self._tie = itertools.count()
-        self._pending: list[Tcb | Listener] = []
+        #: Connections and listeners with events to fire, oldest first; each at most
+        #: once (``_queued``), so the queue is bounded by the tables.
+        self._pending: deque[Tcb | Listener] = deque()
+        self._queued: set[Tcb | Listener] = set()
         self._firing = False
         self._ca_second = -1
         self._ca_count = 0
@@ -189,8 +196,13 @@ class TcpLayer:
             return
         payload = seg[hdr.header_len:]
         tcb = self.connections.get((dst, hdr.dport, src, hdr.sport))
-        if tcb is not None and tcb.state is TcpState.TIME_WAIT and self._time_wait_reuse(tcb, hdr):
-            tcb = None
+        if tcb is not None and tcb.state is TcpState.TIME_WAIT:
+            if timewait.reuse(self, tcb, hdr):
+                tcb = None
+            elif type(tcb) is TimeWait:
+                timewait.segment_arrives(tcb, hdr, payload, now)
+                self.after_call(tcb)
+                return
         if tcb is not None:
             if tcb.input_hook is None or not tcb.input_hook(tcb, hdr, skb, now):
                 segment_arrives(tcb, hdr, payload, now)
@@ -203,27 +215,6 @@ class TcpLayer:
             self.count("no_connection")
             self.reply_rst(dst, src, hdr, len(payload), now)
         self.flush_events()
-
-    def _time_wait_reuse(self, tcb: Tcb, hdr: TcpHeader) -> bool:
-        """A new SYN may end TIME-WAIT early (RFC 9293 §3.10.7.4 note, RFC 6191).
-
-        Only a plain SYN whose sequence number (or timestamp, when both ends use
-        them) is beyond anything of the old connection, and only for a listener.
-        """
-        if hdr.flags & (SYN | ACK | RST | FIN) != SYN:
-            return False
-        if (tcb.local, tcb.local_port) not in self.listeners and \
-                (ANY, tcb.local_port) not in self.listeners:
-            return False
-        ts = hdr.options.timestamp
-        if tcb.ts_ok and ts is not None:
-            newer = seq.gt(ts[0], tcb.ts_recent)
-        else:
-            newer = seq.gt(hdr.seq, tcb.rcv_nxt)
-        if newer:
-            self.count("time_wait_reused")
-            tcb.set_closed()
-        return newer
 
     def reply_rst(self, local: bytes, remote: bytes, hdr: TcpHeader, plen: int,
                   now: float) -> None:
@@ -311,7 +302,7 @@ class TcpLayer:
         tcb.snd_wnd = tcb.max_snd_wnd = hdr.window  # RFC 7323 §2.2: unscaled in a SYN
         tcb.snd_wl1 = hdr.seq
         tcb.snd_wl2 = iss
-        tcb.state = TcpState.SYN_RECEIVED
+        tcb.apply(Event.SYN_RCVD)
         tcb.syn_time = now
         tcb.in_syn_queue = True
         lst.syn_queue_len += 1
@@ -386,7 +377,7 @@ class TcpLayer:
         tcb.cc.set_mss(tcb.mss)
         tcb.snd_wnd = tcb.max_snd_wnd = hdr.window << tcb.snd_wscale
         tcb.snd_wl1, tcb.snd_wl2 = hdr.seq, hdr.ack
-        tcb.state = TcpState.ESTABLISHED
+        tcb.apply(Event.COOKIE_ACK)
         self._hash(tcb)
         tcb.post("established")
         self.listener_established(tcb)
@@ -433,7 +424,7 @@ class TcpLayer:
             raise TcpAddressError("address already in use")
         tcb = Tcb(self, src, sport, dst, dport, route, now)
         _init_send_seq(tcb, self.isn_gen.isn(src, sport, dst, dport, now))
-        tcb.state = TcpState.SYN_SENT
+        tcb.apply(Event.SYN_SENT)
         tcb.syn_time = now
         if setup is not None:
             setup(tcb)
@@ -443,16 +434,36 @@ class TcpLayer:
         return tcb
 
     def note_time_wait(self, tcb: Tcb) -> None:
-        """``tcb`` entered TIME-WAIT; past ``max_time_wait`` the oldest ends it now."""
+        """``tcb`` entered TIME-WAIT: the table keeps a small record in its place
+        (timewait.py), unless a splice or an input hook may want its segments; past
+        ``max_time_wait`` the oldest ends now, as Linux does past tcp_max_tw_buckets."""
+        conn: Conn = tcb
+        if tcb.hashed and tcb.splice is None and tcb.input_hook is None:
+            tw = TimeWait(tcb, tcb.timer_close if tcb.timer_close is not None
+                          else tcb.now + 2 * self.config.msl)
+            tcb.timer_close = None
+            tcb.hashed = False
+            self.connections[(tcb.local, tcb.local_port, tcb.remote, tcb.remote_port)] = tw
+            self.schedule(tw)
+            conn = tw
         q = self._time_waits
-        q.append(tcb)
+        while q and not q[0].hashed:
+            q.popleft()  # ended already (2*MSL over, reset, reused)
+        q.append(conn)
         while len(q) > self.config.max_time_wait:
             old = q.popleft()
             if old.state is TcpState.TIME_WAIT and old.hashed:
-                old.apply(Event.TIMEOUT)
-                if old.state is not TcpState.CLOSED:
-                    old.set_closed()
+                if type(old) is TimeWait:
+                    old.end(Event.TIMEOUT)
+                else:
+                    old.apply(Event.TIMEOUT)
                 self.count("time_wait_recycled")
+
+    def forget(self, tw: TimeWait) -> None:
+        """Remove an ended TIME-WAIT record from the table."""
+        key = (tw.local, tw.local_port, tw.remote, tw.remote_port)
+        if self.connections.get(key) is tw:
+            del self.connections[key]
 
     def ts_offset_for(self, local: bytes, remote: bytes) -> int:
         """Our timestamp clock's offset toward ``remote``: keyed per address pair, as
@@ -499,6 +510,10 @@ class TcpLayer:
         if tcb is None:
             self.count("icmp_no_connection")
             return
+        if isinstance(tcb, TimeWait):  # (``type`` is a parameter here)
+            # Nothing in flight: every quoted sequence number is outside [una, nxt).
+            self.count("icmp_out_of_window" if seg_seq is not None else "icmp_soft_error")
+            return
         tcb.now = now
         if seg_seq is not None and not (seq.le(tcb.snd_una, seg_seq)
                                         and seq.lt(seg_seq, tcb.snd_nxt)):
@@ -527,6 +542,10 @@ class TcpLayer:
     def unhash(self, tcb: Tcb) -> None:
         """Remove a connection from the table (it reached CLOSED or was released)."""
         if not tcb.hashed:
+            key = (tcb.local, tcb.local_port, tcb.remote, tcb.remote_port)
+            tw = self.connections.get(key)
+            if type(tw) is TimeWait and tw.tcb() is tcb:
+                tw.end(Event.DROP)  # the application aborted it in TIME-WAIT
             return
         tcb.hashed = False
         key = (tcb.local, tcb.local_port, tcb.remote, tcb.remote_port)
@@ -541,7 +560,7 @@ class TcpLayer:
                 lst.accept_queue.remove(tcb)
 
     # ------------------------------------------------------------------ timers
-    def schedule(self, tcb: Tcb) -> None:
+    def schedule(self, tcb: Conn) -> None:
         """Make sure the heap holds an entry no later than ``tcb``'s next deadline."""
         d = tcb.deadline()
         if d is None or not tcb.hashed:
@@ -562,7 +581,7 @@ class TcpLayer:
                 self._heap.append((d, next(self._tie), tcb))
         heapq.heapify(self._heap)
 
-    def _stale(self, entry: tuple[float, int, Tcb]) -> bool:
+    def _stale(self, entry: tuple[float, int, Conn]) -> bool:
         d, _, tcb = entry
         return not tcb.hashed or tcb.heap_deadline != d
 
@@ -588,7 +607,7 @@ class TcpLayer:
     def on_timer(self, now: float) -> None:
         """Run every connection timer due at ``now``."""
         heap = self._heap
-        due: list[Tcb] = []
+        due: list[Conn] = []
         while heap and heap[0][0] <= now:
             entry = heapq.heappop(heap)
             if self._stale(entry):
@@ -599,7 +618,10 @@ class TcpLayer:
         for tcb in due:
             d = tcb.deadline()
             if d is not None and d <= now:
-                run_timers(tcb, now)
+                if type(tcb) is TimeWait:
+                    tcb.expire(now)
+                else:
+                    run_timers(tcb, now)
             self.schedule(tcb)
         self.flush_events()
 
@@ -609,24 +631,33 @@ class TcpLayer:
         self._note(tcb)
 
     def _note(self, obj: Tcb | Listener) -> None:
-        if obj not in self._pending:
+        if obj not in self._queued:
+            self._queued.add(obj)
             self._pending.append(obj)
 
-    def after_call(self, tcb: Tcb) -> None:
+    def after_call(self, tcb: Conn) -> None:
         """End of an entry point: reschedule ``tcb`` and fire queued events."""
         self.schedule(tcb)
         self.flush_events()
 
     def flush_events(self) -> None:
-        """Fire queued events; callbacks may call back into TCP (queued again)."""
+        """Fire queued events; callbacks may call back into TCP (queued again).
+
+        One flush fires at most ``max_events`` connections' or listeners' events,
+        so that callbacks that keep posting cannot hold the caller forever; the
+        rest stay queued, in order, for the next flush (every entry point ends
+        with one) and are counted as ``events_deferred``.
+        """
         if self._firing:
             return
         self._firing = True
+        pending, queued = self._pending, self._queued
         try:
-            rounds = 0
-            while self._pending and rounds < self.config.max_events:
-                rounds += 1
-                obj = self._pending.pop(0)
+            rounds = self.config.max_events
+            while pending and rounds > 0:
+                rounds -= 1
+                obj = pending.popleft()
+                queued.discard(obj)
                 if isinstance(obj, Listener):
                     obj.fire()
                     continue
@@ -635,8 +666,14 @@ class TcpLayer:
                 for ev in events:
                     if cb is not None:
                         cb(obj, ev)
+            if pending:
+                self.counters["events_deferred"] += len(pending)
         finally:
             self._firing = False
+
+    def events_pending(self) -> int:
+        """Connections and listeners whose events wait for the next flush."""
+        return len(self._pending)
 
 
 def _init_send_seq(tcb: Tcb, iss: int) -> None:

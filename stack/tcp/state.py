@@ -1,8 +1,16 @@
 """The TCP state machine as one table (RFC 9293 §3.3.2, Figure 5).
 
-Every state change of a connection goes through :func:`transition`; input.py and
-tcb.py only decide *which event* happened. Resets, aborts and timeouts lead to
-CLOSED from any state and are not listed.
+Everything that changes a connection's state lives here: input.py, ack.py,
+timers.py, layer.py and tcb.py only decide *which event* happened and hand it to
+``Tcb.apply``, the one place that assigns a state. A (state, event) pair that is
+not in :data:`TRANSITIONS` raises :class:`InvalidTransition`; ``Tcb.apply`` then
+moves the connection to CLOSED (with the error recorded) rather than letting it
+half-continue in a state the table does not know.
+
+TCBs are born CLOSED: a listener is a ``Listener``, not a TCB in LISTEN, so the
+passive open of Figure 5 (LISTEN -> SYN-RECEIVED) starts here from the new TCB's
+CLOSED, and so does the SYN-cookie handshake (RFC 4987 §3.6), which builds its
+TCB only from the final ACK, straight into ESTABLISHED.
 """
 
 from __future__ import annotations
@@ -21,23 +29,34 @@ class Event(enum.Enum):
     SYN_RCVD = "SYN received (passive open, or simultaneous open)"
     SYN_ACK_RCVD = "our SYN acknowledged and the peer's SYN received"
     ACK_OF_SYN = "the ACK of our SYN-ACK"
+    COOKIE_ACK = "the ACK of a SYN cookie (RFC 4987 §3.6): the TCB is built established"
     CLOSE = "application shut down its sending side: FIN queued"
     FIN_RCVD = "the peer's FIN, in order"
     ACK_OF_FIN = "the ACK of our FIN"
     TIMEOUT = "2*MSL or FIN_WAIT_2 timer expired"
+    DROP = "reset received or sent, abort, fatal error, TIME-WAIT ended early"
 
 
-#: (state, event) -> next state. A missing pair means "no change".
+class InvalidTransition(RuntimeError):
+    """A (state, event) pair that the table does not list: a bug in the caller."""
+
+
+#: Every state a TCB can leave by DROP (RFC 9293 §3.10.5 ABORT, §3.10.7.4 RST,
+#: RFC 6191 TIME-WAIT reuse): all but CLOSED (and LISTEN, which no TCB holds).
+_DROPPABLE = (S.SYN_SENT, S.SYN_RECEIVED, S.ESTABLISHED, S.FIN_WAIT_1, S.FIN_WAIT_2,
+              S.CLOSE_WAIT, S.CLOSING, S.LAST_ACK, S.TIME_WAIT)
+
+#: (state, event) -> next state. A missing pair raises InvalidTransition.
 TRANSITIONS: dict[tuple[TcpState, Event], TcpState] = {
     (S.CLOSED, Event.SYN_SENT): S.SYN_SENT,
-    (S.LISTEN, Event.SYN_RCVD): S.SYN_RECEIVED,
+    (S.CLOSED, Event.SYN_RCVD): S.SYN_RECEIVED,         # passive open (a listener's TCB)
+    (S.CLOSED, Event.COOKIE_ACK): S.ESTABLISHED,        # SYN-cookie handshake
     (S.SYN_SENT, Event.SYN_RCVD): S.SYN_RECEIVED,       # simultaneous open
     (S.SYN_SENT, Event.SYN_ACK_RCVD): S.ESTABLISHED,
     (S.SYN_RECEIVED, Event.ACK_OF_SYN): S.ESTABLISHED,
     (S.SYN_RECEIVED, Event.CLOSE): S.FIN_WAIT_1,
     (S.ESTABLISHED, Event.CLOSE): S.FIN_WAIT_1,
     (S.CLOSE_WAIT, Event.CLOSE): S.LAST_ACK,
-    (S.SYN_RECEIVED, Event.FIN_RCVD): S.CLOSE_WAIT,
     (S.ESTABLISHED, Event.FIN_RCVD): S.CLOSE_WAIT,
     (S.FIN_WAIT_1, Event.FIN_RCVD): S.CLOSING,          # simultaneous close
     (S.FIN_WAIT_2, Event.FIN_RCVD): S.TIME_WAIT,
@@ -46,12 +65,16 @@ TRANSITIONS: dict[tuple[TcpState, Event], TcpState] = {
     (S.LAST_ACK, Event.ACK_OF_FIN): S.CLOSED,
     (S.TIME_WAIT, Event.TIMEOUT): S.CLOSED,
     (S.FIN_WAIT_2, Event.TIMEOUT): S.CLOSED,
+    **{(s, Event.DROP): S.CLOSED for s in _DROPPABLE},
 }
 
 
 def transition(state: TcpState, event: Event) -> TcpState:
-    """The state that ``event`` leads to from ``state`` (unchanged when not listed)."""
-    return TRANSITIONS.get((state, event), state)
+    """The state that ``event`` leads to from ``state``; InvalidTransition if unlisted."""
+    try:
+        return TRANSITIONS[(state, event)]
+    except KeyError:
+        raise InvalidTransition(f"no transition from {state.name} on {event.name}") from None
 
 
 #: States in which both sides' sequence numbers are known (RFC 9293 §3.10.7.4).

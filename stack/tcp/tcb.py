@@ -31,7 +31,7 @@ from stack.tcp.congestion import CongestionControl, make_congestion_control
 from stack.tcp.options import tsval, wscale_for
 from stack.tcp.rtt import RttEstimator
 from stack.tcp.sack import Scoreboard
-from stack.tcp.state import CAN_SEND, Event, transition
+from stack.tcp.state import CAN_SEND, Event, InvalidTransition, transition
 from stack.wire.tcp import FIN, TcpHeader
 
 if TYPE_CHECKING:
@@ -75,6 +75,8 @@ class Tcb:
         "autotune_start", "last_recv",
         # set by the splice layer (splice/splicer.py)
         "splice", "spliceable",
+        # a TIME-WAIT record (timewait.py) refers to its TCB weakly
+        "__weakref__",
     )
 
     def __init__(self, layer: TcpLayer, local: bytes, local_port: int, remote: bytes,
@@ -235,10 +237,14 @@ class Tcb:
         self.set_closed()
 
     def set_closed(self) -> None:
-        """Enter CLOSED: free queues, stop timers, leave the connection table."""
-        if self.state is TcpState.CLOSED and not self.hashed:
+        """Enter CLOSED (Event.DROP): free queues, stop timers, leave the connection table."""
+        if self.state is TcpState.CLOSED:
+            if self.hashed:
+                self._release()
             return
-        self.state = TcpState.CLOSED
+        self.apply(Event.DROP)
+
+    def _release(self) -> None:
         self.write_queue.purge()
         self.out_of_order_queue.purge()
         self.ooo_bytes = 0
@@ -248,17 +254,21 @@ class Tcb:
         self.post("closed")
 
     def apply(self, event: Event) -> None:
-        """Move along the state table (stack/tcp/state.py)."""
-        new = transition(self.state, event)
-        if new is self.state:
-            return
+        """Move along the state table (stack/tcp/state.py), the one place that assigns
+        ``state``. A pair the table does not list closes the connection with the
+        error recorded, then raises it (state.InvalidTransition)."""
+        try:
+            new = transition(self.state, event)
+        except InvalidTransition as e:
+            self.fail(e)
+            raise
         if log.isEnabledFor(logging.DEBUG):  # --log-level debug: one line per change
             log.debug("tcp %s:%d<->%s:%d %s -%s-> %s", ".".join(map(str, self.local)),
                       self.local_port, ".".join(map(str, self.remote)), self.remote_port,
                       self.state.name, event.name.lower(), new.name)
         self.state = new
         if new is TcpState.CLOSED:
-            self.set_closed()
+            self._release()
 
     # --------------------------------------------------------- application API
     @property

@@ -11,7 +11,7 @@ from peer import Peer
 from stack import seq as sq
 from stack.tcp.api import TcpAddressError, TcpConfig, TcpState
 from stack.tcp.layer import TcpLayer
-from stack.tcp.state import TRANSITIONS, Event, transition
+from stack.tcp.state import TRANSITIONS, Event, InvalidTransition, transition
 from stack.wire.tcp import ACK, FIN, RST, SYN, URG
 
 S = TcpState
@@ -22,7 +22,8 @@ def test_state_table_follows_rfc_figure():
     assert transition(S.CLOSE_WAIT, Event.CLOSE) is S.LAST_ACK
     assert transition(S.FIN_WAIT_1, Event.FIN_RCVD) is S.CLOSING
     assert transition(S.FIN_WAIT_2, Event.FIN_RCVD) is S.TIME_WAIT
-    assert transition(S.CLOSED, Event.FIN_RCVD) is S.CLOSED  # unlisted: no change
+    with pytest.raises(InvalidTransition):  # unlisted: an error, never "no change"
+        transition(S.CLOSED, Event.FIN_RCVD)
     assert all(v is not k[0] for k, v in TRANSITIONS.items())
 
 

@@ -39,11 +39,11 @@ def test_ephemeral_ports_toward_one_destination_are_used_in_turn():
 def test_state_changes_are_traced_at_debug_level(caplog):
     import logging
 
-    from stack.tcp.api import TcpState
+    from stack.tcp.state import Event
 
     layer = TcpLayer(Capture(), rng=random.Random(5))
     tcb = layer.connect(B, 80, 0.0)
-    tcb.state = TcpState.ESTABLISHED  # as if the handshake had completed
+    tcb.apply(Event.SYN_ACK_RCVD)  # as if the handshake had completed
     with caplog.at_level(logging.DEBUG, logger="tapsplice.tcp"):
         tcb.shutdown_write(1.0)
     assert any("ESTABLISHED -close-> FIN_WAIT_1" in r.getMessage() for r in caplog.records)
