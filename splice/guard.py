@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING
 
 from splice.state import RELAYING, SpliceState
 from stack import seq
-from stack.tcp import output
-from stack.wire.tcp import ACK, RST, TcpHeader
+from stack.tcp import lend
+from stack.wire.tcp import ACK, RST
 
 if TYPE_CHECKING:
     from splice.pair import Side
@@ -113,11 +113,9 @@ def send_challenge_ack(tcp: TcpLayer, arrived: Side, now: float) -> bool:
         field = offered_by_peer(other) >> arrived.out_map.win_out_shift
     else:
         field = seq.sub(arrived.tcb.rcv_adv, arrived.tcb.rcv_nxt) >> arrived.tcb.rcv_wscale
-    tcb = arrived.tcb
-    hdr = TcpHeader(tcb.local_port, tcb.remote_port, acked_by_peer(arrived), ack, ACK,
-                    min(max(field, 0), _M16))
     tcp.count("splice_challenge_ack")
-    output.emit(tcp, tcb.local, tcb.remote, hdr, [], 0, False, 0, now)
+    lend.send_on_behalf(arrived.tcb, acked_by_peer(arrived), ack, ACK,
+                        min(max(field, 0), _M16), now)
     return True
 
 
@@ -140,6 +138,5 @@ def reset_peer(tcp: TcpLayer, side: Side, now: float) -> None:
         if end != acked and seq.gt(end, acked):
             seqs.insert(0, end)
     for seq_ in seqs:
-        hdr = TcpHeader(tcb.local_port, tcb.remote_port, seq_, 0, RST, 0)
         tcp.count("rst_sent")
-        output.emit(tcp, tcb.local, tcb.remote, hdr, [], 0, False, 0, now)
+        lend.send_on_behalf(tcb, seq_, 0, RST, 0, now)

@@ -51,13 +51,11 @@ from splice.relay import RelayError, RelayResult, flow_frame_ip, flow_tcp_valid,
 from splice.tap import Tap
 from stack import seq
 from stack.skbuff import SkBuff
-from stack.tcp import output
+from stack.tcp import lend
 from stack.tcp.api import TcpState
-from stack.tcp.input import segment_arrives
-from stack.tcp.options import tsval
 from stack.wire import checksum as cks
 from stack.wire.ethernet import ETH_HLEN
-from stack.wire.tcp import ACK, FIN, PSH, RST, SYN, TcpHeader, tcp_checksum
+from stack.wire.tcp import ACK, FIN, RST, SYN, TcpHeader, tcp_checksum
 from stack.wire.vnet import VIRTIO_NET_HDR_F_NEEDS_CSUM
 
 if TYPE_CHECKING:
@@ -149,7 +147,8 @@ def _flow_key(tcb: Tcb) -> bytes:
 def snapshot(tcb: Tcb, snd_nxt: int, rcv_nxt: int, now: float) -> ConnSnapshot:
     """A connection frozen for the relay's maps, with its base points; relayed TSvals
     start just past its own clock."""
-    return snapshot_of(tcb, snd_nxt, rcv_nxt, seq.add(tsval(tcb, now), TS_HEADROOM_MS))
+    return snapshot_of(tcb, snd_nxt, rcv_nxt,
+                       seq.add(lend.ts_clock(tcb, now), TS_HEADROOM_MS))
 
 
 def cut(skb: SkBuff, keep: int, src: bytes, dst: bytes, *, clear_fin: bool) -> None:
@@ -225,7 +224,7 @@ class OneWaySplicer:
             tap.fin_seq = None
         for tcb in (source, sink):
             self.by_tcb[id(tcb)] = ow
-            tcb.input_hook = self._input
+            lend.lend(tcb, self._input)
         self.counters["oneway_started"] += 1
         if seam:
             self._copy(ow, seam, now)
@@ -247,7 +246,7 @@ class OneWaySplicer:
     def _input(self, tcb: Tcb, hdr: TcpHeader, skb: SkBuff, now: float) -> bool:
         ow = self.by_tcb.get(id(tcb))
         if ow is None:
-            tcb.input_hook = None
+            lend.release(tcb)
             return False
         if ow.phase is Phase.COPYING:
             if (tcb is ow.source and ow.counters["copied_bytes"] >= ow.copy_cap
@@ -255,10 +254,10 @@ class OneWaySplicer:
                     and not tcb.out_of_order_queue):
                 # Enough was copied for the sink's peer to acknowledge at once: the
                 # source's text waits (as a frame) for the relay to start.
-                self.splicer._ack_only(tcb, hdr, now)
+                lend.take_ack(tcb, hdr, now)
                 self._hold_source(ow, skb, hdr)
             else:
-                segment_arrives(tcb, hdr, skb.view()[hdr.header_len:], now)
+                lend.take_segment(tcb, hdr, skb.view()[hdr.header_len:], now)
                 if tcb is ow.source:
                     self._pull(ow, now)
             self._check(ow, now)
@@ -332,27 +331,22 @@ class OneWaySplicer:
             # duplicate data; Linux enters quick-ACK mode), and that ACK covers all.
             # (A bare segment below the window would do, but Linux rate-limits its
             # answers to those.)
-            last = sink.write_queue.last
-            if last is not None and len(last):
-                ow.probed = sink.snd_nxt
+            probed_at = sink.snd_nxt
+            if lend.probe_for_ack(sink, now):
+                ow.probed = probed_at
                 ow.counters["ack_probes"] += 1
-                output.send_segment(sink, seq.add(sink.snd_nxt, -1), ACK | PSH, now,
-                                    parts=[last.view()[-1:]], plen=1)
 
     @staticmethod
     def _sent_all(sink: Tcb, now: float) -> bool:
         """Whether everything queued on the sink has left (sent now if it may: inside
         an input batch TCP would only send at the batch's end, after our probe)."""
-        if sink.send_head is not None:
-            output.push(sink, now)
-        return sink.send_head is None and sink.snd_nxt == sink.write_seq
+        return lend.send_queued(sink, now)
 
     def _start_relaying(self, ow: OneWay, now: float) -> None:
         src, sink = ow.source, ow.sink
         for tcb in (src, sink):
-            if tcb.rcv_nxt != tcb.last_ack_sent:
-                output.send_ack(tcb, now)  # before the relayed clock takes over
-            tcb.timer_rtx = tcb.timer_delack = tcb.timer_keepalive = None
+            lend.acknowledge(tcb, now)  # before the relayed clock takes over
+            lend.silence(tcb)
         ow.src_start = ow.src_hi = src.rcv_nxt
         ow.sink_start = ow.sink_acked = sink.snd_nxt
         if ow.budget is not None:
@@ -438,7 +432,7 @@ class OneWaySplicer:
         src = ow.source
         flags = hdr.flags
         if flags & RST:
-            segment_arrives(src, hdr, skb.view()[hdr.header_len:], now)
+            lend.take_segment(src, hdr, skb.view()[hdr.header_len:], now)
             if src.state is TcpState.CLOSED:
                 self._finish(ow, "reset", now)
             return
@@ -520,7 +514,7 @@ class OneWaySplicer:
         sink = ow.sink
         flags = hdr.flags
         if flags & RST:
-            segment_arrives(sink, hdr, skb.view()[hdr.header_len:], now)
+            lend.take_segment(sink, hdr, skb.view()[hdr.header_len:], now)
             if sink.state is TcpState.CLOSED:
                 self._finish(ow, "reset", now)
                 if ow.source.state is not TcpState.CLOSED:
@@ -576,13 +570,10 @@ class OneWaySplicer:
         src_end = ow.src_end if ow.src_end is not None else ow.fin_at
         assert src_end is not None
         end = seq.add(ow.sink_start, seq.sub(src_end, ow.src_start))
-        self._set_sink_sent(sink, end)
-        src.rcv_nxt = src_end
-        if seq.lt(src.rcv_adv, src_end):
-            src.rcv_adv = src_end
-        src.last_ack_sent = src_end
-        if ow.source_ts is not None and seq.gt(ow.source_ts[0], src.ts_recent):
-            src.ts_recent, src.ts_recent_age = ow.source_ts[0], now
+        lend.advance_snd(sink, end)
+        # The source's peer had all of it acknowledged (relayed from the sink's peer).
+        lend.advance_rcv(src, src_end, now,
+                         ts_val=ow.source_ts[0] if ow.source_ts is not None else None)
         self._catch_up_clocks(ow, now)
         held, ow.held = ow.held, []
         fin = ow.source_fin
@@ -592,12 +583,11 @@ class OneWaySplicer:
             sink.shutdown_write(now)
         # What the sink's peer sent meanwhile, then the segment that ended it all.
         for hdr, text in held:
-            segment_arrives(sink, hdr, memoryview(text), now)
+            lend.take_segment(sink, hdr, memoryview(text), now)
         if not held or held[-1][0] is not last:
-            segment_arrives(sink, dataclasses.replace(last, flags=last.flags & ~FIN),
-                            memoryview(b""), now)
+            lend.take_ack(sink, last, now)   # (it has ACK: _from_sink drops the others)
         if fin is not None and src.state is not TcpState.CLOSED:
-            segment_arrives(src, fin, memoryview(b""), now)
+            lend.take_segment(src, fin, memoryview(b""), now)
         for tcb in (src, sink):
             self.tcp.schedule(tcb)
         self.tcp.flush_events()
@@ -618,19 +608,8 @@ class OneWaySplicer:
             else:
                 elapsed = int((now - peer[1]) * 1000) + TS_TRANSIT_MS
                 newest = seq.add(peer[0], m.tsval_delta + elapsed)
-                jump = max(0, seq.sub(newest, tsval(tcb, now)) + 1)
-            tcb.ts_offset = (tcb.ts_offset + jump) & 0xFFFFFFFF
-
-    @staticmethod
-    def _set_sink_sent(sink: Tcb, end: int) -> None:
-        """The sink TCB's send side as if it had sent, and seen acknowledged, up to
-        ``end`` itself."""
-        sink.snd_una = sink.snd_nxt = sink.write_seq = end
-        sink.recover = sink.rack_end = end
-        sink.dupacks = 0
-        sink.in_recovery = sink.rto_recovery = False
-        sink.tlp_end = None
-        sink._scoreboard = None
+                jump = max(0, seq.sub(newest, lend.ts_clock(tcb, now)) + 1)
+            lend.advance_ts_clock(tcb, jump)
 
     def _finish(self, ow: OneWay, outcome: str, now: float) -> None:
         if ow.phase is Phase.DONE:
@@ -639,9 +618,9 @@ class OneWaySplicer:
         if ow.phase is Phase.RELAYING and outcome != "done":
             # The sink TCB continues from the end of what was relayed (its reset is
             # then in the peer's window); nothing of the relayed range is its to resend.
-            self._set_sink_sent(ow.sink, seq.add(ow.sink_start,
-                                                 seq.sub(ow.src_hi, ow.src_start)))
-            ow.source.rcv_nxt = ow.src_hi
+            lend.advance_snd(ow.sink, seq.add(ow.sink_start,
+                                              seq.sub(ow.src_hi, ow.src_start)))
+            lend.advance_rcv(ow.source, ow.src_hi, now)
             self._catch_up_clocks(ow, now)
         ow.phase = Phase.DONE
         ow.outcome = outcome
@@ -649,11 +628,8 @@ class OneWaySplicer:
         self.stack.flows.pop(_flow_key(ow.sink), None)
         for tcb in (ow.source, ow.sink):
             self.by_tcb.pop(id(tcb), None)
-            if tcb.input_hook == self._input:
-                tcb.input_hook = None
-            if tcb.state is not TcpState.CLOSED and tcb.state is not TcpState.TIME_WAIT:
-                from stack.tcp.timers import arm_keepalive
-                arm_keepalive(tcb, now)
+            lend.release(tcb, self._input)
+            lend.resume(tcb, now)
         if ow.tap is not None:
             if outcome == "done" and copying:
                 ow.tap._end(True)

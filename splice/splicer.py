@@ -12,7 +12,6 @@ its acknowledgement, or rewrite it in place and send it out of the other interfa
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import heapq
 import itertools
@@ -28,10 +27,8 @@ from splice.state import RELAYING, SpliceEvent, SpliceState
 from splice.tap import Tap
 from stack import seq
 from stack.skbuff import SkBuff
-from stack.tcp import output
+from stack.tcp import lend
 from stack.tcp.api import TcpState
-from stack.tcp.input import segment_arrives
-from stack.tcp.options import tsval
 from stack.wire import checksum as cks
 from stack.wire.ethernet import ETH_HLEN
 from stack.wire.ipv4 import IPPROTO_TCP
@@ -54,7 +51,6 @@ def _flow_key(tcb: Tcb) -> bytes:
     return (tcb.remote + tcb.local + tcb.remote_port.to_bytes(2, "big")
             + tcb.local_port.to_bytes(2, "big"))
 _H = struct.Struct("!H")
-_NO_DATA = memoryview(b"")
 #: "rescale": windows rescaled between any scales, rounded down (SPLICE.md §5's better
 #: scheme); "thesis": the client connection's receive scale is 0 (windows toward the
 #: client clamped to 65,535), as in the thesis.
@@ -125,9 +121,7 @@ class Splicer:
         thesis = self.window_scheme == "thesis"
 
         def mark(tcb: Tcb) -> None:
-            tcb.spliceable = True
-            if thesis:
-                tcb.rcv_wscale = 0
+            lend.make_spliceable(tcb, rcv_wscale=0 if thesis else None)
         listener.tcb_setup = mark
 
     def intend_splice(self, client: Tcb, dst: bytes, dport: int, now: float) -> Tcb:
@@ -140,7 +134,7 @@ class Splicer:
                               "not ESTABLISHED")
         if len(self.pairs) >= self.max_pairs and not self._recycle_timewait(now, 1):
             raise SpliceError("too many splices")
-        server = self.tcp.connect(dst, dport, now, setup=lambda t: self._mirror(t, client))
+        server = self.tcp.connect(dst, dport, now, setup=lambda t: lend.mirror_options(t, client))
         c = Side(client, "client", S.ESTABLISHED)
         s = Side(server, "server", S.CLOSE)
         c.other, s.other = s, c
@@ -150,8 +144,7 @@ class Splicer:
             side.pair, side.seg_key, side.byte_key = pair, key + "_segments", key + "_bytes"
         for side in (c, s):
             self.sides[id(side.tcb)] = side
-            side.tcb.input_hook = self._input
-            side.tcb.splice = side
+            lend.lend(side.tcb, self._input, owner=side)
         self.counters["intended"] += 1
         return server
 
@@ -164,7 +157,7 @@ class Splicer:
         ``tap`` receives a copy of one direction (SPLICE.md §6: "s2c" is what the server
         sends, "c2s" what the client sends), from the first byte not yet read by the
         application on."""
-        c, s = self._splice_sides(client, server, n, tap_direction)
+        c, s = self.check_splice(client, server, n, tap_direction)
         pair = self.pairs[id(c)]
         # Nothing lost at the seam (§4): what one side sent and the proxy accepted but
         # did not use goes to the other side as the proxy's own data.
@@ -196,9 +189,11 @@ class Splicer:
         self.counters["splices"] += 1
         return pair
 
-    def _splice_sides(self, client: Tcb, server: Tcb, n: int,
-                      tap_direction: str) -> tuple[Side, Side]:
-        """The two sides of a splice() call, or SpliceError for a misuse."""
+    def check_splice(self, client: Tcb, server: Tcb, n: int,
+                     tap_direction: str = "s2c") -> tuple[Side, Side]:
+        """The (client, server) sides that :meth:`splice` would join, or SpliceError
+        for a misuse (SPLICE.md §1); changes nothing either way, so a caller can check
+        before it lets go of the connections."""
         c, s = self.sides.get(id(client)), self.sides.get(id(server))
         if c is None or s is None or c.other is not s or c.role != "client":
             raise SpliceError("these connections were not joined by intend_splice")
@@ -221,16 +216,11 @@ class Splicer:
         side.irs = tcb.rcv_nxt
         # Data above rcv_nxt was never acknowledged: its sender will send it again and
         # it is relayed then (RFC 2018 §8 allows dropping SACKed data).
-        tcb.out_of_order_queue.purge()
-        tcb.ooo_bytes = 0
-        if tcb.last_ack_sent != tcb.rcv_nxt:
-            # The peer must have everything below irs acknowledged: at once on a side
-            # that relays from now on; a side the proxy still writes to (PRE_SPLICED)
-            # has it carried by that data, or sent by the timer.
-            if owes:
-                tcb.timer_delack = now
-            else:
-                output.send_ack(tcb, now)
+        lend.discard_out_of_order(tcb)
+        # The peer must have everything below irs acknowledged: at once on a side that
+        # relays from now on; a side the proxy still writes to (PRE_SPLICED) has it
+        # carried by that data, or sent by the timer.
+        lend.acknowledge(tcb, now, at_once=not owes)
         return owes
 
     def write_owed(self, client: Tcb, data: bytes, now: float) -> None:
@@ -245,17 +235,12 @@ class Splicer:
         self._check_owed(side, now)
 
     # -- state of the pair ---------------------------------------------------------------
-    def _mirror(self, server: Tcb, client: Tcb) -> None:
-        """Build the server connection's SYN from the client connection (§5)."""
-        cfg = dataclasses.replace(server.config, window_scaling=client.wscale_ok,
-                                  sack=client.sack_ok, timestamps=client.ts_ok)
-        server.config = cfg
-        # The server must send segments the client can take without a split.
-        server.adv_mss = client.mss + (12 if client.ts_ok else 0)
-        if client.wscale_ok:
-            server.rcv_wscale = client.snd_wscale  # client windows pass unchanged
-        else:
-            server.rcv_wscale = 0
+    @staticmethod
+    def _mirror(server: Tcb, client: Tcb) -> None:
+        """Build the server connection's SYN from the client connection (§5): the
+        server must send segments the client can take without a split, and client
+        windows pass unchanged (the setup of splice/aio.py's connections too)."""
+        lend.mirror_options(server, client)
 
     def _snapshot(self, side: Side, now: float) -> ConnSnapshot:
         # Relayed TSvals continue from here. The proxy's own TCB may still send on a
@@ -264,7 +249,7 @@ class Splicer:
         # PAWS (RFC 7323 §5) would drop relayed segments. Echoes map back exactly, so
         # the peers' RTT samples do not see the offset.
         return snapshot_of(side.tcb, side.iss, side.irs,
-                           seq.add(tsval(side.tcb, now), TS_HEADROOM_MS))
+                           seq.add(lend.ts_clock(side.tcb, now), TS_HEADROOM_MS))
 
     def _hand_over(self, src: Side, dst: Side, data: bytes, now: float) -> None:
         if data:
@@ -275,15 +260,8 @@ class Splicer:
     def _force_send(tcb: Tcb, data: bytes, now: float) -> None:
         """Queue all of ``data`` (the send buffer grows if it must: these bytes are
         already accepted from the other peer and cannot be refused)."""
-        need = seq.sub(tcb.write_seq, tcb.snd_una) + len(data)
-        if need > tcb.sndbuf:
-            tcb.sndbuf = need
-        view = memoryview(data)
-        while view:
-            taken = tcb.send(view, now)
-            if taken <= 0:
-                raise SpliceError("the connection refused data it must carry")
-            view = view[taken:]
+        if lend.send_all(tcb, data, now) < len(data):
+            raise SpliceError("the connection refused data it must carry")
 
     def _check_owed(self, side: Side, now: float) -> None:
         if side.state is S.PRE_SPLICED and side.owed == 0 and not side.tcb.write_queue:
@@ -292,8 +270,7 @@ class Splicer:
 
     def _start_relaying(self, side: Side, now: float) -> None:
         """The interface relays from now on: its TCB falls silent; queued frames go."""
-        tcb = side.tcb
-        tcb.timer_rtx = tcb.timer_delack = tcb.timer_keepalive = tcb.timer_close = None
+        lend.silence(side.tcb)
         other = side.other
         if other is not None and other.state in RELAYING:
             # Both directions relay: segments of this pair may take the fast paths.
@@ -318,7 +295,7 @@ class Splicer:
         if side is None:
             return False
         if side.state is S.CLOSE:
-            segment_arrives(tcb, hdr, skb.view()[hdr.header_len:], now)
+            lend.take_segment(tcb, hdr, skb.view()[hdr.header_len:], now)
             if tcb.state is TcpState.ESTABLISHED:
                 side.apply(E.CONNECTED)
             elif tcb.state is TcpState.CLOSED:
@@ -338,7 +315,9 @@ class Splicer:
             side.peer_tsval = ts[0]  # a FIN's TSval judges SYNs in TIMEWAIT
         payload = len(skb) - hdr.header_len
         if side.state is S.ESTABLISHED or side.state is S.PRE_SPLICED:
-            self._ack_only(tcb, hdr, now)
+            # Its acknowledgement and window are the proxy's TCB's; its text and FIN
+            # belong to the other connection (SPLICE.md §2).
+            lend.take_ack(tcb, hdr, now)
             if payload or hdr.flags & FIN:
                 self._forward(side, skb, hdr, now)
             self._check_owed(side, now)
@@ -346,18 +325,6 @@ class Splicer:
         self._check_fin_acked(side, hdr.flags, hdr.ack, now)
         self._forward(side, skb, hdr, now)
         return True
-
-    def _ack_only(self, tcb: Tcb, hdr: TcpHeader, now: float) -> None:
-        """Let the proxy's TCB take the acknowledgement and window of a segment whose
-        text (and FIN) belong to the other connection (SPLICE.md §2: not delivered,
-        not acknowledged by the proxy)."""
-        flags = hdr.flags
-        if not flags & ACK:
-            return
-        if flags & FIN:
-            segment_arrives(tcb, dataclasses.replace(hdr, flags=flags & ~FIN), _NO_DATA, now)
-        else:
-            segment_arrives(tcb, hdr, _NO_DATA, now)
 
     def _forward(self, arrived: Side, skb: SkBuff, hdr: TcpHeader, now: float) -> None:
         out = arrived.other
@@ -497,7 +464,7 @@ class Splicer:
             return True
         # Before splice(): the TCB judges the RST itself (RFC 5961); if it takes it,
         # the pair is over and the other connection is reset too.
-        segment_arrives(side.tcb, hdr, skb.view()[hdr.header_len:], now)
+        lend.take_segment(side.tcb, hdr, skb.view()[hdr.header_len:], now)
         if side.tcb.state is TcpState.CLOSED:
             self._teardown(pair, now, abort_other=other)
         return True
@@ -566,15 +533,16 @@ class Splicer:
         pair.closed = True
         for side in pair.sides():
             tcb = side.tcb
-            tcb.input_hook = None
+            lend.release(tcb)   # it stays marked spliced: TCP leaves its end alone
             self.sides.pop(id(tcb), None)
             self.fast.pop((tcb.local, tcb.local_port, tcb.remote, tcb.remote_port), None)
             self.stack.flows.pop(_flow_key(tcb), None)
             if side is abort_other and tcb.state is not TcpState.CLOSED:
                 tcb.abort(now)
-            elif tcb.state is not TcpState.CLOSED:
-                tcb.set_closed()
-            side.state = S.CLOSED
+            else:
+                lend.close_silently(tcb)  # the peers ended it end to end
+            if side.state is not S.CLOSED:    # (after TIMEWAIT's TIMEOUT it is)
+                side.apply(E.RESET)
             if side.tap is not None:
                 side.tap.close()
             side.pending = None
@@ -616,9 +584,9 @@ class Splicer:
         pair = self.pairs[id(side)]
         pair.closed = True
         for s in pair.sides():
-            s.tcb.input_hook = None
-            s.tcb.splice = None
+            lend.release(s.tcb, disown=True)  # the application's again
             self.sides.pop(id(s.tcb), None)
+            s.apply(E.RESET)
         if pair.server.tcb.state is not TcpState.CLOSED:
             pair.server.tcb.abort(now)
         self.pairs.pop(id(side), None)

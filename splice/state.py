@@ -3,6 +3,9 @@
 Each of the two connections of a splice pair (the client interface and the server
 interface) has its own state. The table maps (state, event) to the next state;
 anything not in it is a programming error, raised as :class:`SpliceStateError`.
+Every change of an interface's state goes through it (``Side.apply``), the end of a
+pair too (RESET, or TIMEOUT after TIMEWAIT); tests/splice/test_state_table.py shows
+each row taken by the running splicer.
 """
 
 from __future__ import annotations
@@ -44,9 +47,9 @@ TRANSITIONS: dict[tuple[SpliceState, SpliceEvent], SpliceState] = {
     (S.ESTABLISHED, E.SPLICE_OWED): S.PRE_SPLICED,
     (S.ESTABLISHED, E.SPLICE_CLEAN): S.SPLICED,
     (S.PRE_SPLICED, E.OWED_DONE): S.SPLICED,
-    # A queued FIN may be relayed the moment the interface starts relaying.
-    (S.ESTABLISHED, E.FIN_OUT): S.FIN_RELAYED,
-    (S.PRE_SPLICED, E.FIN_OUT): S.FIN_RELAYED,
+    # A FIN leaves only an interface that relays: a queued one is relayed after the
+    # interface became SPLICED (splice() and OWED_DONE move it first), never straight
+    # from ESTABLISHED or PRE_SPLICED.
     (S.SPLICED, E.FIN_OUT): S.FIN_RELAYED,
     (S.FIN_RELAYED, E.FIN_OUT): S.FIN_RELAYED,       # a retransmitted FIN
     (S.FIN_RELAYED, E.FIN_ACKED): S.SHUTDOWN,

@@ -245,11 +245,41 @@ def test_misuse_raises_and_changes_nothing():
         with pytest.raises(SpliceError):
             w.splicer.splice(client, server, 0, now)   # server not connected yet
         with pytest.raises(SpliceError):
+            w.splicer.check_splice(client, server, 0, "s2c")  # the same judgement
+        with pytest.raises(SpliceError):
             w.splicer.write_owed(client, b"x", now)    # nothing owed
         assert len(w.splicer.pairs) == 1 and server.state is TcpState.SYN_SENT
         writer.close()
 
     simulate(body)
+
+
+def test_check_splice_judges_a_splice_and_changes_nothing():
+    checked = []
+
+    async def body(w: World):
+        async def check(server_writer):
+            server = server_writer.transport.get_extra_info("tcb")
+            s_side = w.splicer.sides[id(server)]
+            client = s_side.other.tcb
+            before = (s_side.state, s_side.other.state, client.snd_nxt, server.snd_nxt,
+                      len(w.splicer.pairs), dict(w.splicer.counters))
+            for args in ((client, server, -1, "s2c"), (client, server, 0, "sideways"),
+                         (server, client, 0, "s2c"), (client, client, 0, "s2c")):
+                with pytest.raises(SpliceError):
+                    w.splicer.check_splice(*args)
+            c, s = w.splicer.check_splice(client, server, 3, "c2s")
+            assert (c.tcb, s.tcb) == (client, server)
+            after = (s_side.state, s_side.other.state, client.snd_nxt, server.snd_nxt,
+                     len(w.splicer.pairs), dict(w.splicer.counters))
+            assert after == before
+            checked.append(True)
+        w.before_splice = check
+        reader, writer = await connect(w)
+        assert await exchange(reader, writer, b"ping") == b"ping"
+
+    simulate(body)
+    assert checked
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
