@@ -42,6 +42,7 @@ from typing import Any
 from stack.netdev.steer import attach_steering
 from stack.skbuff import SkBuff
 from stack.wire.ethernet import ETH_HLEN, random_mac
+from stack.wire.fields import ETH_TYPE
 
 log = logging.getLogger("tapsplice.workers")
 
@@ -156,7 +157,7 @@ class ArpShare:
 
     def _tee(self, iface: Any, skb: SkBuff) -> None:
         d = skb.data
-        if skb.buf[d + 12:d + 14] != _ETH_ARP:
+        if skb.buf[d + ETH_TYPE:d + ETH_HLEN] != _ETH_ARP:
             return
         msg = bytes((iface.index,)) + bytes(skb.buf[d:skb.tail])
         for s in self.seat.arp_socks:

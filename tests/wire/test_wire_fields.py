@@ -30,6 +30,7 @@ CONVERTED = [
     "stack/netdev/steer.py",
     "stack/netdev/tap.py",
     "stack/netdev/taplock.py",
+    "stack/workers.py",
     "splice/relay.py",
 ]
 
