@@ -21,6 +21,7 @@ from tools.bench.tcp import (
     DEFAULT_HOLD,
     DEFAULT_LOSS_SIZE,
     DEFAULT_SIZE,
+    DEFAULT_TIME_WAIT,
     EXPERIMENTS,
     QUICK,
     Experiment,
@@ -56,6 +57,7 @@ def test_defaults_are_the_full_benchmark() -> None:
     assert (plan.size, plan.loss_size, plan.repeats) == (DEFAULT_SIZE, DEFAULT_LOSS_SIZE, 3)
     assert plan.hold == DEFAULT_HOLD
     assert plan.loss_per_mille == 10
+    assert plan.time_wait == DEFAULT_TIME_WAIT == 16384
 
 
 def test_quick_fills_only_what_was_not_given() -> None:
@@ -63,6 +65,8 @@ def test_quick_fills_only_what_was_not_given() -> None:
     assert (plan.size, plan.loss_size, plan.connections) == (
         QUICK["size"], QUICK["loss_size"], QUICK["connections"])
     assert plan.repeats == 1 and plan.hold == QUICK["hold"]
+    assert plan.time_wait == QUICK["time_wait"]
+    assert plan_of("--quick", "--time-wait", "77").time_wait == 77
     plan = plan_of("--quick", "--size", "32M", "--repeats", "2", "--hold", "50")
     assert plan.size == 32 << 20 and plan.repeats == 2 and plan.hold == (50,)
     assert plan.loss_size == QUICK["loss_size"]
@@ -99,8 +103,9 @@ def test_bad_options_are_rejected(argv: list[str], capsys: pytest.CaptureFixture
 
 def test_sample_count_for_the_progress_bar() -> None:
     plan = plan_of("--repeats", "2", "--hold", "10", "--hold", "20")
-    # Two paths per experiment, except memory (one path per held count).
-    assert plan.samples() == 2 * 2 * 5 + 2 * 2
+    # Two paths per experiment (time-wait: record and whole Tcb), except memory (one
+    # path per held count).
+    assert plan.samples() == 2 * 2 * 6 + 2 * 2
 
 
 # -- statistics and result shaping -------------------------------------------
@@ -257,6 +262,32 @@ def test_memory_restarts_the_stack_and_checks_every_connection_held() -> None:
     assert stack.restarts == 4 + 1 and [s.values for s in exp.series] == [[2048.0] * 2] * 2
     r, *_ = runner(plan, hold=fake_hold(still_short=1))
     with pytest.raises(TransferError, match="held 4 of 5"):
+        r.run()
+
+
+def test_time_wait_step_measures_records_against_whole_tcbs() -> None:
+    n = 300
+    plan = plan_of("--only", "time-wait", "--repeats", "1", "--time-wait", str(n))
+    r, *_ = runner(plan)  # the real simulated run, small
+    (exp,) = r.run()
+    record, tcb = exp.series
+    assert (record.name, tcb.name) == ("record", "tcb")
+    for ser, kind in ((record, "record"), (tcb, "tcb")):
+        (raw,) = ser.raw
+        assert raw["kind"] == kind and raw["connections"] == n
+        assert raw["bytes_per_connection"] == ser.values[0] > 0
+        assert raw["total_bytes"] == pytest.approx(raw["bytes_per_connection"] * n)
+        assert raw["bytes_for_16384"] == round(raw["bytes_per_connection"] * 16384)
+    # the record is what TIME-WAIT is for: smaller than a whole closed Tcb
+    assert record.values[0] < tcb.values[0]
+    assert "16,384" not in exp.note and f"{n:,}" in exp.note
+
+
+def test_time_wait_step_rejects_a_run_that_lost_connections() -> None:
+    plan = plan_of("--only", "time-wait", "--repeats", "1", "--time-wait", "10")
+    r, *_ = runner(plan, time_wait=lambda n, whole: {"connections": n - 1,
+                                                      "bytes_per_connection": 1.0})
+    with pytest.raises(TransferError, match="9 of 10 in TIME-WAIT"):
         r.run()
 
 
@@ -429,5 +460,6 @@ def test_bench_tcp_quick_run_end_to_end(tmp_path: Any) -> None:
                 if exp["name"] == "memory":
                     assert raw["still_established"] == raw["established"] == 150
         names = {s["name"] for s in exp["series"]}
-        assert names == ({"stack-150"} if exp["name"] == "memory" else {"stack", "kernel"})
+        expected = {"memory": {"stack-150"}, "time-wait": {"record", "tcb"}}
+        assert names == expected.get(exp["name"], {"stack", "kernel"})
     assert all(p["exit_code"] == 0 for p in report["stack_processes"])

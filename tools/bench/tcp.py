@@ -9,6 +9,10 @@ Experiments (names for ``--only``):
   server's close), connections per second;
 * ``memory``      — the stack's VmRSS growth per idle established connection,
   holding 1,000 and 10,000 connections (no kernel baseline);
+* ``time-wait``   — bytes the stack keeps per connection in TIME-WAIT and in all
+  for ``--time-wait`` (16,384, the default max_time_wait) of them: tracemalloc
+  over a simulated run of the TCP layer (no namespaces), a TIME-WAIT record
+  (stack/tcp/timewait.py) against the baseline of a whole closed Tcb;
 * ``loss-in``, ``loss-out`` — the bulk transfers again with random loss of the
   client namespace's TCP packets (nftables), on both sides alike; 256 MiB per
   transfer unless ``--full``. nftables sees packets as the kernel handles them
@@ -24,8 +28,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as _dt
+import gc
+import random
 import sys
 import time
+import tracemalloc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +42,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from stack.skbuff import SkBuff
+from stack.tcp.api import RouteInfo, TcpConfig, TcpState
+from stack.tcp.layer import TcpLayer
+from stack.wire.tcp import ACK, FIN, SYN, TcpHeader, TcpOptions, build_segment
 from tools.bench import args as argtypes
 from tools.bench.harness import (
     MAX_REPEATS,
@@ -57,6 +68,8 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
     "bulk-out": ("Bulk transfer, the stack sends (chargen)", "MB/s"),
     "connections": ("Connections opened and closed one after another", "conn/s"),
     "memory": ("Memory per idle established connection (VmRSS growth)", "bytes/conn"),
+    "time-wait": ("Memory per connection in TIME-WAIT (tracemalloc, simulated)",
+                  "bytes/conn"),
     "loss-in": ("Bulk transfer under loss, the stack receives", "MB/s"),
     "loss-out": ("Bulk transfer under loss, the stack sends", "MB/s"),
 }
@@ -66,8 +79,9 @@ DEFAULT_LOSS_SIZE = 256 << 20
 DEFAULT_CONNECTIONS = 2000
 DEFAULT_HOLD = (1000, 10000)
 DEFAULT_LOSS_PER_MILLE = 10
+DEFAULT_TIME_WAIT = 16384
 QUICK = {"size": 16 << 20, "loss_size": 8 << 20, "connections": 200, "hold": (200,),
-         "repeats": 1}  # fmt: skip
+         "repeats": 1, "time_wait": 1000}  # fmt: skip
 MAX_CONNECTIONS = 100_000
 DEFAULT_MAX_SECONDS = 3600.0
 
@@ -84,6 +98,7 @@ class Plan:
     repeats: int
     loss_per_mille: int
     max_seconds: float
+    time_wait: int = DEFAULT_TIME_WAIT
 
     def samples(self) -> int:
         """How many samples the run takes (for the progress bar)."""
@@ -122,7 +137,7 @@ def resolve_plan(args: argparse.Namespace) -> Plan:
     return Plan(select_experiments(args.only), size, loss_size,
                 pick("connections", DEFAULT_CONNECTIONS),
                 tuple(sorted(set(hold))), pick("repeats", 3), args.loss_per_mille,
-                args.max_seconds)  # fmt: skip
+                args.max_seconds, pick("time_wait", DEFAULT_TIME_WAIT))  # fmt: skip
 
 
 @dataclass
@@ -230,6 +245,7 @@ class Side(Protocol):
 
 
 ClientFn = Callable[[str, str, str, int, int, float], dict[str, Any]]
+TimeWaitFn = Callable[[int, bool], dict[str, Any]]
 SampleHook = Callable[[str, str, float], None]
 
 
@@ -251,8 +267,10 @@ class Runner:
                  loss: Callable[[str, int | None], None],
                  drops: Callable[[str], int] = lambda ns: 0,
                  on_sample: SampleHook | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+                 clock: Callable[[], float] = time.monotonic,
+                 time_wait: TimeWaitFn | None = None) -> None:  # fmt: skip
         self.plan, self.stack, self.kernel = plan, stack, kernel
+        self.time_wait = time_wait or time_wait_memory
         self.client, self.hold, self.loss, self.drops = client, hold, loss, drops
         self.on_sample = on_sample
         self.clock = clock
@@ -362,6 +380,104 @@ class Runner:
         # Later experiments get a process without the held connections' aftermath.
         self.stack.restart()
 
+    def _time_wait(self, exp: Experiment) -> None:
+        n = self.plan.time_wait
+        exp.note = ("tracemalloc over a simulated run of the TCP layer: what the stack keeps "
+                    "per connection in TIME-WAIT (table, timer heap, record); baseline: "
+                    f"the same connections kept as whole closed Tcbs; totals for {n:,} "
+                    "in the JSON")  # fmt: skip
+        series = [Series("record", "TIME-WAIT record", f"{n:,} in TIME-WAIT"),
+                  Series("tcb", "whole closed Tcb (baseline)", f"{n:,} in TIME-WAIT")]
+        exp.series.extend(series)
+        for i in range(self.plan.repeats):
+            for ser, whole in zip(series, (False, True), strict=True):
+                self._tick(f"time-wait {ser.name} #{i}")
+                rep = self.time_wait(n, whole)
+                if rep["connections"] != n:
+                    raise TransferError(f"{rep['connections']} of {n} in TIME-WAIT")
+                self._record(exp, ser, float(rep["bytes_per_connection"]), rep)
+
+
+# -- TIME-WAIT memory (simulated) ----------------------------------------------
+_TW_LOCAL = bytes([198, 19, 0, 2])
+
+
+class _Wire:
+    """The IP layer of the simulated run: every address is on the link; remembers
+    only the header of the last segment sent (what the scripted peer answers)."""
+
+    def __init__(self) -> None:
+        self.last: TcpHeader | None = None
+
+    def route(self, dst: bytes) -> RouteInfo:
+        return RouteInfo(_TW_LOCAL, 1500, False)
+
+    def ip_output(self, src: bytes, dst: bytes, proto: int, skb: SkBuff, now: float, *,
+                  df: bool = True) -> bool:
+        self.last = TcpHeader.parse(skb.view())
+        return True
+
+
+def _keep_whole(tcb: Any, hdr: Any, skb: Any, now: float) -> bool:
+    return False  # an input hook that takes nothing: TCP keeps the whole Tcb (timewait.py)
+
+
+def _to_time_wait(layer: TcpLayer, wire: _Wire, lst: Any, remote: bytes, port: int,
+                  now: float, whole: bool) -> None:
+    """One connection from a scripted peer: handshake, our close, its FIN: TIME-WAIT."""
+    def feed(seq_: int, ack: int, flags: int, **opts: Any) -> TcpHeader:
+        hdr = TcpHeader(port, 80, seq_, ack, flags, 65535, options=TcpOptions(**opts))
+        skb = SkBuff.from_bytes(build_segment(remote, _TW_LOCAL, hdr), headroom=64)
+        layer.input(skb, remote, _TW_LOCAL, now)
+        assert wire.last is not None
+        return wire.last
+    synack = feed(1000, 0, SYN, mss=1460, wscale=7, sack_permitted=True, timestamp=(1, 0))
+    tsecr = synack.options.timestamp[0] if synack.options.timestamp else 0
+    feed(1001, synack.seq + 1, ACK, timestamp=(2, tsecr))
+    tcb = lst.accept()
+    if whole:
+        tcb.input_hook = _keep_whole
+    tcb.close(now)
+    fin = wire.last
+    assert fin is not None and fin.flags & FIN
+    feed(1001, fin.seq + 1, FIN | ACK, timestamp=(3, tsecr))
+
+
+def time_wait_memory(count: int, whole_tcb: bool = False) -> dict[str, Any]:
+    """Bytes the TCP layer keeps for ``count`` connections in TIME-WAIT: traced
+    allocations (tracemalloc) after the run less before it, every other reference
+    dropped and the timer heap's stale entries gone. ``whole_tcb`` keeps each as a
+    whole closed Tcb, as the layer did before TIME-WAIT records."""
+    cfg = TcpConfig(max_time_wait=count, max_connections=count + 16)
+    started = time.monotonic()
+    tracing = tracemalloc.is_tracing()
+    if not tracing:
+        tracemalloc.start()
+    try:
+        wire = _Wire()
+        layer = TcpLayer(wire, config=cfg, rng=random.Random(1))
+        lst = layer.listen(_TW_LOCAL, 80, backlog=128)
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        now = 0.0
+        for i in range(count):
+            now = i * 1e-4  # all inside 2*MSL
+            remote = bytes([198, 18, 1 + i // 60000, 1])
+            _to_time_wait(layer, wire, lst, remote, 1024 + i % 60000, now, whole_tcb)
+        wire.last = None
+        layer.on_timer(now + 5.0)  # retransmission timers long stopped leave the heap
+        gc.collect()
+        total = tracemalloc.get_traced_memory()[0] - before
+        held = sum(1 for c in layer.connections.values() if c.state is TcpState.TIME_WAIT)
+    finally:
+        if not tracing:
+            tracemalloc.stop()
+    per = total / count
+    return {"connections": held, "kind": "tcb" if whole_tcb else "record",
+            "total_bytes": total, "bytes_per_connection": per,
+            f"bytes_for_{DEFAULT_TIME_WAIT}": round(per * DEFAULT_TIME_WAIT),
+            "seconds": time.monotonic() - started}
+
 
 # -- command line ------------------------------------------------------------
 _size = argtypes.size
@@ -392,6 +508,9 @@ def add_tcp_parser(sub: Any) -> argparse.ArgumentParser:
                    default=None, metavar="N",
                    help="idle connections to hold for the memory figure (repeatable; "
                    "default 1000 and 10000)")  # fmt: skip
+    p.add_argument("--time-wait", type=_bounded_int(1, MAX_CONNECTIONS), default=None,
+                   metavar="N", help="connections in TIME-WAIT for the time-wait figure "
+                   f"(default {DEFAULT_TIME_WAIT})")  # fmt: skip
     p.add_argument("--loss-per-mille", type=_bounded_int(1, 500), default=DEFAULT_LOSS_PER_MILLE,
                    help="random loss in 1/1000 (default 10, i.e. 1%%)")  # fmt: skip
     p.add_argument("--repeats", type=_bounded_int(1, MAX_REPEATS), default=None,
