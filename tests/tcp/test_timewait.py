@@ -10,6 +10,7 @@ import pytest
 from harness import A, B
 from peer import Peer
 
+from apps.stat import connection_lines
 from stack import seq as sq
 from stack.control import connection_row
 from stack.tcp.api import TcpConfig, TcpState
@@ -149,6 +150,9 @@ def test_stat_lists_the_record_in_time_wait():
     row = connection_row(p.layer.connections[KEY])
     assert row["state"] == "TIME_WAIT" and row["local_port"] == 80
     assert row["remote_port"] == 5000 and row["unacked"] == 0
+    lines = connection_lines({"connections": [row], "connections_matched": 1})
+    assert lines[2].split() == ["TIME_WAIT", "198.18.0.1:80", "198.18.0.2:5000"]
+    assert "rtt:-/- rto:-" in lines[3] and "timestamps" in lines[3]
 
 
 def test_icmp_about_a_time_wait_connection_is_out_of_window():
