@@ -9,7 +9,7 @@ from peer import Peer
 
 from stack import seq as sq
 from stack.tcp import lend
-from stack.tcp.api import TcpConfig, TcpState
+from stack.tcp.api import TcpAborted, TcpConfig, TcpState
 from stack.wire.tcp import ACK, FIN, PSH, RST, TcpHeader
 
 S = TcpState
@@ -247,10 +247,10 @@ def test_send_all_grows_the_send_buffer_to_take_everything():
     assert sq.sub(tcb.write_seq, tcb.snd_una) == len(data) and tcb.sndbuf >= len(data)
 
 
-def test_send_all_counts_what_a_shut_connection_refuses():
+def test_send_all_on_an_aborted_connection_raises_its_error():
     p, tcb = established()
     tcb.abort(0.2)
-    with pytest.raises(Exception):  # noqa: B017 - the connection's own error
+    with pytest.raises(TcpAborted):
         lend.send_all(tcb, b"x", 0.3)
 
 
