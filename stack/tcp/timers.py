@@ -62,10 +62,9 @@ def reo_timeout(tcb: Tcb, now: float) -> None:
 
 
 def close_timeout(tcb: Tcb) -> None:
-    """TIME-WAIT's 2*MSL (or an orphan's FIN-WAIT-2 lifetime) is over."""
+    """TIME-WAIT's 2*MSL (or an orphan's FIN-WAIT-2 lifetime) is over: the close
+    timer is armed in no other state, and the table takes both to CLOSED."""
     tcb.apply(Event.TIMEOUT)
-    if tcb.state is not S.CLOSED:
-        tcb.set_closed()
 
 
 def rtx_timeout(tcb: Tcb, now: float) -> None:
