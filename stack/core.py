@@ -490,7 +490,7 @@ class Stack:
         is_err = False
         ihl = (original[0] & 15) * 4
         if proto == wip.IPPROTO_ICMP and len(original) > ihl:
-            is_err = original[ihl] not in (wicmp.ECHO_REQUEST, wicmp.ECHO_REPLY, 13, 14, 15, 16)
+            is_err = original[ihl] not in wicmp.QUERY_TYPES
         dst = bytes(original[IP_DST:IP_MIN_HLEN])
         bcast = dst[0] >= 224 or dst == b"\xff\xff\xff\xff" or dst == iface.broadcast
         if not sicmp.may_send_error(src, bcast, is_err, frag_off):

@@ -15,6 +15,14 @@ REDIRECT = 5
 ECHO_REQUEST = 8
 TIME_EXCEEDED = 11
 PARAMETER_PROBLEM = 12
+TIMESTAMP = 13
+TIMESTAMP_REPLY = 14
+INFO_REQUEST = 15
+INFO_REPLY = 16
+#: Query messages (RFC 792): an error about one of these is allowed, unlike one about
+#: an error (RFC 1122 §3.2.2).
+QUERY_TYPES = frozenset({ECHO_REQUEST, ECHO_REPLY, TIMESTAMP, TIMESTAMP_REPLY, INFO_REQUEST,
+                         INFO_REPLY})
 
 UNREACH_NET = 0
 UNREACH_HOST = 1
