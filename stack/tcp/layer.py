@@ -648,10 +648,11 @@ class TcpLayer:
         rest stay queued, in order, for the next flush (every entry point ends
         with one) and are counted as ``events_deferred``.
         """
-        if self._firing:
-            return
+        pending = self._pending
+        if self._firing or not pending:
+            return  # (most entry points: nothing queued)
         self._firing = True
-        pending, queued = self._pending, self._queued
+        queued = self._queued
         try:
             rounds = self.config.max_events
             while pending and rounds > 0:
