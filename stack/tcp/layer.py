@@ -4,8 +4,10 @@
 listeners (keyed by address and port, each with a bounded SYN queue and accept
 queue; SYN cookies when the SYN queue is full, RFC 4987), answers segments for no
 connection with a RST (RFC 9293 §3.10.7.1) and keeps one timer heap for all
-connections. Application callbacks are queued and fired once TCP state is
-consistent again, never from the middle of an update.
+connections. A connection in TIME-WAIT is a small record in the table
+(timewait.py), not its Tcb. Application callbacks are queued (each connection or
+listener once, oldest first) and fired once TCP state is consistent again, never
+from the middle of an update.
 """
 
 from __future__ import annotations
