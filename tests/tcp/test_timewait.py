@@ -160,3 +160,24 @@ def test_icmp_about_a_time_wait_connection_is_out_of_window():
     tcb, _ = time_wait(p)
     p.layer.icmp_error(A, B, 80, 5000, 3, 4, 3.0, mtu=1000, seg_seq=tcb.snd_nxt)
     assert p.layer.counters["icmp_out_of_window"] == 1 and KEY in p.layer.connections
+
+
+
+def test_a_tcb_lent_to_an_input_hook_keeps_its_whole_time_wait():
+    p = Peer()
+    _, tcb, _ = p.accept_connection()
+    seen: list[int] = []
+
+    def hook(t, hdr, skb, now) -> bool:
+        seen.append(hdr.flags)
+        return False  # TCP goes on with the segment
+
+    tcb.input_hook = hook
+    tcb.shutdown_write(1.0)
+    (fin,) = p.take()
+    p.send(FIN | ACK, ack=sq.add(fin.hdr.seq, 1), now=1.1)
+    assert tcb.state is S.TIME_WAIT and p.layer.connections[KEY] is tcb
+    (again,) = p.send(FIN | ACK, seq=1001, advance=False, now=2.0)
+    assert again.flags == ACK and seen == [FIN | ACK, FIN | ACK]
+    p.tick(70.0)
+    assert tcb.state is S.CLOSED and not p.layer.connections
