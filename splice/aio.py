@@ -2,7 +2,7 @@
 
 ::
 
-    splice = SpliceApi(splicer, driver)
+    splice = SpliceApi.attach(net)                          # net: a TapStack
     server = await api.start_server(handle, "198.18.0.2", 1080)
     splice.init_splice(server)
     ...
@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 from collections.abc import Callable
+from typing import Any
 
 from splice.oneway import OneWay
 from splice.pair import SpliceError, SplicePair
@@ -91,7 +92,27 @@ def _stream_tap(reader: StackStreamReader, limit: int, total: int | None) -> Tap
 
 
 class SpliceApi:
-    """asyncio-level splice calls on top of a :class:`Splicer`."""
+    """asyncio-level splice calls on top of a :class:`Splicer`; :meth:`attach` makes
+    one for a stack."""
+
+    @classmethod
+    def attach(cls, net: Any, *, window_scheme: str = "rescale",
+               **options: Any) -> SpliceApi:
+        """Add a splice layer to a stack and return its API. ``net`` is a TapStack
+        (stack/aio.py), or a stack's TcpApi (stack/streams.py; on the simulated network
+        splice/testing/sim.py does this per host): anything with ``tcp`` (the
+        TcpLayer) and ``driver``. ``window_scheme`` and ``options`` (``idle_timeout``,
+        ``max_pairs``, ...) go to the :class:`Splicer`. A TapStack learns its splicer
+        (``net.splicer``: sessions, drain, counters, the control socket); it takes one
+        splice layer only (ValueError for a second)."""
+        if getattr(net, "splicer", None) is not None:
+            raise ValueError("this stack has a splice layer already")
+        tcp = net.tcp
+        stack = getattr(net, "stack", None) or tcp.ip
+        splicer = Splicer(stack, tcp, window_scheme=window_scheme, **options)
+        if hasattr(net, "splicer"):
+            net.splicer = splicer
+        return cls(splicer, net.driver)
 
     def __init__(self, splicer: Splicer, driver: Driver) -> None:
         self.splicer = splicer

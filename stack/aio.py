@@ -332,10 +332,10 @@ class TapStack:
         for iface, dev in self.devices:
             self.driver.attach(iface, dev)
         self.api = TcpApi(self.tcp, self.driver)
+        #: The splice layer on this stack, if any: set by the layer above when it
+        #: attaches (splice.aio.SpliceApi.attach(net)); read here for sessions, the
+        #: drain and the counters, and by the control socket.
         self.splicer = None
-        self._splice_api = None
-        #: How the splice maps windows (splice/splicer.py WINDOW_SCHEMES).
-        self.window_scheme = "rescale"
         self.open_connection = self.api.open_connection
         self.start_server = self.api.start_server
         self.create_connection = self.api.create_connection
@@ -344,8 +344,6 @@ class TapStack:
         self.control_path = control
         self.control = None
         self.arp_share = None
-        #: Keyword arguments for the Splicer made on first use (e.g. idle_timeout).
-        self.splice_options: dict = {}
         #: Seconds a stop signal lets running sessions finish before the rest are reset
         #: (see :meth:`drain`); a second signal cuts it short.
         self.drain_period = DEFAULT_DRAIN
@@ -354,17 +352,6 @@ class TapStack:
         self._drain_task: asyncio.Task | None = None
         self._drain_cut = asyncio.Event()
         self.driver.on_signal = self._on_signal
-
-    @property
-    def splice_api(self):
-        """The splice layer of this stack (splice/aio.py SpliceApi), made on first use."""
-        if self._splice_api is None:
-            from splice.aio import SpliceApi
-            from splice.splicer import Splicer
-            self.splicer = Splicer(self.stack, self.tcp, window_scheme=self.window_scheme,
-                                   **self.splice_options)
-            self._splice_api = SpliceApi(self.splicer, self.driver)
-        return self._splice_api
 
     def start(self) -> None:
         """Start reading the devices (inside a running event loop)."""

@@ -78,7 +78,6 @@ class SimDriver:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self.apis: dict[int, TcpApi] = {}
-        self.splice_apis: dict[int, object] = {}
         net.clock.advance_to(loop.time())
 
     def now(self) -> float:
@@ -93,16 +92,6 @@ class SimDriver:
             stack.register_protocol(IPPROTO_TCP, layer)
             api = self.apis[id(stack)] = TcpApi(layer, self)
         return api
-
-    def splice(self, stack: Stack):
-        """The asyncio splice API of ``stack`` (splice/aio.py), made on first use."""
-        api = self.tcp(stack)
-        sp = self.splice_apis.get(id(stack))
-        if sp is None:
-            from splice.aio import SpliceApi
-            from splice.splicer import Splicer
-            sp = self.splice_apis[id(stack)] = SpliceApi(Splicer(stack, api.tcp), self)
-        return sp
 
     def poke(self) -> None:
         """Move queued frames onto the links and re-arm the network timer."""

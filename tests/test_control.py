@@ -18,6 +18,7 @@ import pytest
 import uvloop
 
 from apps.cli import main as cli_main
+from splice.testing.sim import splice_api
 from stack.control import (
     MAX_REQUEST,
     ControlError,
@@ -52,7 +53,7 @@ async def _until(pred: Callable[[], bool], timeout: float = 60.0) -> None:
 async def _build(driver, px, c) -> tuple[SimpleNamespace, dict[str, int]]:
     """On the proxy: an echo connection from the client (ESTABLISHED), a client
     connection spliced to the origin's echo, and a closed one to the origin (TIME-WAIT)."""
-    papi, splice = driver.tcp(px), driver.splice(px)
+    papi, splice = driver.tcp(px), splice_api(driver, px)
     await papi.start_server(_echo, PROXY_C, ECHO)
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

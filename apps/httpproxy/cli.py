@@ -27,6 +27,7 @@ from apps.socks.policy import (
     parse_port,
 )
 from apps.stackcmd import add_common, open_stack, run_command, run_stack
+from splice.aio import SpliceApi
 
 log = logging.getLogger("tapsplice.httpproxy")
 
@@ -90,8 +91,8 @@ def cmd_http_proxy(args: argparse.Namespace) -> int:
                                      args.route)
 
         async def setup(net) -> None:
-            net.splice_options["idle_timeout"] = args.idle_timeout
-            splice = net.splice_api if args.mode == "splice" else None
+            splice = (SpliceApi.attach(net, idle_timeout=args.idle_timeout)
+                      if args.mode == "splice" else None)
             proxy = HttpProxy(net, mode=args.mode, policy=dests, splice=splice, cache=cache)
             await proxy.start(host, port)
             net.drain_hooks.append(proxy.drain)

@@ -27,6 +27,7 @@ from apps.socks.policy import (
 )
 from apps.socks.server import MODES, SocksServer
 from apps.stackcmd import add_common, open_stack, run_command, run_stack
+from splice.aio import SpliceApi
 
 log = logging.getLogger("tapsplice.socks")
 
@@ -85,9 +86,9 @@ def cmd_socks(args: argparse.Namespace) -> int:
                                      args.route)
 
         async def setup(net) -> None:
-            net.window_scheme = args.window_scheme
-            net.splice_options["idle_timeout"] = args.idle_timeout
-            splice = net.splice_api if args.mode == "splice" else None
+            splice = (SpliceApi.attach(net, window_scheme=args.window_scheme,
+                                       idle_timeout=args.idle_timeout)
+                      if args.mode == "splice" else None)
             server = SocksServer(net, mode=args.mode, policy=dests, splice=splice)
             await server.start(host, port)
             log.info("socks (%s mode) on %s:%d; clients %s; destinations %s; auth %s%s",

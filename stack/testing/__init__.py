@@ -5,8 +5,11 @@
   :func:`segments`, :func:`app_scripts`;
 - :class:`TcpConversation`, a RuleBasedStateMachine for one TCP conversation that
   leaves a pcap of a failing run;
-- :func:`check_proxy` to property-test an asyncio proxy, copying or splicing;
+- :func:`check_proxy` to property-test an asyncio proxy;
 - :func:`run_script`, the packetdrill-subset runner (stack/testing/packetdrill.py).
+
+The splice layer's part (the splice API on a simulated host, splicing proxies,
+``--splice`` scripts) is splice.testing, above this package.
 
 hypothesis is needed for the strategies and the machine (the "test" extra).
 """
@@ -23,8 +26,8 @@ _WHERE = {
     "MemoryCapture": "stack.testing.capture", "artifacts_dir": "stack.testing.capture",
     "TcpConversation": "stack.testing.machine",
     "ScriptFailure": "stack.testing.packetdrill", "run_script": "stack.testing.packetdrill",
-    "ProxyContext": "stack.testing.proxy", "check_proxy": "stack.testing.proxy",
-    "copy_proxy": "stack.testing.proxy", "splice_proxy": "stack.testing.proxy",
+    "ProxyContext": "stack.testing.proxy", "ProxyLayer": "stack.testing.proxy",
+    "check_proxy": "stack.testing.proxy", "copy_proxy": "stack.testing.proxy",
     "AppAction": "stack.testing.strategies", "GenSegment": "stack.testing.strategies",
     "app_scripts": "stack.testing.strategies", "fault_models": "stack.testing.strategies",
     "segments": "stack.testing.strategies", "tcp_option_sets": "stack.testing.strategies",

@@ -4,8 +4,9 @@ The stack under test is a :class:`~stack.core.Stack` with a
 :class:`~stack.tcp.layer.TcpLayer` at 198.18.0.1; a raw
 :class:`~stack.sim.Probe` plays the remote peer 198.18.0.2. Everything runs on the
 simulated network's virtual clock, so a 60-second TIME-WAIT costs nothing and every
-run is exact. With ``--splice`` a second interface (198.19.0.1, peer 198.19.0.2,
-side ``server``) and a :class:`~splice.splicer.Splicer` are added.
+run is exact. Layers above TCP add calls, option lines and a second wire (198.19.0.1,
+peer 198.19.0.2, side ``server``) through :class:`~stack.testing.pd_calls.CallExtension`:
+splice.testing.run_script runs ``--splice`` scripts so.
 
 The subset
 ----------
@@ -39,11 +40,10 @@ Calls: ``socket(..., SOCK_STREAM, IPPROTO_TCP)``; ``setsockopt`` with
   the queue is empty); ``connect`` (``= -1 EINPROGRESS``, to the peer's port 8080 or
   ``htons(N)``); ``write``/``send`` (N bytes); ``read``/``recv`` (count, 0 at end of
   stream, EAGAIN, or the connection's error); ``shutdown`` (SHUT_WR, SHUT_RD,
-  SHUT_RDWR); ``close``. With ``--splice``: ``init_splice(lfd)``,
-  ``intend_splice(cfd, ...) = sfd`` and ``splice(cfd, sfd, n)`` (docs/splice.md §1); a
-  ``write`` on a client descriptor after ``splice`` writes the owed bytes.
+  SHUT_RDWR); ``close``. The splice kit (splice/testing/packetdrill.py) adds
+  ``init_splice``, ``intend_splice`` and ``splice`` under ``--splice``.
 Options lines: ``--tolerance_usecs=N``, ``--config=key=value,...`` (TcpConfig
-  fields), ``--splice``.
+  fields), and those of the extensions in use.
 
 Everything else (blocking call times ``a...b``, shell commands, Python blocks, other
 calls, socket options or TCP options) is refused with "unsupported in this runner".
@@ -58,6 +58,7 @@ import dataclasses
 import math
 import os
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
@@ -70,8 +71,9 @@ from stack.tcp.api import TcpConfig
 from stack.tcp.layer import TcpLayer
 from stack.tcp.tcb import Tcb
 from stack.testing import pd_wire
-from stack.testing.pd_calls import Calls, UnsupportedCall
+from stack.testing.pd_calls import CallExtension, Calls, UnsupportedCall
 from stack.testing.pd_parse import (
+    KNOWN_OPTIONS,
     Call,
     Event,
     Packet,
@@ -84,8 +86,8 @@ from stack.wire.arp import ARP_REPLY, ARP_REQUEST, ArpPacket
 from stack.wire.errors import WireError
 from stack.wire.ipv4 import IPPROTO_TCP, ip_bytes
 
-__all__ = ["ScriptFailure", "ScriptResult", "ScriptSyntaxError", "Runner", "run_script",
-           "parse_script"]
+__all__ = ["CallExtension", "ScriptFailure", "ScriptResult", "ScriptSyntaxError", "Runner",
+           "run_script", "parse_script"]
 
 ANY_WAIT = 3600.0
 MAX_EVENTS = 200_000
@@ -127,15 +129,16 @@ class ScriptResult:
     stack: Stack
     layer: TcpLayer
     counters: dict[str, int] = field(default_factory=dict)
-    #: The splicer's counters (``--splice`` scripts).
-    splice_counters: dict[str, int] = field(default_factory=dict)
+    #: The counters of each extension in use, by its option.
+    extension_counters: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 class Runner:
     """Runs one parsed script (see the module docstring)."""
 
     def __init__(self, script: Script, *, config: TcpConfig | None = None,
-                 pcap: str | os.PathLike[str] | None = None) -> None:
+                 pcap: str | os.PathLike[str] | None = None,
+                 extensions: Sequence[type[CallExtension]] = ()) -> None:
         self.script = script
         try:
             self.tolerance = int(script.options.get("tolerance_usecs", "4000")) / 1e6
@@ -149,12 +152,12 @@ class Runner:
         self.layer = TcpLayer(self.stack, config=tcp_config, rng=self.stack.rng)
         self.stack.register_protocol(IPPROTO_TCP, self.layer)
         self.sides: dict[str, Side] = {}
-        for name in ("client", "server") if "splice" in script.options else ("client",):
+        #: Extensions the caller offers; those whose option the script has are in use.
+        self.known_extensions = tuple(extensions)
+        used = [ext for ext in extensions if ext.option in script.options]
+        for name in dict.fromkeys(["client", *(n for ext in used for n in ext.sides)]):
             self._add_side(name)
-        self.splicer = None
-        if "splice" in script.options:
-            from splice.splicer import Splicer
-            self.splicer = Splicer(self.stack, self.layer)
+        self.extensions = [ext(self) for ext in used]
         self.calls = Calls(self)
         self.pending: deque[tuple[float, Side, bytes]] = deque()
         self.prev = 0.0
@@ -276,12 +279,13 @@ class Runner:
                 self.tee.close()
         return ScriptResult(self.script.name, len(self.script.events), self.prev, self.stack,
                             self.layer, dict(self.layer.counters),
-                            dict(self.splicer.counters) if self.splicer else {})
+                            {ext.option: dict(ext.counters()) for ext in self.extensions})
 
     def _inject(self, pkt: Packet) -> None:
         side = self.sides.get(pkt.side)
         if side is None:
-            self.fail(f"no {pkt.side} side (the server side needs --splice)")
+            self.fail(f"no {pkt.side} side (an extension's option adds one, e.g. --splice "
+                      "with splice.testing.run_script)")
         if side.ep is None:
             self.fail(f"inbound packet on the {side.name} side before any listen() or "
                       "connect() gave it a connection")
@@ -429,10 +433,14 @@ def _config(config: TcpConfig | None, script: Script) -> TcpConfig:
 
 def run_script(source: str | os.PathLike[str], *, text: str | None = None,
                config: TcpConfig | None = None,
-               pcap: str | os.PathLike[str] | None = None) -> ScriptResult:
+               pcap: str | os.PathLike[str] | None = None,
+               extensions: Sequence[type[CallExtension]] = ()) -> ScriptResult:
     """Parse and run a script file (or ``text``, named ``source``); raises
-    ScriptSyntaxError or ScriptFailure. ``pcap`` records every frame of the run."""
+    ScriptSyntaxError or ScriptFailure. ``pcap`` records every frame of the run;
+    ``extensions`` may add calls and option lines (see CallExtension)."""
     name = os.fspath(source)
     if text is None:
         text = Path(source).read_text()
-    return Runner(parse_script(text, Path(name).name), config=config, pcap=pcap).run()
+    options = KNOWN_OPTIONS + tuple(ext.option for ext in extensions)
+    script = parse_script(text, Path(name).name, options)
+    return Runner(script, config=config, pcap=pcap, extensions=extensions).run()

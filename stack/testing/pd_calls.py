@@ -38,6 +38,34 @@ class UnsupportedCall(ValueError):
     """A call (or an argument of one) outside the subset."""
 
 
+class CallExtension:
+    """Calls that a layer above TCP adds to the runner, for the scripts that carry its
+    option line (``--<option>``); splice/testing/packetdrill.py adds the splice calls
+    this way. The runner makes one per run with ``(runner)``."""
+
+    #: The script option that turns the extension on.
+    option: str = ""
+    #: Sides (wires) it needs besides "client" (the runner knows "server").
+    sides: tuple[str, ...] = ()
+    #: Its calls (named in the error when a script uses one without the option).
+    call_names: tuple[str, ...] = ()
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+
+    def table(self, calls: Calls) -> dict[str, Callable[[list[str]], Result]]:
+        """Its calls by name."""
+        return {}
+
+    def write(self, tcb: Tcb, n: int, now: float) -> Result | None:
+        """A ``write`` of ``n`` bytes on ``tcb`` if the extension takes it, else None."""
+        return None
+
+    def counters(self) -> dict[str, int]:
+        """Its counters at the end of a run (ScriptResult.extension_counters)."""
+        return {}
+
+
 @dataclass(slots=True)
 class Fd:
     """What a descriptor of the script refers to."""
@@ -61,7 +89,8 @@ def errno_of(err: BaseException | None) -> str:
     return "ECONNABORTED"
 
 
-def _port(arg: str) -> int:
+def port_arg(arg: str) -> int:
+    """The port of a ``htons(N)`` argument, else 8080."""
     m = re.search(r"htons\((\d+)\)", arg)
     return int(m.group(1)) if m else DEFAULT_PORT
 
@@ -78,39 +107,47 @@ class Calls:
             "listen": self.listen, "accept": self.accept, "connect": self.connect,
             "write": self.write, "send": self.write, "read": self.read, "recv": self.read,
             "shutdown": self.shutdown, "close": self.close,
-            "init_splice": self.init_splice, "intend_splice": self.intend_splice,
-            "splice": self.splice,
         }
+        for ext in runner.extensions:
+            self.table.update(ext.table(self))
 
     def call(self, name: str, args: list[str]) -> Result:
         """Run one call; UnsupportedCall for anything outside the subset."""
         fn = self.table.get(name)
         if fn is None:
+            for ext in self.r.known_extensions:
+                if name in ext.call_names:
+                    raise UnsupportedCall(f"{name}() and the other {ext.option} calls "
+                                          f"need the --{ext.option} option")
             raise UnsupportedCall(f"unsupported in this runner: call {name}()")
         return fn(args)
 
     # -- helpers ------------------------------------------------------------------
-    def _new_fd(self, fd: Fd) -> int:
+    def new_fd(self, fd: Fd) -> int:
+        """The lowest free descriptor number from 3 up, now ``fd``."""
         n = 3
         while n in self.fds:
             n += 1
         self.fds[n] = fd
         return n
 
-    def _fd(self, args: list[str], i: int = 0) -> Fd:
+    def fd_of(self, args: list[str], i: int = 0) -> Fd:
+        """The descriptor of argument ``i`` (UnsupportedCall if it is none)."""
         try:
             return self.fds[int(args[i])]
         except (IndexError, ValueError, KeyError):
             raise UnsupportedCall(f"argument {i + 1}: not an open descriptor") from None
 
-    def _tcb(self, args: list[str]) -> Tcb:
-        tcb = self._fd(args).tcb
+    def tcb_of(self, args: list[str]) -> Tcb:
+        """The connection of the first argument's descriptor."""
+        tcb = self.fd_of(args).tcb
         if tcb is None:
             raise UnsupportedCall("the descriptor is not a connection")
         return tcb
 
     @staticmethod
-    def _count(args: list[str], i: int) -> int:
+    def count_arg(args: list[str], i: int) -> int:
+        """Argument ``i`` as a byte count."""
         try:
             return int(args[i])
         except (IndexError, ValueError):
@@ -122,11 +159,11 @@ class Calls:
         if len(args) != 3 or args[1] not in ("SOCK_STREAM", "..."):
             raise UnsupportedCall("unsupported in this runner: socket() other than "
                                   "SOCK_STREAM")
-        return self._new_fd(Fd()), None
+        return self.new_fd(Fd()), None
 
     def setsockopt(self, args: list[str]) -> Result:
         """SO_REUSEADDR/SO_REUSEPORT mean nothing here; TCP_NODELAY is honoured."""
-        fd = self._fd(args)
+        fd = self.fd_of(args)
         opt = args[2] if len(args) > 2 else ""
         if opt in _NOOP_SOCKOPTS:
             return 0, None
@@ -139,7 +176,7 @@ class Calls:
 
     def getsockopt(self, args: list[str]) -> Result:
         """Only SO_ERROR; its value (``[N]``) is checked against the connection."""
-        fd = self._fd(args)
+        fd = self.fd_of(args)
         if len(args) < 4 or args[2] != "SO_ERROR":
             raise UnsupportedCall("unsupported in this runner: getsockopt other than "
                                   "SO_ERROR")
@@ -154,18 +191,18 @@ class Calls:
         """F_SETFL is accepted: every call here is already non-blocking."""
         if len(args) < 2 or args[1] != "F_SETFL":
             raise UnsupportedCall("unsupported in this runner: fcntl other than F_SETFL")
-        self._fd(args)
+        self.fd_of(args)
         return 0, None
 
     def bind(self, args: list[str]) -> Result:
         """Bind to the stack's address; the port from ``htons(N)`` or 8080."""
-        fd = self._fd(args)
-        fd.port = _port(args[1] if len(args) > 1 else "")
+        fd = self.fd_of(args)
+        fd.port = port_arg(args[1] if len(args) > 1 else "")
         return 0, None
 
     def listen(self, args: list[str]) -> Result:
         """Passive open on the bound port."""
-        fd = self._fd(args)
+        fd = self.fd_of(args)
         try:
             backlog = int(args[1])
         except (IndexError, ValueError):
@@ -180,7 +217,7 @@ class Calls:
 
     def accept(self, args: list[str]) -> Result:
         """An established connection from the accept queue, or EAGAIN."""
-        fd = self._fd(args)
+        fd = self.fd_of(args)
         if fd.listener is None:
             return -1, "EINVAL"
         tcb = fd.listener.accept()
@@ -188,13 +225,13 @@ class Calls:
             return -1, "EAGAIN"
         if fd.nodelay:
             tcb.set_nodelay(True, self.r.now())
-        return self._new_fd(Fd(tcb=tcb, nodelay=fd.nodelay)), None
+        return self.new_fd(Fd(tcb=tcb, nodelay=fd.nodelay)), None
 
     def connect(self, args: list[str]) -> Result:
         """Active open to the remote peer (port from ``htons(N)`` or 8080)."""
-        fd = self._fd(args)
+        fd = self.fd_of(args)
         side = self.r.sides["client"]
-        port = _port(args[1] if len(args) > 1 else "")
+        port = port_arg(args[1] if len(args) > 1 else "")
         nodelay = fd.nodelay
         self.r.expect_connection(side)
         try:
@@ -209,11 +246,13 @@ class Calls:
     # -- data -------------------------------------------------------------------------
     def write(self, args: list[str]) -> Result:
         """Queue N bytes (all 'x'); short counts when the send buffer is full."""
-        tcb = self._tcb(args)
-        n = self._count(args, 2)
+        tcb = self.tcb_of(args)
+        n = self.count_arg(args, 2)
         now = self.r.now()
-        if tcb.splice is not None and self.r.splicer is not None:
-            return self._write_owed(tcb, n, now)
+        for ext in self.r.extensions:
+            taken = ext.write(tcb, n, now)
+            if taken is not None:
+                return taken
         try:
             taken = tcb.send(b"x" * n, now)
         except TcpStateError:
@@ -222,18 +261,10 @@ class Calls:
             return -1, errno_of(e)
         return (taken, None) if taken or not n else (-1, "EAGAIN")
 
-    def _write_owed(self, tcb: Tcb, n: int, now: float) -> Result:
-        from splice.pair import SpliceError
-        try:
-            self.r.splicer.write_owed(tcb, b"x" * n, now)
-        except SpliceError:
-            return -1, "EINVAL"
-        return n, None
-
     def read(self, args: list[str]) -> Result:
         """Take up to N bytes: their count, 0 at end of stream, or EAGAIN."""
-        tcb = self._tcb(args)
-        n = self._count(args, 2)
+        tcb = self.tcb_of(args)
+        n = self.count_arg(args, 2)
         if tcb.recv_available():
             return len(tcb.recv(n)), None
         if tcb.error is not None:
@@ -244,7 +275,7 @@ class Calls:
 
     def shutdown(self, args: list[str]) -> Result:
         """SHUT_WR and SHUT_RDWR send our FIN; SHUT_RD changes nothing on the wire."""
-        tcb = self._tcb(args)
+        tcb = self.tcb_of(args)
         how = args[1] if len(args) > 1 else ""
         if how not in ("SHUT_WR", "SHUT_RD", "SHUT_RDWR"):
             raise UnsupportedCall(f"shutdown: unknown how {how!r}")
@@ -254,51 +285,11 @@ class Calls:
 
     def close(self, args: list[str]) -> Result:
         """Close a socket, listener or connection (a spliced one is only released)."""
-        fd = self._fd(args)
+        fd = self.fd_of(args)
         del self.fds[int(args[0])]
         now = self.r.now()
         if fd.listener is not None:
             fd.listener.close(now)
         if fd.tcb is not None and fd.tcb.splice is None:
             fd.tcb.close(now)
-        return 0, None
-
-    # -- splice (docs/splice.md §1) ------------------------------------------------------
-    def _splicer(self):
-        if self.r.splicer is None:
-            raise UnsupportedCall("splice calls need the --splice option")
-        return self.r.splicer
-
-    def init_splice(self, args: list[str]) -> Result:
-        """init_splice(listener fd)."""
-        fd = self._fd(args)
-        if fd.listener is None:
-            return -1, "EINVAL"
-        self._splicer().init_splice(fd.listener)
-        return 0, None
-
-    def intend_splice(self, args: list[str]) -> Result:
-        """intend_splice(client fd, ...): a new descriptor for the server connection,
-        connecting to the server side's peer (port from ``htons(N)`` or 8080)."""
-        from splice.pair import SpliceError
-        tcb = self._tcb(args)
-        sp = self._splicer()
-        side = self.r.sides["server"]
-        self.r.expect_connection(side)
-        try:
-            server = sp.intend_splice(tcb, side.remote_ip,
-                                      _port(args[1] if len(args) > 1 else ""), self.r.now())
-        except SpliceError:
-            return -1, "EINVAL"
-        self.r.connected(side, server)
-        return self._new_fd(Fd(tcb=server)), None
-
-    def splice(self, args: list[str]) -> Result:
-        """splice(client fd, server fd, n)."""
-        from splice.pair import SpliceError
-        client, server = self._tcb(args), self._tcb(args[1:])
-        try:
-            self._splicer().splice(client, server, self._count(args, 2), self.r.now())
-        except SpliceError:
-            return -1, "EINVAL"
         return 0, None

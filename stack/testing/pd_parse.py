@@ -97,7 +97,8 @@ _TIME = re.compile(rf"^(\*|~\+?{_NUM}|\+?{_NUM}(?:~\+?{_NUM})?)(?=\s|$)")
 _CALL = re.compile(r"^([a-z_]+)\((.*)\)\s*=\s*(-?\d+)\s*([A-Z][A-Z0-9_]*)?\s*(\(.*\))?\s*$")
 _SEQ = re.compile(r"^(\d+):(\d+)\((\d+)\)$")
 _OPTION_LINE = re.compile(r"^--([a-z_]+)(?:=(.*))?$")
-KNOWN_OPTIONS = ("tolerance_usecs", "config", "splice")
+#: Option lines of the runner itself (extensions add theirs: pd_calls.CallExtension).
+KNOWN_OPTIONS = ("tolerance_usecs", "config")
 #: Largest payload of one packet line (an IPv4 datagram of 64 KB, minimal headers).
 MAX_PAYLOAD = 65535 - 40
 
@@ -260,8 +261,11 @@ def _event(rest: str) -> Packet | Call:
     return _call(rest)
 
 
-def parse_script(text: str, name: str = "<script>") -> Script:
-    """Parse a whole script; ScriptSyntaxError names the first bad line."""
+def parse_script(text: str, name: str = "<script>",
+                 options: tuple[str, ...] = KNOWN_OPTIONS) -> Script:
+    """Parse a whole script whose option lines may be ``options``; ScriptSyntaxError
+    names the first bad line."""
+    known = options
     events: list[Event] = []
     options: dict[str, str] = {}
     for no, line in enumerate(_strip_comments(text), start=1):
@@ -271,7 +275,7 @@ def parse_script(text: str, name: str = "<script>") -> Script:
         if opt is not None:
             if events:
                 raise ScriptSyntaxError(name, no, "option lines must come before events")
-            if opt.group(1) not in KNOWN_OPTIONS:
+            if opt.group(1) not in known:
                 raise ScriptSyntaxError(name, no, f"unsupported in this runner: option "
                                                   f"--{opt.group(1)}")
             options[opt.group(1)] = opt.group(2) or ""

@@ -16,8 +16,9 @@ AssertionError naming a pcap of the whole run (``<artifacts>/<name>.pcap``, see
         check_proxy(copy_proxy, data, faults=faults)
 
 A handler is ``async def handler(reader, writer, ctx)`` for one accepted client;
-``ctx.open_upstream()`` connects to the origin, ``ctx.splice`` is the splice API
-(splice/aio.py) when ``splice=True``.
+``ctx.open_upstream()`` connects to the origin. A layer above TCP joins the run
+through a :class:`ProxyLayer` (``layer=``): the splice kit's
+``splice.testing.check_proxy(..., splice=True)`` gives handlers ``ctx.splice`` so.
 """
 
 from __future__ import annotations
@@ -31,10 +32,10 @@ from typing import Any
 from stack.netdev.faults import FaultModel
 from stack.sim import SimNetwork
 from stack.simloop import SimDriver, run
-from stack.streams import TcpApi
+from stack.streams import TcpApi, TcpServer
 from stack.testing.capture import MemoryCapture, artifacts_dir
 
-__all__ = ["ProxyContext", "ProxyRun", "check_proxy", "copy_proxy", "splice_proxy", "pump"]
+__all__ = ["ProxyContext", "ProxyLayer", "ProxyRun", "check_proxy", "copy_proxy", "pump"]
 
 CLIENT, PROXY_C, PROXY_S, ORIGIN = "198.18.0.1", "198.18.0.2", "198.19.0.2", "198.19.0.1"
 PROXY_PORT, ORIGIN_PORT = 1080, 80
@@ -47,7 +48,6 @@ class ProxyContext:
     driver: SimDriver
     tcp: TcpApi
     upstream: tuple[str, int]
-    splice: Any = None
 
     async def open_upstream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """A plain (copying) connection to the origin."""
@@ -58,6 +58,22 @@ ProxyHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, ProxyContex
                         Awaitable[None]]
 
 
+class ProxyLayer:
+    """A layer above TCP on the proxy host for one :func:`check_proxy` run (the splice
+    kit's is in splice/testing/proxy.py); this one adds nothing."""
+
+    def context(self, ctx: ProxyContext) -> ProxyContext:
+        """The context handlers get (the layer may return a richer one)."""
+        return ctx
+
+    def serving(self, ctx: ProxyContext, server: TcpServer) -> None:
+        """The proxy listens; no client has connected yet."""
+
+    def counters(self, ctx: ProxyContext) -> dict[str, int]:
+        """The layer's counters at the end of the run (ProxyRun.layer_counters)."""
+        return {}
+
+
 @dataclass
 class ProxyRun:
     """The outcome of a passing :func:`check_proxy`."""
@@ -65,7 +81,7 @@ class ProxyRun:
     received: list[bytes]
     elapsed: float
     proxy_counters: dict[str, int] = field(default_factory=dict)
-    splice_counters: dict[str, int] = field(default_factory=dict)
+    layer_counters: dict[str, int] = field(default_factory=dict)
 
 
 async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
@@ -88,22 +104,6 @@ async def copy_proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
     await asyncio.gather(pump(reader, uw), pump(ur, writer))
     uw.close()
     writer.close()
-
-
-async def splice_proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                       ctx: ProxyContext) -> None:
-    """A proxy that splices the two connections (docs/splice.md) and waits for the end.
-
-    A client connection that is no longer ESTABLISHED when the proxy gets to it (the
-    client already half-closed) cannot be spliced (docs/splice.md §1): it is copied."""
-    from splice.pair import SpliceError
-    try:
-        _sr, sw = await ctx.splice.open_connection(writer, *ctx.upstream)
-    except SpliceError:
-        await copy_proxy(reader, writer, ctx)
-        return
-    pair = await ctx.splice.splice(writer, sw)
-    await ctx.splice.wait_closed(pair)
 
 
 async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -159,22 +159,22 @@ async def _wait_all(tasks: Callable[[], list[asyncio.Future[Any]]], deadline: fl
 
 def check_proxy(handler: ProxyHandler, data: bytes, *, faults: FaultModel | None = None,
                 server_faults: FaultModel | None = None, seed: int = 0,
-                splice: bool = False, clients: int = 1, timeout: float = 900.0,
+                layer: ProxyLayer | None = None, clients: int = 1, timeout: float = 900.0,
                 name: str = "proxy") -> ProxyRun:
     """Run ``clients`` echo exchanges of ``data`` through ``handler``; see the module
     docstring. ``faults`` impair the client link, ``server_faults`` (default: the
-    same) the origin link; ``timeout`` bounds the run in virtual seconds. The run ends when
-    every client has its echo and every handler has returned."""
+    same) the origin link; ``layer`` adds a layer above TCP on the proxy; ``timeout``
+    bounds the run in virtual seconds. The run ends when every client has its echo and
+    every handler has returned."""
     faults = faults or FaultModel()
+    layer = layer or ProxyLayer()
     capture = MemoryCapture()
     net, (c, p, o) = _network(seed, capture, faults, server_faults or faults)
 
     async def main(driver: SimDriver) -> ProxyRun:
         start = driver.now()
         await driver.tcp(o).start_server(_echo, ORIGIN, ORIGIN_PORT)
-        ctx = ProxyContext(driver, driver.tcp(p), (ORIGIN, ORIGIN_PORT))
-        if splice:
-            ctx.splice = driver.splice(p)
+        ctx = layer.context(ProxyContext(driver, driver.tcp(p), (ORIGIN, ORIGIN_PORT)))
 
         handlers: list[asyncio.Future[None]] = []
 
@@ -182,16 +182,14 @@ def check_proxy(handler: ProxyHandler, data: bytes, *, faults: FaultModel | None
             handlers.append(asyncio.ensure_future(handler(r, w, ctx)))
 
         server = await ctx.tcp.start_server(on_client, PROXY_C, PROXY_PORT)
-        if splice:
-            ctx.splice.init_splice(server)
+        layer.serving(ctx, server)
         clients_ = [asyncio.ensure_future(_client(driver, c, data)) for _ in range(clients)]
         # The handlers must end too (a splice after its TIMEWAIT): nothing is left
         # running; the first error of a client or a handler ends the run.
         await _wait_all(lambda: clients_ + handlers, driver.now() + timeout, driver)
         got = [t.result() for t in clients_]
-        sp = ctx.splice.splicer.counters if splice else {}
         return ProxyRun(list(got), driver.now() - start, dict(ctx.tcp.tcp.counters),
-                        dict(sp))
+                        dict(layer.counters(ctx)))
 
     try:
         result = run(main, net)

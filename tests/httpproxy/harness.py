@@ -30,6 +30,7 @@ from apps.httpproxy.parser import (
 from apps.httpproxy.policy import HttpPolicy
 from apps.httpproxy.server import HttpProxy
 from apps.httpproxy.store import CacheStore
+from splice.testing.sim import splice_api
 from stack.sim import SimNetwork
 from stack.simloop import run, until
 from stack.streams import TcpApi
@@ -252,7 +253,7 @@ def simulate(body: Callable[[World], Awaitable[Any]], *, policy: HttpPolicy | No
         await origin_api.start_server(_echo, ORIGIN, TLS)
         await origin_api.start_server(_echo, ORIGIN, OTHER)
         proxy_api = driver.tcp(px)
-        splice = driver.splice(px) if mode == "splice" else None
+        splice = splice_api(driver, px) if mode == "splice" else None
         proxy = HttpProxy(proxy_api, mode=mode, policy=policy, log=access, splice=splice,
                           cache=store, clock=clock)
         await proxy.start(PROXY_C, PROXY_PORT)

@@ -9,9 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from splice.testing import run_script
 from stack.netdev.pcap import read_pcap
-from stack.testing.packetdrill import ScriptFailure, run_script
-from stack.testing.pd_parse import ScriptSyntaxError, parse_script
+from stack.testing import packetdrill
+from stack.testing.packetdrill import ScriptFailure
+from stack.testing.pd_parse import KNOWN_OPTIONS, ScriptSyntaxError, parse_script
 
 HERE = Path(__file__).parent
 SCRIPTS = sorted(HERE.glob("*.pkt"))
@@ -38,7 +40,8 @@ def test_there_are_enough_scripts():
 @pytest.mark.parametrize("path", SCRIPTS, ids=[p.stem for p in SCRIPTS])
 def test_script(path: Path):
     result = run_script(path)
-    assert result.events == len(parse_script(path.read_text()).events)
+    assert result.events == len(parse_script(path.read_text(), options=(
+        *KNOWN_OPTIONS, "splice")).events)
 
 
 def test_paws_drop_is_counted():
@@ -165,6 +168,18 @@ def test_server_side_and_splice_calls_need_the_splice_option():
         run_text(HANDSHAKE + "+0 server < . 1:1(0) ack 1 win 1\n")
     with pytest.raises(ScriptFailure, match="need the --splice option"):
         run_text(HANDSHAKE + "+0 init_splice(3) = 0\n")
+
+
+def test_the_stacks_own_runner_refuses_splice_scripts_and_runs_the_others():
+    splice_scripts = [p for p in SCRIPTS if "--splice" in p.read_text()]
+    assert splice_scripts
+    with pytest.raises(ScriptSyntaxError, match="unsupported in this runner: option "
+                                                "--splice"):
+        packetdrill.run_script(splice_scripts[0])
+    plain = next(p for p in SCRIPTS if p not in splice_scripts)
+    assert packetdrill.run_script(plain).extension_counters == {}
+    with pytest.raises(ScriptFailure, match="unsupported in this runner: call init_splice"):
+        packetdrill.run_script("x.pkt", text=HANDSHAKE + "+0 init_splice(3) = 0\n")
 
 
 @pytest.mark.parametrize("option", [

@@ -20,6 +20,7 @@ from typing import Any
 from apps.socks import protocol as p
 from apps.socks.policy import Policy
 from apps.socks.server import SocksServer
+from splice.testing.sim import splice_api
 from stack.sim import SimNetwork
 from stack.simloop import run, until
 from stack.streams import TcpApi
@@ -143,7 +144,7 @@ def simulate(body: Callable[[World], Awaitable[Any]], *, policy: Policy | None =
                               (SILENT, _silent)):
             await origin.start_server(handler, ORIGIN, port)
         proxy_api = driver.tcp(px)
-        splice = driver.splice(px) if mode == "splice" else None
+        splice = splice_api(driver, px) if mode == "splice" else None
         proxy = SocksServer(proxy_api, mode=mode, policy=policy, log=access, splice=splice)
         await proxy.start(PROXY_C, SOCKS_PORT)
         return await body(World(driver.tcp(c), proxy, proxy_api, origin, records,

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import pytest
 
+from splice.testing import run_script
 from stack.tcp.api import TcpConfig
-from stack.testing.packetdrill import ScriptFailure, run_script
+from stack.testing.packetdrill import ScriptFailure
 
 SPLICED = """\
 --splice

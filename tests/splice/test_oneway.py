@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from splice.oneway import Phase, cut
 from splice.pair import SpliceError
+from splice.testing.sim import splice_api
 from stack import seq
 from stack.netdev.faults import FaultModel
 from stack.netdev.offload import complete_checksum
@@ -39,7 +40,7 @@ class World:
     def __init__(self, driver, hosts) -> None:
         self.driver = driver
         self.c, self.p, self.o = hosts
-        self.splice = driver.splice(self.p)
+        self.splice = splice_api(driver, self.p)
         self.splicer = self.splice.splicer
         self.ways: list = []
         self.short_origin = 0      # the origin sends this many bytes fewer than it says

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from splice.pair import SpliceError
 from splice.state import RELAYING, SpliceEvent, SpliceState, SpliceStateError, next_state
+from splice.testing.sim import splice_api
 from stack.netdev.faults import FaultModel
 from stack.sim import SimNetwork
 from stack.simloop import run, until
@@ -40,7 +41,7 @@ class World:
     def __init__(self, driver, net, hosts, timewait: float) -> None:
         self.driver, self.net = driver, net
         self.c, self.p, self.o = hosts
-        self.splice = driver.splice(self.p)
+        self.splice = splice_api(driver, self.p)
         self.splicer = self.splice.splicer
         self.splicer.timewait = timewait
         self.pairs: list = []

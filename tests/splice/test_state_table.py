@@ -19,7 +19,7 @@ from splice.state import (
     SpliceStateError,
     next_state,
 )
-from stack.testing.packetdrill import run_script
+from splice.testing import run_script
 
 S, E = SpliceState, SpliceEvent
 SCRIPTS = sorted((Path(__file__).parent.parent / "packetdrill").glob("splice_*.pkt"))

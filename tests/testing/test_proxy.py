@@ -1,5 +1,5 @@
-"""check_proxy: copying and splicing proxies pass under loss and reordering; a proxy
-that loses bytes is caught and its run captured."""
+"""check_proxy: a copying proxy passes under loss and reordering; a proxy that loses
+bytes is caught and its run captured (splicing proxies: tests/splice/testing/)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from stack.netdev.faults import FaultModel
 from stack.netdev.pcap import read_pcap
-from stack.testing import check_proxy, copy_proxy, fault_models, splice_proxy
+from stack.testing import check_proxy, copy_proxy, fault_models
 from stack.testing.capture import ARTIFACTS_ENV
 from stack.testing.proxy import ProxyContext, pump
 
@@ -27,25 +27,6 @@ LOSSY = FaultModel(loss=0.03, reorder=0.05, delay=0.005)
 def test_copy_proxy_under_faults(faults, data, seed):
     run = check_proxy(copy_proxy, data, faults=faults, seed=seed)
     assert run.received == [data]
-
-
-@SLOW_OK
-@given(faults=fault_models(max_loss=0.05, max_corrupt=0.0), data=st.binary(max_size=60_000),
-       seed=st.integers(0, 1000))
-def test_splice_proxy_under_faults(faults, data, seed):
-    run = check_proxy(splice_proxy, data, faults=faults, seed=seed, splice=True)
-    assert run.received == [data]
-    # Spliced (and torn down after TIMEWAIT), or copied when the client had already
-    # half-closed before the proxy could intend the splice (docs/splice.md §1).
-    sc = run.splice_counters
-    assert sc.get("splices", 0) == sc.get("closed", 0) <= 1
-
-
-def test_two_clients_through_a_splicing_proxy():
-    data = bytes(range(256)) * 800
-    run = check_proxy(splice_proxy, data, faults=LOSSY, splice=True, clients=2)
-    assert run.received == [data, data]
-    assert run.splice_counters["splices"] == run.splice_counters["closed"] == 2
 
 
 async def truncating_proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
