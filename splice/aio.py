@@ -184,8 +184,17 @@ class SpliceApi:
         direction (TCP Tap, SPLICE.md §6): it ends at the direction's FIN, or with an
         error if the tap fell behind by more than ``tap_limit`` bytes, passed
         ``tap_total`` bytes in all, or the splice was reset — the relay itself never
-        waits for it."""
+        waits for it. A misuse (connections not joined by open_connection, not both
+        established, spliced already, a bad ``tap``, a client stream whose reader cannot
+        hand its bytes over) raises SpliceError and changes nothing: both streams are
+        still the application's."""
         client, server = _tcb(client_writer), _tcb(server_writer)
+        # A misuse raises before anything changes: both streams stay the application's
+        # (docs/splice.md §1).
+        self.splicer.check_splice(client, server, len(reply_to_client), tap or "s2c")
+        if not client_writer.transport.can_hand_over():
+            raise SpliceError("the client stream's reader cannot hand its bytes over "
+                              "(use the stack's StackStreamReader)")
         now = self.driver.now()
         # Bytes the application's stream took from the client but did not consume
         # belong to the server (nothing lost at the seam).

@@ -89,6 +89,12 @@ class TcpTransport(asyncio.Transport):
         reader when the protocol gives it the transport)."""
         self._stream_in = reader
 
+    def can_hand_over(self) -> bool:
+        """Whether :meth:`take_buffered` can hand over what the protocol buffered (a
+        StackStreamReader's bytes, or a protocol that keeps none of its own)."""
+        return self._stream_in is not None or not isinstance(
+            self._app, asyncio.StreamReaderProtocol)
+
     def take_buffered(self, limit: int | None = None) -> bytes:
         """What the stream reader took from the connection and the application did not
         read (up to ``limit`` bytes, None: all), removed from it. ValueError if the
@@ -96,7 +102,7 @@ class TcpTransport(asyncio.Transport):
         not be handed over)."""
         if self._stream_in is not None:
             return self._stream_in.take_buffered(limit)
-        if isinstance(self._app, asyncio.StreamReaderProtocol):
+        if not self.can_hand_over():
             raise ValueError("the stream's reader is not a StackStreamReader: its "
                              "buffered bytes cannot be handed over")
         return b""

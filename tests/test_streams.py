@@ -90,6 +90,7 @@ def test_asyncios_own_reader_on_a_stack_transport_still_reads_beyond_its_limit()
             lambda: asyncio.StreamReaderProtocol(reader, loop=loop), B, 80)
         await asyncio.sleep(1.0)                 # all of it arrives first
         got = await asyncio.wait_for(reader.readexactly(300_000), 5.0)
+        assert not transport.can_hand_over()
         with pytest.raises(ValueError):         # its buffer cannot be handed over
             transport.take_buffered()
         done.set()
@@ -109,6 +110,7 @@ def test_the_stacks_reader_hands_its_buffer_over_through_the_transport():
         reader, writer = await driver.tcp(a).open_connection(B, 80)
         await asyncio.sleep(1.0)
         head = await reader.readexactly(1000)
+        assert writer.transport.can_hand_over()
         rest = writer.transport.take_buffered(500)
         assert len(rest) == 500 and reader.buffered_size() > 0
         nxt = await reader.readexactly(10)
