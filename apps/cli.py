@@ -3,6 +3,9 @@
 Each subcommand lives in the module that owns it; this file only wires argparse.
 Subcommand modules expose ``add_parser(subparsers)`` which registers the
 command and sets ``func`` (called with the parsed arguments, returns an exit code).
+Commands from outside the product (``tapsplice bench``, in tools/bench) register such
+a function as an entry point of the group ``tapsplice.commands`` (pyproject.toml), so
+the product never imports them.
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,11 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    from apps import connect, demo, replay, stackcmd
+    from apps import connect, demo, lab, replay, stackcmd
     from apps import stat as stat_cmd
     from apps.socks import cli as socks
-    from tools import lab
-    from tools.bench import main as bench
 
     demo.add_parser(sub)
     lab.add_parser(sub)
@@ -34,10 +36,23 @@ def build_parser() -> argparse.ArgumentParser:
     connect.add_parser(sub)
     socks.add_parser(sub)
     __import__("apps.httpproxy.cli", fromlist=["add_parser"]).add_parser(sub)  # http-proxy
-    bench.add_parser(sub)
+    for add_parser in plugin_commands():
+        add_parser(sub)
     stat_cmd.add_parser(sub)
     replay.add_parser(sub)
     return parser
+
+
+#: The entry point group of subcommands that live outside the product.
+COMMANDS_GROUP = "tapsplice.commands"
+
+
+def plugin_commands() -> list[Callable[[Any], Any]]:
+    """The ``add_parser`` functions registered in the ``tapsplice.commands`` entry point
+    group, by command name."""
+    from importlib.metadata import entry_points
+    return [ep.load() for ep in sorted(entry_points(group=COMMANDS_GROUP),
+                                       key=lambda ep: ep.name)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -31,10 +31,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from tools.bench.proc import CommandError, curl_download, ns_cmd, stop_process, wait_until
-from tools.bench.splice_paths import wait_ready
-from tools.lab import LabConfig, lab_down, lab_up, list_netns
-from tools.origin import Origin
+from apps.lab import LabConfig, lab_down, lab_up, list_netns
+from apps.labproc import CommandError, curl_download, ns_cmd, stop_process, wait_ready, wait_until
+from apps.origin import Origin
 
 STEP_TIMEOUT = 30.0
 REPO = Path(__file__).resolve().parents[1]

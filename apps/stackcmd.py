@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 
 import uvloop
 
+from apps.lab import LabConfig
 from apps.services import start_services
 from stack.aio import DEFAULT_DRAIN, Attachment, TapStack
 from stack.control import ControlError
@@ -19,7 +20,6 @@ from stack.netdev.pcap import PcapTee, PcapWriter
 from stack.netdev.taplock import TapBusyError
 from stack.wire.ipv4 import ip_str
 from stack.workers import MAX_WORKERS, STOP_GRACE, Seat, open_seats, run_workers
-from tools.lab import LabConfig
 
 log = logging.getLogger("tapsplice")
 

@@ -5,7 +5,7 @@
   anyway and fail, because a lab test must never pass silently by skipping.
 * ``@pytest.mark.soak`` tests run only with ``--soak``.
 * The ``lab`` fixture builds a lab with unique names, yields its
-  :class:`tools.lab.LabConfig` and removes it afterwards, also on failure.
+  :class:`apps.lab.LabConfig` and removes it afterwards, also on failure.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tools.lab import LabConfig, cleanup_stale, lab_down, lab_up
+from apps.lab import LabConfig, cleanup_stale, lab_down, lab_up
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

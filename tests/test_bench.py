@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from apps.labproc import TransferError, parse_curl_output
+from apps.origin import Origin
 from tools.bench import main as bench_main
 from tools.bench.harness import (
     BenchTimeout,
@@ -25,9 +27,7 @@ from tools.bench.harness import (
     summarize,
     write_json,
 )
-from tools.bench.proc import TransferError, parse_curl_output
 from tools.bench.router import check_download, transfer_timeout
-from tools.origin import Origin
 
 
 class FakePath:
@@ -239,8 +239,8 @@ def test_origin_files_sparse_and_random() -> None:
 
 
 def test_stack_router_argv_names_the_lab_and_offload() -> None:
+    from apps.lab import LabConfig
     from tools.bench.router import StackRouterPath
-    from tools.lab import LabConfig
 
     lab = LabConfig.unique("bench")
     fast = StackRouterPath(1 << 20, True, lab_cfg=lab).router_argv()

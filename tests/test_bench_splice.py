@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from apps.cli import build_parser
+from apps.labproc import TransferError
 from tools.bench import splice_load, splice_servers, uvsocks
 from tools.bench.harness import PathResult, Sample
-from tools.bench.proc import TransferError
 from tools.bench.splice import (
     ALL_PARTS,
     build_splice_report,

@@ -14,9 +14,9 @@ import pytest
 from rich.console import Console
 
 from apps.cli import build_parser
+from apps.labproc import CommandError, TransferError
 from tools.bench import tcp_client, tcp_server
 from tools.bench.harness import BenchTimeout
-from tools.bench.proc import CommandError, TransferError
 from tools.bench.tcp import (
     DEFAULT_HOLD,
     DEFAULT_LOSS_SIZE,

@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ABOVE = {
     "stack": ("splice", "apps", "tools"),
     "splice": ("apps", "tools"),
+    "apps": ("tools",),
 }
 
 

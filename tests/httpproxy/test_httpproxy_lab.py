@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from apps.labproc import ns_cmd, wait_until
+from apps.origin import Origin
 from tests.lab.stackproc import StackProcess, kernel_drops, kernel_loss
-from tools.bench.proc import ns_cmd, wait_until
-from tools.origin import Origin
 
 pytestmark = pytest.mark.lab
 

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from tools.bench.proc import ns_cmd, wait_until
+from apps.labproc import ns_cmd, wait_until
 
 
 class StackProcess:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from apps.labproc import curl_download, netns_exists, ns_cmd, run
+from apps.origin import Origin, OriginError
 from tools.bench.kernel_lab import (
     KernelLabConfig,
     cleanup_stale,
@@ -15,8 +17,6 @@ from tools.bench.kernel_lab import (
     kernel_lab_exists,
     kernel_lab_up,
 )
-from tools.bench.proc import curl_download, netns_exists, ns_cmd, run
-from tools.origin import Origin, OriginError
 
 pytestmark = pytest.mark.lab
 

@@ -1,4 +1,4 @@
-"""tools/lab.py: building, inspecting and removing a lab (needs root)."""
+"""apps/lab.py: building, inspecting and removing a lab (needs root)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import subprocess
 
 import pytest
 
-from tools import lab as labmod
-from tools.lab import LabConfig, lab_down, lab_status, lab_up, list_netns, run_in_ns
+from apps import lab as labmod
+from apps.lab import LabConfig, lab_down, lab_status, lab_up, list_netns, run_in_ns
 
 
 def test_unique_names_are_short_and_distinct() -> None:

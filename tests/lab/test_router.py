@@ -8,9 +8,9 @@ import hashlib
 import dpkt
 import pytest
 
+from apps.labproc import curl_download
+from apps.origin import Origin
 from tests.lab.stackproc import StackProcess, ping
-from tools.bench.proc import curl_download
-from tools.origin import Origin
 
 pytestmark = pytest.mark.lab
 

@@ -15,9 +15,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from apps.labproc import ns_cmd
+from apps.origin import Origin
 from tests.lab.stackproc import StackProcess
-from tools.bench.proc import ns_cmd
-from tools.origin import Origin
 
 pytestmark = pytest.mark.lab
 

@@ -15,9 +15,9 @@ import time
 
 import pytest
 
+from apps.labproc import ns_cmd
+from apps.origin import Origin
 from tests.lab.stackproc import StackProcess, kernel_drops, kernel_loss
-from tools.bench.proc import ns_cmd
-from tools.origin import Origin
 
 pytestmark = pytest.mark.lab
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from apps.labproc import ns_cmd
 from stack.control import default_path, query
 from tests.lab.stackproc import StackProcess
-from tools.bench.proc import ns_cmd
 
 pytestmark = pytest.mark.lab
 

@@ -17,13 +17,13 @@ import time
 import dpkt
 import pytest
 
+from apps.lab import LabConfig, lab_status, run_in_ns
 from stack.netdev.netns import enter_netns
 from stack.netdev.steer import attach_steering, load_program, port_sum_program, queue_of
 from stack.netdev.tap import TapDevice
 from stack.skbuff import SkBuff
 from stack.workers import MAX_WORKERS
 from tests.lab.test_tap import GW_IP, GW_MAC, HOST_IP, tap_mac
-from tools.lab import LabConfig, lab_status, run_in_ns
 
 pytestmark = pytest.mark.lab
 

@@ -19,6 +19,7 @@ import time
 import dpkt
 import pytest
 
+from apps.lab import LabConfig, lab_status, popen_in_ns, run_in_ns
 from stack.netdev.netns import enter_netns
 from stack.netdev.offload import (
     VIRTIO_NET_HDR_F_NEEDS_CSUM,
@@ -29,7 +30,6 @@ from stack.netdev.offload import (
 from stack.netdev.tap import TapDevice
 from stack.skbuff import SkBuff
 from stack.wire.checksum import ones_sum, pseudo_header_sum
-from tools.lab import LabConfig, lab_status, popen_in_ns, run_in_ns
 
 pytestmark = pytest.mark.lab
 

@@ -10,9 +10,9 @@ import textwrap
 
 import pytest
 
+from apps.labproc import ns_cmd
 from apps.services import CHARGEN_BLOCK
 from tests.lab.stackproc import StackProcess, kernel_drops, kernel_loss
-from tools.bench.proc import ns_cmd
 
 pytestmark = pytest.mark.lab
 

@@ -13,8 +13,8 @@ import textwrap
 
 import pytest
 
+from apps.labproc import ns_cmd
 from tests.lab.stackproc import wait_logged
-from tools.bench.proc import ns_cmd
 
 pytestmark = pytest.mark.lab
 

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from apps.lab import LabConfig
 from stack.netdev.netns import NetnsError, enter_netns
-from tools.lab import LabConfig
 
 
 def current_netns() -> str:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from apps.labproc import ns_cmd
+from apps.origin import Origin
 from tests.lab.stackproc import StackProcess
-from tools.bench.proc import ns_cmd
-from tools.origin import Origin
 
 pytestmark = pytest.mark.lab
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tools.bench.proc import ns_cmd, wait_until
-from tools.origin import Origin
+from apps.labproc import ns_cmd, wait_until
+from apps.origin import Origin
 
 pytestmark = pytest.mark.lab
 

@@ -46,8 +46,8 @@ def measure_or_report(console: Console, name: str, measure: Callable[[], T]) -> 
     Only the failures a run can meet (a command, a transfer, the deadline, the
     origin or the lab) are caught; anything else is a bug and propagates.
     """
-    from tools.lab import LabError
-    from tools.origin import OriginError
+    from apps.lab import LabError
+    from apps.origin import OriginError
 
     try:
         with sigterm_as_interrupt():

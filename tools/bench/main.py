@@ -19,6 +19,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from apps.lab import LabError
+from apps.origin import OriginError
 from tools.bench import args as argtypes
 from tools.bench.harness import (
     MAX_REPEATS,
@@ -42,8 +44,6 @@ from tools.bench.splice import add_splice_parser
 from tools.bench.start import ready_to_run
 from tools.bench.tcp import add_tcp_parser
 from tools.bench.thesis import add_thesis_parser
-from tools.lab import LabError
-from tools.origin import OriginError
 
 DEFAULT_MAX_SECONDS = 1800.0
 

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from apps.origin import Origin, OriginFile
 from tools.bench.harness import Sample
 from tools.bench.kernel_lab import KernelLabConfig, kernel_lab_down, kernel_lab_up
 from tools.bench.proc import (
@@ -28,7 +29,6 @@ from tools.bench.proc import (
     run,
     stop_process,
 )
-from tools.origin import Origin, OriginFile
 
 log = logging.getLogger(__name__)
 
@@ -112,12 +112,12 @@ class KernelRouterPath(_HttpDownloadPath):
 
 
 def stack_lab_config() -> Any:
-    """A stack lab (tools.lab.LabConfig) with namespace names unique to this run.
+    """A stack lab (apps.lab.LabConfig) with namespace names unique to this run.
 
     Unique names keep the benchmark clear of a lab someone else is using on
     the same machine; the addresses are the lab's usual ones.
     """
-    from tools.lab import LabConfig
+    from apps.lab import LabConfig
 
     return LabConfig.unique("bench")
 
@@ -143,7 +143,7 @@ class StackRouterPath(_HttpDownloadPath):
 
     def start(self) -> None:
         """Bring the lab up, start the origin and the router, wait until ping passes."""
-        from tools.lab import lab_up
+        from apps.lab import lab_up
 
         if netns_exists(self.lab.client_ns) or netns_exists(self.lab.server_ns):
             raise CommandError(
@@ -218,7 +218,7 @@ class StackRouterPath(_HttpDownloadPath):
             self._stop_origin()
         finally:
             if self._lab_is_ours:
-                from tools.lab import lab_down
+                from apps.lab import lab_down
 
                 self._lab_is_ours = False
                 lab_down(self.lab)

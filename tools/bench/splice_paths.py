@@ -28,11 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from apps.lab import LabConfig, lab_down, lab_up
+from apps.labproc import READY_TIMEOUT, tail, wait_ready
+from apps.origin import Origin, OriginFile
 from tools.bench.harness import Sample
 from tools.bench.kernel_lab import KernelLabConfig, kernel_lab_down, kernel_lab_up
 from tools.bench.proc import CommandError, TransferError, ns_cmd, run, stop_process
-from tools.lab import LabConfig, lab_down, lab_up
-from tools.origin import Origin, OriginFile
 
 REPO = Path(__file__).resolve().parents[2]
 PROXY_PORT = 1080
@@ -40,7 +41,6 @@ HTTP_PORT = 80
 SINK_PORT = 8080
 HOLD_PORT = 9000
 SMALL_SIZE = 1024
-READY_TIMEOUT = 30.0
 CLEAN_ENV = ("env", "-i", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
 STACK_CLIENT_GW = "198.18.0.2"
 DIRECTIONS = ("download", "upload")
@@ -111,26 +111,6 @@ def _popen(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
         # Own session: a terminal Ctrl-C reaches only us and we stop it in order.
         return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                 cwd=REPO, start_new_session=True)
-
-
-def wait_ready(proc: subprocess.Popen[bytes], log: Path, timeout: float = READY_TIMEOUT) -> None:
-    """Wait (bounded) until the process printed ``ready``; CommandError if it died."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise CommandError(f"exited with {proc.returncode}: {tail(log)}")
-        if b"ready" in log.read_bytes():
-            return
-        time.sleep(0.05)  # poll interval while the process starts
-    raise CommandError(f"not ready within {timeout:g}s: {tail(log)}")
-
-
-def tail(log: Path, limit: int = 1500) -> str:
-    """The end of a log file (empty if absent)."""
-    try:
-        return log.read_text(errors="replace")[-limit:].strip()
-    except OSError:
-        return ""
 
 
 def summary_from_log(log: Path) -> dict[str, Any]:

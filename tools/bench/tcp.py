@@ -570,7 +570,7 @@ def _run_sides(plan: Plan, console: Console) -> tuple[list[Experiment], dict[str
 
 def cmd_tcp(args: argparse.Namespace) -> int:
     """`tapsplice bench tcp`: measure, print one table per experiment, write JSON."""
-    from tools.lab import LabError
+    from apps.lab import LabError
 
     console = Console()
     if not ready_to_run("tcp", console):

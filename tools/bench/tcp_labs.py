@@ -1,6 +1,6 @@
 """The two sides `tapsplice bench tcp` compares, and how it drives their clients.
 
-* :class:`StackSide` — the stack's lab (tools/lab.py, unique names) with
+* :class:`StackSide` — the stack's lab (apps/lab.py, unique names) with
   ``tapsplice serve --lab`` (echo, discard, chargen on 198.18.0.2);
 * :class:`KernelSide` — the kernel twin lab (kernel_lab.py, unique names) with
   tools/bench/tcp_server.py (discard, chargen on kernel sockets) in its server
@@ -212,7 +212,7 @@ class StackSide:
 
     def start(self) -> None:
         """Bring up the lab (refusing one that exists) and start the stack."""
-        from tools.lab import lab_up
+        from apps.lab import lab_up
 
         if netns_exists(self.lab.client_ns) or netns_exists(self.lab.server_ns):
             raise CommandError(f"lab {self.lab.client_ns} exists already")
@@ -293,7 +293,7 @@ class StackSide:
             self.stop_process()
         finally:
             if self._lab_is_ours:
-                from tools.lab import lab_down
+                from apps.lab import lab_down
 
                 self._lab_is_ours = False
                 lab_down(self.lab)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from tools.bench.proc import CommandError, ns_cmd, run, stop_process
+from apps.labproc import CommandError, ns_cmd, run, stop_process
 
 # Bounds: how long nginx may take to listen, and the largest file we will make.
 START_TIMEOUT = 10.0
