@@ -252,6 +252,9 @@ class SpliceApi:
             ow = self.splicer.splice_one_way(src, sink, budget, now, seam=seam + extra,
                                              tap=tap_obj)
         except BaseException:
+            # Refused: the source's reader gets back what was taken from it, in front
+            # of what the connection delivers next.
+            src_t.put_back(extra)
             src_t.give_back()
             sink_t.give_back()
             raise

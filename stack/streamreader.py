@@ -111,6 +111,12 @@ class StackStreamReader(asyncio.StreamReader):
         del self._data[:n]
         return out
 
+    def put_back(self, data: bytes) -> None:
+        """Return ``data`` (taken by :meth:`take_buffered`) to the front of the buffer."""
+        if data:
+            self._data[:0] = data
+            self._wake()
+
     # -- waiting ---------------------------------------------------------------------------
     def _wake(self) -> None:
         fut, self._wait_fut = self._wait_fut, None

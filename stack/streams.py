@@ -107,6 +107,12 @@ class TcpTransport(asyncio.Transport):
                              "buffered bytes cannot be handed over")
         return b""
 
+    def put_back(self, data: bytes) -> None:
+        """Return bytes :meth:`take_buffered` took to the front of the stream reader (a
+        splice that was refused)."""
+        if data and self._stream_in is not None:
+            self._stream_in.put_back(data)
+
     def is_closing(self) -> bool:
         """True once close() or abort() was called or the connection is gone."""
         return self._closing or self._lost

@@ -208,3 +208,15 @@ def test_splicing_twice_changes_nothing():
         assert w.splice.splicer.counters["splices"] == 1
 
     in_world(body)
+
+
+def test_a_refused_one_way_splice_gives_the_reader_its_bytes_back():
+    async def body(w: SimpleNamespace) -> None:
+        with pytest.raises(SpliceError, match="same connection"):
+            await w.splice.relay(w.w, w.w, 3)             # source and sink alike
+        assert w.r.buffered_size() == 6
+        assert await w.r.readexactly(6) == b" world"
+        w.w.write(b"reply")                                # the stream is ours again
+        assert await w.cr.readexactly(5) == b"reply"
+
+    in_world(body)
