@@ -76,7 +76,9 @@ def judge_rst(arrived: Side, seg_seq: int) -> str:
     is exactly the one the receiver expects, CHALLENGE when it lies in the receiver's
     window, DROP otherwise."""
     expected, window = receiver_view(arrived)
-    if seg_seq == expected:
+    if seg_seq == expected or seg_seq == arrived.challenged:
+        # The second: the exact answer to our last challenge ACK (its ACK value), which
+        # newer ACKs of the receiver may have overtaken on the way.
         return RELAY
     return CHALLENGE if seq.in_window(expected, seg_seq, window) else DROP
 
@@ -113,6 +115,7 @@ def send_challenge_ack(tcp: TcpLayer, arrived: Side, now: float) -> bool:
         field = offered_by_peer(other) >> arrived.out_map.win_out_shift
     else:
         field = seq.sub(arrived.tcb.rcv_adv, arrived.tcb.rcv_nxt) >> arrived.tcb.rcv_wscale
+    arrived.challenged = ack
     tcp.count("splice_challenge_ack")
     lend.send_on_behalf(arrived.tcb, acked_by_peer(arrived), ack, ACK,
                         min(max(field, 0), _M16), now)

@@ -71,6 +71,9 @@ class Side:
     #: Just past the newest payload relayed out of this interface, in the sequence
     #: space of the other connection (None: none yet).
     sent_end: int | None = None
+    #: The acknowledgement of the last challenge ACK sent to this interface's peer: a
+    #: RST at exactly that number is its answer (splice/guard.py).
+    challenged: int | None = None
 
     def apply(self, event: SpliceEvent) -> SpliceState:
         """Move along the splice state table (logged at debug level: --log-level debug)."""

@@ -348,6 +348,15 @@ class Splicer:
             _H.pack_into(buf, t + 16, cks.update32(csum, ack, arrived.iss))
         self.counters["acks_clamped"] += 1
 
+    def _set_seq(self, skb: SkBuff, old: int, new: int) -> None:
+        """Move the sequence number of the segment (data at its TCP header)."""
+        t = skb.data
+        buf = skb.buf
+        _L.pack_into(buf, t + 4, new)
+        if not skb.vnet_flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
+            csum = _H.unpack_from(buf, t + 16)[0]
+            _H.pack_into(buf, t + 16, cks.update32(csum, old, new))
+
     def _queue(self, out: Side, skb: SkBuff, hdr: TcpHeader) -> None:
         start = skb.network_off - ETH_HLEN
         frame = bytes(skb.buf[start:skb.tail])
@@ -370,9 +379,12 @@ class Splicer:
         arrived = out.other
         pair.last_seen = now
         if flags & ACK:
-            # What the arriving peer acknowledged and offered (splice/guard.py).
-            arrived.peer_ack = ack
-            arrived.peer_win = (skb.buf[skb.data + 14] << 8) | skb.buf[skb.data + 15]
+            # The newest acknowledgement and window of the arriving peer (splice/guard.py):
+            # a reordered older segment must not move them back.
+            prev = arrived.peer_ack
+            if prev is None or (ack - prev) & 0xFFFFFFFF < 0x80000000:
+                arrived.peer_ack = ack
+                arrived.peer_win = (skb.buf[skb.data + 14] << 8) | skb.buf[skb.data + 15]
             if arrived.out_map is not None and seq.lt(ack, arrived.iss):
                 self._clamp_ack(arrived, skb, flags, ack)
         if arrived.tap is not None:
@@ -456,6 +468,11 @@ class Splicer:
                 if verdict is guard.CHALLENGE:
                     guard.send_challenge_ack(self.tcp, side, now)
                 return True
+            expected, _window = guard.receiver_view(side)
+            if seq.lt(hdr.seq, expected):
+                # The answer to our challenge ACK, overtaken by newer ACKs of the
+                # receiver: it would now be below the receiver's window and dropped.
+                self._set_seq(skb, hdr.seq, expected)
             if other.state in RELAYING:
                 self._relay(other, skb, hdr.flags, hdr.ack, now)  # tears the pair down
                 return True

@@ -100,3 +100,24 @@ def test_syn_with_a_newer_timestamp_reopens_even_below_the_old_sequence():
 """
     result = run_script("fresh_ts.pkt", text=fresh)
     assert result.splice_counters["timewait_reopened"] == 1
+
+
+def test_the_answer_to_a_challenge_ack_ends_the_pair_even_when_acks_overtook_it():
+    # The server aborts with data in flight: its RST (at its SND.NXT) is ahead of what
+    # the client acknowledged, so it gets a challenge ACK; the client's ACK of the data
+    # passes before the server's exact answer arrives. That answer is relayed, moved up
+    # to what the client now expects (else the client would drop it as old).
+    text = PLAIN + """\
++.1   client < P. 1001:1011(10) ack 1 win 65535
++0    server > P. 1:11(10) ack 7001 win 65535
++.05  server < P. 7001:7101(100) ack 11 win 65535
++0    client > P. 1:101(100) ack 1011 win 65535
++.01  server < R 7101:7101(0) win 0
++0    server > . 11:11(0) ack 7001 win 65535
++.01  client < . 1011:1011(0) ack 101 win 65535
++0    server > . 11:11(0) ack 7101 win 65535
++.01  server < R 7001:7001(0) win 0
++0    client > R 101:101(0) win 0
+"""
+    result = run_script("overtaken.pkt", text=text)
+    assert result.splice_counters["rst_challenge"] == 1
