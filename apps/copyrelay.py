@@ -48,8 +48,9 @@ async def copy_both(a_reader: asyncio.StreamReader, a_writer: asyncio.StreamWrit
             done, pending = await asyncio.wait(pending, timeout=wait,
                                                return_when=asyncio.FIRST_EXCEPTION)
             for task in done:
-                if task.exception() is not None:
-                    raise task.exception()
+                exc = task.exception()
+                if exc is not None:
+                    raise exc
             if pending and idle_timeout is not None and \
                     loop.time() - last[0] >= idle_timeout:
                 raise IdleTimeout(f"nothing relayed for {idle_timeout:g}s")

@@ -188,6 +188,7 @@ def _http_part(cfg: LabConfig, tmp: Path, extra: list[str]) -> bool:
                     (tmp / "page").read_bytes()).hexdigest() == small.sha256
                 ok &= intact
                 print(f"   GET {url} ({what} expected): {'intact' if intact else r.stderr}")
+            assert small.sha256 is not None  # a random file's digest is always computed
             ok &= _kept_alive(cfg, origin, tmp, url, small.sha256)
             r = _curl(cfg, "-H", "Connection: close", "-o", "/dev/null", "-w",
                       "%{size_download} %{time_total}", big_url)

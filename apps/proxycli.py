@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypedDict
 
 from apps.socks.policy import PolicyError, parse_network, parse_port
 
@@ -62,7 +62,14 @@ def add_client_limits(p: argparse.ArgumentParser) -> None:
                         "first request (default 32); more are refused at once")
 
 
-def client_limits(args: argparse.Namespace) -> dict[str, int]:
+class ClientLimits(TypedDict):
+    """The Policy fields of the per-client options (apps/socks/policy.py)."""
+
+    max_per_client: int | None
+    max_handshakes_per_client: int
+
+
+def client_limits(args: argparse.Namespace) -> ClientLimits:
     """The Policy fields of the per-client options."""
     return {"max_per_client": args.max_per_client,
             "max_handshakes_per_client": args.max_handshakes_per_client}

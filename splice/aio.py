@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from splice.oneway import OneWay
 from splice.pair import SpliceError, SplicePair
@@ -29,6 +29,26 @@ from splice.splicer import Splicer
 from splice.tap import Tap
 from stack.streams import Driver, StackStreamReader, TcpServer, TcpTransport, established
 from stack.tcp.tcb import Tcb
+
+if TYPE_CHECKING:
+    from stack.core import Stack
+    from stack.tcp.layer import TcpLayer
+
+
+class SpliceHost(Protocol):
+    """What :meth:`SpliceApi.attach` needs of a stack: a TapStack (stack/aio.py), a
+    stack's TcpApi (stack/streams.py), or anything else with its TCP layer and
+    driver. One that also has a ``splicer`` attribute learns the splicer there."""
+
+    @property
+    def tcp(self) -> TcpLayer:
+        """The stack's TCP layer."""
+        ...
+
+    @property
+    def driver(self) -> Driver:
+        """The clock and the nudge after a call (stack/streams.py)."""
+        ...
 
 
 def _tcb(writer: asyncio.StreamWriter) -> Tcb:
@@ -38,12 +58,17 @@ def _tcb(writer: asyncio.StreamWriter) -> Tcb:
     return tcb
 
 
+def _transport(writer: asyncio.StreamWriter) -> TcpTransport:
+    # Streams of this stack (_tcb found their TCB) have the stack's transport.
+    return cast(TcpTransport, writer.transport)
+
+
 def _take_buffered(writer: asyncio.StreamWriter, limit: int | None) -> bytes:
     """What the stream's reader took from the connection but the application did not
     read (up to ``limit`` bytes, None: all), removed from it (the stack's
     StackStreamReader hands it over; SpliceError for a reader that cannot)."""
     try:
-        return writer.transport.take_buffered(limit)
+        return _transport(writer).take_buffered(limit)
     except ValueError as e:
         raise SpliceError(str(e)) from None
 
@@ -54,7 +79,12 @@ async def _until_done(ow: OneWay, idle_timeout: float | None) -> None:
     done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     if ow.outcome is not None:
         return
-    ow.on_done = lambda _ow: done.done() or done.set_result(None)
+
+    def finish(_ow: OneWay) -> None:
+        if not done.done():
+            done.set_result(None)
+
+    ow.on_done = finish
     while not done.done():
         mark = ow.progress
         try:
@@ -96,7 +126,7 @@ class SpliceApi:
     one for a stack."""
 
     @classmethod
-    def attach(cls, net: Any, *, window_scheme: str = "rescale",
+    def attach(cls, net: SpliceHost, *, window_scheme: str = "rescale",
                **options: Any) -> SpliceApi:
         """Add a splice layer to a stack and return its API. ``net`` is a TapStack
         (stack/aio.py), or a stack's TcpApi (stack/streams.py; on the simulated network
@@ -108,7 +138,8 @@ class SpliceApi:
         if getattr(net, "splicer", None) is not None:
             raise ValueError("this stack has a splice layer already")
         tcp = net.tcp
-        stack = getattr(net, "stack", None) or tcp.ip
+        # The TCP layer's IP service is the stack's core (stack.core.Stack).
+        stack = cast("Stack", getattr(net, "stack", None) or tcp.ip)
         splicer = Splicer(stack, tcp, window_scheme=window_scheme, **options)
         if hasattr(net, "splicer"):
             net.splicer = splicer
@@ -136,7 +167,7 @@ class SpliceApi:
         client = _tcb(client_writer)
         dst = ipaddress.IPv4Address(host).packed
         server = self.splicer.intend_splice(client, dst, port, self.driver.now())
-        client_writer.transport.pause_reading()
+        _transport(client_writer).pause_reading()
         self.driver.poke()
         try:
             await established(server)
@@ -192,15 +223,15 @@ class SpliceApi:
         # A misuse raises before anything changes: both streams stay the application's
         # (docs/splice.md §1).
         self.splicer.check_splice(client, server, len(reply_to_client), tap or "s2c")
-        if not client_writer.transport.can_hand_over():
+        if not _transport(client_writer).can_hand_over():
             raise SpliceError("the client stream's reader cannot hand its bytes over "
                               "(use the stack's StackStreamReader)")
         now = self.driver.now()
         # Bytes the application's stream took from the client but did not consume
         # belong to the server (nothing lost at the seam).
         unread = _take_buffered(client_writer, None)
-        pending_to_server = server_writer.transport.detach()
-        client_writer.transport.detach()
+        pending_to_server = _transport(server_writer).detach()
+        _transport(client_writer).detach()
         if pending_to_server:
             Splicer._force_send(server, pending_to_server, now)
         tap_obj = None
@@ -240,7 +271,7 @@ class SpliceApi:
         src, sink = _tcb(source_writer), _tcb(sink_writer)
         extra = _take_buffered(source_writer, None if budget is None else budget - len(seam))
         now = self.driver.now()
-        src_t, sink_t = source_writer.transport, sink_writer.transport
+        src_t, sink_t = _transport(source_writer), _transport(sink_writer)
         for tcb, unsent in ((src, src_t.lend()), (sink, sink_t.lend())):
             if unsent:
                 Splicer._force_send(tcb, unsent, now)
@@ -312,7 +343,13 @@ class SpliceApi:
         await self._wait(self.when_closed, pair)
 
     @staticmethod
-    async def _wait(register, pair: SplicePair) -> None:
+    async def _wait(register: Callable[[SplicePair, Callable[[], None]], None],
+                    pair: SplicePair) -> None:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        register(pair, lambda: fut.done() or fut.set_result(None))
+
+        def wake() -> None:
+            if not fut.done():
+                fut.set_result(None)
+
+        register(pair, wake)
         await fut

@@ -10,8 +10,12 @@ scales on either side. Everything here is pure and computed once per splice.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from stack.seq import MASK
+
+if TYPE_CHECKING:
+    from stack.tcp.tcb import Tcb
 
 #: Timestamps agreed on both connections: map TSval and TSecr (docs/splice.md §5).
 TS_MAP = 0
@@ -55,8 +59,8 @@ class ConnSnapshot:
     mss: int
 
 
-def snapshot_of(tcb, snd_nxt: int, rcv_nxt: int, ts_sent: int) -> ConnSnapshot:
-    """A TCB (stack.tcp.tcb.Tcb) frozen with the given base points and the TSval the
+def snapshot_of(tcb: Tcb, snd_nxt: int, rcv_nxt: int, ts_sent: int) -> ConnSnapshot:
+    """A TCB frozen with the given base points and the TSval the
     relayed clock starts from."""
     return ConnSnapshot(
         local=tcb.local, local_port=tcb.local_port, remote=tcb.remote,

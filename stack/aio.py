@@ -14,7 +14,9 @@ import heapq
 import logging
 import random
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Protocol
 
 from stack.core import Stack
 from stack.gso import complete_checksum
@@ -23,7 +25,14 @@ from stack.netdev.faults import FaultDecider, FaultModel, flip_bit
 from stack.netdev.pcap import PcapTee
 from stack.skbuff import SkBuff
 from stack.tcp.api import TcpState
+from stack.tcp.tcb import Tcb
 from stack.wire.ethernet import ETH_HLEN
+
+if TYPE_CHECKING:
+    from stack.control import ControlServer
+    from stack.netdev.tap import TapDevice
+    from stack.tcp.api import TcpConfig
+    from stack.workers import ArpShare, Seat
 
 log = logging.getLogger("tapsplice.driver")
 #: TCP states in which a connection is no running session (TapStack.sessions).
@@ -35,6 +44,57 @@ MAX_ROUNDS = 8
 DEFAULT_DRAIN = 10.0
 #: Seconds the stack stays after resetting what a drain left (answers to those RSTs).
 DRAIN_LINGER = 1.0
+
+
+class FrameDevice(Protocol):
+    """What the driver needs of a device (stack/netdev/tap.py's TapDevice, a worker's
+    queue of one): non-blocking batched reads into SkBuffs, writes with a backlog that
+    the loop drains when the fd is writable again."""
+
+    #: Frames one :meth:`read_batch` returns at most.
+    batch: int
+
+    def fileno(self) -> int:
+        """The fd the loop watches."""
+        ...
+
+    def read_batch(self) -> list[SkBuff]:
+        """Up to ``batch`` frames read without blocking (the buffers are reused)."""
+        ...
+
+    def write(self, skb: SkBuff) -> bool:
+        """Send one frame (or keep it in the backlog)."""
+        ...
+
+    def backlog_len(self) -> int:
+        """Frames waiting for the fd to become writable."""
+        ...
+
+    def flush_backlog(self) -> bool:
+        """Write what waits; True once the backlog is empty."""
+        ...
+
+    def close(self) -> None:
+        """Release the device."""
+        ...
+
+
+class SpliceLayer(Protocol):
+    """What TapStack reads of the splice layer above it (splice.splicer.Splicer, set
+    as ``TapStack.splicer`` by splice.aio.SpliceApi.attach): the stack imports nothing
+    of splice/, so this is the seam."""
+
+    def live_pairs(self) -> int:
+        """Splice pairs not yet in their TIMEWAIT."""
+        ...
+
+    def end_all(self, why: str, now: float) -> int:
+        """Reset every running splice (both peers); how many pairs."""
+        ...
+
+    def stats(self) -> dict[str, Any]:
+        """Counters and pair counts."""
+        ...
 
 
 @dataclass(order=True, slots=True)
@@ -53,7 +113,7 @@ class StackDriver:
                  impair: FaultModel | None = None, seed: int = 0,
                  impair_limit: int = 4096) -> None:
         self.stack = stack
-        self.devices: dict[int, object] = {}
+        self.devices: dict[int, FrameDevice] = {}
         self.pcap = pcap
         self.loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -67,13 +127,13 @@ class StackDriver:
         self._delay_order = 0
         #: Called with (iface, skb) for every frame read, before the core sees it
         #: (stack/workers.py shares ARP this way).
-        self.rx_tee = None
+        self.rx_tee: Callable[[Interface, SkBuff], None] | None = None
         #: Called on SIGINT/SIGTERM in :meth:`serve_forever` (default: stop at once;
         #: TapStack drains first).
-        self.on_signal = self.stop
+        self.on_signal: Callable[[], None] = self.stop
         self._impair_limit = impair_limit
 
-    def attach(self, iface: Interface, device) -> None:
+    def attach(self, iface: Interface, device: FrameDevice) -> None:
         """Bind an interface of the stack to an open device (TapDevice-like)."""
         self.devices[iface.index] = device
 
@@ -85,10 +145,10 @@ class StackDriver:
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> None:
         """Register the device readers and announce the interfaces."""
-        self.loop = asyncio.get_running_loop()
+        self.loop = loop = asyncio.get_running_loop()
         for iface in self.stack.interfaces:
             dev = self.devices[iface.index]
-            self.loop.add_reader(dev.fileno(), self._on_readable, iface, dev)
+            loop.add_reader(dev.fileno(), self._on_readable, iface, dev)
         self.stack.start(self.now())
         self._flush()
         self._reschedule()
@@ -133,14 +193,16 @@ class StackDriver:
             self.pcap = None
 
     # -- data path ---------------------------------------------------------------
-    def _on_readable(self, iface: Interface, dev) -> None:
+    def _on_readable(self, iface: Interface, dev: FrameDevice) -> None:
         stack = self.stack
+        loop = self.loop
+        assert loop is not None  # a reader is registered by start() only
         try:
             for _ in range(MAX_ROUNDS):
                 skbs = dev.read_batch()
                 if not skbs:
                     break
-                now = self.loop.time()
+                now = loop.time()
                 stack.begin_batch()
                 tee = self.rx_tee
                 try:
@@ -167,6 +229,7 @@ class StackDriver:
         out = self.stack.drain()
         if not out:
             return
+        assert self.loop is not None  # the core queues frames only once started
         now = self.loop.time()
         for iface, skb in out:
             if self._tx_fault is not None:
@@ -182,17 +245,21 @@ class StackDriver:
             self.pcap.tx(iface.name, skb, now)
         dev.write(skb)
         if dev.backlog_len() and iface.index not in self._writers:
+            assert self.loop is not None
             self._writers.add(iface.index)
             self.loop.add_writer(dev.fileno(), self._on_writable, iface.index, dev)
 
-    def _on_writable(self, index: int, dev) -> None:
+    def _on_writable(self, index: int, dev: FrameDevice) -> None:
         if dev.flush_backlog():
+            assert self.loop is not None
             self.loop.remove_writer(dev.fileno())
             self._writers.discard(index)
 
     # -- impairment (--impair) ------------------------------------------------------
     def _impaired(self, rx: bool, iface: Interface, skb: SkBuff, now: float) -> None:
-        fate = (self._rx_fault if rx else self._tx_fault).decide(now, len(skb))
+        fault = self._rx_fault if rx else self._tx_fault
+        assert fault is not None  # called only when that direction is impaired
+        fate = fault.decide(now, len(skb))
         c = self.stack.counters
         if fate.lost:
             c["impair_lost"] += 1
@@ -244,11 +311,13 @@ class StackDriver:
             self._timer = None
         self._timer_at = deadline
         if deadline is not None:
+            assert self.loop is not None
             self._timer = self.loop.call_at(deadline, self._on_timer)
 
     def _on_timer(self) -> None:
         # The loop may fire a callback up to its clock resolution early; the core
         # must see the deadline it asked for, or it would ask again at once.
+        assert self.loop is not None
         now = max(self.loop.time(), self._timer_at or 0.0)
         self._timer = None
         self._timer_at = None
@@ -292,8 +361,8 @@ class TapStack:
     def __init__(self, attachments: list[Attachment], *, forwarding: bool = False,
                  offload: bool = True, routes: list[tuple[str, str]] | None = None,
                  pcap: PcapTee | None = None, impair: FaultModel | None = None,
-                 seed: int = 0, tcp_config=None, control: str | bool = False,
-                 seat=None) -> None:
+                 seed: int = 0, tcp_config: TcpConfig | None = None,
+                 control: str | bool = False, seat: Seat | None = None) -> None:
         from stack.hostkey import host_secret
         from stack.netdev.tap import TapDevice
         from stack.streams import TcpApi
@@ -303,7 +372,7 @@ class TapStack:
         self.stack = Stack(forwarding=forwarding)
         self.devices: list[tuple[Interface, TapDevice]] = []
         self.seat = seat
-        devices = None
+        devices: list[TapDevice] | None = None
         if seat is not None:
             from stack.tcp.api import TcpConfig
             if len(seat.devices) != len(attachments):
@@ -335,21 +404,21 @@ class TapStack:
         #: The splice layer on this stack, if any: set by the layer above when it
         #: attaches (splice.aio.SpliceApi.attach(net)); read here for sessions, the
         #: drain and the counters, and by the control socket.
-        self.splicer = None
+        self.splicer: SpliceLayer | None = None
         self.open_connection = self.api.open_connection
         self.start_server = self.api.start_server
         self.create_connection = self.api.create_connection
         self.create_server = self.api.create_server
         # -- control socket (stack/control.py): False none, True the default path --
         self.control_path = control
-        self.control = None
-        self.arp_share = None
+        self.control: ControlServer | None = None
+        self.arp_share: ArpShare | None = None
         #: Seconds a stop signal lets running sessions finish before the rest are reset
         #: (see :meth:`drain`); a second signal cuts it short.
         self.drain_period = DEFAULT_DRAIN
         #: Called when a drain starts (a proxy closes its idle kept-alive connections).
-        self.drain_hooks: list = []
-        self._drain_task: asyncio.Task | None = None
+        self.drain_hooks: list[Callable[[], None]] = []
+        self._drain_task: asyncio.Task[None] | None = None
         self._drain_cut = asyncio.Event()
         self.driver.on_signal = self._on_signal
 
@@ -358,13 +427,13 @@ class TapStack:
         self.driver.start()
         if self.seat is not None and self.arp_share is None:
             from stack.workers import ArpShare
-            self.arp_share = ArpShare(self, self.seat)
-            self.arp_share.start()
+            self.arp_share = arp_share = ArpShare(self, self.seat)
+            arp_share.start()
         if self.control_path is not False and self.control is None:
             from stack.control import ControlServer
             path = None if self.control_path is True else self.control_path
-            self.control = ControlServer(self, path)
-            self.control.start()
+            self.control = control = ControlServer(self, path)
+            control.start()
 
     async def serve_forever(self, handle_signals: bool = True) -> None:
         """Run until SIGINT/SIGTERM or :meth:`close`. A worker (``seat``) tells its
@@ -398,6 +467,7 @@ class TapStack:
         for tcb in list(self.tcp.connections.values()):
             # What is left of splice pairs waits out its TIMEWAIT: its TCBs are silent.
             if tcb.splice is None and tcb.state not in _ENDED:
+                assert isinstance(tcb, Tcb)  # a TIME-WAIT record is in _ENDED
                 tcb.abort(now)
                 n += 1
         self.stack.counters[f"{why}_reset"] += n

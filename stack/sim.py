@@ -11,14 +11,23 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from typing import Protocol
 
 from stack.core import Stack
 from stack.iface import Interface
 from stack.netdev.faults import FaultModel
 from stack.netdev.memory import LinkEnd, MemoryLink, VirtualClock
-from stack.netdev.pcap import PcapTee
 from stack.skbuff import SkBuff
 from stack.wire.vnet import VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4
+
+
+class FrameRecorder(Protocol):
+    """Where a SimNetwork records the frames sent: a PcapTee (stack/netdev/pcap.py) or
+    the testing kit's MemoryCapture."""
+
+    def tx(self, dev_name: str, skb: SkBuff, now: float) -> None:
+        """Record one frame sent on ``dev_name`` at ``now``."""
+        ...
 
 
 class Probe:
@@ -57,7 +66,7 @@ class Probe:
 class SimNetwork:
     """Hosts and links on one virtual clock."""
 
-    def __init__(self, seed: int = 0, *, pcap: PcapTee | None = None,
+    def __init__(self, seed: int = 0, *, pcap: FrameRecorder | None = None,
                  start_time: float = 1000.0) -> None:
         self.rng = random.Random(seed)
         self.clock = VirtualClock(start_time)

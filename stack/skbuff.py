@@ -327,7 +327,7 @@ class SkbQueue:
             raise SkbError("cannot splice a queue into itself")
         if other.first is None:
             return
-        skb = other.first
+        skb: SkBuff | None = other.first
         while skb is not None:
             skb.queue = self
             skb = skb.next

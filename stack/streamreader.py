@@ -16,7 +16,16 @@ asyncio's reader they arrive before its waiter exists and wake nobody).
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from collections.abc import Sized
+
+    from typing_extensions import Buffer
+
+    class _Separator(Buffer, Sized, Protocol):
+        """What readuntil searches for: a bytes-like object with a length (as asyncio
+        types it)."""
 
 #: asyncio's default line limit (64 KiB).
 DEFAULT_LIMIT = 2 ** 16
@@ -34,7 +43,7 @@ class StackStreamReader(asyncio.StreamReader):
         self._evloop = loop
         self._data = bytearray()
         self._ended = False
-        self._error: BaseException | None = None
+        self._error: Exception | None = None
         self._wait_fut: asyncio.Future[None] | None = None
         self._source: Any = None
         self._source_paused = False
@@ -60,7 +69,9 @@ class StackStreamReader(asyncio.StreamReader):
         if bind is not None:
             bind(self)
 
-    def feed_data(self, data: bytes | bytearray | memoryview) -> None:
+    # asyncio's stub allows any iterable of ints; like asyncio's reader in practice,
+    # this one is fed bytes-like objects only (they are appended as a buffer).
+    def feed_data(self, data: bytes | bytearray | memoryview) -> None:  # type: ignore[override]
         """Append received bytes; pause the transport above twice the limit."""
         if self._ended:
             raise RuntimeError("feed_data after feed_eof")
@@ -82,14 +93,14 @@ class StackStreamReader(asyncio.StreamReader):
         self._ended = True
         self._wake()
 
-    def set_exception(self, exc: BaseException) -> None:
+    def set_exception(self, exc: Exception) -> None:
         """Fail the current and later reads with ``exc``."""
         self._error = exc
         fut, self._wait_fut = self._wait_fut, None
         if fut is not None and not fut.cancelled():
             fut.set_exception(exc)
 
-    def exception(self) -> BaseException | None:
+    def exception(self) -> Exception | None:
         """The error set by :meth:`set_exception`, if any."""
         return self._error
 
@@ -187,7 +198,7 @@ class StackStreamReader(asyncio.StreamReader):
         self._resume_if_drained()
         return out
 
-    async def readuntil(self, separator: bytes = b"\n") -> bytes:
+    async def readuntil(self, separator: _Separator = b"\n") -> bytes:
         """Bytes up to and including ``separator``. LimitOverrunError (the data stays
         buffered) when more than the limit comes before it; IncompleteReadError (the
         buffer is emptied into it) when the stream ends first."""

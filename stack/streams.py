@@ -43,7 +43,7 @@ class Driver(Protocol):
 class TcpTransport(asyncio.Transport):
     """An asyncio transport on one TCP connection of the stack."""
 
-    def __init__(self, tcb: Tcb, protocol: asyncio.BaseProtocol, driver: Driver) -> None:
+    def __init__(self, tcb: Tcb, protocol: asyncio.Protocol, driver: Driver) -> None:
         super().__init__()
         self._tcb = tcb
         self._app = protocol
@@ -330,7 +330,7 @@ class TcpTransport(asyncio.Transport):
                 self._deliver()
             self._connection_lost(tcb.error)
 
-    def _connection_lost(self, exc: BaseException | None) -> None:
+    def _connection_lost(self, exc: Exception | None) -> None:
         if self._lost:
             return
         self._lost = True
@@ -345,7 +345,7 @@ class TcpServer(asyncio.AbstractServer):
     """A listening endpoint; each accepted connection gets a fresh protocol."""
 
     def __init__(self, api: TcpApi, listener: Listener,
-                 factory: Callable[[], asyncio.BaseProtocol]) -> None:
+                 factory: Callable[[], asyncio.Protocol]) -> None:
         self._api = api
         self._listener = listener
         self._factory = factory
@@ -475,14 +475,15 @@ class TcpApi:
         self.tcp = tcp
         self.driver = driver
 
-    async def create_connection(self, protocol_factory: Callable[[], asyncio.BaseProtocol],
+    async def create_connection(self, protocol_factory: Callable[[], asyncio.Protocol],
                                 host: str, port: int, *, local_addr: tuple[str, int] | None
-                                = None) -> tuple[TcpTransport, asyncio.BaseProtocol]:
+                                = None) -> tuple[TcpTransport, asyncio.Protocol]:
         """Connect to (host, port); like ``loop.create_connection``."""
-        kw = {}
+        src: bytes | None = None
+        sport: int | None = None
         if local_addr is not None:
-            kw = {"src": ip_bytes(local_addr[0]), "sport": local_addr[1] or None}
-        tcb = self.tcp.connect(_addr(host), port, self.driver.now(), **kw)
+            src, sport = ip_bytes(local_addr[0]), local_addr[1] or None
+        tcb = self.tcp.connect(_addr(host), port, self.driver.now(), src=src, sport=sport)
         self.driver.poke()
         try:
             await established(tcb)
@@ -496,7 +497,7 @@ class TcpApi:
         transport._deliver()
         return transport, protocol
 
-    async def create_server(self, protocol_factory: Callable[[], asyncio.BaseProtocol],
+    async def create_server(self, protocol_factory: Callable[[], asyncio.Protocol],
                             host: str | None, port: int, *, backlog: int = 128) -> TcpServer:
         """Listen on (host, port); like ``loop.create_server``."""
         listener = self.tcp.listen(_addr(host), port, backlog)

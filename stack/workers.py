@@ -276,7 +276,7 @@ def run_workers(seats: list[Seat], child: Callable[[Seat], int], *,
 
 
 def _supervise(children: list[_Child], ready_timeout: float, grace: float) -> int:
-    stopping = {"why": None}
+    stopping: dict[str, str | None] = {"why": None}
 
     def stop(why: str) -> None:
         if stopping["why"] is None:

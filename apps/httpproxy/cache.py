@@ -49,7 +49,8 @@ def parse_cache_control(headers: Headers) -> dict[str, str | None]:
 
 def _split_list(value: str) -> Iterable[str]:
     """Comma-separated elements, commas inside quoted strings kept."""
-    part, quoted = [], False
+    part: list[str] = []
+    quoted = False
     for ch in value:
         if ch == '"':
             quoted = not quoted

@@ -110,6 +110,7 @@ class HttpProxy:
         self.auth_limiter = auth_limiter or AuthLimiter(
             clock=lambda: asyncio.get_running_loop().time())
         #: Per-client slots and the kept-alive connections waiting (apps/clientslots.py).
+        assert self.policy.max_per_client is not None  # Policy.__post_init__ sets it
         self.slots = ClientSlots(self.policy.max_per_client,
                                  self.policy.max_handshakes_per_client)
         self.idle = IdlePool()

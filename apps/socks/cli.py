@@ -16,6 +16,7 @@ from apps.proxycli import (
     policy_type,
 )
 from apps.socks.policy import (
+    P,
     Policy,
     PolicyError,
     attached_networks,
@@ -61,8 +62,8 @@ def policy_from_args(args: argparse.Namespace) -> Policy:
     )
 
 
-def default_destinations(policy: Policy, interfaces: list, routes: list[tuple[str, str]]
-                         ) -> Policy:
+def default_destinations(policy: P, interfaces: list, routes: list[tuple[str, str]]
+                         ) -> P:
     """Without --allow-dest, only the attached subnets and the --route prefixes: the
     proxy reaches what the stack was explicitly connected to, nothing more."""
     if policy.allow_dests is not None:

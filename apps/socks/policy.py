@@ -16,7 +16,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Self, TypeVar
 
 from apps.socks.protocol import Address, Atyp, parse_ip
 
@@ -162,7 +162,11 @@ def listen_interface(api: Any, host: str) -> Any | None:
     return next((i for i in api_interfaces(api) if i.addr == packed), None)
 
 
-def own_interface_defaults(server: Any, api: Any, host: str, policy: Policy) -> Policy:
+#: A Policy or a subclass of it (apps/httpproxy's HttpPolicy keeps its type).
+P = TypeVar("P", bound="Policy")
+
+
+def own_interface_defaults(server: Any, api: Any, host: str, policy: P) -> P:
     """A proxy listening on ``host`` serves the side of the interface that owns it:
     its listener accepts connections only through that interface (stack/tcp/layer.py
     Listener.own_interface_only), and without --allow-client only that interface's
@@ -236,7 +240,7 @@ class Policy:
         """Whether clients must authenticate with username/password."""
         return self.users is not None
 
-    def with_default_clients(self, networks: Iterable[Network]) -> Policy:
+    def with_default_clients(self, networks: Iterable[Network]) -> Self:
         """This policy with ``networks`` as the allowed clients if none were given."""
         if self.allow_clients is not None:
             return self

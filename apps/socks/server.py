@@ -106,6 +106,7 @@ class SocksServer:
         self.access_log = log or ACCESS_LOG
         #: Back-off of repeated RFC 1929 failures per client address (on loop time).
         self.auth_limiter = auth_limiter or AuthLimiter(clock=_loop_time)
+        assert self.policy.max_per_client is not None  # Policy.__post_init__ sets it
         self.slots = ClientSlots(self.policy.max_per_client,
                                  self.policy.max_handshakes_per_client)
         self.active = 0

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from splice.aio import SpliceApi
 from splice.pair import SpliceError
@@ -28,6 +28,9 @@ from splice.testing.sim import splice_api
 from stack.streams import TcpServer
 from stack.testing import proxy as base
 from stack.testing.proxy import ProxyContext, ProxyHandler, ProxyLayer, ProxyRun, copy_proxy
+
+if TYPE_CHECKING:
+    from stack.core import Stack
 
 __all__ = ["SpliceLayer", "SpliceProxyContext", "SpliceProxyRun", "check_proxy",
            "splice_proxy"]
@@ -56,7 +59,7 @@ class SpliceLayer(ProxyLayer):
     def context(self, ctx: ProxyContext) -> SpliceProxyContext:
         """The context with ``splice``, the proxy host's splice API."""
         fields = {f.name: getattr(ctx, f.name) for f in dataclasses.fields(ctx)}
-        host = ctx.tcp.tcp.ip  # the proxy's Stack (its TCP's IP layer)
+        host = cast("Stack", ctx.tcp.tcp.ip)  # the proxy's Stack (its TCP's IP layer)
         return SpliceProxyContext(**fields, splice=splice_api(ctx.driver, host))
 
     def serving(self, ctx: ProxyContext, server: TcpServer) -> None:

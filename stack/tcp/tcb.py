@@ -184,8 +184,8 @@ class Tcb:
         self.on_event: EventCallback | None = None
         self.events: list[str] = []
         self.eof_received = False
-        self.error: BaseException | None = None
-        self.soft_error: BaseException | None = None
+        self.error: Exception | None = None
+        self.soft_error: Exception | None = None
         self.listener: Listener | None = None
         self.orphaned = False       # close() was called: nobody will read any more
         self.user_shutdown = False  # shutdown_write() or close() was called
@@ -229,7 +229,7 @@ class Tcb:
         self.events.append(event)
         self.layer.note_events(self)
 
-    def fail(self, err: BaseException) -> None:
+    def fail(self, err: Exception) -> None:
         """Record a fatal error, drop everything and move to CLOSED."""
         if self.error is None:
             self.error = err

@@ -142,6 +142,7 @@ def probe_timeout(tcb: Tcb, now: float) -> None:
         if len(last) > mss:
             output.split_skb(tcb, last, len(last) - mss)
             last = last.next
+            assert last is not None  # split_skb queued the tail right after it
         output.retransmit(tcb, last, now)
     tcb.tlp_end = tcb.snd_nxt
     output.arm_rtx(tcb, now)  # an RTO now: the probe is outstanding (RFC 8985 §7.3)

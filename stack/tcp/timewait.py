@@ -22,7 +22,7 @@ segments.
 from __future__ import annotations
 
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, final
 
 from stack import seq
 from stack.tcp import output
@@ -37,6 +37,9 @@ if TYPE_CHECKING:
     from stack.tcp.tcb import Tcb
 
 
+# final: ``type(conn) is TimeWait`` (the layer's cheap test) then tells a type checker
+# that anything else in the connection table is a Tcb.
+@final
 class TimeWait:
     """One connection in TIME-WAIT: the little state RFC 9293 §3.10.7.4 still needs."""
 
@@ -48,7 +51,7 @@ class TimeWait:
     )
 
     #: What readers of the connection table (control.py, aio.py) look at.
-    state = TcpState.TIME_WAIT
+    state: Literal[TcpState.TIME_WAIT] = TcpState.TIME_WAIT
     splice = None
     listener = None
 

@@ -112,6 +112,10 @@ class TcpConversation(RuleBasedStateMachine):
         assert up and tcb.state in _OPEN, f"no connection: {tcb!r}"
         self.ends = [Endpoint("client", tcb), Endpoint("server", accepted[0])]
 
+    def _net(self) -> SimNetwork:
+        assert self.net is not None, "the network is built by open_connection, which runs first"
+        return self.net
+
     # -- rules ----------------------------------------------------------------------------
     @rule(who=st.integers(0, 1), n=st.integers(1, 100_000))
     def write(self, who: int, n: int) -> None:
@@ -120,10 +124,10 @@ class TcpConversation(RuleBasedStateMachine):
         if end.shut or end.tcb.state not in _OPEN:
             return
         data = end.pattern(n)
-        taken = end.tcb.send(data, self.net.now)
+        taken = end.tcb.send(data, self._net().now)
         assert 0 <= taken <= n
         end.sent += data[:taken]
-        self.net.flush()
+        self._net().flush()
 
     @rule(who=st.integers(0, 1), n=st.integers(1, 1 << 20))
     def read(self, who: int, n: int) -> None:
@@ -131,7 +135,7 @@ class TcpConversation(RuleBasedStateMachine):
         got = self.ends[who].tcb.recv(n)
         assert len(got) <= n
         self.ends[who].got += got
-        self.net.flush()
+        self._net().flush()
 
     @rule(who=st.integers(0, 1))
     def shutdown(self, who: int) -> None:
@@ -139,8 +143,8 @@ class TcpConversation(RuleBasedStateMachine):
         end = self.ends[who]
         if not end.shut:
             end.shut = True
-            end.tcb.shutdown_write(self.net.now)
-            self.net.flush()
+            end.tcb.shutdown_write(self._net().now)
+            self._net().flush()
 
     @rule(who=st.integers(0, 1), steps=app_scripts(max_steps=5, max_write=50_000))
     def play(self, who: int, steps: tuple[AppAction, ...]) -> None:
@@ -159,7 +163,7 @@ class TcpConversation(RuleBasedStateMachine):
     @rule(dt=st.floats(0.0005, 3.0))
     def advance(self, dt: float) -> None:
         """Let ``dt`` seconds of virtual time pass."""
-        self.net.run(dt)
+        self._net().run(dt)
 
     @invariant()
     def read_is_a_prefix_of_written(self) -> None:
@@ -183,7 +187,7 @@ class TcpConversation(RuleBasedStateMachine):
                 end.got += end.tcb.recv()
             return all(e.tcb.eof_received or e.tcb.error for e in self.ends)
 
-        done = self.net.run_until(drained, timeout=self.settle_time)
+        done = self._net().run_until(drained, timeout=self.settle_time)
         for a, b in ((0, 1), (1, 0)):
             ra, sb = self.ends[a], self.ends[b]
             assert ra.tcb.error is None, f"{ra.name} failed: {ra.tcb.error!r}"

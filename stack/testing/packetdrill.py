@@ -61,7 +61,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from stack import seq
 from stack.core import Stack
@@ -379,6 +379,7 @@ class Runner:
             return False
         if want.val is None:
             return True
+        assert got.val is not None  # a sent packet's TS option has both values (pd_wire)
         if side.ts_offset is None:
             side.ts_offset = seq.sub(got.val, want.val)
             return True
@@ -410,7 +411,7 @@ class Runner:
 def _config(config: TcpConfig | None, script: Script) -> TcpConfig:
     cfg = config or TcpConfig()
     text = script.options.get("config", "")
-    changes: dict[str, object] = {}
+    changes: dict[str, Any] = {}
     types = {f.name: f.type for f in dataclasses.fields(TcpConfig)}
     for item in filter(None, (p.strip() for p in text.split(","))):
         key, _, value = item.partition("=")

@@ -250,9 +250,9 @@ class Calls:
         n = self.count_arg(args, 2)
         now = self.r.now()
         for ext in self.r.extensions:
-            taken = ext.write(tcb, n, now)
-            if taken is not None:
-                return taken
+            handled = ext.write(tcb, n, now)
+            if handled is not None:
+                return handled
         try:
             taken = tcb.send(b"x" * n, now)
         except TcpStateError:

@@ -129,7 +129,9 @@ def _time(tok: str) -> TimeSpec:
 
 def split_args(text: str) -> list[str]:
     """Comma-separated arguments, commas inside brackets or braces kept."""
-    out, depth, cur = [], 0, []
+    out: list[str] = []
+    cur: list[str] = []
+    depth = 0
     for ch in text:
         if ch in "[{(":
             depth += 1
@@ -267,7 +269,7 @@ def parse_script(text: str, name: str = "<script>",
     names the first bad line."""
     known = options
     events: list[Event] = []
-    options: dict[str, str] = {}
+    found: dict[str, str] = {}
     for no, line in enumerate(_strip_comments(text), start=1):
         if not line:
             continue
@@ -278,7 +280,7 @@ def parse_script(text: str, name: str = "<script>",
             if opt.group(1) not in known:
                 raise ScriptSyntaxError(name, no, f"unsupported in this runner: option "
                                                   f"--{opt.group(1)}")
-            options[opt.group(1)] = opt.group(2) or ""
+            found[opt.group(1)] = opt.group(2) or ""
             continue
         m = _TIME.match(line)
         if m is None:
@@ -292,4 +294,4 @@ def parse_script(text: str, name: str = "<script>",
         except ValueError as e:
             raise ScriptSyntaxError(name, no, str(e)) from None
         events.append(Event(no, spec, what, line))
-    return Script(name, events, options)
+    return Script(name, events, found)

@@ -145,8 +145,10 @@ async def _wait_all(tasks: Callable[[], list[asyncio.Future[Any]]], deadline: fl
     while True:
         current = tasks()
         for t in current:
-            if t.done() and t.exception() is not None:
-                raise t.exception()
+            if t.done():
+                exc = t.exception()
+                if exc is not None:
+                    raise exc
         pending = [t for t in current if not t.done()]
         if not pending:
             return
