@@ -53,12 +53,14 @@ class Side:
     out_map: DirectionMap | None = None
     #: Sequence number, in this connection's space, just past the FIN relayed out of it.
     fin_end: int | None = None
-    other: Side | None = None
+    #: The pair's other interface and the pair: set by Splicer.intend_splice right
+    #: after both sides are made (never None afterwards, so the relay reads them as is).
+    other: Side = field(init=False)
     #: A copy of what arrives on this interface, for the application (TCP Tap).
     tap: Tap | None = None
     #: Looked up once, not per relayed segment: the pair, whether the outgoing device
     #: takes offloads, and the names of the per-splice counters of this direction.
-    pair: SplicePair | None = None
+    pair: SplicePair = field(init=False)
     offload: bool = True
     seg_key: str = ""
     byte_key: str = ""
