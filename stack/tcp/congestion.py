@@ -236,7 +236,7 @@ class Cubic(CongestionControl):
             self._rtt = min(rtt, CUBIC_MAX_RTT)
         if self.t_epoch is None or now < self.t_epoch:
             self._start_epoch(now)
-        t = now - self.t_epoch  # type: ignore[operator]
+        t = now - self.t_epoch  # type: ignore[operator]  # _start_epoch set it if None
         cwnd = self.cwnd / self.mss
         segs = acked / self.mss
         # RFC 9438 §4.3: once W_est reaches cwnd_prior, grow it at Reno's rate.

@@ -8,7 +8,7 @@ ACK (RFC 5961 §5.2, RFC 5681/6582/6675 via ack.py), URG, segment text, FIN.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from stack import seq
 from stack.tcp import output
@@ -120,7 +120,21 @@ def became_established(tcb: Tcb, now: float) -> None:
 
 
 # ------------------------------------------------------------------ synchronized
-def acceptable(tcb: Tcb, seg_seq: int, seg_len: int) -> bool:
+class RcvWindow(Protocol):
+    """What the acceptability test reads: a Tcb, or a TIME-WAIT record."""
+
+    @property
+    def rcv_nxt(self) -> int:
+        """RCV.NXT."""
+        ...
+
+    @property
+    def rcv_adv(self) -> int:
+        """The right edge of the window last advertised."""
+        ...
+
+
+def acceptable(tcb: RcvWindow, seg_seq: int, seg_len: int) -> bool:
     """RFC 9293 §3.10.7.4 segment acceptability test (four cases)."""
     wnd = max(0, seq.sub(tcb.rcv_adv, tcb.rcv_nxt))
     if seg_len == 0:

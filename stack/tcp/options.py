@@ -8,7 +8,7 @@ carry SACK blocks while the out_of_order_queue is not empty (RFC 2018 §4).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from stack import seq
 from stack.wire.tcp import TcpOptions
@@ -24,6 +24,20 @@ DEFAULT_PEER_MSS = 536
 PAWS_24DAYS = 24 * 24 * 3600.0
 
 
+class TsClock(Protocol):
+    """What the RFC 7323 timestamp rules read and update: a Tcb, or the TIME-WAIT
+    record that outlives it (stack/tcp/timewait.py)."""
+
+    ts_offset: int
+    ts_recent: int
+    ts_recent_age: float
+
+    @property
+    def last_ack_sent(self) -> int:
+        """RFC 7323 §4.3 Last.ACK.sent."""
+        ...
+
+
 def wscale_for(space: int) -> int:
     """The smallest shift that lets a 16-bit window field describe ``space`` bytes."""
     shift = 0
@@ -32,7 +46,7 @@ def wscale_for(space: int) -> int:
     return shift
 
 
-def tsval(tcb: Tcb, now: float) -> int:
+def tsval(tcb: TsClock, now: float) -> int:
     """Our timestamp clock: milliseconds plus a per-connection random offset (RFC 7323 §5.4)."""
     return (int(now * 1000.0) + tcb.ts_offset) & seq.MASK
 
@@ -124,14 +138,14 @@ def header_len(opts: TcpOptions) -> int:
     return n
 
 
-def update_ts_recent(tcb: Tcb, tsval_in: int, seg_seq: int, now: float) -> None:
+def update_ts_recent(tcb: TsClock, tsval_in: int, seg_seq: int, now: float) -> None:
     """RFC 7323 §4.3: remember TSval of a segment covering the last ACK we sent."""
     if seq.le(seg_seq, tcb.last_ack_sent) and seq.ge(tsval_in, tcb.ts_recent):
         tcb.ts_recent = tsval_in
         tcb.ts_recent_age = now
 
 
-def paws_reject(tcb: Tcb, tsval_in: int, now: float) -> bool:
+def paws_reject(tcb: TsClock, tsval_in: int, now: float) -> bool:
     """RFC 7323 §5.3: is this segment's TSval older than ts_recent (and ts_recent valid)?"""
     if now - tcb.ts_recent_age > PAWS_24DAYS:
         return False

@@ -230,6 +230,7 @@ def queue_data(tcb: Tcb, data: memoryview) -> None:
     while pos < n:
         take = min(goal, n - pos)
         if shared and take >= tcb.mss:
+            # (a read-only view of the application's bytes: never written, on purpose)
             skb = SkBuff(take, 0, buf=data[pos:pos + take])  # type: ignore[arg-type]
             skb.tail = take
         else:

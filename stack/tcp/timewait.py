@@ -118,7 +118,7 @@ class TimeWait:
         """<SEQ=SND.NXT><ACK=RCV.NXT> with ``flags``, our window and timestamps."""
         opts = TcpOptions()
         if self.ts_ok:
-            opts.timestamp = (tsval(self, now), self.ts_recent)  # type: ignore[arg-type]
+            opts.timestamp = (tsval(self, now), self.ts_recent)
         hdr = TcpHeader(self.local_port, self.remote_port, self.snd_nxt, self.rcv_nxt,
                         flags, self.window, options=opts)
         output.emit(self.layer, self.local, self.remote, hdr, [], 0, self.offload, 0, now,
@@ -157,11 +157,11 @@ def segment_arrives(tw: TimeWait, hdr: TcpHeader, payload: memoryview, now: floa
     flags = hdr.flags
     seg_len = len(payload) + (1 if flags & SYN else 0) + (1 if flags & FIN else 0)
     ts = hdr.options.timestamp if tw.ts_ok else None
-    if ts is not None and not flags & RST and paws_reject(tw, ts[0], now):  # type: ignore[arg-type]
+    if ts is not None and not flags & RST and paws_reject(tw, ts[0], now):
         layer.count("paws_reject")
         tw.send(ACK, now)
         return
-    if not acceptable(tw, hdr.seq, seg_len):  # type: ignore[arg-type]
+    if not acceptable(tw, hdr.seq, seg_len):
         layer.count("seq_unacceptable")
         if flags & RST:
             return
@@ -185,7 +185,7 @@ def segment_arrives(tw: TimeWait, hdr: TcpHeader, payload: memoryview, now: floa
         layer.count("no_ack_flag")
         return
     if ts is not None:
-        update_ts_recent(tw, ts[0], hdr.seq, now)  # type: ignore[arg-type]
+        update_ts_recent(tw, ts[0], hdr.seq, now)
     if not _ack_acceptable(tw, hdr.ack, now):
         return
     _text_and_fin(tw, hdr, payload, now)
