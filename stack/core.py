@@ -221,10 +221,10 @@ class Stack:
             if iface is not None:
                 self._icmp_error(iface.iface, quoted, wicmp.TIME_EXCEEDED,
                                  wicmp.EXC_FRAGTIME, now)
-        for p in (*self.protocols.values(), *self.timer_sources):
-            deadline = p.next_deadline()
+        for owner in (*self.protocols.values(), *self.timer_sources):
+            deadline = owner.next_deadline()
             if deadline is not None and deadline <= now:
-                p.on_timer(now)
+                owner.on_timer(now)
 
     def _drop(self, reason: str, count_rx: bool = True) -> None:
         c = self.counters

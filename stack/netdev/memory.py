@@ -22,7 +22,7 @@ from stack.netdev.offload import (
 )
 from stack.skbuff import SkBuff
 from stack.wire.fields import ETH_TYPE
-from stack.wire.vnet import restore_vnet, save_vnet
+from stack.wire.vnet import VnetFields, restore_vnet, save_vnet
 
 _ETH_IP = b"\x08\x00"
 
@@ -57,7 +57,7 @@ class VirtualClock:
 @dataclass(frozen=True)
 class _Frame:
     data: bytes
-    vnet: tuple[int, ...]  # flags, gso_type, hdr_len, gso_size, start, off
+    vnet: VnetFields  # flags, gso_type, hdr_len, gso_size, start, off
 
 
 class LinkEnd:
@@ -119,7 +119,7 @@ class MemoryLink:
             raise ValueError(f"{end.name}: super-segment (gso_size {skb.gso_size}) "
                              "written to a link without offload")
         data = bytearray(memoryview(skb.buf)[skb.data:skb.tail])
-        vnet: tuple[int, ...] = save_vnet(skb)
+        vnet = save_vnet(skb)
         if not self.offload and flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
             vnet = _completed(data, vnet)
         c["tx_frames"] += 1
@@ -127,7 +127,7 @@ class MemoryLink:
         self._impair(end, data, vnet, now)
         return True
 
-    def _impair(self, end: LinkEnd, data: bytearray, vnet: tuple[int, ...],
+    def _impair(self, end: LinkEnd, data: bytearray, vnet: VnetFields,
                 now: float) -> None:
         c = end.counters
         fate = end.decider.decide(now, len(data))
@@ -178,15 +178,15 @@ class MemoryLink:
         return len(self._heap)
 
 
-def _completed(data: bytearray, vnet: tuple[int, ...]) -> tuple[int, ...]:
+def _completed(data: bytearray, vnet: VnetFields) -> VnetFields:
     """Finish a partial checksum in ``data`` and return metadata without NEEDS_CSUM."""
     flags, gso_type, hdr_len, gso_size, start, off = vnet
     complete_checksum(data, 0, len(data), start, off)
     return flags & ~VIRTIO_NET_HDR_F_NEEDS_CSUM, gso_type, hdr_len, gso_size, 0, 0
 
 
-def _corrupt(data: bytearray, vnet: tuple[int, ...],
-             where: float) -> tuple[int, ...]:
+def _corrupt(data: bytearray, vnet: VnetFields,
+             where: float) -> VnetFields:
     """Flip one bit after the Ethernet header, as noise on a wire would.
 
     A frame with a partial checksum gets it completed first; otherwise the

@@ -71,7 +71,7 @@ class SteeringError(OSError):
     """The kernel refused the program or the device refused the attachment."""
 
 
-def _assemble(lines: list[tuple]) -> bytes:
+def _assemble(lines: list[tuple | str]) -> bytes:
     """Assemble ``(op, dst, src, imm, target_label)`` tuples and ``"label"`` strings;
     jump offsets count instructions after the jump."""
     labels: dict[str, int] = {}
