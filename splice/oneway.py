@@ -1,4 +1,4 @@
-"""One-way splice with a byte budget (SPLICE.md §6, "asymmetric splice").
+"""One-way splice with a byte budget (docs/splice.md §7).
 
 One direction of two established connections is spliced for ``budget`` bytes: what
 the *source* connection's peer sends (an origin's response body) leaves on the
@@ -39,7 +39,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
-import struct
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -50,20 +49,34 @@ from splice.pair import QueuedFrame, SpliceError
 from splice.relay import RelayError, RelayResult, flow_frame_ip, flow_tcp_valid, relay_rewrite
 from splice.tap import Tap
 from stack import seq
+from stack.core import flow_key
 from stack.skbuff import SkBuff
 from stack.tcp import lend
 from stack.tcp.api import TcpState
 from stack.wire import checksum as cks
 from stack.wire.ethernet import ETH_HLEN
+from stack.wire.fields import (
+    IP_CSUM,
+    IP_MIN_HLEN,
+    IP_TOTLEN,
+    TCP_ACK,
+    TCP_CSUM,
+    TCP_DOFF,
+    TCP_FLAGS,
+    TCP_SEQ,
+    U16,
+    U32,
+)
+from stack.wire.ipv4 import IPPROTO_TCP
 from stack.wire.tcp import ACK, FIN, RST, SYN, TcpHeader, tcp_checksum
-from stack.wire.vnet import VIRTIO_NET_HDR_F_NEEDS_CSUM
+from stack.wire.vnet import VIRTIO_NET_HDR_F_NEEDS_CSUM, restore_vnet, save_vnet
 
 if TYPE_CHECKING:
     from splice.splicer import Splicer
     from stack.tcp.tcb import Tcb
 
-_L = struct.Struct("!L")
-_H = struct.Struct("!H")
+_L = U32
+_H = U16
 #: Relayed TSvals start just past the TCBs' own clocks: unlike a symmetric splice
 #: (splicer.py's 10 s headroom), neither TCB sends anything while relaying.
 TS_HEADROOM_MS = 1
@@ -139,10 +152,6 @@ class OneWay:
                 "outcome": self.outcome, "counters": dict(self.counters)}
 
 
-def _flow_key(tcb: Tcb) -> bytes:
-    return (tcb.remote + tcb.local + tcb.remote_port.to_bytes(2, "big")
-            + tcb.local_port.to_bytes(2, "big"))
-
 
 def snapshot(tcb: Tcb, snd_nxt: int, rcv_nxt: int, now: float) -> ConnSnapshot:
     """A connection frozen for the relay's maps, with its base points; relayed TSvals
@@ -159,17 +168,18 @@ def cut(skb: SkBuff, keep: int, src: bytes, dst: bytes, *, clear_fin: bool) -> N
     ip = skb.network_off
     t = skb.data
     ihl = t - ip
-    thl = (buf[t + 12] >> 4) << 2
-    _H.pack_into(buf, ip + 2, ihl + thl + keep)
-    buf[ip + 10] = buf[ip + 11] = 0
-    _H.pack_into(buf, ip + 10, cks.checksum(memoryview(buf)[ip:ip + ihl]))
+    thl = (buf[t + TCP_DOFF] >> 4) << 2
+    _H.pack_into(buf, ip + IP_TOTLEN, ihl + thl + keep)
+    buf[ip + IP_CSUM] = buf[ip + IP_CSUM + 1] = 0
+    _H.pack_into(buf, ip + IP_CSUM, cks.checksum(memoryview(buf)[ip:ip + ihl]))
     skb.tail = t + thl + keep
     if clear_fin:
-        buf[t + 13] &= ~FIN & 0xFF
+        buf[t + TCP_FLAGS] &= ~FIN & 0xFF
     if skb.vnet_flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
-        _H.pack_into(buf, t + 16, cks.pseudo_header_sum(src, dst, 6, thl + keep))
+        _H.pack_into(buf, t + TCP_CSUM,
+                     cks.pseudo_header_sum(src, dst, IPPROTO_TCP, thl + keep))
     else:
-        _H.pack_into(buf, t + 16, tcp_checksum(src, dst, memoryview(buf)[t:skb.tail]))
+        _H.pack_into(buf, t + TCP_CSUM, tcp_checksum(src, dst, memoryview(buf)[t:skb.tail]))
     if skb.gso_type and keep <= skb.gso_size:
         skb.gso_type = skb.gso_size = skb.hdr_len = 0
 
@@ -178,11 +188,12 @@ def _clear_fin(skb: SkBuff) -> None:
     """Clear FIN in place, keeping the checksum right."""
     buf = skb.buf
     t = skb.data
-    old = _H.unpack_from(buf, t + 12)[0]
-    buf[t + 13] &= ~FIN & 0xFF
+    old = _H.unpack_from(buf, t + TCP_DOFF)[0]
+    buf[t + TCP_FLAGS] &= ~FIN & 0xFF
     if not skb.vnet_flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
-        csum = _H.unpack_from(buf, t + 16)[0]
-        _H.pack_into(buf, t + 16, cks.update16(csum, old, _H.unpack_from(buf, t + 12)[0]))
+        csum = _H.unpack_from(buf, t + TCP_CSUM)[0]
+        new = _H.unpack_from(buf, t + TCP_DOFF)[0]
+        _H.pack_into(buf, t + TCP_CSUM, cks.update16(csum, old, new))
 
 
 class OneWaySplicer:
@@ -296,9 +307,8 @@ class OneWaySplicer:
             ow.counters["drop.queue_full"] += 1
             return
         frame = bytes(skb.buf[start:skb.tail])
-        ow.waiting.append(QueuedFrame(frame, (
-            skb.vnet_flags, skb.gso_type, skb.gso_size, skb.csum_start, skb.csum_offset,
-            skb.hdr_len), skb.data - start, len(skb) - hdr.header_len))
+        ow.waiting.append(QueuedFrame(frame, save_vnet(skb), skb.data - start,
+                                      len(skb) - hdr.header_len))
         ow.waiting_bytes += len(frame)
         self.counters["seam_bytes"] += len(skb) - hdr.header_len
 
@@ -360,16 +370,15 @@ class OneWaySplicer:
             ow.tap.next_seq = src.rcv_nxt
             ow.tap.fin_seq = ow.src_end    # None: it ends at the FIN it sees
         ow.phase = Phase.RELAYING
-        self.stack.flows[_flow_key(src)] = functools.partial(self._flow, ow)
-        self.stack.flows[_flow_key(sink)] = functools.partial(self._flow_ack, ow)
+        self.stack.flows[flow_key(src)] = functools.partial(self._flow, ow)
+        self.stack.flows[flow_key(sink)] = functools.partial(self._flow_ack, ow)
         self.counters["oneway_relaying"] += 1
         waiting, ow.waiting, ow.waiting_bytes = ow.waiting, [], 0
         for q in waiting:
             if ow.phase is not Phase.RELAYING:
                 break
             skb = SkBuff.from_bytes(q.frame, headroom=128)
-            (skb.vnet_flags, skb.gso_type, skb.gso_size, skb.csum_start,
-             skb.csum_offset, skb.hdr_len) = q.vnet
+            restore_vnet(skb, q.vnet)
             skb.network_off = skb.data + ETH_HLEN
             skb.data += q.tcp_off
             self._from_source(ow, TcpHeader.parse(skb.view()), skb, now)
@@ -382,14 +391,14 @@ class OneWaySplicer:
         if ip < 0:
             return False
         buf = skb.buf
-        t = ip + 20
-        if buf[t + 13] & (SYN | FIN | RST):
+        t = ip + IP_MIN_HLEN
+        if buf[t + TCP_FLAGS] & (SYN | FIN | RST):
             return False
-        thl = (buf[t + 12] >> 4) << 2
+        thl = (buf[t + TCP_DOFF] >> 4) << 2
         text = skb.tail - t - thl
         if thl < 20 or text < 0:
             return False
-        end = (_L.unpack_from(buf, t + 4)[0] + text) & 0xFFFFFFFF
+        end = (_L.unpack_from(buf, t + TCP_SEQ)[0] + text) & 0xFFFFFFFF
         src = ow.source
         if (ow.src_end is not None and not seq.lt(end, ow.src_end)
                 or not flow_tcp_valid(skb, t, src.remote, src.local)):
@@ -410,11 +419,11 @@ class OneWaySplicer:
         if ip < 0:
             return False
         buf = skb.buf
-        t = ip + 20
-        if buf[t + 13] & (SYN | FIN | RST | ACK) != ACK or skb.tail != t + (
-                (buf[t + 12] >> 4) << 2):
+        t = ip + IP_MIN_HLEN
+        if buf[t + TCP_FLAGS] & (SYN | FIN | RST | ACK) != ACK or skb.tail != t + (
+                (buf[t + TCP_DOFF] >> 4) << 2):
             return False
-        ack = _L.unpack_from(buf, t + 8)[0]
+        ack = _L.unpack_from(buf, t + TCP_ACK)[0]
         relayed_end = (ow.sink_start + ow.src_hi - ow.src_start) & 0xFFFFFFFF
         sink = ow.sink
         if not (seq.ge(ack, ow.sink_start) and seq.le(ack, relayed_end)
@@ -480,8 +489,9 @@ class OneWaySplicer:
         buf = skb.buf
         t = skb.data
         if ow.tap is not None:
-            thl = (buf[t + 12] >> 4) << 2
-            ow.tap.feed(_L.unpack_from(buf, t + 4)[0], memoryview(buf)[t + thl:skb.tail],
+            thl = (buf[t + TCP_DOFF] >> 4) << 2
+            ow.tap.feed(_L.unpack_from(buf, t + TCP_SEQ)[0],
+                        memoryview(buf)[t + thl:skb.tail],
                         fin)
         skb.data = skb.network_off - ETH_HLEN
         res = self._send(ow, skb, ow.to_sink, ow.sink, now)
@@ -549,10 +559,10 @@ class OneWaySplicer:
             ow.progress += 1
         if seq.lt(ack, ow.sink_start):
             t = skb.data
-            _L.pack_into(skb.buf, t + 8, ow.sink_start)
+            _L.pack_into(skb.buf, t + TCP_ACK, ow.sink_start)
             if not skb.vnet_flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
-                csum = _H.unpack_from(skb.buf, t + 16)[0]
-                _H.pack_into(skb.buf, t + 16, cks.update32(csum, ack, ow.sink_start))
+                csum = _H.unpack_from(skb.buf, t + TCP_CSUM)[0]
+                _H.pack_into(skb.buf, t + TCP_CSUM, cks.update32(csum, ack, ow.sink_start))
         skb.data = skb.network_off - ETH_HLEN
         if self._send(ow, skb, ow.to_source, ow.source, now) is not None:
             ow.counters["acks_relayed"] += 1
@@ -624,8 +634,8 @@ class OneWaySplicer:
             self._catch_up_clocks(ow, now)
         ow.phase = Phase.DONE
         ow.outcome = outcome
-        self.stack.flows.pop(_flow_key(ow.source), None)
-        self.stack.flows.pop(_flow_key(ow.sink), None)
+        self.stack.flows.pop(flow_key(ow.source), None)
+        self.stack.flows.pop(flow_key(ow.sink), None)
         for tcb in (ow.source, ow.sink):
             self.by_tcb.pop(id(tcb), None)
             lend.release(tcb, self._input)

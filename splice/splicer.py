@@ -1,7 +1,7 @@
-"""Symmetric TCP splice in the stack (SPLICE.md §1-§5).
+"""Symmetric TCP splice in the stack (docs/splice.md §1-§5).
 
 The :class:`Splicer` owns every splice pair of one stack. Its three primitives follow
-SPLICE.md §1: :meth:`Splicer.init_splice` on a listener, :meth:`Splicer.intend_splice`
+docs/splice.md §1: :meth:`Splicer.init_splice` on a listener, :meth:`Splicer.intend_splice`
 (which opens the server connection with the client connection's options), and
 :meth:`Splicer.splice` with the write allowance ``n``. From intend_splice on, the
 splicer sees every segment of both connections first (the TCB's ``input_hook``) and
@@ -26,14 +26,32 @@ from splice.relay import RelayError, flow_frame_ip, flow_tcp_valid, relay_rewrit
 from splice.state import RELAYING, SpliceEvent, SpliceState
 from splice.tap import Tap
 from stack import seq
+from stack.core import flow_key
 from stack.skbuff import SkBuff
 from stack.tcp import lend
 from stack.tcp.api import TcpState
 from stack.wire import checksum as cks
 from stack.wire.ethernet import ETH_HLEN
+from stack.wire.fields import (
+    IP_MIN_HLEN,
+    TCP_ACK,
+    TCP_CSUM,
+    TCP_DOFF,
+    TCP_FLAGS,
+    TCP_MIN_HLEN,
+    TCP_SEQ,
+    TCP_WIN,
+    U16,
+    U32,
+)
 from stack.wire.ipv4 import IPPROTO_TCP
 from stack.wire.tcp import ACK, FIN, RST, SYN, TcpHeader, verify_tcp_checksum
-from stack.wire.vnet import VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM
+from stack.wire.vnet import (
+    VIRTIO_NET_HDR_F_DATA_VALID,
+    VIRTIO_NET_HDR_F_NEEDS_CSUM,
+    restore_vnet,
+    save_vnet,
+)
 
 if TYPE_CHECKING:
     from stack.core import Stack
@@ -41,18 +59,13 @@ if TYPE_CHECKING:
     from stack.tcp.tcb import Tcb
 
 S, E = SpliceState, SpliceEvent
-_L = struct.Struct("!L")
+_L = U32
 _HH = struct.Struct("!HH")
 _TRUSTED = VIRTIO_NET_HDR_F_NEEDS_CSUM | VIRTIO_NET_HDR_F_DATA_VALID
 
-
-def _flow_key(tcb: Tcb) -> bytes:
-    """The core's flow-table key of segments arriving on ``tcb``'s connection."""
-    return (tcb.remote + tcb.local + tcb.remote_port.to_bytes(2, "big")
-            + tcb.local_port.to_bytes(2, "big"))
-_H = struct.Struct("!H")
-#: "rescale": windows rescaled between any scales, rounded down (SPLICE.md §5's better
-#: scheme); "thesis": the client connection's receive scale is 0 (windows toward the
+_H = U16
+#: "rescale": windows rescaled between any scales, rounded down (docs/splice.md
+#: §5.2); "thesis": the client connection's receive scale is 0 (windows toward the
 #: client clamped to 65,535), as in the thesis.
 WINDOW_SCHEMES = ("rescale", "thesis")
 #: How far ahead of the proxy's own timestamp clock relayed TSvals start (ms).
@@ -108,12 +121,12 @@ class Splicer:
         if stack.protocols.get(IPPROTO_TCP) is tcp:
             stack.register_protocol(IPPROTO_TCP, SpliceDemux(self))
 
-    # -- primitives (SPLICE.md §1) --------------------------------------------------
+    # -- primitives (docs/splice.md §1) ---------------------------------------------
     def init_splice(self, listener: Listener) -> None:
         """Connections accepted from ``listener`` can be spliced later.
 
         With the "rescale" scheme (default) nothing is forced on them: every window scale
-        can be mapped (the relay rescales and rounds down, SPLICE.md §5), so the client
+        can be mapped (the relay rescales and rounds down, docs/splice.md §5.2), so the client
         connection keeps its normal scale and server-to-client windows are not held to
         64 KB. The "thesis" scheme sets the client's receive scale to 0, as the thesis
         did (for comparison in benchmarks).
@@ -154,7 +167,7 @@ class Splicer:
         """Start relaying between the two connections (§2); the application may still
         write ``n`` bytes to the client connection. ``unread`` is client data the
         application took from the connection but did not use (its stream buffer).
-        ``tap`` receives a copy of one direction (SPLICE.md §6: "s2c" is what the server
+        ``tap`` receives a copy of one direction (docs/splice.md §6: "s2c" is what the server
         sends, "c2s" what the client sends), from the first byte not yet read by the
         application on."""
         c, s = self.check_splice(client, server, n, tap_direction)
@@ -192,7 +205,7 @@ class Splicer:
     def check_splice(self, client: Tcb, server: Tcb, n: int,
                      tap_direction: str = "s2c") -> tuple[Side, Side]:
         """The (client, server) sides that :meth:`splice` would join, or SpliceError
-        for a misuse (SPLICE.md §1); changes nothing either way, so a caller can check
+        for a misuse (docs/splice.md §1); changes nothing either way, so a caller can check
         before it lets go of the connections."""
         c, s = self.sides.get(id(client)), self.sides.get(id(server))
         if c is None or s is None or c.other is not s or c.role != "client":
@@ -208,7 +221,7 @@ class Splicer:
 
     @staticmethod
     def _set_base_points(side: Side, now: float) -> bool:
-        """Fix the side's base points (SPLICE.md §4); True when the proxy still owes or
+        """Fix the side's base points (docs/splice.md §4); True when the proxy still owes or
         awaits the acknowledgement of its own data on it (PRE_SPLICED)."""
         tcb = side.tcb
         owes = side.owed > 0 or bool(tcb.write_queue)
@@ -277,13 +290,12 @@ class Splicer:
             for s_ in (side, other):
                 t = s_.tcb
                 self.fast[(t.local, t.local_port, t.remote, t.remote_port)] = s_
-                self.stack.flows[_flow_key(t)] = functools.partial(self._flow_relay, s_)
+                self.stack.flows[flow_key(t)] = functools.partial(self._flow_relay, s_)
         while side.pending:
             q = side.pending.popleft()
             side.pending_bytes -= len(q.frame)
             skb = SkBuff.from_bytes(q.frame, headroom=128)
-            (skb.vnet_flags, skb.gso_type, skb.gso_size, skb.csum_start,
-             skb.csum_offset, skb.hdr_len) = q.vnet
+            restore_vnet(skb, q.vnet)
             skb.network_off = skb.data + ETH_HLEN
             skb.data += q.tcp_off
             hdr = TcpHeader.parse(skb.view())
@@ -316,7 +328,7 @@ class Splicer:
         payload = len(skb) - hdr.header_len
         if side.state is S.ESTABLISHED or side.state is S.PRE_SPLICED:
             # Its acknowledgement and window are the proxy's TCB's; its text and FIN
-            # belong to the other connection (SPLICE.md §2).
+            # belong to the other connection (docs/splice.md §2).
             lend.take_ack(tcb, hdr, now)
             if payload or hdr.flags & FIN:
                 self._forward(side, skb, hdr, now)
@@ -342,20 +354,20 @@ class Splicer:
             return
         t = skb.data  # at the TCP header here
         buf = skb.buf
-        _L.pack_into(buf, t + 8, arrived.iss)
+        _L.pack_into(buf, t + TCP_ACK, arrived.iss)
         if not skb.vnet_flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
-            csum = _H.unpack_from(buf, t + 16)[0]
-            _H.pack_into(buf, t + 16, cks.update32(csum, ack, arrived.iss))
+            csum = _H.unpack_from(buf, t + TCP_CSUM)[0]
+            _H.pack_into(buf, t + TCP_CSUM, cks.update32(csum, ack, arrived.iss))
         self.counters["acks_clamped"] += 1
 
     def _set_seq(self, skb: SkBuff, old: int, new: int) -> None:
         """Move the sequence number of the segment (data at its TCP header)."""
         t = skb.data
         buf = skb.buf
-        _L.pack_into(buf, t + 4, new)
+        _L.pack_into(buf, t + TCP_SEQ, new)
         if not skb.vnet_flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
-            csum = _H.unpack_from(buf, t + 16)[0]
-            _H.pack_into(buf, t + 16, cks.update32(csum, old, new))
+            csum = _H.unpack_from(buf, t + TCP_CSUM)[0]
+            _H.pack_into(buf, t + TCP_CSUM, cks.update32(csum, old, new))
 
     def _queue(self, out: Side, skb: SkBuff, hdr: TcpHeader) -> None:
         start = skb.network_off - ETH_HLEN
@@ -366,9 +378,7 @@ class Splicer:
         payload = len(skb) - hdr.header_len
         if out.pending is None:
             out.pending = deque()
-        out.pending.append(QueuedFrame(frame, (
-            skb.vnet_flags, skb.gso_type, skb.gso_size, skb.csum_start, skb.csum_offset,
-            skb.hdr_len), skb.data - start, payload))
+        out.pending.append(QueuedFrame(frame, save_vnet(skb), skb.data - start, payload))
         out.pending_bytes += len(frame)
         self.counters["seam_bytes"] += payload
 
@@ -384,15 +394,16 @@ class Splicer:
             prev = arrived.peer_ack
             if prev is None or (ack - prev) & 0xFFFFFFFF < 0x80000000:
                 arrived.peer_ack = ack
-                arrived.peer_win = (skb.buf[skb.data + 14] << 8) | skb.buf[skb.data + 15]
+                win = skb.data + TCP_WIN
+                arrived.peer_win = (skb.buf[win] << 8) | skb.buf[win + 1]
             if arrived.out_map is not None and seq.lt(ack, arrived.iss):
                 self._clamp_ack(arrived, skb, flags, ack)
         if arrived.tap is not None:
             t = skb.data
-            thl = (skb.buf[t + 12] >> 4) << 2
-            arrived.tap.feed(_L.unpack_from(skb.buf, t + 4)[0],
+            thl = (skb.buf[t + TCP_DOFF] >> 4) << 2
+            arrived.tap.feed(_L.unpack_from(skb.buf, t + TCP_SEQ)[0],
                              memoryview(skb.buf)[t + thl:skb.tail], bool(flags & FIN))
-        seq_in = _L.unpack_from(skb.buf, skb.data + 4)[0]
+        seq_in = _L.unpack_from(skb.buf, skb.data + TCP_SEQ)[0]
         skb.data = skb.network_off - ETH_HLEN
         try:
             res = relay_rewrite(skb, out.out_map, out.offload)
@@ -411,7 +422,7 @@ class Splicer:
             self.stack.output_frame(frame, now)
         if flags & FIN:
             t = skb.data + ETH_HLEN + ((skb.buf[skb.data + ETH_HLEN] & 15) << 2)
-            seq_out = _L.unpack_from(skb.buf, t + 4)[0]
+            seq_out = _L.unpack_from(skb.buf, t + TCP_SEQ)[0]
             out.fin_end = seq.add(seq_out, res.payload_bytes + 1)
             out.apply(E.FIN_OUT)
         if flags & RST:
@@ -425,14 +436,14 @@ class Splicer:
         if ip < 0:
             return False
         buf = skb.buf
-        t = ip + 20
-        flags = buf[t + 13]
+        t = ip + IP_MIN_HLEN
+        flags = buf[t + TCP_FLAGS]
         if flags & (SYN | FIN | RST) or not flow_tcp_valid(skb, t, side.tcb.remote,
                                                            side.tcb.local):
             return False
         skb.network_off = ip
         skb.data = t
-        ack = _L.unpack_from(buf, t + 8)[0]
+        ack = _L.unpack_from(buf, t + TCP_ACK)[0]
         if side.state is S.FIN_RELAYED:
             self._check_fin_acked(side, flags, ack, now)
         self._relay(side.other, skb, flags, ack, now)
@@ -553,7 +564,7 @@ class Splicer:
             lend.release(tcb)   # it stays marked spliced: TCP leaves its end alone
             self.sides.pop(id(tcb), None)
             self.fast.pop((tcb.local, tcb.local_port, tcb.remote, tcb.remote_port), None)
-            self.stack.flows.pop(_flow_key(tcb), None)
+            self.stack.flows.pop(flow_key(tcb), None)
             if side is abort_other and tcb.state is not TcpState.CLOSED:
                 tcb.abort(now)
             else:
@@ -630,7 +641,7 @@ class Splicer:
     def splice_one_way(self, source: Tcb, sink: Tcb, budget: int, now: float, *,
                        seam: bytes = b"", tap: Tap | None = None):
         """Splice one direction, ``source`` -> ``sink``, for ``budget`` bytes, then give
-        both connections back (SPLICE.md §6; splice/oneway.py)."""
+        both connections back (docs/splice.md §7; splice/oneway.py)."""
         return self.oneway.start(source, sink, budget, now, seam=seam, tap=tap)
 
     def stats(self) -> dict:
@@ -659,7 +670,7 @@ class SpliceDemux:
         """One TCP segment from the IP layer (data at the TCP header)."""
         buf = skb.buf
         t = skb.data
-        if skb.tail - t >= 20 and not buf[t + 13] & (SYN | FIN | RST):
+        if skb.tail - t >= TCP_MIN_HLEN and not buf[t + TCP_FLAGS] & (SYN | FIN | RST):
             sport, dport = _HH.unpack_from(buf, t)
             side = self.splicer.fast.get((dst, dport, src, sport))
             if side is not None:
@@ -667,8 +678,8 @@ class SpliceDemux:
                         src, dst, skb.view()):
                     self.splicer.counters["drop.relay_bad_checksum"] += 1
                     return
-                flags = buf[t + 13]
-                ack = _L.unpack_from(buf, t + 8)[0]
+                flags = buf[t + TCP_FLAGS]
+                ack = _L.unpack_from(buf, t + TCP_ACK)[0]
                 self.splicer._check_fin_acked(side, flags, ack, now)
                 self.splicer._relay(side.other, skb, flags, ack, now)
                 self.splicer.counters["fast_path_segments"] += 1

@@ -31,7 +31,9 @@ CONVERTED = [
     "stack/netdev/tap.py",
     "stack/netdev/taplock.py",
     "stack/workers.py",
+    "splice/oneway.py",
     "splice/relay.py",
+    "splice/splicer.py",
 ]
 
 # A literal TCP/IP header offset: a variable plus one of the offsets of a field
