@@ -13,7 +13,7 @@
         await splice.wait_closed(pair)                      # relayed by the stack meanwhile
 
 After ``open_connection`` the client connection may not be read; after ``splice`` neither
-stream may be used, and closing them releases the handles only (SPLICE.md §1).
+stream may be used, and closing them releases the handles only (docs/splice.md §1).
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ class SpliceApi:
         splicer.on_finished = self._pair_finished
 
     def init_splice(self, server: TcpServer) -> None:
-        """Connections accepted by ``server`` can be spliced (SPLICE.md §1.1)."""
+        """Connections accepted by ``server`` can be spliced (docs/splice.md §1.1)."""
         self.splicer.init_splice(server.listener)
 
     async def open_connection(self, client_writer: asyncio.StreamWriter, host: str,
@@ -183,7 +183,7 @@ class SpliceApi:
 
     async def open_mirrored(self, like_writer: asyncio.StreamWriter, host: str,
                             port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """Connect with the options of the connection behind ``like_writer`` (SPLICE.md
+        """Connect with the options of the connection behind ``like_writer`` (docs/splice.md
         §5: its MSS, window scale, SACK and timestamps), without intend_splice: a
         connection that one-way splices (:meth:`relay`) may later join to it."""
         loop = asyncio.get_running_loop()
@@ -210,9 +210,9 @@ class SpliceApi:
                      reply_to_client: bytes = b"", tap: str | None = None,
                      tap_limit: int = 4 << 20, tap_total: int | None = None) -> SplicePair:
         """Splice the two connections; ``reply_to_client`` is written to the client
-        first (it is the write allowance n of SPLICE.md §1.3). With ``tap`` ("s2c" or
+        first (it is the write allowance n of docs/splice.md §1.3). With ``tap`` ("s2c" or
         "c2s") ``pair.tap_reader`` is an asyncio.StreamReader with a copy of that
-        direction (TCP Tap, SPLICE.md §6): it ends at the direction's FIN, or with an
+        direction (TCP Tap, docs/splice.md §6): it ends at the direction's FIN, or with an
         error if the tap fell behind by more than ``tap_limit`` bytes, passed
         ``tap_total`` bytes in all, or the splice was reset — the relay itself never
         waits for it. A misuse (connections not joined by open_connection, not both
@@ -253,7 +253,7 @@ class SpliceApi:
                     tap: bool = False, tap_limit: int = 4 << 20,
                     tap_total: int | None = None,
                     idle_timeout: float | None = None) -> OneWay:
-        """One-way splice (SPLICE.md §6): the next ``budget`` bytes the source's peer
+        """One-way splice (docs/splice.md §7): the next ``budget`` bytes the source's peer
         sends go to the sink's peer through the stack; then both streams are the
         application's again (a kept-alive client connection reads its next request).
         With ``budget`` None the splice goes up to the source's FIN, which is relayed

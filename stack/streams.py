@@ -119,8 +119,8 @@ class TcpTransport(asyncio.Transport):
 
     def detach(self) -> bytes:
         """Hand the connection over to the splice layer: no more reads or writes through
-        this transport; closing it later releases the handle only (no FIN, SPLICE.md
-        §1). Returns what was written but not yet taken by the TCB."""
+        this transport; closing it later releases the handle only (no FIN,
+        docs/splice.md §1.4). Returns what was written but not yet taken by the TCB."""
         unsent = bytes(self._unsent)
         self._unsent.clear()
         self._detached = True

@@ -1,6 +1,6 @@
 """Lending a connection to the splice layer: the only way splice/ changes a TCB.
 
-A splice (splice/splicer.py, splice/oneway.py; SPLICE.md) borrows the proxy's TCBs:
+A splice (splice/splicer.py, splice/oneway.py; docs/splice.md) borrows the proxy's TCBs:
 it sees their segments first, keeps them silent while the peers talk end to end
 through the relay, and at a hand-back gives them sequence numbers they never sent or
 received themselves. Every such change is one operation here, named in RFC 9293's
@@ -47,7 +47,7 @@ def make_spliceable(tcb: Tcb, *, rcv_wscale: int | None = None) -> None:
 
 
 def mirror_options(tcb: Tcb, like: Tcb) -> None:
-    """Before ``tcb``'s SYN: offer the options ``like`` agreed (SPLICE.md §5), its MSS
+    """Before ``tcb``'s SYN: offer the options ``like`` agreed (docs/splice.md §5), its MSS
     (grown by the timestamp room, so that segments fit ``like``'s peer unsplit) and,
     with window scaling, ``like``'s peer's scale as ours (windows pass unchanged)."""
     tcb.config = dataclasses.replace(tcb.config, window_scaling=like.wscale_ok,
@@ -87,7 +87,7 @@ def take_segment(tcb: Tcb, hdr: TcpHeader, text: memoryview, now: float) -> None
 
 def take_ack(tcb: Tcb, hdr: TcpHeader, now: float) -> None:
     """The TCB takes only the acknowledgement and window of a segment whose text and
-    FIN belong to the other connection (SPLICE.md §2: not delivered, not
+    FIN belong to the other connection (docs/splice.md §2: not delivered, not
     acknowledged by the proxy). A segment without ACK gives it nothing."""
     flags = hdr.flags
     if not flags & ACK:

@@ -10,7 +10,6 @@ one super-segment each; while cwnd-limited, small openings are left to grow
 
 from __future__ import annotations
 
-import struct
 from typing import TYPE_CHECKING
 
 from stack import seq
@@ -20,6 +19,7 @@ from stack.tcp.api import IPPROTO_TCP, MAX_HEADER, TcpState
 from stack.tcp.options import segment_options, syn_options, wscale_for
 from stack.tcp.sack import LOST, RETRANS, SACKED, split_buffer
 from stack.wire.checksum import pseudo_header_sum
+from stack.wire.fields import TCP_CSUM, U16
 from stack.wire.tcp import (
     ACK,
     FIN,
@@ -37,11 +37,11 @@ if TYPE_CHECKING:
     from stack.tcp.layer import TcpLayer
     from stack.tcp.tcb import Tcb
 
-_CSUM = struct.Struct("!H")
+_CSUM = U16
 #: The smallest path MTU believed from an ICMP "fragmentation needed" (Linux's
 #: min_pmtu: 512 bytes of data + 20 of IPv4 + 20 of TCP headers).
 PMTU_MIN = 552
-_CSUM_OFFSET = 16
+_CSUM_OFFSET = TCP_CSUM
 
 #: States in which queued data and our FIN may be (re)transmitted.
 SENDING = frozenset({TcpState.ESTABLISHED, TcpState.CLOSE_WAIT, TcpState.FIN_WAIT_1,

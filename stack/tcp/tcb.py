@@ -32,6 +32,7 @@ from stack.tcp.options import tsval, wscale_for
 from stack.tcp.rtt import RttEstimator
 from stack.tcp.sack import Scoreboard
 from stack.tcp.state import CAN_SEND, Event, InvalidTransition, transition
+from stack.wire.ipv4 import ip_str
 from stack.wire.tcp import FIN, TcpHeader
 
 if TYPE_CHECKING:
@@ -263,8 +264,8 @@ class Tcb:
             self.fail(e)
             raise
         if log.isEnabledFor(logging.DEBUG):  # --log-level debug: one line per change
-            log.debug("tcp %s:%d<->%s:%d %s -%s-> %s", ".".join(map(str, self.local)),
-                      self.local_port, ".".join(map(str, self.remote)), self.remote_port,
+            log.debug("tcp %s:%d<->%s:%d %s -%s-> %s", ip_str(self.local),
+                      self.local_port, ip_str(self.remote), self.remote_port,
                       self.state.name, event.name.lower(), new.name)
         self.state = new
         if new is TcpState.CLOSED:

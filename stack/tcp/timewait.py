@@ -14,7 +14,7 @@ The application may still hold the Tcb: it keeps reporting TIME-WAIT, refers to
 nothing, and moves to CLOSED (its "closed" event) when the record ends. The
 record refers to it weakly, so a Tcb nobody holds is freed at once.
 
-Spliced TCBs never get here (the splice has its own TIMEWAIT, SPLICE.md); a TCB
+Spliced TCBs never get here (the splice has its own TIMEWAIT, docs/splice.md §2); a TCB
 with an input hook keeps its full TIME-WAIT (input.py), as the hook may want its
 segments.
 """
