@@ -50,3 +50,11 @@ def test_the_pattern_reads_section_lists() -> None:
     text = "see docs/splice.md §1-§5 and docs/splice.md §4.5 and §5.3; (docs/splice.md\n#: §5.2)"
     found = [SECTION.findall(m.group(1)) for m in CITE.finditer(text)]
     assert found == [["1", "5"], ["4.5", "5.3"], ["5.2"]]
+
+
+def test_nothing_cites_the_old_name() -> None:
+    old = re.compile("SPLICE" + r"\.md")  # the specification's name before docs/
+    me = Path(__file__).resolve()
+    found = [str(p.relative_to(ROOT)) for p in _sources()
+             if p.resolve() != me and old.search(p.read_text(errors="replace"))]
+    assert found == []
