@@ -120,16 +120,25 @@ def fragment(header: bytes | memoryview, payload: bytes | memoryview, mtu: int) 
     Raises ValueError when the MTU leaves no room for 8 bytes of payload.
     """
     from stack.wire import checksum as cks
+    from stack.wire.fields import (
+        IP_CSUM,
+        IP_FLAG_MF,
+        IP_FRAG,
+        IP_FRAG_OFFSET_MASK,
+        IP_MIN_HLEN,
+        IP_TOTLEN,
+        U16,
+    )
 
     ihl = len(header)
-    base = bytes(header[:20])
+    base = bytes(header[:IP_MIN_HLEN])
     first_room = (mtu - ihl) & ~7
-    later_room = (mtu - 20) & ~7
+    later_room = (mtu - IP_MIN_HLEN) & ~7
     if first_room < 8 or later_room < 8:
         raise ValueError(f"MTU {mtu} too small to fragment")
-    flags_off = int.from_bytes(header[6:8], "big")
-    orig_mf = flags_off & 0x2000
-    orig_off = (flags_off & 0x1FFF) * 8
+    flags_off = U16.unpack_from(header, IP_FRAG)[0]
+    orig_mf = flags_off & IP_FLAG_MF
+    orig_off = (flags_off & IP_FRAG_OFFSET_MASK) * 8
     out = []
     pos = 0
     total = len(payload)
@@ -140,11 +149,11 @@ def fragment(header: bytes | memoryview, payload: bytes | memoryview, mtu: int) 
         last = pos + len(chunk) >= total
         hl = len(hdr)
         hdr[0] = 0x40 | (hl // 4)
-        hdr[2:4] = (hl + len(chunk)).to_bytes(2, "big")
-        mf = 0x2000 if (not last or orig_mf) else 0
-        hdr[6:8] = (mf | ((orig_off + pos) // 8)).to_bytes(2, "big")
-        hdr[10:12] = b"\0\0"
-        hdr[10:12] = cks.checksum(hdr).to_bytes(2, "big")
+        U16.pack_into(hdr, IP_TOTLEN, hl + len(chunk))
+        mf = IP_FLAG_MF if (not last or orig_mf) else 0
+        U16.pack_into(hdr, IP_FRAG, mf | ((orig_off + pos) // 8))
+        U16.pack_into(hdr, IP_CSUM, 0)
+        U16.pack_into(hdr, IP_CSUM, cks.checksum(hdr))
         out.append(bytes(hdr) + bytes(chunk))
         pos += len(chunk)
     return out

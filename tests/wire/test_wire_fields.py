@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 #: Modules whose header reads and writes go through stack/wire/fields.py.
 CONVERTED = [
     "stack/core.py",
+    "stack/frag.py",
     "stack/gso.py",
     "stack/netdev/faults.py",
     "stack/netdev/memory.py",
