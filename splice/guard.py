@@ -76,9 +76,10 @@ def judge_rst(arrived: Side, seg_seq: int) -> str:
     is exactly the one the receiver expects, CHALLENGE when it lies in the receiver's
     window, DROP otherwise."""
     expected, window = receiver_view(arrived)
-    if seg_seq == expected or seg_seq == arrived.challenged:
-        # The second: the exact answer to our last challenge ACK (its ACK value), which
-        # newer ACKs of the receiver may have overtaken on the way.
+    if seg_seq == expected or seg_seq == arrived.challenged or seg_seq == sent_by(arrived):
+        # Also exact: the answer to our last challenge ACK (its ACK value, which newer
+        # ACKs of the receiver may have overtaken on the way), and the sender's SND.NXT
+        # as the relay saw it (a peer that aborts with data in flight resets there).
         return RELAY
     return CHALLENGE if seq.in_window(expected, seg_seq, window) else DROP
 
@@ -133,13 +134,41 @@ def reset_peer(tcp: TcpLayer, side: Side, now: float) -> None:
     if side.state not in RELAYING:
         tcb.abort(now)
         return
+    reset_candidates(tcp, side, None, now)
+
+
+def sent_by(arrived: Side) -> int | None:
+    """The sequence number just past what ``arrived``'s peer sent and the relay passed
+    on (its SND.NXT as far as the relay saw), in ``arrived``'s receive space."""
+    other = arrived.other
+    end = relayed_end(other)
+    if end is None or other.out_map is None:
+        return None
+    return seq.add(end, -other.out_map.seq_delta)
+
+
+def relayed_end(side: Side) -> int | None:
+    """Just past the last byte (or FIN) relayed out of ``side``, in its connection's
+    sequence space: the peer's RCV.NXT once everything relayed has arrived."""
+    if side.fin_end is not None:
+        return side.fin_end
+    if side.sent_end is None or side.out_map is None:
+        return None
+    return seq.add(side.sent_end, side.out_map.seq_delta)
+
+
+def reset_candidates(tcp: TcpLayer, side: Side, sent_at: int | None, now: float) -> None:
+    """RSTs to ``side``'s (relaying) peer at each sequence number its RCV.NXT may have
+    (RFC 5961 §3.2 takes only the exact one; the others are dropped or challenged):
+    just past the last byte relayed to it (everything arrived), and what it last
+    acknowledged (the newest bytes are still on the way or lost). ``sent_at``: one
+    already sent or relayed there."""
     acked = acked_by_peer(side)
-    seqs = [acked]
-    if side.sent_end is not None and side.out_map is not None:
-        end = seq.add(side.fin_end if side.fin_end is not None else side.sent_end,
-                      0 if side.fin_end is not None else side.out_map.seq_delta)
-        if end != acked and seq.gt(end, acked):
-            seqs.insert(0, end)
-    for seq_ in seqs:
-        tcp.count("rst_sent")
-        lend.send_on_behalf(tcb, seq_, 0, RST, 0, now)
+    if seq.lt(acked, side.iss):
+        acked = side.iss
+    end = relayed_end(side)
+    targets = [end, acked] if end is not None and end != acked else [acked]
+    for at in targets:
+        if at != sent_at:
+            tcp.count("rst_sent")
+            lend.send_on_behalf(side.tcb, at, 0, RST, 0, now)

@@ -479,13 +479,20 @@ class Splicer:
                 if verdict is guard.CHALLENGE:
                     guard.send_challenge_ack(self.tcp, side, now)
                 return True
-            expected, _window = guard.receiver_view(side)
-            if seq.lt(hdr.seq, expected):
+            rst_seq, _window = guard.receiver_view(side)
+            if seq.lt(hdr.seq, rst_seq):
                 # The answer to our challenge ACK, overtaken by newer ACKs of the
                 # receiver: it would now be below the receiver's window and dropped.
-                self._set_seq(skb, hdr.seq, expected)
+                self._set_seq(skb, hdr.seq, rst_seq)
+            else:
+                rst_seq = hdr.seq
             if other.state in RELAYING:
+                out_map = other.out_map
                 self._relay(other, skb, hdr.flags, hdr.ack, now)  # tears the pair down
+                if out_map is not None:
+                    # The receiver's RCV.NXT may be another of its candidates.
+                    guard.reset_candidates(self.tcp, other,
+                                           seq.add(rst_seq, out_map.seq_delta), now)
                 return True
             pair.reset = True
             self._teardown(pair, now, abort_other=other)

@@ -102,17 +102,34 @@ def test_syn_with_a_newer_timestamp_reopens_even_below_the_old_sequence():
     assert result.splice_counters["timewait_reopened"] == 1
 
 
-def test_the_answer_to_a_challenge_ack_ends_the_pair_even_when_acks_overtook_it():
-    # The server aborts with data in flight: its RST (at its SND.NXT) is ahead of what
-    # the client acknowledged, so it gets a challenge ACK; the client's ACK of the data
-    # passes before the server's exact answer arrives. That answer is relayed, moved up
-    # to what the client now expects (else the client would drop it as old).
+def test_a_reset_at_the_senders_snd_nxt_is_relayed_at_once_with_the_other_candidate():
+    # The server aborts with data in flight: its RST at its SND.NXT (the end of what the
+    # relay passed on) is exact too. It is relayed at once; the client may not have all
+    # of that data yet, so a second RST goes at what it acknowledged.
     text = PLAIN + """\
 +.1   client < P. 1001:1011(10) ack 1 win 65535
 +0    server > P. 1:11(10) ack 7001 win 65535
 +.05  server < P. 7001:7101(100) ack 11 win 65535
 +0    client > P. 1:101(100) ack 1011 win 65535
 +.01  server < R 7101:7101(0) win 0
++0    client > R 101:101(0) win 0
++0    client > R 1:1(0) win 0
+"""
+    result = run_script("snd_nxt.pkt", text=text)
+    assert result.splice_counters.get("rst_challenge", 0) == 0
+
+
+def test_the_answer_to_a_challenge_ack_ends_the_pair_even_when_acks_overtook_it():
+    # An in-window RST that is neither what the client expects nor the server's SND.NXT
+    # gets a challenge ACK; the client's ACK of the data passes before the server's
+    # exact answer arrives. That answer is relayed, moved up to what the client now
+    # expects (else the client would drop it as old).
+    text = PLAIN + """\
++.1   client < P. 1001:1011(10) ack 1 win 65535
++0    server > P. 1:11(10) ack 7001 win 65535
++.05  server < P. 7001:7101(100) ack 11 win 65535
++0    client > P. 1:101(100) ack 1011 win 65535
++.01  server < R 7050:7050(0) win 0
 +0    server > . 11:11(0) ack 7001 win 65535
 +.01  client < . 1011:1011(0) ack 101 win 65535
 +0    server > . 11:11(0) ack 7101 win 65535

@@ -293,6 +293,10 @@ def test_check_splice_judges_a_splice_and_changes_nothing():
 # A reset overtaken by ACKs: the origin's answer to a challenge ACK arrives after the
 # client acknowledged more (splice/guard.py).
 @example(seed=8868, loss=0.01, dup=0.0, reorder=0.05, up=10137, down_extra=0, reset=True)
+# The origin aborts with data the client has but did not acknowledge yet (seed 192), and
+# with its RST at its SND.NXT under loss (seed 139).
+@example(seed=192, loss=0.01, dup=0.0, reorder=0.0, up=1, down_extra=0, reset=True)
+@example(seed=139, loss=0.03, dup=0.0, reorder=0.0, up=136113, down_extra=0, reset=True)
 def test_faults_on_both_sides_bytes_intact_and_nothing_left(seed, loss, dup, reorder, up,
                                                            down_extra, reset):
     faults = FaultModel(loss=loss, duplicate=dup, reorder=reorder, delay=0.002,

@@ -85,6 +85,8 @@ RESET_WHILE_CLOSING = SPLICED + """\
 +0    client > F. 1:1(0) ack 2 win 65535
 +.05  server < R. 1:1(0) ack 2 win 0
 +0    client > R. 1:1(0) ack 2 win 0
+// The client may hold the relayed FIN it did not acknowledge yet: a RST past it too.
++0    client > R 2:2(0) win 0
 """
 #: A newer SYN on the client's 4-tuple ends a pair in TIMEWAIT (RFC 6191).
 REOPENED_IN_TIMEWAIT = SPLICED + """\
