@@ -505,12 +505,14 @@ class OneWaySplicer:
             ow.src_hi = end
             ow.progress += 1
 
-    def _send(self, ow: OneWay, skb: SkBuff, m: DirectionMap, out: Tcb,
+    def _send(self, ow: OneWay, skb: SkBuff, m: DirectionMap | None, out: Tcb,
               now: float) -> RelayResult | None:
         """Rewrite the frame (data at its Ethernet header) for ``out``'s connection and
-        send it; None (counted) when it cannot be relayed."""
+        send it; None (counted) when it cannot be relayed. Called while relaying only:
+        ``m`` (one of ``ow``'s maps) is made then, and ``out``'s peer has a route."""
         try:
-            res = relay_rewrite(skb, m, self.stack.routes.lookup(out.remote).iface.offload)
+            # (both Optionals are settled while relaying: the map is made, the peer routed)
+            res = relay_rewrite(skb, m, self.stack.routes.lookup(out.remote).iface.offload)  # type: ignore[arg-type, union-attr]
         except RelayError as e:
             ow.counters["drop." + e.reason] += 1
             self.counters["drop." + e.reason] += 1

@@ -17,6 +17,7 @@ import heapq
 import itertools
 import struct
 from collections import Counter, deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from splice import guard
@@ -54,6 +55,7 @@ from stack.wire.vnet import (
 )
 
 if TYPE_CHECKING:
+    from splice.oneway import OneWay
     from stack.core import Stack
     from stack.tcp.layer import Listener, TcpLayer
     from stack.tcp.tcb import Tcb
@@ -111,9 +113,9 @@ class Splicer:
         self._heap: list[tuple[float, int, SplicePair]] = []
         self._tie = itertools.count()
         #: Called with each pair once it is torn down (for the asyncio helpers).
-        self.on_close = None
+        self.on_close: Callable[[SplicePair], None] | None = None
         #: Called when both directions have ended (both FINs acknowledged: TIMEWAIT).
-        self.on_finished = None
+        self.on_finished: Callable[[SplicePair], None] | None = None
         stack.timer_sources.append(self)
         from splice.oneway import OneWaySplicer
         #: One-way splices with a byte budget (splice/oneway.py).
@@ -406,7 +408,8 @@ class Splicer:
         seq_in = _L.unpack_from(skb.buf, skb.data + TCP_SEQ)[0]
         skb.data = skb.network_off - ETH_HLEN
         try:
-            res = relay_rewrite(skb, out.out_map, out.offload)
+            # out relays, so splice() made its map (the Optional is for the states before)
+            res = relay_rewrite(skb, out.out_map, out.offload)  # type: ignore[arg-type]
         except RelayError as e:
             pair.counters["drop." + e.reason] += 1
             self.counters["drop." + e.reason] += 1
@@ -553,6 +556,7 @@ class Splicer:
             _t, _tie, pair = heapq.heappop(heap)
             if pair.closed or pair.timewait_until is not None:
                 continue  # gone, or ending by itself: TIMEWAIT has its own timer
+            assert self.idle_timeout is not None  # pairs are queued here only with one
             due = pair.last_seen + self.idle_timeout
             if due > now:
                 heapq.heappush(heap, (due, next(self._tie), pair))
@@ -645,10 +649,11 @@ class Splicer:
             self._expire_idle(now)
         self.tcp.flush_events()
 
-    def splice_one_way(self, source: Tcb, sink: Tcb, budget: int, now: float, *,
-                       seam: bytes = b"", tap: Tap | None = None):
-        """Splice one direction, ``source`` -> ``sink``, for ``budget`` bytes, then give
-        both connections back (docs/splice.md §7; splice/oneway.py)."""
+    def splice_one_way(self, source: Tcb, sink: Tcb, budget: int | None, now: float, *,
+                       seam: bytes = b"", tap: Tap | None = None) -> OneWay:
+        """Splice one direction, ``source`` -> ``sink``, for ``budget`` bytes (None: up
+        to and including the source's FIN), then give both connections back
+        (docs/splice.md §7; splice/oneway.py)."""
         return self.oneway.start(source, sink, budget, now, seam=seam, tap=tap)
 
     def stats(self) -> dict:

@@ -19,7 +19,7 @@ import random
 import struct
 from collections import Counter
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from stack import gso
 from stack import icmp as sicmp
@@ -71,6 +71,9 @@ from stack.wire.vnet import (
     save_vnet,
 )
 
+if TYPE_CHECKING:
+    from stack.tcp.api import RouteInfo
+
 _H = U16
 _ETH_IP = b"\x08\x00"
 _ETH_ARP = b"\x08\x06"
@@ -100,12 +103,17 @@ def flow_key(conn: FlowEnds) -> bytes:
     return FLOW_KEY.pack(conn.remote, conn.local, conn.remote_port, conn.local_port)
 
 
-class ProtocolHandler(Protocol):
+class TimerSource(Protocol):
+    """An owner of timers the stack runs (a protocol handler, the splice layer)."""
+
+    def next_deadline(self) -> float | None: ...
+    def on_timer(self, now: float) -> None: ...
+
+
+class ProtocolHandler(TimerSource, Protocol):
     """A transport protocol attached to the stack (TCP)."""
 
     def input(self, skb: SkBuff, src: bytes, dst: bytes, now: float) -> None: ...
-    def next_deadline(self) -> float | None: ...
-    def on_timer(self, now: float) -> None: ...
 
 
 class Stack:
@@ -128,7 +136,7 @@ class Stack:
         #: (data at its Ethernet header) and returns False to send it the normal way.
         self.flows: dict[bytes, Callable[[SkBuff, float], bool]] = {}
         #: Other owners of timers (the splice layer): next_deadline() and on_timer(now).
-        self.timer_sources: list[ProtocolHandler] = []
+        self.timer_sources: list[TimerSource] = []
         self.counters: Counter[str] = Counter()
         self.outbox: list[tuple[Interface, SkBuff]] = []
         self._ident = self.rng.randrange(1 << 16)
@@ -510,7 +518,7 @@ class Stack:
         skb = SkBuff.from_bytes(payload, headroom=HEADROOM)
         return self.ip_output(src, dst, proto, skb, now, df=df, ttl=ttl)
 
-    def route(self, dst: bytes):  # -> RouteInfo | None (stack.tcp.api)
+    def route(self, dst: bytes) -> RouteInfo | None:
         """Source address, MTU and offload of the way to ``dst`` (TCP's IpService)."""
         from stack.tcp.api import RouteInfo
 
