@@ -6,4 +6,5 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/tools/setup.sh"
 cd "$ROOT"
 "$VENV/bin/ruff" check stack splice apps tools tests
+"$VENV/bin/mypy"    # type check of stack, splice and apps ([tool.mypy] in pyproject.toml)
 exec "$VENV/bin/pytest" "$@"
