@@ -27,6 +27,7 @@ from stack.skbuff import SkBuff
 from stack.tcp.api import TcpState
 from stack.tcp.tcb import Tcb
 from stack.wire.ethernet import ETH_HLEN
+from stack.wire.fields import ETH_TYPE, U16
 
 if TYPE_CHECKING:
     from stack.control import ControlServer
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
     from stack.tcp.api import TcpConfig
     from stack.workers import ArpShare, Seat
 
+#: The EtherType of IPv4 (only IPv4 frames are corrupted on purpose: they have checksums).
+_IPV4 = 0x0800
 log = logging.getLogger("tapsplice.driver")
 #: TCP states in which a connection is no running session (TapStack.sessions).
 _ENDED = frozenset({TcpState.CLOSED, TcpState.LISTEN, TcpState.TIME_WAIT})
@@ -264,7 +267,7 @@ class StackDriver:
         if fate.lost:
             c["impair_lost"] += 1
             return
-        damaged = fate.corrupt and skb.buf[skb.data + 12:skb.data + 14] == b"\x08\x00"
+        damaged = fate.corrupt and U16.unpack_from(skb.buf, skb.data + ETH_TYPE)[0] == _IPV4
         if fate.copies == 1 and fate.arrival <= now and not damaged:
             return self._deliver(rx, iface, skb, now)
         c["impair_duplicated"] += fate.copies - 1

@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 #: Modules whose header reads and writes go through stack/wire/fields.py.
 CONVERTED = [
+    "stack/aio.py",
     "stack/core.py",
     "stack/frag.py",
     "stack/gso.py",
