@@ -81,11 +81,22 @@ def kernel_loss(ns: str, per_mille: int | None) -> None:
     ruleset = ("table inet tsfault {\n"
                f"  chain out {{ type filter hook output priority 0; {rule}; }}\n"
                f"  chain in {{ type filter hook input priority 0; {rule}; }}\n}}\n")
+    nft_load(ns, ruleset)
+
+
+def nft_load(ns: str, ruleset: str) -> None:
+    """Load an nftables ruleset inside a namespace."""
     subprocess.run(ns_cmd(ns, "nft", "-f", "-"), input=ruleset, text=True, check=True,
                    timeout=10)
 
 
-def kernel_drops(ns: str) -> int:
-    out = subprocess.run(ns_cmd(ns, "nft", "list", "table", "inet", "tsfault"),
+def nft_packets(ns: str, table: str) -> int:
+    """Packets counted by the counters of an inet table in a namespace."""
+    out = subprocess.run(ns_cmd(ns, "nft", "list", "table", "inet", table),
                          capture_output=True, text=True, timeout=10).stdout
-    return sum(int(w.split()[1]) for w in out.split("counter")[1:])
+    return sum(int(w.split()[0]) for w in out.split("packets")[1:])
+
+
+def kernel_drops(ns: str) -> int:
+    """Packets the kernel_loss rules dropped."""
+    return nft_packets(ns, "tsfault")

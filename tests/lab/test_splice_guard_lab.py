@@ -17,7 +17,7 @@ import pytest
 
 from apps.labproc import ns_cmd
 from apps.origin import Origin
-from tests.lab.stackproc import StackProcess
+from tests.lab.stackproc import StackProcess, nft_load, nft_packets
 
 pytestmark = pytest.mark.lab
 
@@ -150,14 +150,11 @@ def _vanish(ns: str, port: int) -> None:
                f"  chain out {{ type filter hook output priority 0; tcp sport {port} drop; }}\n"
                f"  chain in {{ type filter hook input priority 0; tcp dport {port} "
                "tcp flags rst counter drop; tcp dport " f"{port} drop; }}\n}}\n")
-    subprocess.run(ns_cmd(ns, "nft", "-f", "-"), input=ruleset, text=True, check=True,
-                   timeout=10)
+    nft_load(ns, ruleset)
 
 
 def _rsts_to_vanished(ns: str) -> int:
-    out = subprocess.run(ns_cmd(ns, "nft", "list", "table", "inet", "tsvanish"),
-                         capture_output=True, text=True, timeout=10).stdout
-    return sum(int(w.split()[0]) for w in out.split("packets")[1:])
+    return nft_packets(ns, "tsvanish")
 
 
 @pytest.mark.parametrize("mode", ["splice", "copy"])
