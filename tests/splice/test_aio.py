@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 
 from splice.aio import SpliceApi
+from splice.demux import SpliceDemux
 from splice.pair import SpliceError
-from splice.splicer import SpliceDemux
 from splice.testing import splice_api
 from stack.sim import SimNetwork
 from stack.simloop import run, until
