@@ -367,7 +367,6 @@ class TapStack:
                  seed: int = 0, tcp_config: TcpConfig | None = None,
                  control: str | bool = False, seat: Seat | None = None) -> None:
         from stack.hostkey import host_secret
-        from stack.netdev.tap import TapDevice
         from stack.streams import TcpApi
         from stack.tcp.layer import TcpLayer
         from stack.wire.ipv4 import IPPROTO_TCP
@@ -375,29 +374,16 @@ class TapStack:
         self.stack = Stack(forwarding=forwarding)
         self.devices: list[tuple[Interface, TapDevice]] = []
         self.seat = seat
-        devices: list[TapDevice] | None = None
         if seat is not None:
             from stack.tcp.api import TcpConfig
             if len(seat.devices) != len(attachments):
                 raise ValueError("the seat has a different number of devices")
-            devices = seat.devices
             attachments = [replace(a, mac=m)
                            for a, m in zip(attachments, seat.macs, strict=True)]
             tcp_config = replace(tcp_config or TcpConfig(),
-                                             port_shard=(seat.index, seat.count))
-        try:
-            for i, a in enumerate(attachments):
-                dev = (devices[i] if devices is not None
-                       else TapDevice.open(a.tap, netns=a.netns, offload=offload))
-                iface = self.stack.add_interface(a.tap, a.addr, mac=a.mac, mtu=dev.mtu,
-                                                 offload=dev.offload)
-                self.devices.append((iface, dev))
-            for prefix, via in routes or []:
-                self.stack.add_route(prefix, via)
-        except BaseException:
-            for dev in devices or [dev for _iface, dev in self.devices]:
-                dev.close()
-            raise
+                                 port_shard=(seat.index, seat.count))
+        self._attach(attachments, seat.devices if seat is not None else None, offload,
+                     routes or [])
         self.tcp = TcpLayer(self.stack, config=tcp_config, secret=host_secret())
         self.stack.register_protocol(IPPROTO_TCP, self.tcp)
         self.driver = StackDriver(self.stack, pcap=pcap, impair=impair, seed=seed)
@@ -424,6 +410,25 @@ class TapStack:
         self._drain_task: asyncio.Task[None] | None = None
         self._drain_cut = asyncio.Event()
         self.driver.on_signal = self._on_signal
+
+    def _attach(self, attachments: list[Attachment], devices: list[TapDevice] | None,
+                offload: bool, routes: list[tuple[str, str]]) -> None:
+        """Open each attachment's device (or take the seat's ``devices``), add its
+        interface and the routes; on any error every device is closed again."""
+        from stack.netdev.tap import TapDevice
+        try:
+            for i, a in enumerate(attachments):
+                dev = (devices[i] if devices is not None
+                       else TapDevice.open(a.tap, netns=a.netns, offload=offload))
+                iface = self.stack.add_interface(a.tap, a.addr, mac=a.mac, mtu=dev.mtu,
+                                                 offload=dev.offload)
+                self.devices.append((iface, dev))
+            for prefix, via in routes:
+                self.stack.add_route(prefix, via)
+        except BaseException:
+            for dev in devices or [dev for _iface, dev in self.devices]:
+                dev.close()
+            raise
 
     def start(self) -> None:
         """Start reading the devices (inside a running event loop)."""
