@@ -5,7 +5,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
-APT_PACKAGES=(python3 python3-venv python3-dev gcc iproute2 iputils-ping curl nginx-light procps tcpdump tshark nftables microsocks dante-server chromium)
+APT_PACKAGES=(python3 python3-venv python3-dev gcc iproute2 iputils-ping curl nginx-light procps tcpdump tshark nftables microsocks dante-server chromium dnsmasq-base)
 
 if [ "$(id -u)" != 0 ]; then
     echo "tapsplice set-up needs root (network namespaces, TAP devices, apt-get)" >&2
