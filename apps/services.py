@@ -1,5 +1,5 @@
 """The classic test services on the stack: echo (RFC 862), discard (RFC 863) and
-chargen (RFC 864).
+chargen (RFC 864), over TCP and over UDP.
 
 Echo and chargen are asyncio stream handlers. Discard is a bare protocol
 (:class:`DiscardProtocol`): it needs no task, reader or writer per connection, so
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Callable
 from typing import Any
 
@@ -111,7 +112,77 @@ async def chargen(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
     await _finish(writer)
 
 
+class UdpEcho(asyncio.DatagramProtocol):
+    """UDP echo (RFC 862): every datagram goes back to its sender as it came. The
+    reply is never larger than the request, so it amplifies nothing."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.DatagramTransport | None = None
+        self.datagrams = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Keep the transport to answer on."""
+        assert isinstance(transport, asyncio.DatagramTransport)
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        """Send ``data`` back to ``addr``."""
+        self.datagrams += 1
+        if self.transport is not None:
+            self.transport.sendto(data, addr)
+
+
+class UdpDiscard(asyncio.DatagramProtocol):
+    """UDP discard (RFC 863): datagrams are counted and dropped."""
+
+    def __init__(self) -> None:
+        self.datagrams = 0
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        """Count and drop."""
+        self.datagrams += 1
+
+
+#: Chargen answers at most this many datagrams per second (and a burst of as many):
+#: up to 512 bytes for an empty request make it a reflection amplifier otherwise.
+CHARGEN_UDP_RATE = 100.0
+
+
+class UdpChargen(UdpEcho):
+    """UDP chargen (RFC 864): each datagram is answered with one of a random length
+    between 0 and 512 characters of the pattern, under a rate limit (see
+    CHARGEN_UDP_RATE); requests past it are counted in ``limited``."""
+
+    def __init__(self, rng: random.Random | None = None,
+                 rate: float = CHARGEN_UDP_RATE) -> None:
+        super().__init__()
+        self.rng = rng or random.Random()
+        self.rate = rate
+        self.tokens = rate
+        self.stamp: float | None = None
+        self.limited = 0
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        """Answer with up to 512 characters, if the rate allows."""
+        self.datagrams += 1
+        now = asyncio.get_running_loop().time()
+        if self.stamp is not None:
+            self.tokens = min(self.rate, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens < 1.0:
+            self.limited += 1
+            return
+        self.tokens -= 1.0
+        start = self.rng.randrange(95)  # the 95 rotations of the pattern
+        n = self.rng.randint(0, 512)
+        if self.transport is not None:
+            self.transport.sendto(CHARGEN_BLOCK[start * 74:start * 74 + n], addr)
+
+
 SERVICES = {ECHO_PORT: echo, DISCARD_PORT: discard, CHARGEN_PORT: chargen}
+#: The UDP forms of the services, by port.
+UDP_SERVICES: dict[int, Callable[[], asyncio.DatagramProtocol]] = {
+    ECHO_PORT: UdpEcho, DISCARD_PORT: UdpDiscard, CHARGEN_PORT: UdpChargen}
 #: Services run as bare protocols rather than stream handlers (by port).
 PROTOCOL_SERVICES: dict[int, Callable[[], asyncio.Protocol]] = {DISCARD_PORT: DiscardProtocol}
 
@@ -119,10 +190,17 @@ PROTOCOL_SERVICES: dict[int, Callable[[], asyncio.Protocol]] = {DISCARD_PORT: Di
 async def start_services(api: Any, addresses: list[str]) -> list[Any]:
     """Listen with every service on every address; return the servers.
 
-    ``api`` offers ``start_server`` and ``create_server`` like stack.streams.TcpApi.
+    ``api`` offers ``start_server`` and ``create_server`` like stack.streams.TcpApi;
+    with ``create_datagram_endpoint`` too (a TapStack), the UDP forms are started as
+    well and their transports are among what is returned.
     """
-    servers = []
+    servers: list[Any] = []
     for addr in addresses:
+        if hasattr(api, "create_datagram_endpoint"):
+            for port, factory in UDP_SERVICES.items():
+                transport, _proto = await api.create_datagram_endpoint(
+                    factory, local_addr=(addr, port))
+                servers.append(transport)
         for port, handler in SERVICES.items():
             factory = PROTOCOL_SERVICES.get(port)
             if factory is not None:

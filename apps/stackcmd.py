@@ -188,7 +188,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     async def setup(net: TapStack) -> None:
         addrs = [ip_str(iface.addr) for iface, _dev in net.devices]
         await start_services(net, addrs)
-        log.info("echo (7), discard (9), chargen (19) on %s", ", ".join(addrs))
+        log.info("echo (7), discard (9), chargen (19), TCP and UDP, on %s", ", ".join(addrs))
 
     def child(seat: Seat | None) -> int:
         run_stack(open_stack(args, seat=seat), setup, seat)
@@ -252,6 +252,6 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "serve", help="run the stack with echo, discard and chargen services",
         description="Run the stack with echo (port 7, RFC 862), discard (9, RFC 863) and "
-                    "chargen (19, RFC 864) listening on every address of the stack.")
+                    "chargen (19, RFC 864), over TCP and UDP, on every address of the stack.")
     add_common(p)
     p.set_defaults(func=cmd_serve)

@@ -369,6 +369,8 @@ class TapStack:
         from stack.hostkey import host_secret
         from stack.streams import TcpApi
         from stack.tcp.layer import TcpLayer
+        from stack.udp import IPPROTO_UDP, UdpConfig, UdpLayer
+        from stack.udpapi import UdpApi
         from stack.wire.ipv4 import IPPROTO_TCP
 
         self.stack = Stack(forwarding=forwarding)
@@ -386,10 +388,15 @@ class TapStack:
                      routes or [])
         self.tcp = TcpLayer(self.stack, config=tcp_config, secret=host_secret())
         self.stack.register_protocol(IPPROTO_TCP, self.tcp)
+        self.udp = UdpLayer(self.stack, config=UdpConfig(
+            port_shard=self.tcp.config.port_shard))
+        self.stack.register_protocol(IPPROTO_UDP, self.udp)
         self.driver = StackDriver(self.stack, pcap=pcap, impair=impair, seed=seed)
         for iface, dev in self.devices:
             self.driver.attach(iface, dev)
         self.api = TcpApi(self.tcp, self.driver)
+        self.udp_api = UdpApi(self.udp, self.driver)
+        self.create_datagram_endpoint = self.udp_api.create_datagram_endpoint
         #: The splice layer on this stack, if any: set by the layer above when it
         #: attaches (splice.aio.SpliceApi.attach(net)); read here for sessions, the
         #: drain and the counters, and by the control socket.
@@ -541,6 +548,7 @@ class TapStack:
         return {
             "stack": dict(sorted(self.stack.counters.items())),
             "tcp": dict(sorted(self.tcp.counters.items())),
+            "udp": dict(sorted(self.udp.counters.items())),
             "devices": {iface.name: dict(dev.counters) for iface, dev in self.devices},
             "connections": len(self.tcp.connections),
             "splice": self.splicer.stats()["counters"] if self.splicer is not None else {},

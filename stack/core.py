@@ -113,7 +113,10 @@ class TimerSource(Protocol):
 class ProtocolHandler(TimerSource, Protocol):
     """A transport protocol attached to the stack (TCP)."""
 
-    def input(self, skb: SkBuff, src: bytes, dst: bytes, now: float) -> None: ...
+    def input(self, skb: SkBuff, src: bytes, dst: bytes, now: float) -> bool | None:
+        """Take a datagram (data at the transport header); False: no socket wanted
+        it, answer port unreachable (UDP)."""
+        ...
 
 
 class Stack:
@@ -155,9 +158,28 @@ class Stack:
         if iface.addr in self.by_addr:
             raise ValueError(f"address {ip} is already on {self.by_addr[iface.addr].name}")
         self.interfaces.append(iface)
-        self.by_addr[iface.addr] = iface
-        self.routes.add(f"{ip}/{prefixlen}", iface)
+        if iface.configured:  # 0.0.0.0: no address yet (DHCP gives one: set_address)
+            self.by_addr[iface.addr] = iface
+            self.routes.add(f"{ip}/{prefixlen}", iface)
         return iface
+
+    def set_address(self, iface: Interface, addr: bytes, prefixlen: int) -> None:
+        """Give ``iface`` a new address and connected route (a DHCP lease); the old
+        address and every route out of the interface go."""
+        self.clear_address(iface)
+        if addr in self.by_addr:
+            raise ValueError(f"address {wip.ip_str(addr)} is already on "
+                             f"{self.by_addr[addr].name}")
+        iface.set_address(addr, prefixlen)
+        self.by_addr[addr] = iface
+        self.routes.add(f"{wip.ip_str(addr)}/{prefixlen}", iface)
+
+    def clear_address(self, iface: Interface) -> None:
+        """Take the address off ``iface`` (a lease lost): its routes go too."""
+        if self.by_addr.get(iface.addr) is iface:
+            del self.by_addr[iface.addr]
+        self.routes.remove_iface(iface)
+        iface.set_address(b"\0\0\0\0", 32)
 
     def add_route(self, prefix: str, via: str | None = None, ifname: str | None = None) -> None:
         """Add a static route; the interface is the one whose subnet holds ``via``."""
@@ -332,7 +354,12 @@ class Stack:
             return self._drop("ipv4_martian_source")
         if dst in self.by_addr:
             return self._local_input(iface, skb, d, ihl, src, dst, now)
-        if dst[0] >= 224 or dst == b"\xff\xff\xff\xff" or dst == iface.broadcast:
+        if dst == b"\xff\xff\xff\xff" or (dst == iface.broadcast and iface.configured):
+            if buf[d + IP_PROTO] == wip.IPPROTO_UDP and wip.IPPROTO_UDP in self.protocols:
+                # UDP sockets that asked for broadcasts hear them (a DHCP client).
+                return self._local_input(iface, skb, d, ihl, src, dst, now)
+            return self._drop("ipv4_broadcast")
+        if dst[0] >= 224:
             return self._drop("ipv4_broadcast")
         if not self.forwarding:
             return self._drop("ipv4_not_for_us")
@@ -421,7 +448,10 @@ class Stack:
                  dst: bytes, now: float) -> None:
         handler = self.protocols.get(proto)
         if handler is not None:
-            handler.input(skb, src, dst, now)
+            skb.dev = iface
+            if handler.input(skb, src, dst, now) is False:
+                # No socket took the datagram (UDP): RFC 1122 §4.1.3.1.
+                self._icmp_error(iface, quoted, wicmp.DEST_UNREACH, wicmp.UNREACH_PORT, now)
         elif proto == wip.IPPROTO_ICMP:
             self._icmp_input(iface, skb, src, dst, now)
         elif proto == wip.IPPROTO_UDP:
@@ -528,8 +558,12 @@ class Stack:
         return RouteInfo(r.iface.addr, r.iface.mtu, r.iface.offload)
 
     def ip_output(self, src: bytes, dst: bytes, proto: int, skb: SkBuff, now: float, *,
-                  df: bool = True, ttl: int = 64) -> bool:
-        """Prepend an IPv4 header to ``skb`` (data at the transport header) and send it."""
+                  df: bool = True, ttl: int = 64, iface: int | None = None) -> bool:
+        """Prepend an IPv4 header to ``skb`` (data at the transport header) and send it.
+        To 255.255.255.255 it goes to the broadcast MAC of interface ``iface`` (an
+        index; default the first), routed nowhere (RFC 919: limited broadcast)."""
+        if dst == b"\xff\xff\xff\xff":
+            return self._broadcast_output(src, dst, proto, skb, iface, df, ttl)
         route = self.routes.lookup(dst)
         if route is None:
             self.counters["tx_no_route"] += 1
@@ -563,6 +597,28 @@ class Stack:
             return True
         self.counters["tx_ip"] += 1
         return self._link_output(out, nexthop, skb, now, forwarded=False, has_eth=False)
+
+    def _broadcast_output(self, src: bytes, dst: bytes, proto: int, skb: SkBuff,
+                          index: int | None, df: bool, ttl: int) -> bool:
+        if not self.interfaces:
+            self.counters["tx_no_route"] += 1
+            return False
+        out = self.interfaces[index or 0]
+        total = IP_MIN_HLEN + len(skb)
+        if total > out.mtu:
+            self.counters["tx_too_big"] += 1
+            return False
+        self._ident = (self._ident + 1) & 0xFFFF
+        h = skb.push(IP_MIN_HLEN)
+        wip.IPV4_HEADER.pack_into(h, 0, IP_VIHL_NO_OPTIONS, 0, total, self._ident,
+                                  IP_FLAG_DF if df else 0, ttl, proto, 0, src, dst)
+        _H.pack_into(h, IP_CSUM, cks.checksum(h))
+        skb.push(ETH_HLEN)[ETH_TYPE:ETH_HLEN] = _ETH_IP
+        if skb.vnet_flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
+            skb.csum_start += IP_MIN_HLEN + ETH_HLEN
+        self.counters["tx_broadcast"] += 1
+        self._emit(out, BROADCAST, skb)
+        return True
 
     def output_frame(self, skb: SkBuff, now: float) -> bool:
         """Send a complete frame (data at its Ethernet header, IPv4 header filled in,

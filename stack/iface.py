@@ -37,6 +37,17 @@ class Interface:
         """The attached subnet."""
         return ipaddress.IPv4Network((ip_str(self.addr), self.prefixlen), strict=False)
 
+    @property
+    def configured(self) -> bool:
+        """Whether the interface has an address yet (a DHCP client's has not)."""
+        return self.addr != b"\0\0\0\0"
+
+    def set_address(self, addr: bytes, prefixlen: int) -> None:
+        """Take a new address and prefix (the broadcast address follows)."""
+        self.addr = addr
+        self.prefixlen = prefixlen
+        self.broadcast = self.network.broadcast_address.packed
+
     def on_link(self, dst: bytes) -> bool:
         """Whether ``dst`` is on this interface's subnet."""
         shift = 32 - self.prefixlen

@@ -24,6 +24,8 @@ from stack.sim import SimNetwork
 from stack.streams import TcpApi
 from stack.tcp.api import TcpConfig
 from stack.tcp.layer import TcpLayer
+from stack.udp import IPPROTO_UDP, UdpConfig, UdpLayer
+from stack.udpapi import UdpApi
 from stack.wire.ipv4 import IPPROTO_TCP
 
 T = TypeVar("T")
@@ -79,6 +81,7 @@ class SimDriver:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self.apis: dict[int, TcpApi] = {}
+        self.udp_apis: dict[int, UdpApi] = {}
         net.clock.advance_to(loop.time())
 
     def now(self) -> float:
@@ -92,6 +95,15 @@ class SimDriver:
             layer = TcpLayer(stack, config=config, rng=stack.rng)
             stack.register_protocol(IPPROTO_TCP, layer)
             api = self.apis[id(stack)] = TcpApi(layer, self)
+        return api
+
+    def udp(self, stack: Stack, config: UdpConfig | None = None) -> UdpApi:
+        """The asyncio UDP API of ``stack`` (UDP is attached on first use)."""
+        api = self.udp_apis.get(id(stack))
+        if api is None:
+            layer = UdpLayer(stack, config=config, rng=stack.rng)
+            stack.register_protocol(IPPROTO_UDP, layer)
+            api = self.udp_apis[id(stack)] = UdpApi(layer, self)
         return api
 
     def poke(self) -> None:

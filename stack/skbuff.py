@@ -23,6 +23,7 @@ queue into another.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 
 class SkbError(ValueError):
@@ -75,7 +76,8 @@ class SkBuff:
         self.when = 0.0
         self.retrans = 0
         self.sacked = 0
-        self.dev = None
+        #: The interface a received buffer came in on (set on local delivery).
+        self.dev: Any = None
         self.network_off = 0
         self.transport_off = 0
 
