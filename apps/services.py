@@ -197,9 +197,9 @@ async def start_services(api: Any, addresses: list[str]) -> list[Any]:
     servers: list[Any] = []
     for addr in addresses:
         if hasattr(api, "create_datagram_endpoint"):
-            for port, factory in UDP_SERVICES.items():
+            for port, udp_factory in UDP_SERVICES.items():
                 transport, _proto = await api.create_datagram_endpoint(
-                    factory, local_addr=(addr, port))
+                    udp_factory, local_addr=(addr, port))
                 servers.append(transport)
         for port, handler in SERVICES.items():
             factory = PROTOCOL_SERVICES.get(port)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import ipaddress
 import json
 import logging
 import sys
@@ -15,6 +16,7 @@ from apps.lab import LabConfig
 from apps.services import start_services
 from stack.aio import DEFAULT_DRAIN, Attachment, TapStack
 from stack.control import ControlError
+from stack.dns import ResolverConfig
 from stack.netdev.faults import FaultModel
 from stack.netdev.pcap import PcapTee, PcapWriter
 from stack.netdev.taplock import TapBusyError
@@ -64,6 +66,22 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _dns_server(text: str) -> tuple[str, int]:
+    """``ADDR`` or ``ADDR:PORT`` of a DNS server (port 53 by default)."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = text, "53"
+    try:
+        ipaddress.IPv4Address(host)
+        number = int(port)
+        if not 0 < number < 65536:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--dns {text!r}: expected ADDR or ADDR:PORT "
+                                         "(an IPv4 address)") from None
+    return host, number
+
+
 def _workers(text: str) -> int:
     try:
         n = int(text)
@@ -98,6 +116,8 @@ def open_stack(args: argparse.Namespace, forwarding: bool = False,
                        offload=not args.no_offload, routes=args.route, pcap=pcap,
                        impair=args.impair, seed=args.seed, control=control, seat=seat)
         net.drain_period = args.drain
+        if args.dns:
+            net.configure_resolver(args.dns, config=ResolverConfig(deadline=args.dns_timeout))
         return net
     except TapBusyError as e:  # another stack has the TAP: say so, and nothing else
         raise SystemExit(f"cannot attach: {e}") from None
@@ -209,6 +229,13 @@ def add_common(p: argparse.ArgumentParser, workers: bool = True) -> None:
     p.add_argument("--netns", default=None, help="namespace holding the --tap devices")
     p.add_argument("--route", action="append", default=[], type=_parse_route,
                    metavar="PREFIX=GATEWAY", help="static route (repeatable)")
+    p.add_argument("--dns", action="append", default=[], type=_dns_server,
+                   metavar="ADDR[:PORT]",
+                   help="DNS server for names (repeatable, tried in order; queries go over "
+                        "the stack's own UDP, TCP for truncated answers)")
+    p.add_argument("--dns-timeout", type=_seconds, default=5.0, metavar="SECONDS",
+                   help="how long one name may take to resolve, retries across the "
+                        "servers included (default 5)")
     p.add_argument("--pcap", metavar="FILE", help="record every frame to a pcap file")
     p.add_argument("--no-offload", action="store_true",
                    help="plain 1,500-byte frames: no vnet header, no TSO, no checksum offload")

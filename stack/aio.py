@@ -31,6 +31,7 @@ from stack.wire.fields import ETH_TYPE, U16
 
 if TYPE_CHECKING:
     from stack.control import ControlServer
+    from stack.dns import Resolver, ResolverConfig
     from stack.netdev.tap import TapDevice
     from stack.tcp.api import TcpConfig
     from stack.workers import ArpShare, Seat
@@ -414,6 +415,8 @@ class TapStack:
         self.drain_period = DEFAULT_DRAIN
         #: Called when a drain starts (a proxy closes its idle kept-alive connections).
         self.drain_hooks: list[Callable[[], None]] = []
+        #: The DNS stub resolver behind :meth:`resolve` (configure_resolver).
+        self.resolver: Resolver | None = None
         self._drain_task: asyncio.Task[None] | None = None
         self._drain_cut = asyncio.Event()
         self.driver.on_signal = self._on_signal
@@ -436,6 +439,25 @@ class TapStack:
             for dev in devices or [dev for _iface, dev in self.devices]:
                 dev.close()
             raise
+
+    # -- names ----------------------------------------------------------------------
+    def configure_resolver(self, servers: list[tuple[str, int]], *,
+                           hosts: dict[str, str] | None = None,
+                           config: ResolverConfig | None = None) -> Resolver:
+        """Use these DNS servers (and hosts mapping) for :meth:`resolve`: queries go
+        over the stack's own UDP, and TCP for truncated answers (stack/dns/)."""
+        from stack.dns import Resolver
+        self.resolver = Resolver(self, servers, hosts=hosts, config=config)
+        return self.resolver
+
+    async def resolve(self, name: str, *, kinds: tuple[str, ...] = ("A",)) -> list[str]:
+        """The addresses of ``name`` (IPv4 first; "AAAA" in ``kinds`` for IPv6 too).
+        Raises stack.dns.NameNotFound, ResolverTimeout or ResolverFailure (OSErrors
+        that name the host)."""
+        if self.resolver is None:
+            self.configure_resolver([])
+        assert self.resolver is not None
+        return await self.resolver.resolve(name, kinds=kinds)
 
     def start(self) -> None:
         """Start reading the devices (inside a running event loop)."""
@@ -553,6 +575,7 @@ class TapStack:
             "connections": len(self.tcp.connections),
             "splice": self.splicer.stats()["counters"] if self.splicer is not None else {},
             "neighbours": len(self.stack.neigh),
+            **({"dns": self.resolver.stats()["counters"]} if self.resolver else {}),
             **({"arp_share": dict(self.arp_share.counters)} if self.arp_share else {}),
         }
 

@@ -54,6 +54,7 @@ from apps.httpproxy.parser import (
 from apps.httpproxy.policy import HttpPolicy, refusal_response
 from apps.httpproxy.store import CacheStore, StoredResponse
 from apps.logsafe import escape
+from apps.names import Resolve, lookup, resolver_of
 from apps.socks.policy import check_mode, own_interface_defaults
 from apps.socks.protocol import Address
 
@@ -96,9 +97,12 @@ class HttpProxy:
                  cache: CacheStore | None = None, policy: HttpPolicy | None = None,
                  log: logging.Logger | None = None,
                  clock: Callable[[], float] = time.time,
-                 auth_limiter: AuthLimiter | None = None) -> None:
+                 auth_limiter: AuthLimiter | None = None,
+                 resolve: Resolve | None = None) -> None:
         check_mode(mode, MODES, splice)
         self.api = api
+        #: Origin names not in the hosts mapping go here (default: ``api.resolve``).
+        self.resolve = resolve or resolver_of(api)
         self.mode = mode
         self.splice = splice
         self.cache = cache
@@ -332,9 +336,12 @@ class HttpProxy:
     async def _open_origin(self, client: BufferedStream, host: str, port: int,
                            entry: Entry, splice: bool = False) -> BufferedStream | None:
         """Resolve, check and connect; on failure answer the client and return None."""
-        ip = self.policy.resolve(Address.of(host, port))
+        found = await lookup(Address.of(host, port), self.policy, self.resolve)
+        ip = found.ip
         if ip is None:
-            await self._error(client, entry, 502, f"unknown host name {host!r}")
+            # An unknown name or failing servers: 502; no answer in time: 504.
+            await self._error(client, entry, 504 if found.failure == "timeout" else 502,
+                              found.note)
             return None
         if ":" in ip or not self.policy.destination_allowed(ip, port):
             entry.code = "TCP_DENIED"

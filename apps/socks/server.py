@@ -24,6 +24,7 @@ from apps.authlimit import AuthLimiter
 from apps.clientslots import ClientSlots, Ticket
 from apps.copyrelay import IdleTimeout, copy_both
 from apps.logsafe import escape, field
+from apps.names import Resolve, lookup, resolver_of
 from apps.socks import protocol as p
 from apps.socks.policy import Policy, check_mode, own_interface_defaults
 from apps.socks.protocol import Address, Command, Method, Rep, SocksError
@@ -96,9 +97,13 @@ class SocksServer:
 
     def __init__(self, api: Any, *, mode: str = "copy", policy: Policy | None = None,
                  log: logging.Logger | None = None, splice: Any = None,
-                 auth_limiter: AuthLimiter | None = None) -> None:
+                 auth_limiter: AuthLimiter | None = None,
+                 resolve: Resolve | None = None) -> None:
         check_mode(mode, MODES, splice)
         self.api = api
+        #: Names not in the hosts mapping go here (default: the stack's resolver,
+        #: ``api.resolve``, when the API has one).
+        self.resolve = resolve or resolver_of(api)
         self.mode = mode
         self.splice = splice
         #: Without allowed clients, start() fills in the listening interface's subnet.
@@ -293,10 +298,13 @@ class SocksServer:
                        s: Session, splice: bool = False,
                        ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
         """Check the policy and connect; on failure answer the client and return None."""
-        ip = self.policy.resolve(address)
-        rep = None
+        found = await lookup(address, self.policy, self.resolve)
+        ip, rep = found.ip, None
         if ip is None:
-            s.note, rep = "unknown name", Rep.HOST_UNREACHABLE
+            # RFC 1928 §6: an unknown name, failing servers and a resolver timeout
+            # are all "host unreachable" to the client; the log says which.
+            self.counters[f"resolve_{found.failure}"] += 1
+            s.note, rep = found.note, Rep.HOST_UNREACHABLE
         elif ":" in ip:
             s.note, rep = "IPv6 destination", Rep.ADDRESS_TYPE_NOT_SUPPORTED
         elif not self.policy.destination_allowed(ip, address.port):

@@ -215,7 +215,7 @@ def test_socks4_and_socks4a() -> None:
         # The log shows what the client received: SOCKS4 has only granted/rejected.
         assert sorted(s.rep for s in w.log.sessions) == [0x5A, 0x5A, 0x5B, 0x5B]
         assert sorted(s.note for s in w.log.sessions if s.rep == 0x5B) == [
-            "command 2", "unknown name"]
+            "command 2", "unknown host name 'unknown.test'"]
         bob = [s for s in w.log.sessions if s.user == "bob"]
         assert len(bob) == 1 and bob[0].version == 4
 
@@ -457,7 +457,7 @@ def test_socks4_log_shows_the_status_the_client_received() -> None:
         assert await w.until(lambda: len(w.log.sessions) == 2)
         lines = sorted(s.line() for s in w.log.sessions)
         assert "rep=0x5a" in lines[0] and "unknown.test" not in lines[0]
-        assert "rep=0x5b" in lines[1] and "unknown name" in lines[1]
+        assert "rep=0x5b" in lines[1] and "unknown host name" in lines[1]
 
     simulate(body, policy=policy)
 
