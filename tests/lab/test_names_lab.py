@@ -1,0 +1,100 @@
+"""Names through the stack: real clients ask the proxies for hosts by name, the stack
+resolves them with DNS over its own UDP against a real DNS server (dnsmasq) in the
+server namespace, and the transfers run spliced."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import time
+
+import pytest
+
+from apps.labdns import DnsServer
+from apps.labproc import ns_cmd
+from apps.origin import Origin
+from tests.lab.stackproc import StackProcess
+
+pytestmark = pytest.mark.lab
+
+NAME = "origin.tapsplice.test"
+ALIAS = "www.tapsplice.test"
+
+
+@pytest.fixture
+def dns(lab):
+    with DnsServer(lab.server_ns, "198.19.0.1", {NAME: "198.19.0.1"},
+                   aliases={ALIAS: NAME}) as server:
+        yield server
+
+
+def curl(lab, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(ns_cmd(lab.client_ns, "curl", "-sS", *args), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_curl_socks5_hostname_fetches_by_name_spliced(lab, dns, tmp_path):
+    stack = StackProcess(lab, "socks", "--mode", "splice", "--dns", "198.19.0.1",
+                         "--log-level", "info", log=tmp_path / "socks.log")
+    try:
+        stack.wait_ready()
+        with Origin(lab.server_ns) as origin:
+            f = origin.make_file("n.bin", 8 << 20, random=True)
+            for host in (NAME, ALIAS, NAME):  # the third comes from the cache
+                out = tmp_path / "n.bin"
+                proc = curl(lab, "--fail", "--socks5-hostname", "198.18.0.2:1080",
+                            "-o", str(out), origin.url(f, host))
+                assert proc.returncode == 0, proc.stderr
+                assert hashlib.sha256(out.read_bytes()).hexdigest() == f.sha256
+            t0 = time.monotonic()
+            proc = curl(lab, "--socks5-hostname", "198.18.0.2:1080",
+                        "http://nowhere.tapsplice.test/")
+            assert proc.returncode == 97, proc.stderr  # curl: the proxy refused
+            assert time.monotonic() - t0 < 3  # NXDOMAIN answers at once
+    finally:
+        summary = stack.stop()
+    log = (tmp_path / "socks.log").read_text()
+    assert "dest=nowhere.tapsplice.test:80 rep=0x04" in log
+    assert "unknown host name 'nowhere.tapsplice.test'" in log
+    assert summary["splice"]["splices"] == 3
+    assert summary["splice"].get("copied_payload_bytes", 0) == 0
+    assert summary["dns"].get("cache_hit", 0) >= 1, summary["dns"]
+    assert dns.queries(NAME) == 1  # once for the name, then the cache
+    assert dns.queries(ALIAS) == 1
+    assert summary["udp"]["rx_datagrams"] >= 3
+
+
+def test_curl_x_fetches_origins_by_name_and_unknown_names_get_502(lab, dns, tmp_path):
+    stack = StackProcess(lab, "http-proxy", "--dns", "198.19.0.1",
+                         log=tmp_path / "http.log")
+    try:
+        stack.wait_ready()
+        with Origin(lab.server_ns) as origin:
+            f = origin.make_file("h.bin", 1 << 20, random=True)
+            out = tmp_path / "h.bin"
+            proc = curl(lab, "--fail", "-x", "http://198.18.0.2:3128", "-o", str(out),
+                        origin.url(f, NAME))
+            assert proc.returncode == 0, proc.stderr
+            assert hashlib.sha256(out.read_bytes()).hexdigest() == f.sha256
+            proc = curl(lab, "-x", "http://198.18.0.2:3128", "-w", "%{http_code}",
+                        "http://nowhere.tapsplice.test/x")
+            assert proc.stdout.endswith("502"), proc.stdout
+            assert "nowhere.tapsplice.test" in proc.stdout
+    finally:
+        stack.stop()
+
+
+def test_a_silent_dns_server_gets_504_within_the_resolver_deadline(lab, tmp_path):
+    # 198.19.0.77 is nobody: the queries go unanswered (ARP fails), the deadline ends it.
+    stack = StackProcess(lab, "http-proxy", "--dns", "198.19.0.77", "--dns-timeout", "1.5",
+                         log=tmp_path / "http.log")
+    try:
+        stack.wait_ready()
+        t0 = time.monotonic()
+        proc = curl(lab, "-x", "http://198.18.0.2:3128", "-w", "%{http_code}",
+                    "http://slow.tapsplice.test/")
+        took = time.monotonic() - t0
+        assert proc.stdout.endswith("504"), proc.stdout
+        assert 1.0 < took < 4.0
+    finally:
+        stack.stop()
