@@ -12,6 +12,9 @@ Brings the lab up (or reuses it), then:
    several large objects on one kept-alive connection (each body spliced one way, then
    the next request read by the proxy) followed by a hit, and a large response spliced
    both ways (Connection: close);
+   between them, names: dnsmasq in the server namespace as the lab's DNS server, curl
+   --socks5-hostname and curl -x fetching by name (resolved by the stack over its own
+   UDP), and a DNS query carried by the SOCKS proxy's UDP ASSOCIATE (PySocks);
 3. the stack as a router (`tapsplice router --lab`): ping from both sides, and a download
    routed through it.
 
@@ -31,6 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from apps.demo_names import names_part
 from apps.lab import LabConfig, lab_down, lab_up, list_netns
 from apps.labproc import CommandError, curl_download, ns_cmd, stop_process, wait_ready, wait_until
 from apps.origin import Origin
@@ -284,6 +288,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 f = origin.make_file("demo-socks.bin", args.socks_size, random=True)
                 ok = _socks_part(cfg, origin, f, Path(tmp), extra)
                 ok &= _workers_part(cfg, origin, Path(tmp), extra)
+                ok &= names_part(cfg, origin, Path(tmp), extra, _start_stack, _stop_stack,
+                                 _say)
             ok &= _http_part(cfg, Path(tmp), extra)
             ok &= _router_part(cfg, args.size, Path(tmp), extra)
         finally:
