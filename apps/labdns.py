@@ -28,11 +28,12 @@ class DnsServerError(RuntimeError):
 
 class DnsServer:
     """dnsmasq answering ``records`` (name -> IPv4 address) and ``aliases`` (name ->
-    target, as CNAMEs) on ``addr``:``port`` inside ``netns``. Every other name gets
+    target, as CNAMEs) and every name under ``domains`` on ``addr``:``port`` inside ``netns``. Every other name gets
     NXDOMAIN at once (the server knows no upstream). A context manager."""
 
     def __init__(self, netns: str, addr: str, records: dict[str, str], *,
-                 aliases: dict[str, str] | None = None, port: int = 53,
+                 aliases: dict[str, str] | None = None,
+                 domains: dict[str, str] | None = None, port: int = 53,
                  ttl: int = 60) -> None:
         self.netns = netns
         self.addr = addr
@@ -41,6 +42,8 @@ class DnsServer:
         self.ttl = ttl
         self.records = dict(records)
         self.aliases = dict(aliases or {})
+        #: Every name under each of these domains answers with its address.
+        self.domains = dict(domains or {})
         self._tmp: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -54,6 +57,7 @@ class DnsServer:
                f"--local-ttl={self.ttl}"]
         cmd += [f"--host-record={name},{ip}" for name, ip in self.records.items()]
         cmd += [f"--cname={name},{target}" for name, target in self.aliases.items()]
+        cmd += [f"--address=/{dom}/{ip}" for dom, ip in self.domains.items()]
         return cmd
 
     def start(self) -> None:

@@ -44,6 +44,7 @@ from tools.bench.splice import add_splice_parser
 from tools.bench.start import ready_to_run
 from tools.bench.tcp import add_tcp_parser
 from tools.bench.thesis import add_thesis_parser
+from tools.bench.udp import add_udp_parser
 
 DEFAULT_MAX_SECONDS = 1800.0
 
@@ -118,6 +119,7 @@ def add_parser(subparsers: Any) -> None:
     add_tcp_parser(sub)
     add_splice_parser(sub)
     add_thesis_parser(sub)
+    add_udp_parser(sub)
     add_http_parser(sub)
 
 
