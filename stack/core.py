@@ -576,13 +576,7 @@ class Stack:
         if total > 65535:
             self.counters["tx_too_long"] += 1
             return False
-        self._ident = (self._ident + 1) & 0xFFFF
-        h = skb.push(IP_MIN_HLEN)
-        wip.IPV4_HEADER.pack_into(h, 0, IP_VIHL_NO_OPTIONS, 0, total, self._ident,
-                                  IP_FLAG_DF if df else 0, ttl, proto, 0, src, dst)
-        _H.pack_into(h, IP_CSUM, cks.checksum(h))
-        if skb.vnet_flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
-            skb.csum_start += IP_MIN_HLEN
+        self._push_ipv4(skb, src, dst, proto, total, df, ttl)
         out = route.iface
         nexthop = route.via or dst
         if total > out.mtu and not skb.gso_size:
@@ -598,6 +592,17 @@ class Stack:
         self.counters["tx_ip"] += 1
         return self._link_output(out, nexthop, skb, now, forwarded=False, has_eth=False)
 
+    def _push_ipv4(self, skb: SkBuff, src: bytes, dst: bytes, proto: int, total: int,
+                   df: bool, ttl: int) -> None:
+        """Prepend a 20-byte IPv4 header with the next identification and its checksum."""
+        self._ident = (self._ident + 1) & 0xFFFF
+        h = skb.push(IP_MIN_HLEN)
+        wip.IPV4_HEADER.pack_into(h, 0, IP_VIHL_NO_OPTIONS, 0, total, self._ident,
+                                  IP_FLAG_DF if df else 0, ttl, proto, 0, src, dst)
+        _H.pack_into(h, IP_CSUM, cks.checksum(h))
+        if skb.vnet_flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
+            skb.csum_start += IP_MIN_HLEN
+
     def _broadcast_output(self, src: bytes, dst: bytes, proto: int, skb: SkBuff,
                           index: int | None, df: bool, ttl: int) -> bool:
         if not self.interfaces:
@@ -608,14 +613,10 @@ class Stack:
         if total > out.mtu:
             self.counters["tx_too_big"] += 1
             return False
-        self._ident = (self._ident + 1) & 0xFFFF
-        h = skb.push(IP_MIN_HLEN)
-        wip.IPV4_HEADER.pack_into(h, 0, IP_VIHL_NO_OPTIONS, 0, total, self._ident,
-                                  IP_FLAG_DF if df else 0, ttl, proto, 0, src, dst)
-        _H.pack_into(h, IP_CSUM, cks.checksum(h))
+        self._push_ipv4(skb, src, dst, proto, total, df, ttl)
         skb.push(ETH_HLEN)[ETH_TYPE:ETH_HLEN] = _ETH_IP
         if skb.vnet_flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
-            skb.csum_start += IP_MIN_HLEN + ETH_HLEN
+            skb.csum_start += ETH_HLEN
         self.counters["tx_broadcast"] += 1
         self._emit(out, BROADCAST, skb)
         return True
