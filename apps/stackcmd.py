@@ -14,7 +14,7 @@ import uvloop
 
 from apps.lab import LabConfig
 from apps.services import start_services
-from stack.aio import DEFAULT_DRAIN, Attachment, TapStack
+from stack.aio import DEFAULT_DRAIN, DHCP, Attachment, TapStack
 from stack.control import ControlError
 from stack.dns import ResolverConfig
 from stack.netdev.faults import FaultModel
@@ -97,7 +97,7 @@ def attachments_from(args: argparse.Namespace) -> list[Attachment]:
     if args.lab:
         return lab_attachments(_lab_config(args))
     if not args.tap:
-        raise SystemExit("give --lab or --tap NAME --addr ADDR/PREFIX")
+        raise SystemExit("give --lab or --tap NAME --addr ADDR/PREFIX|dhcp")
     if len(args.addr) != len(args.tap):
         raise SystemExit("give one --addr for each --tap")
     return [Attachment(t, a, args.netns) for t, a in zip(args.tap, args.addr, strict=True)]
@@ -151,6 +151,9 @@ def run_command(args: argparse.Namespace, child: Callable[[Seat | None], int]) -
     own queue of every device (stack/workers.py)."""
     if args.workers == 1:
         return child(None)
+    if DHCP in args.addr:
+        raise SystemExit("--addr dhcp needs a single process: the workers would have to "
+                         "share one lease (run without --workers)")
     if args.pcap:
         raise SystemExit("--pcap records one process: use it without --workers")
     try:
@@ -204,9 +207,14 @@ def cmd_run(args: argparse.Namespace, forwarding: bool) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """`serve`: echo, discard and chargen on every address of the stack."""
+    """`serve`: echo, discard and chargen on every address of the stack. With an
+    interface on DHCP the services listen on 0.0.0.0 (every address, the lease's
+    included, whenever it comes) instead of on each address."""
     async def setup(net: TapStack) -> None:
-        addrs = [ip_str(iface.addr) for iface, _dev in net.devices]
+        if net.dhcp_ifaces:
+            addrs = ["0.0.0.0"]
+        else:
+            addrs = [ip_str(iface.addr) for iface, _dev in net.devices]
         await start_services(net, addrs)
         log.info("echo (7), discard (9), chargen (19), TCP and UDP, on %s", ", ".join(addrs))
 
@@ -224,8 +232,10 @@ def add_common(p: argparse.ArgumentParser, workers: bool = True) -> None:
                    help="attach to the lab's TAPs as 198.18.0.2 and 198.19.0.2")
     p.add_argument("--tap", action="append", default=[], metavar="NAME",
                    help="attach to an existing TAP in the current namespace (repeatable)")
-    p.add_argument("--addr", action="append", default=[], metavar="A.B.C.D/N",
-                   help="address for the matching --tap")
+    p.add_argument("--addr", action="append", default=[], metavar="A.B.C.D/N|dhcp",
+                   help="address for the matching --tap, or \"dhcp\": address, default "
+                        "route and DNS servers (unless --dns) from a DHCP lease, given "
+                        "back at stop; one interface, no --workers")
     p.add_argument("--netns", default=None, help="namespace holding the --tap devices")
     p.add_argument("--route", action="append", default=[], type=_parse_route,
                    metavar="PREFIX=GATEWAY", help="static route (repeatable)")

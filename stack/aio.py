@@ -31,6 +31,7 @@ from stack.wire.fields import ETH_TYPE, U16
 
 if TYPE_CHECKING:
     from stack.control import ControlServer
+    from stack.dhcpagent import DhcpAgent
     from stack.dns import Resolver, ResolverConfig
     from stack.netdev.tap import TapDevice
     from stack.tcp.api import TcpConfig
@@ -48,6 +49,10 @@ MAX_ROUNDS = 8
 DEFAULT_DRAIN = 10.0
 #: Seconds the stack stays after resetting what a drain left (answers to those RSTs).
 DRAIN_LINGER = 1.0
+#: The address of an Attachment whose interface is configured by DHCP (stack/dhcpagent.py).
+DHCP = "dhcp"
+#: Seconds a drain waits after sending DHCPRELEASE (its neighbour lookup may be pending).
+DHCP_RELEASE_LINGER = 0.3
 
 
 class FrameDevice(Protocol):
@@ -339,13 +344,25 @@ class StackDriver:
 @dataclass
 class Attachment:
     """One TAP device for the stack: its name, the namespace holding it (None: the
-    current one) and the stack's address on it ("a.b.c.d/n")."""
+    current one) and the stack's address on it ("a.b.c.d/n", or "dhcp": a lease)."""
 
     tap: str
     addr: str
     netns: str | None = None
     #: The interface's MAC (None: a random one); workers of one stack share it.
     mac: bytes | None = None
+
+
+def _check_dhcp(attachments: list[Attachment], seat: Seat | None) -> None:
+    """Refuse what DHCP cannot do here: a lease shared by workers, or two DHCP
+    interfaces (both clients would need UDP port 68 of the one stack)."""
+    n = sum(a.addr == DHCP for a in attachments)
+    if n and seat is not None:
+        raise ValueError("--addr dhcp needs a single process: the workers would have to "
+                         "share one lease (run without --workers)")
+    if n > 1:
+        raise ValueError("--addr dhcp on one interface only (the clients would share "
+                         "UDP port 68)")
 
 
 class TapStack:
@@ -377,6 +394,7 @@ class TapStack:
         self.stack = Stack(forwarding=forwarding)
         self.devices: list[tuple[Interface, TapDevice]] = []
         self.seat = seat
+        _check_dhcp(attachments, seat)
         if seat is not None:
             from stack.tcp.api import TcpConfig
             if len(seat.devices) != len(attachments):
@@ -420,6 +438,11 @@ class TapStack:
         self._drain_task: asyncio.Task[None] | None = None
         self._drain_cut = asyncio.Event()
         self.driver.on_signal = self._on_signal
+        #: Interfaces whose address comes from DHCP, and their agents once started.
+        self.dhcp_ifaces = [iface for (iface, _dev), a in zip(self.devices, attachments,
+                                                                strict=True)
+                            if a.addr == DHCP]
+        self.dhcp_agents: list[DhcpAgent] = []
 
     def _attach(self, attachments: list[Attachment], devices: list[TapDevice] | None,
                 offload: bool, routes: list[tuple[str, str]]) -> None:
@@ -430,7 +453,9 @@ class TapStack:
             for i, a in enumerate(attachments):
                 dev = (devices[i] if devices is not None
                        else TapDevice.open(a.tap, netns=a.netns, offload=offload))
-                iface = self.stack.add_interface(a.tap, a.addr, mac=a.mac, mtu=dev.mtu,
+                # "dhcp": no address until a lease arrives (RFC 2131 §4.1).
+                addr = "0.0.0.0/32" if a.addr == DHCP else a.addr
+                iface = self.stack.add_interface(a.tap, addr, mac=a.mac, mtu=dev.mtu,
                                                  offload=dev.offload)
                 self.devices.append((iface, dev))
             for prefix, via in routes:
@@ -460,8 +485,11 @@ class TapStack:
         return await self.resolver.resolve(name, kinds=kinds)
 
     def start(self) -> None:
-        """Start reading the devices (inside a running event loop)."""
+        """Start reading the devices (inside a running event loop), and the DHCP
+        agents of the interfaces that take their address from a lease."""
         self.driver.start()
+        if self.dhcp_ifaces and not self.dhcp_agents:
+            self._start_dhcp()
         if self.seat is not None and self.arp_share is None:
             from stack.workers import ArpShare
             self.arp_share = arp_share = ArpShare(self, self.seat)
@@ -471,6 +499,27 @@ class TapStack:
             path = None if self.control_path is True else self.control_path
             self.control = control = ControlServer(self, path)
             control.start()
+
+    def _start_dhcp(self) -> None:
+        """One agent per DHCP interface, a timer source of the core (stack/dhcpagent.py)."""
+        from stack.dhcpagent import DhcpAgent
+        for iface in self.dhcp_ifaces:
+            agent = DhcpAgent(self, iface, self.udp, random.SystemRandom())
+            self.stack.timer_sources.append(agent)
+            self.dhcp_agents.append(agent)
+            agent.start()
+
+    def release_leases(self) -> bool:
+        """Give every DHCP lease back (DHCPRELEASE, RFC 2131 §4.4.6) while the devices
+        are still open, and write it out at once; whether an agent was running. Once
+        the loop is closed nothing can be sent: the agents are left as they are."""
+        loop = self.driver.loop
+        running = [a for a in self.dhcp_agents if a.sock is not None]
+        if not running or loop is None or loop.is_closed():
+            return False
+        for agent in running:
+            agent.stop()  # sends and flushes through driver.poke
+        return True
 
     async def serve_forever(self, handle_signals: bool = True) -> None:
         """Run until SIGINT/SIGTERM or :meth:`close`. A worker (``seat``) tells its
@@ -543,6 +592,9 @@ class TapStack:
                 await asyncio.wait_for(self._drain_cut.wait(), DRAIN_LINGER)
             except TimeoutError:
                 pass
+        if self.release_leases():
+            # The RELEASE may wait for the server's ARP reply: give it that long.
+            await asyncio.sleep(DHCP_RELEASE_LINGER)
         self.driver.stop()
 
     def _on_signal(self) -> None:
@@ -560,6 +612,7 @@ class TapStack:
             self.control = None
         if self.arp_share is not None:
             self.arp_share.stop()
+        self.release_leases()
         self.driver.stop()
         self.driver.close()
         if self.seat is not None:
@@ -577,6 +630,8 @@ class TapStack:
             "neighbours": len(self.stack.neigh),
             **({"dns": self.resolver.stats()["counters"]} if self.resolver else {}),
             **({"arp_share": dict(self.arp_share.counters)} if self.arp_share else {}),
+            **({"dhcp": {a.iface.name: a.summary() for a in self.dhcp_agents}}
+               if self.dhcp_agents else {}),
         }
 
     async def __aenter__(self) -> TapStack:
