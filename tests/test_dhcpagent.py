@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import dpkt
 import dpkt.dhcp as dd
+import pytest
 
 from stack.core import Stack
 from stack.dhcp import DhcpState
@@ -194,3 +195,16 @@ def test_stop_sends_release_before_the_address_goes():
     assert not cli.interfaces[0].configured
     assert agent not in cli.timer_sources
     assert agent.next_deadline() is None
+
+
+def test_dhcp_is_refused_with_workers_and_on_two_interfaces():
+    from stack.aio import Attachment, _check_dhcp
+
+    class Seat:   # what _check_dhcp reads of a worker's seat: that there is one
+        pass
+
+    with pytest.raises(ValueError, match="single process"):
+        _check_dhcp([Attachment("t0", "dhcp")], Seat())   # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="one interface"):
+        _check_dhcp([Attachment("t0", "dhcp"), Attachment("t1", "dhcp")], None)
+    _check_dhcp([Attachment("t0", "dhcp"), Attachment("t1", "10.0.0.1/24")], None)
