@@ -384,13 +384,6 @@ class TapStack:
                  pcap: PcapTee | None = None, impair: FaultModel | None = None,
                  seed: int = 0, tcp_config: TcpConfig | None = None,
                  control: str | bool = False, seat: Seat | None = None) -> None:
-        from stack.hostkey import host_secret
-        from stack.streams import TcpApi
-        from stack.tcp.layer import TcpLayer
-        from stack.udp import IPPROTO_UDP, UdpConfig, UdpLayer
-        from stack.udpapi import UdpApi
-        from stack.wire.ipv4 import IPPROTO_TCP
-
         self.stack = Stack(forwarding=forwarding)
         self.devices: list[tuple[Interface, TapDevice]] = []
         self.seat = seat
@@ -405,17 +398,10 @@ class TapStack:
                                  port_shard=(seat.index, seat.count))
         self._attach(attachments, seat.devices if seat is not None else None, offload,
                      routes or [])
-        self.tcp = TcpLayer(self.stack, config=tcp_config, secret=host_secret())
-        self.stack.register_protocol(IPPROTO_TCP, self.tcp)
-        self.udp = UdpLayer(self.stack, config=UdpConfig(
-            port_shard=self.tcp.config.port_shard))
-        self.stack.register_protocol(IPPROTO_UDP, self.udp)
         self.driver = StackDriver(self.stack, pcap=pcap, impair=impair, seed=seed)
         for iface, dev in self.devices:
             self.driver.attach(iface, dev)
-        self.api = TcpApi(self.tcp, self.driver)
-        self.udp_api = UdpApi(self.udp, self.driver)
-        self.create_datagram_endpoint = self.udp_api.create_datagram_endpoint
+        self._transports(tcp_config)
         #: The splice layer on this stack, if any: set by the layer above when it
         #: attaches (splice.aio.SpliceApi.attach(net)); read here for sessions, the
         #: drain and the counters, and by the control socket.
@@ -443,6 +429,25 @@ class TapStack:
                                                                 strict=True)
                             if a.addr == DHCP]
         self.dhcp_agents: list[DhcpAgent] = []
+
+    def _transports(self, tcp_config: TcpConfig | None) -> None:
+        """TCP and UDP on the stack, and their asyncio faces (UDP's ports follow the
+        same worker shard as TCP's)."""
+        from stack.hostkey import host_secret
+        from stack.streams import TcpApi
+        from stack.tcp.layer import TcpLayer
+        from stack.udp import IPPROTO_UDP, UdpConfig, UdpLayer
+        from stack.udpapi import UdpApi
+        from stack.wire.ipv4 import IPPROTO_TCP
+
+        self.tcp = TcpLayer(self.stack, config=tcp_config, secret=host_secret())
+        self.stack.register_protocol(IPPROTO_TCP, self.tcp)
+        self.udp = UdpLayer(self.stack, config=UdpConfig(
+            port_shard=self.tcp.config.port_shard))
+        self.stack.register_protocol(IPPROTO_UDP, self.udp)
+        self.api = TcpApi(self.tcp, self.driver)
+        self.udp_api = UdpApi(self.udp, self.driver)
+        self.create_datagram_endpoint = self.udp_api.create_datagram_endpoint
 
     def _attach(self, attachments: list[Attachment], devices: list[TapDevice] | None,
                 offload: bool, routes: list[tuple[str, str]]) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -147,7 +148,6 @@ class UdpTransport(asyncio.DatagramTransport):
             self._call(self._protocol.datagram_received, *item)
 
     def _on_error(self, _sock: UdpSocket, err: int) -> None:
-        import os
         self._call(self._protocol.error_received, OSError(err, os.strerror(err)))
 
     def _call(self, fn: Callable[..., object], *args: object) -> None:
