@@ -59,6 +59,7 @@ def policy_from_args(args: argparse.Namespace) -> Policy:
         handshake_timeout=args.handshake_timeout,
         connect_timeout=args.connect_timeout,
         idle_timeout=args.idle_timeout,
+        udp_idle_timeout=args.udp_idle_timeout,
     )
 
 
@@ -146,6 +147,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--idle-timeout", type=float, default=900.0, metavar="SECONDS",
                    help="a session (spliced or copied) with no segment either way for this "
                         "long is reset on both sides (default 900)")
+    p.add_argument("--udp-idle-timeout", type=float, default=120.0, metavar="SECONDS",
+                   help="a UDP ASSOCIATE relay with no datagram either way for this long "
+                        "is ended with its control connection (default 120)")
     p.set_defaults(func=cmd_socks)
 
 

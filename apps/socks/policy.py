@@ -2,9 +2,10 @@
 
 A :class:`Policy` is plain data with a few checks; the server asks it whether a
 client may connect, whether credentials are right (RFC 1929), what address a
-DOMAINNAME stands for and whether a destination is allowed. The stack has no DNS
-resolver, so names come only from a hosts file or ``--host name=addr``; an
-unknown name is answered with "host unreachable" (RFC 1928 §6, X'04').
+DOMAINNAME stands for and whether a destination is allowed. Names come from a
+hosts file or ``--host name=addr`` first, then from the stack's DNS resolver
+(apps/names.py); an unknown name is answered with "host unreachable" (RFC 1928 §6,
+X'04').
 """
 
 from __future__ import annotations
@@ -209,6 +210,10 @@ class Policy:
     #: A relayed session (spliced pair or copy-mode relay) with nothing moving either
     #: way for this long is ended with a RST to both ends (Squid's 15 minutes).
     idle_timeout: float = 900.0
+    #: A UDP association (RFC 1928 §7) with no datagram either way for this long is
+    #: ended, and its control connection closed (two minutes, as Linux's conntrack
+    #: keeps an answered UDP flow).
+    udp_idle_timeout: float = 120.0
     #: Connections one client address may hold at once (None: a quarter of
     #: max_connections, at least 1), and how many of them may be in their handshake
     #: (apps/clientslots.py): one client cannot take every slot.

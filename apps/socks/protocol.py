@@ -335,6 +335,37 @@ def parse_request(buf: BytesLike) -> tuple[Request, int] | None:
     return Request(buf[1], address), end
 
 
+
+# -- UDP ASSOCIATE datagrams (RFC 1928 §7) ------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class UdpHeader:
+    """RSV FRAG ATYP DST.ADDR DST.PORT: what precedes the data of every datagram
+    between a client and its UDP relay (the destination toward the relay, the
+    source on the way back)."""
+
+    address: Address
+    frag: int = 0
+
+    def encode(self) -> bytes:
+        """The header bytes (RSV written as 0)."""
+        return bytes([0, 0, self.frag]) + self.address.encode()
+
+
+def parse_udp_header(buf: BytesLike) -> tuple[UdpHeader, int]:
+    """The header of one datagram and the offset of its data. A datagram is whole
+    or nothing, so a short one is an error here (not "read more"): SocksError
+    "udp_short"; RSV must be 0 ("udp_rsv"), an unknown ATYP is "bad_atyp"."""
+    if len(buf) < 4:
+        raise SocksError("udp_short", f"{len(buf)} bytes")
+    if buf[0] or buf[1]:
+        raise SocksError("udp_rsv", f"RSV {buf[0]:#04x}{buf[1]:02x}")
+    got = parse_address(buf, 3)
+    if got is None:
+        raise SocksError("udp_short", f"{len(buf)} bytes: the address is cut off")
+    address, end = got
+    return UdpHeader(address, buf[2]), end
+
+
 @dataclass(frozen=True, slots=True)
 class Reply:
     """VER REP RSV BND.ADDR BND.PORT."""

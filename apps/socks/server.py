@@ -28,6 +28,7 @@ from apps.names import Resolve, lookup, resolver_of
 from apps.socks import protocol as p
 from apps.socks.policy import Policy, check_mode, own_interface_defaults
 from apps.socks.protocol import Address, Command, Method, Rep, SocksError
+from apps.socks.udprelay import Association
 
 ACCESS_LOG = logging.getLogger("tapsplice.socks.access")
 log = logging.getLogger("tapsplice.socks")
@@ -98,9 +99,13 @@ class SocksServer:
     def __init__(self, api: Any, *, mode: str = "copy", policy: Policy | None = None,
                  log: logging.Logger | None = None, splice: Any = None,
                  auth_limiter: AuthLimiter | None = None,
-                 resolve: Resolve | None = None) -> None:
+                 resolve: Resolve | None = None, udp: Any = None) -> None:
         check_mode(mode, MODES, splice)
         self.api = api
+        #: Where UDP ASSOCIATE opens its sockets (``create_datagram_endpoint``; by
+        #: default the API itself when it has one, as a TapStack does).
+        self.udp = udp if udp is not None else (
+            api if hasattr(api, "create_datagram_endpoint") else None)
         #: Names not in the hosts mapping go here (default: the stack's resolver,
         #: ``api.resolve``, when the API has one).
         self.resolve = resolve or resolver_of(api)
@@ -185,7 +190,7 @@ class SocksServer:
         inp = _Input(reader)
         try:
             async with asyncio.timeout(self.policy.handshake_timeout):
-                address = await self._handshake(inp, writer, s)
+                request = await self._handshake(inp, writer, s)
         except TimeoutError:
             self.counters["handshake_timeout"] += 1
             s.note = "handshake timeout"
@@ -196,10 +201,13 @@ class SocksServer:
             return
         finally:
             ticket.handshake_done()
-        if address is None:
+        if request is None:
+            return
+        if request.command == Command.UDP_ASSOCIATE:
+            await self._associate(reader, writer, request.address, s)
             return
         splice = self.mode == "splice" and self._spliceable(writer)
-        server = await self._connect(address, writer, s, splice)
+        server = await self._connect(request.address, writer, s, splice)
         if server is None:
             return
         server_reader, server_writer = server
@@ -216,8 +224,9 @@ class SocksServer:
 
     # -- handshake --------------------------------------------------------------------------
     async def _handshake(self, inp: _Input, writer: asyncio.StreamWriter,
-                         s: Session) -> Address | None:
-        """Greeting, authentication and request; the destination, or None if answered."""
+                         s: Session) -> p.Request | None:
+        """Greeting, authentication and request; the request (CONNECT or UDP
+        ASSOCIATE), or None if it was answered already."""
         if not inp.buf:
             await inp.fill()
         s.version = p.detect_version(inp.buf) or 0
@@ -242,11 +251,11 @@ class SocksServer:
             await self._answer(writer, s, e.reply)
             return None
         s.dest = str(request.address)
-        if request.command != Command.CONNECT:
+        if request.command not in (Command.CONNECT, Command.UDP_ASSOCIATE):
             s.note = f"command {request.command}"
             await self._answer(writer, s, Rep.COMMAND_NOT_SUPPORTED)
             return None
-        return request.address
+        return request
 
     async def _authenticate(self, inp: _Input, writer: asyncio.StreamWriter,
                             s: Session) -> bool:
@@ -267,7 +276,7 @@ class SocksServer:
         return ok
 
     async def _handshake4(self, inp: _Input, writer: asyncio.StreamWriter,
-                          s: Session) -> Address | None:
+                          s: Session) -> p.Request | None:
         """A SOCKS4/4a request: CONNECT only, and never when passwords are required."""
         req = await inp.next(p.parse_socks4_request)
         s.user = req.userid.decode("latin-1") or "-"   # escaped when logged
@@ -282,7 +291,7 @@ class SocksServer:
             s.note = f"command {req.command}"
             await self._answer(writer, s, Rep.COMMAND_NOT_SUPPORTED)
             return None
-        return req.address
+        return p.Request(Command.CONNECT, req.address)
 
     # -- connect and reply ---------------------------------------------------------------
     def _spliceable(self, writer: asyncio.StreamWriter) -> bool:
@@ -347,6 +356,50 @@ class SocksServer:
         # Bounded: a client that stops reading must not hold the task.
         async with asyncio.timeout(self.policy.handshake_timeout):
             await writer.drain()
+
+    # -- UDP ASSOCIATE (RFC 1928 §7) ------------------------------------------------------------
+    async def _associate(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                         expected: Address, s: Session) -> None:
+        """Open a relay for the client, reply with its address, relay until the
+        control connection ends (apps/socks/udprelay.py); one access-log line."""
+        s.dest = "udp"
+        refusal = self._udp_refusal(expected)
+        if refusal:
+            s.note = refusal
+            await self._answer(writer, s, Rep.COMMAND_NOT_SUPPORTED)
+            return
+        client_ip = s.client.rpartition(":")[0]
+        bind_ip = writer.get_extra_info("sockname")[0]
+        assoc = Association(self.udp, self.policy, self.resolve, client_ip, expected.port,
+                            self.counters)
+        try:
+            bound = await assoc.open(bind_ip)
+        except OSError as e:
+            s.note = f"udp associate: {e}"
+            await self._answer(writer, s, Rep.GENERAL_FAILURE)
+            return
+        try:
+            s.rep = Rep.SUCCEEDED
+            self.counters["rep_0x00"] += 1
+            self.counters["udp_associations"] += 1
+            writer.write(self._reply(s.version, Rep.SUCCEEDED, bound))
+            ended = await assoc.hold(reader, self.policy.udp_idle_timeout)
+        finally:
+            assoc.close()
+            s.up, s.down = assoc.stats["bytes_up"], assoc.stats["bytes_down"]
+            s.note = s.note or assoc.summary()
+        s.note = f"{s.note}; {ended}"
+
+    def _udp_refusal(self, expected: Address) -> str:
+        """Why this proxy cannot relay UDP for the request, or ""."""
+        if self.udp is None:
+            return "udp associate: no UDP on this stack"
+        seat = getattr(self.api, "seat", None)
+        if seat is not None and seat.count > 1 and not expected.port:
+            # The workers' steering sums both ports (stack/netdev/steer.py): without
+            # the client's port no relay port can be chosen for this worker.
+            return "udp associate without the client's port needs a single worker"
+        return ""
 
     # -- relay ---------------------------------------------------------------------------------
     async def _copy(self, client_reader: asyncio.StreamReader,

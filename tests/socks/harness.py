@@ -52,6 +52,10 @@ class World:
     origin: TcpApi
     log: Records
     client2: TcpApi | None = None
+    #: The asyncio UDP APIs of the client and the origin (UDP ASSOCIATE tests).
+    client_udp: Any = None
+    origin_udp: Any = None
+    client2_udp: Any = None
 
     @property
     def now(self) -> float:
@@ -145,10 +149,13 @@ def simulate(body: Callable[[World], Awaitable[Any]], *, policy: Policy | None =
             await origin.start_server(handler, ORIGIN, port)
         proxy_api = driver.tcp(px)
         splice = splice_api(driver, px) if mode == "splice" else None
-        proxy = SocksServer(proxy_api, mode=mode, policy=policy, log=access, splice=splice)
+        proxy = SocksServer(proxy_api, mode=mode, policy=policy, log=access, splice=splice,
+                            udp=driver.udp(px))
         await proxy.start(PROXY_C, SOCKS_PORT)
         return await body(World(driver.tcp(c), proxy, proxy_api, origin, records,
-                                driver.tcp(c2) if c2 is not None else None))
+                                driver.tcp(c2) if c2 is not None else None,
+                                client_udp=driver.udp(c), origin_udp=driver.udp(o),
+                                client2_udp=driver.udp(c2) if c2 is not None else None))
 
     try:
         return run(main, net)
