@@ -1,4 +1,5 @@
-"""The Internet checksum: full (RFC 1071) and incremental (RFC 1624).
+"""The Internet checksum: full (RFC 1071) and incremental (RFC 1624), and the IPv4
+and IPv6 pseudo-headers.
 
 Two kinds of 16-bit values appear here and must not be confused:
 
@@ -64,6 +65,21 @@ def pseudo_header_sum(src: bytes, dst: bytes, proto: int, length: int) -> int:
     s1, s2 = _WORDS2.unpack(src)
     d1, d2 = _WORDS2.unpack(dst)
     return fold(s1 + s2 + d1 + d2 + proto + length)
+
+
+def pseudo_header_sum6(src: bytes, dst: bytes, next_header: int, length: int) -> int:
+    """Folded sum of the IPv6 pseudo-header (RFC 8200 §8.1), not complemented.
+
+    The pseudo-header is the 16-byte source and destination, the 32-bit upper-layer
+    length and three zero bytes before the upper-layer protocol number. The
+    destination is the final one (after a Routing header's last hop).
+    """
+    if len(src) != 16 or len(dst) != 16:
+        raise ValueError("IPv6 addresses must be 16 bytes")
+    n = int.from_bytes(src, "big") + int.from_bytes(dst, "big")
+    # 2**16 ≡ 1 (mod 0xFFFF): each 128-bit address is congruent to the sum of its
+    # words, as in ones_sum; the 32-bit length adds its two words.
+    return fold(n + (length >> 16) + (length & _MASK) + next_header)
 
 
 def adjust_sum(s: int, old: int, new: int) -> int:

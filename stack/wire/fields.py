@@ -47,6 +47,17 @@ IP_FRAG_OFFSET_MASK = 0x1FFF
 IP_FLAG_DF = 0x4000
 IP_FLAG_MF = 0x2000
 
+# -- IPv6 (RFC 8200 §3) -----------------------------------------------------------------
+#: Version (4 bits), traffic class (8) and flow label (20).
+IP6_VTF = 0
+IP6_PLEN = 4
+IP6_NXT = 6
+IP6_HLIM = 7
+IP6_SRC = 8
+IP6_DST = 24
+#: The fixed header's length (and end of the destination address).
+IP6_HLEN = 40
+
 # -- TCP ------------------------------------------------------------------------------
 TCP_SPORT = 0
 TCP_DPORT = 2
