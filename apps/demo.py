@@ -14,7 +14,7 @@ Brings the lab up (or reuses it), then:
    both ways (Connection: close);
    between them, names: dnsmasq in the server namespace as the lab's DNS server, curl
    --socks5-hostname and curl -x fetching by name (resolved by the stack over its own
-   UDP);
+   UDP), and a DNS query carried by the SOCKS proxy's UDP ASSOCIATE (PySocks);
 3. the stack as a router (`tapsplice router --lab`): ping from both sides, and a download
    routed through it.
 

@@ -1,10 +1,13 @@
-"""The demo's names part: a real DNS server (dnsmasq) in the server namespace, and curl
-asking both proxies for a host by name."""
+"""The demo's names part: a real DNS server (dnsmasq) in the server namespace, curl
+asking both proxies for a host by name, and a DNS query carried through the SOCKS
+proxy's UDP ASSOCIATE by a real SOCKS5 client (PySocks)."""
 
 from __future__ import annotations
 
 import hashlib
 import subprocess
+import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,32 @@ from apps.origin import Origin
 
 NAME = "origin.tapsplice.test"
 DNS_ADDR = "198.19.0.1"
+
+#: A SOCKS5 UDP ASSOCIATE client (PySocks) sending a DNS query (dnspython) through
+#: the proxy to the lab's DNS server; prints the answer's addresses.
+UDP_CLIENT = textwrap.dedent("""
+    import socket, sys
+    import dns.message, socks
+    s = socks.socksocket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.set_proxy(socks.SOCKS5, "198.18.0.2", 1080)
+    s.settimeout(5)
+    q = dns.message.make_query(sys.argv[1], "A")
+    s.sendto(q.to_wire(), (sys.argv[2], 53))
+    data, peer = s.recvfrom(65535)
+    r = dns.message.from_wire(data)
+    assert r.id == q.id
+    print(peer[0], peer[1], " ".join(rr.address for rrset in r.answer for rr in rrset
+                                     if rr.rdtype == 1))
+""")
+
+
+def udp_associate_query(cfg: LabConfig, name: str, server: str) -> tuple[bool, str]:
+    """Run the UDP ASSOCIATE client in the client namespace: (worked, what it printed)."""
+    proc = subprocess.run(ns_cmd(cfg.client_ns, sys.executable, "-c", UDP_CLIENT, name, server),
+                          capture_output=True, text=True, timeout=30)
+    text = proc.stdout.strip() or proc.stderr.strip()[-500:]
+    return proc.returncode == 0, text
+
 
 def curl(cfg: LabConfig, *args: str) -> subprocess.CompletedProcess[str]:
     """curl in the client namespace with the environment's proxies cleared."""
@@ -46,7 +75,10 @@ def names_part(cfg: LabConfig, origin: Origin, tmp: Path, extra: list[str],
             intact = r.returncode == 0 and hashlib.sha256(out.read_bytes()).hexdigest() == f.sha256
             print(f"   curl --socks5-hostname {origin.url(f, NAME)}: "
                   f"{'intact' if intact else r.stderr.strip()}")
-            ok &= intact
+            worked, text = udp_associate_query(cfg, NAME, DNS_ADDR)
+            print(f"   UDP ASSOCIATE (PySocks): DNS query for {NAME} to {DNS_ADDR}:53 "
+                  f"through the proxy: {'answer from ' + text if worked else 'FAILED ' + text}")
+            ok &= intact and worked and text.endswith("198.19.0.1")
         finally:
             summary = stop(proc, log)
         dnsc = summary.get("dns", {})

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from apps.demo_names import udp_associate_query
 from apps.labdns import DnsServer
 from apps.labproc import ns_cmd
 from apps.origin import Origin
@@ -98,3 +99,28 @@ def test_a_silent_dns_server_gets_504_within_the_resolver_deadline(lab, tmp_path
         assert 1.0 < took < 4.0
     finally:
         stack.stop()
+
+
+def test_a_real_socks5_client_sends_dns_queries_through_udp_associate(lab, tmp_path):
+    """PySocks asks for UDP ASSOCIATE and sends a DNS query (dnspython) through the relay
+    to dnsmasq, once to its address and once to its name (resolved by the stack)."""
+    records = {NAME: "198.19.0.1", "dns.tapsplice.test": "198.19.0.1"}
+    with DnsServer(lab.server_ns, "198.19.0.1", records) as dns:
+        stack = StackProcess(lab, "socks", "--mode", "splice", "--dns", "198.19.0.1",
+                             "--log-level", "info", log=tmp_path / "socks.log")
+        try:
+            stack.wait_ready()
+            for server in ("198.19.0.1", "dns.tapsplice.test"):
+                worked, text = udp_associate_query(lab, NAME, server)
+                assert worked, text
+                # The answer came from the DNS server's address and port, via the relay.
+                assert text == "198.19.0.1 53 198.19.0.1", text
+        finally:
+            summary = stack.stop()
+        assert dns.queries(NAME) == 2           # both went all the way to dnsmasq
+        assert dns.queries("dns.tapsplice.test") == 1   # the stack resolved the relay's target
+    lines = [ln for ln in (tmp_path / "socks.log").read_text().splitlines() if "dest=udp" in ln]
+    assert len(lines) == 2, lines
+    for line in lines:
+        assert "rep=0x00" in line and "udp associate: 1 datagrams up, 1 down" in line, line
+    assert summary["udp"]["tx_datagrams"] >= 4
