@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 from apps import proxycli
 from apps.httpproxy.policy import HttpPolicy, PolicyError
@@ -77,8 +76,12 @@ def cmd_http_proxy(args: argparse.Namespace) -> int:
     """Run the proxy until interrupted."""
     try:
         policy = policy_from_args(args)
-        if args.cache_size > 0:  # check the bounds before any worker starts
-            CacheStore(args.cache_size, args.max_object)
+        if args.cache_size > 0:
+            # Check the bounds, and recover the shared directory after a crash, once
+            # and before any worker starts (the workers then open it as it is); closed
+            # here: an SQLite connection must not cross a fork.
+            CacheStore(args.cache_size, args.max_object, args.cache_dir,
+                       memory_bytes=args.cache_mem).close()
     except (PolicyError, ValueError, OSError) as e:
         print(f"tapsplice http-proxy: {e}", file=sys.stderr)
         return 2
@@ -111,13 +114,13 @@ def cmd_http_proxy(args: argparse.Namespace) -> int:
 
 
 def make_cache(args: argparse.Namespace, seat) -> CacheStore | None:
-    """The cache of one process; each worker has its own (and its own directory)."""
+    """The cache of one process. With --cache-dir every worker opens the same disk
+    store (recovered already by cmd_http_proxy) behind a memory cache of its own;
+    without, each worker has a memory cache of --cache-size."""
     if args.cache_size <= 0:
         return None
-    directory = args.cache_dir
-    if directory is not None and seat is not None:
-        directory = str(Path(directory) / f"worker{seat.index}")
-    return CacheStore(args.cache_size, args.max_object, directory)
+    return CacheStore(args.cache_size, args.max_object, args.cache_dir,
+                      memory_bytes=args.cache_mem, recover=False)
 
 
 def add_parser(subparsers) -> None:
@@ -143,12 +146,17 @@ def add_parser(subparsers) -> None:
                         "bodies cost less to copy than to splice)")
     p.add_argument("--cache-size", type=parse_size, default=64 << 20, metavar="BYTES",
                    help="cache bound in bytes, K/M/G suffixes (default 64M; 0: no cache); "
-                        "with --workers, each worker has a cache of its own")
+                        "with --cache-dir the bound of the store all workers share, "
+                        "without it each worker's own memory cache")
     p.add_argument("--max-object", type=parse_size, default=8 << 20, metavar="BYTES",
                    help="largest response stored (default 8M)")
     p.add_argument("--cache-dir", metavar="DIR", default=None,
-                   help="keep the cache in DIR across restarts (default: memory only); "
-                        "worker i uses DIR/workeri")
+                   help="keep the cache in DIR across restarts and share it between "
+                        "--workers (default: memory only): an SQLite index "
+                        "DIR/cache.sqlite3 and one file per body; safe against kill -9")
+    p.add_argument("--cache-mem", type=parse_size, default=16 << 20, metavar="BYTES",
+                   help="with --cache-dir: each worker's memory cache of bodies in front "
+                        "of the shared store (default 16M; 0: none)")
     p.add_argument("--users", metavar="FILE",
                    help='require Basic Proxy-Authorization; FILE has "user:password" lines')
     p.add_argument("--hosts", metavar="FILE",

@@ -244,16 +244,3 @@ def test_stored_heads_carry_no_transfer_coding_and_the_bodys_length(tmp_path: Pa
         store.put(StoredResponse("http://h/", (), 200, "OK", head.copy(), b"hello", T0, T0))
         got = store.variants("http://h/")[0]
         assert got.headers.fields == [("Cache-Control", "max-age=60"), ("Content-Length", "5")]
-
-
-def test_an_old_disk_entry_with_a_transfer_coding_is_served_consistent(tmp_path: Path) -> None:
-    store = CacheStore(1 << 20, directory=tmp_path)
-    store.put(StoredResponse("http://h/", (), 200, "OK", h(("A", "b")), b"hello", T0, T0))
-    (path,) = tmp_path.glob("*.entry")
-    first, _nl, body = path.read_bytes().partition(b"\n")
-    old = first.replace(b'"headers": [["A", "b"], ["Content-Length", "5"]]',
-                        b'"headers": [["A", "b"], ["Transfer-Encoding", "chunked"]]')
-    assert old != first
-    path.write_bytes(old + b"\n" + body)
-    got = CacheStore(1 << 20, directory=tmp_path).variants("http://h/")[0]
-    assert got.headers.fields == [("A", "b"), ("Content-Length", "5")] and got.body == b"hello"

@@ -234,33 +234,6 @@ def test_close_delimited_body_spliced_up_to_the_fin(lab, tmp_path: Path) -> None
     assert splice.get("copied_payload_bytes", 0) == 0
 
 
-def test_two_workers_each_with_its_own_disk_cache(lab, tmp_path: Path) -> None:
-    cache = tmp_path / "cache"
-    stack = StackProcess(lab, "http-proxy", "--workers", "2", "--cache-dir", str(cache),
-                         log=tmp_path / "workers.log")
-    try:
-        stack.wait_logged("ready")
-        with Origin(lab.server_ns, addr="198.19.0.1") as origin:
-            f = origin.make_file("w.bin", 200_000, random=True)
-            url = origin.url(f)
-            got = []
-            for i in range(24):  # new connections: the client's ports spread them
-                out = tmp_path / f"w{i}"
-                r = curl(lab.client_ns, "-o", str(out), url)
-                assert r.returncode == 0, r.stderr + stack.log.read_text()[-2000:]
-                got.append(hashlib.sha256(out.read_bytes()).hexdigest())
-            assert got == [f.sha256] * 24
-    finally:
-        summary = stack.stop()
-    assert sorted(p.name for p in cache.iterdir()) == ["worker0", "worker1"]
-    text = stack.log.read_text()
-    results = [line.split(": ", 1)[1].split()[3] for line in text.splitlines()
-               if "tapsplice.httpproxy.access" in line]
-    # each worker fetched the object once and then answered from its own cache
-    assert sorted(results).count("TCP_MISS/200") == 2, results
-    assert len(results) == 24 and len(summary["workers"]) == 2
-
-
 CHUNKED_ORIGIN = """
 import http.server, sys
 PAGE = b"<!doctype html><html><body><h1 id=t>chunked page</h1>" + b"<p>filler</p>" * 4000 \\
