@@ -29,6 +29,9 @@ class Entry:
     peer: str = "-"      # origin address, when contacted
     type: str = "-"
     elapsed: float = 0.0
+    #: Loop time of the request's start (its first byte on a kept-alive connection):
+    #: ``elapsed`` counts from it.
+    began: float = 0.0
     note: str = ""
 
     @property

@@ -10,12 +10,13 @@ cache, :func:`conditional_headers` and :func:`freshen` for revalidation, and
 
 from __future__ import annotations
 
-import email.utils
 import re
 from collections.abc import Iterable
 from enum import Enum
 from urllib.parse import urljoin, urlsplit
 
+from apps.httpproxy import httpdate
+from apps.httpproxy.conditional import strong_match, weak_match
 from apps.httpproxy.parser import Headers, strip_hop_by_hop
 
 #: RFC 9110 §15.1: status codes heuristically cacheable (206 left out: no ranges here).
@@ -25,10 +26,21 @@ UNDERSTOOD_STATUS = HEURISTIC_STATUS | {302, 303, 307}
 #: §4.2.2: at most 10% of the time since Last-Modified; and never more than a day.
 HEURISTIC_FRACTION = 0.1
 HEURISTIC_MAX = 86400.0
-#: Header fields a 304 must not replace in the stored response (§3.2).
-_NOT_UPDATED = frozenset({"content-length", "content-encoding", "transfer-encoding",
-                          "content-range", "connection", "keep-alive", "trailer", "te",
-                          "upgrade", "proxy-connection"})
+#: Header fields a 304 does not replace in the stored response (§3.2): Content-Length,
+#: the hop-by-hop fields that are never stored (§3.1; those named in Connection are
+#: removed before), and Content-Range, which describes a message, not the stored
+#: representation. The body is stored as received (content codings untouched), so
+#: Content-Encoding and Content-Type are updated like any other field.
+_NOT_UPDATED = frozenset({"content-length", "transfer-encoding", "content-range",
+                          "connection", "keep-alive", "trailer", "te", "upgrade",
+                          "proxy-connection", "proxy-authenticate",
+                          "proxy-authentication-info"})
+#: Request fields of the client's own conditional or range request, left out when the
+#: cache revalidates its stored response (§4.3.1): the origin's answer must be about
+#: the whole stored representation, and the client's conditions are evaluated against
+#: the updated stored response afterwards.
+_CLIENT_CONDITIONS = ("if-match", "if-none-match", "if-modified-since",
+                      "if-unmodified-since", "if-range", "range")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 #: Delta-seconds beyond this are this value (RFC 9111 §1.2.2: 2**31).
 MAX_DELTA = 2**31
@@ -72,30 +84,26 @@ def delta_seconds(value: str | None) -> int | None:
     return MAX_DELTA if len(digits) > 10 else min(int(digits), MAX_DELTA)
 
 
-def parse_http_date(value: str | None) -> float | None:
-    """An HTTP-date (RFC 9110 §5.6.7) as seconds since the epoch; None if invalid."""
-    if not value:
-        return None
-    try:
-        parsed = email.utils.parsedate_tz(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if parsed is None:
-        return None
-    try:
-        return float(email.utils.mktime_tz(parsed))
-    except (OverflowError, ValueError):
-        return None
+def parse_http_date(value: str | None, now: float | None = None) -> float | None:
+    """An HTTP-date (RFC 9110 §5.6.7, strictly: :mod:`apps.httpproxy.httpdate`) as
+    seconds since the epoch; None if invalid."""
+    return httpdate.parse_http_date(value, now)
 
 
 def format_http_date(t: float) -> str:
     """IMF-fixdate for ``t``."""
-    return email.utils.formatdate(t, usegmt=True)
+    return httpdate.format_http_date(t)
 
 
 def request_no_store(method: str, req_headers: Headers) -> bool:
     """Whether the cache must not be used at all for this request."""
     return method not in ("GET", "HEAD") or "no-store" in parse_cache_control(req_headers)
+
+
+def only_if_cached(req_headers: Headers) -> bool:
+    """Whether the client wants only a stored response (§5.2.1.7): a 504 otherwise,
+    and the origin is never contacted."""
+    return "only-if-cached" in parse_cache_control(req_headers)
 
 
 def storable(method: str, req_headers: Headers, status: int, resp_headers: Headers) -> bool:
@@ -116,22 +124,27 @@ def storable(method: str, req_headers: Headers, status: int, resp_headers: Heade
     return explicit or "public" in cc or "no-cache" in cc or status in HEURISTIC_STATUS
 
 
-def freshness_lifetime(status: int, headers: Headers) -> float:
-    """The freshness lifetime of a response in a shared cache (§4.2.1, §4.2.2)."""
+def freshness_lifetime(status: int, headers: Headers, response_time: float | None = None,
+                       now: float | None = None) -> float:
+    """The freshness lifetime of a response in a shared cache (§4.2.1, §4.2.2).
+    An invalid (or repeated) Date counts as ``response_time`` (RFC 9110 §6.6.1);
+    an invalid Expires means already stale (§5.3)."""
     cc = parse_cache_control(headers)
     for directive in ("s-maxage", "max-age"):
         if directive in cc:
             value = delta_seconds(cc[directive])
             return 0.0 if value is None else float(value)   # invalid means stale (§4.2.1)
-    date = parse_http_date(headers.get("date"))
-    if headers.get("expires") is not None:
-        expires = parse_http_date(headers.get("expires"))
+    date = httpdate.header_date(headers, "date", now)
+    if date is None:
+        date = response_time
+    if headers.get_all("expires"):
+        expires = httpdate.header_date(headers, "expires", now)
         if expires is None or date is None:
             return 0.0   # §5.3: an invalid Expires is in the past
         return max(0.0, expires - date)
     if status not in HEURISTIC_STATUS and "public" not in cc:
         return 0.0
-    last_modified = parse_http_date(headers.get("last-modified"))
+    last_modified = httpdate.header_date(headers, "last-modified", now)
     if last_modified is None or date is None or last_modified >= date:
         return 0.0
     return min(HEURISTIC_FRACTION * (date - last_modified), HEURISTIC_MAX)
@@ -141,7 +154,7 @@ def current_age(headers: Headers, request_time: float, response_time: float,
                 now: float) -> float:
     """The age of a stored response at ``now`` (§4.2.3)."""
     age_value = delta_seconds((headers.get("age") or "").split(",")[0].strip()) or 0
-    date_value = parse_http_date(headers.get("date"))
+    date_value = httpdate.header_date(headers, "date", now)
     if date_value is None:
         date_value = response_time
     apparent_age = max(0.0, response_time - date_value)
@@ -173,7 +186,7 @@ def decide(req_headers: Headers, status: int, headers: Headers,
     req_cc, cc = parse_cache_control(req_headers), parse_cache_control(headers)
     if _client_wants_revalidation(req_headers, req_cc) or "no-cache" in cc:
         return Decision.REVALIDATE
-    lifetime = freshness_lifetime(status, headers)
+    lifetime = freshness_lifetime(status, headers, response_time, now)
     age = current_age(headers, request_time, response_time, now)
     max_age = delta_seconds(req_cc.get("max-age"))
     if max_age is not None and age > max_age:
@@ -211,8 +224,12 @@ def vary_matches(stored_headers: Headers, stored_key: tuple[tuple[str, str], ...
 
 
 def conditional_headers(req_headers: Headers, stored_headers: Headers) -> Headers:
-    """The request to send to the origin to revalidate a stored response (§4.3.1)."""
+    """The request to send to the origin to revalidate a stored response (§4.3.1):
+    the client's request without its own conditions and Range, with the stored
+    response's validators, sent as stored."""
     out = req_headers.copy()
+    for name in _CLIENT_CONDITIONS:
+        out.remove(name)
     etag = stored_headers.get("etag")
     if etag is not None:
         out.set("If-None-Match", etag)
@@ -229,19 +246,30 @@ def can_revalidate(stored_headers: Headers) -> bool:
 
 
 def freshen(stored_headers: Headers, not_modified: Headers) -> Headers:
-    """The stored header fields updated with those of a 304 (§4.3.4, §3.2)."""
+    """The stored header fields updated with those of a 304 (§4.3.4, §3.2): every
+    field of the 304 replaces all the stored lines of that name, except the fields
+    of _NOT_UPDATED. Age describes a message, not the representation: the stored
+    one goes, and the 304's (if any) is the new age value (§4.2.3)."""
     replace = {n.lower() for n, _v in not_modified if n.lower() not in _NOT_UPDATED}
+    replace.add("age")
     kept = [(n, v) for n, v in stored_headers if n.lower() not in replace]
     added = [(n, v) for n, v in not_modified if n.lower() in replace]
     return Headers(kept + added)
 
 
 def validator_matches(stored_headers: Headers, not_modified: Headers) -> bool:
-    """Whether a 304 is about the stored response (§4.3.4): same strong ETag when the
-    304 has one, else same Last-Modified when it has one, else yes."""
+    """Whether a 304 selects the stored response for update (§4.3.4). A strong ETag
+    in the 304 must match the stored one strongly (a stored weak W/"x" is not
+    selected by a strong "x"), a weak one weakly; without an ETag, the Last-Modified
+    must be the stored one. A 304 without any validator answers the conditions
+    this cache sent, which were the stored response's own: it selects it."""
     etag = not_modified.get("etag")
     if etag is not None:
-        return etag == stored_headers.get("etag")
+        stored = stored_headers.get("etag")
+        if stored is None:
+            return False
+        return weak_match(etag, stored) if etag.startswith("W/") else \
+            strong_match(etag, stored)
     last_modified = not_modified.get("last-modified")
     if last_modified is not None:
         return last_modified == stored_headers.get("last-modified")

@@ -30,7 +30,7 @@ from apps.authlimit import AuthLimiter
 from apps.clientslots import ClientSlots, IdlePool, Ticket, admit_closing_idle
 from apps.copyrelay import IdleTimeout, copy_both
 from apps.httpproxy import cache as rules
-from apps.httpproxy import spliced
+from apps.httpproxy import hits, spliced
 from apps.httpproxy.accesslog import Entry
 from apps.httpproxy.conn import BufferedStream, PeerClosed
 from apps.httpproxy.parser import (
@@ -181,8 +181,7 @@ class HttpProxy:
         loop = asyncio.get_running_loop()
         first = True
         while True:
-            entry = Entry(client=ip, start=self.clock())
-            t0 = loop.time()
+            entry = Entry(client=ip, start=self.clock(), began=loop.time())
             keep = False
             try:
                 req = await self._read_request(client, entry, first)
@@ -190,7 +189,7 @@ class HttpProxy:
                 if req is not None:
                     keep = await self._exchange(client, req, entry, conns)
             finally:
-                entry.elapsed = loop.time() - t0
+                entry.elapsed = loop.time() - entry.began
                 if entry.method != "NONE" or entry.status:
                     self.access_log.info("%s", entry.line(), extra={"http": entry})
             if not keep or self.draining:
@@ -209,6 +208,9 @@ class HttpProxy:
                     with self.idle.waiting(entry.client, wait):
                         if not await client.fill():
                             return None
+                # The request starts with its first byte, not when the previous one
+                # ended: the time a kept-alive connection waited is no part of it.
+                entry.start, entry.began = self.clock(), asyncio.get_running_loop().time()
             # The whole head within the handshake timeout: a slowloris client that
             # trickles bytes is cut off (and answered 408 if it sent something).
             async with asyncio.timeout(self.policy.handshake_timeout):
@@ -258,16 +260,18 @@ class HttpProxy:
             self._refused(f"bad_request_{e.status}", entry, e)
             await self._error(client, entry, e.status, str(e))
             return False
-        stored = None
-        if self.cache is not None and framing is Framing.NONE and \
-                not rules.request_no_store(req.method, req.headers):
-            stored = self._lookup(req)
-            if stored is not None and self._fresh(req, stored):
-                entry.code = "TCP_HIT" if self.cache.on_disk else "TCP_MEM_HIT"
-                self.counters["hit"] += 1
-                return await self._send_stored(client, req, stored, entry)
-            if stored is not None and not rules.can_revalidate(stored.headers):
-                stored = None
+        stored = hits.usable_entry(self, req) if framing is Framing.NONE else None
+        if stored is not None and hits.is_fresh(self, req, stored):
+            entry.code = "TCP_HIT" if self.cache and self.cache.on_disk else "TCP_MEM_HIT"
+            self.counters["hit"] += 1
+            return await hits.send_stored(self, client, req, stored, entry)
+        if rules.only_if_cached(req.headers):
+            # RFC 9111 §5.2.1.7: nothing usable is stored, and the origin is not asked.
+            self.counters["only_if_cached_miss"] += 1
+            await self._error(client, entry, 504, "only-if-cached: not in the cache")
+            return False
+        if stored is not None and not rules.can_revalidate(stored.headers):
+            stored = None
         return await self._forward(client, req, (framing, length), stored, entry)
 
     async def _access(self, client: BufferedStream, req: Request, entry: Entry) -> bool:
@@ -298,39 +302,6 @@ class HttpProxy:
             await self._error(client, entry, 407, "proxy authentication required",
                               [("Proxy-Authenticate", 'Basic realm="tapsplice"')])
         return False
-
-    def _lookup(self, req: Request) -> StoredResponse | None:
-        """A stored response whose Vary fields match the request (RFC 9111 §4.1)."""
-        assert self.cache is not None
-        for stored in self.cache.variants(req.uri):
-            if rules.vary_matches(stored.headers, stored.vary_key, req.headers):
-                return stored
-        return None
-
-    def _fresh(self, req: Request, stored: StoredResponse) -> bool:
-        decision = rules.decide(req.headers, stored.status, stored.headers,
-                                stored.request_time, stored.response_time, self.clock())
-        return decision is rules.Decision.FRESH
-
-    async def _send_stored(self, client: BufferedStream, req: Request,
-                           stored: StoredResponse, entry: Entry) -> bool:
-        """Answer from the cache, with its current Age (RFC 9111 §4, §5.1)."""
-        assert self.cache is not None
-        self.cache.touch(stored)
-        headers = stored.headers.copy()
-        age = rules.current_age(stored.headers, stored.request_time, stored.response_time,
-                                self.clock())
-        headers.set("Age", rules.age_header(age))
-        if stored.status != 204:
-            headers.set("Content-Length", str(len(stored.body)))
-        add_via(headers, "HTTP/1.1", self.policy.via)
-        keep = req.keep_alive and not self.draining
-        _connection_header(headers, req, keep)
-        head = Response(stored.status, stored.reason, headers=headers).encode()
-        body = b"" if req.method == "HEAD" else stored.body
-        entry.status, entry.type = stored.status, headers.get("content-type") or "-"
-        await self._write(client.writer, head + body, entry)
-        return keep
 
     # -- to the origin -------------------------------------------------------------------
     async def _open_origin(self, client: BufferedStream, host: str, port: int,
@@ -393,23 +364,25 @@ class HttpProxy:
                 for uri in rules.invalidated_uris(req.method, resp.status, req.uri,
                                                   resp.headers):
                     self.cache.invalidate(uri)
-            if stored is not None and resp.status == 304 and \
-                    rules.validator_matches(stored.headers, resp.headers):
-                fresh = self._freshen(stored, resp, request_time, response_time)
-                entry.code = "TCP_REFRESH_HIT"
-                return await self._send_stored(client, req, fresh, entry)
-            entry.code = "TCP_REFRESH_MISS" if stored is not None else "TCP_MISS"
-            return await self._relay_response(client, origin, req, resp, entry,
-                                              (request_time, response_time))
+            if stored is not None and resp.status == 304:
+                fresh = hits.freshened(self, stored, resp, request_time, response_time)
+                if fresh is not None:
+                    entry.code = "TCP_REFRESH_HIT"
+                    return await hits.send_stored(self, client, req, fresh, entry)
+            else:
+                entry.code = "TCP_REFRESH_MISS" if stored is not None else "TCP_MISS"
+                return await self._relay_response(client, origin, req, resp, entry,
+                                                  (request_time, response_time))
         finally:
             _finish(origin.writer, False)
-
-    def _freshen(self, stored: StoredResponse, resp: Response, request_time: float,
-                 response_time: float) -> StoredResponse:
-        assert self.cache is not None
-        self.counters["refresh_hit"] += 1
-        headers = rules.freshen(stored.headers, strip_hop_by_hop(resp.headers))
-        return self.cache.replace_headers(stored, headers, request_time, response_time)
+        # RFC 9111 §4.3.4: the 304 is about another representation than the stored
+        # one; the client asked for the resource, not for a 304 about the proxy's
+        # copy, so the request is sent again as the client sent it.
+        entry.peer = "-"
+        keep = await self._forward(client, req, body, None, entry)
+        if entry.code == "TCP_MISS":
+            entry.code = "TCP_REFRESH_MISS"
+        return keep
 
     async def _send_request(self, client: BufferedStream, origin: BufferedStream,
                             req: Request, body: tuple[Framing, int],
@@ -504,7 +477,7 @@ class HttpProxy:
             keep = False   # the body ends when we close (RFC 9112 §6.3 item 8)
         store = headers.copy()
         add_via(headers, resp.version, self.policy.via)
-        _connection_header(headers, req, keep)
+        hits.connection_header(headers, req, keep)
         entry.status, entry.type = resp.status, headers.get("content-type") or "-"
         await self._write(client.writer, Response(resp.status, resp.reason, headers=headers)
                           .encode(), entry)
@@ -701,13 +674,6 @@ def _phrase(status: int) -> str:
         return http.HTTPStatus(status).phrase
     except ValueError:
         return "Error"
-
-
-def _connection_header(headers: Headers, req: Request, keep: bool) -> None:
-    if not keep:
-        headers.set("Connection", "close")
-    elif req.version == "HTTP/1.0":
-        headers.set("Connection", "keep-alive")
 
 
 def _basic_credentials(value: str | None) -> tuple[bytes | None, bytes]:

@@ -57,13 +57,14 @@ async def forward_spliced(proxy: HttpProxy, client: BufferedStream, req: Request
         return False
     request_time = proxy.clock()
     await proxy._send_request(client, origin, req, body, None)
-    tap = None
+    # The tap always keeps the response head, for the access log's status (a HEAD
+    # too); the body as well when the response may fill the cache.
+    limit = HEAD_ROOM
     if proxy.cache is not None and req.method == "GET" and \
             not rules.request_no_store(req.method, req.headers):
-        tap = "s2c"
-    limit = (proxy.cache.max_object if proxy.cache is not None else 0) + HEAD_ROOM
-    pair = await proxy.splice.splice(client.writer, origin.writer, tap=tap, tap_limit=limit,
-                                     tap_total=limit)
+        limit += proxy.cache.max_object
+    pair = await proxy.splice.splice(client.writer, origin.writer, tap="s2c",
+                                     tap_limit=limit, tap_total=limit)
     proxy.counters["spliced"] += 1
     entry.code, entry.note = "TCP_MISS", "spliced"
     head, rest = await _read_tap(pair.tap_reader)
@@ -102,7 +103,7 @@ def _learn(proxy: HttpProxy, req: Request, head: bytes, rest: bytes | None, entr
         payload = None if rest is None else _payload(rest, framing, length)
     except HttpError:
         return
-    if payload is None or proxy.cache is None:
+    if payload is None or proxy.cache is None or req.method != "GET":
         return
     if rules.storable(req.method, req.headers, resp.status, resp.headers):
         proxy._store(req, resp, strip_hop_by_hop(resp.headers), payload, times)

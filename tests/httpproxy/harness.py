@@ -65,6 +65,8 @@ class Origin:
     scripted: dict[str, list[bytes]] = field(default_factory=dict)
     #: every request as received: head and, for POST, the body bytes as framed
     raw_requests: list[bytes] = field(default_factory=list)
+    #: path -> raw responses, one per request in order (before ``scripted``)
+    sequence: dict[str, list[bytes]] = field(default_factory=dict)
 
     def page(self, path: str, head: dict[str, str]) -> tuple[int, list, bytes, str]:
         """(status, fields, body, framing) for a GET/HEAD of ``path``."""
@@ -109,6 +111,11 @@ class Origin:
         self.requests.append((method, target, head))
         self.raw_requests.append(raw)
         self.hits[target] += 1
+        if self.sequence.get(target):
+            writer.write(self.sequence[target].pop(0))
+            await writer.drain()
+            writer.close()
+            return
         if target in self.scripted:
             await self._scripted(self.scripted[target], writer)
             return
