@@ -8,6 +8,14 @@
 The stack attaches to both TAPs (stack/netdev/tap.py) as the two gateways. Every
 address is in 198.18.0.0/15 (RFC 2544's benchmarking range) and nothing is ever
 configured in the root namespace; kernel sysctls (net.ipv4.tcp_*) are left alone.
+
+``tapsplice lab up --raw`` builds the same two sides over veth pairs instead: the
+kernel ends keep the names and addresses above, and their peers (``tsc0r``,
+``tss0r``) live in a third namespace ``tsr`` where the stack attaches to them with
+packet sockets (stack/netdev/raw.py). The host side there is kept quiet: no
+addresses, IPv6 off on both, and an nftables netdev ingress chain that drops every
+frame before the kernel's own processing (it runs after the packet taps, so the
+stack still sees them all).
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from typing import Any
 
 #: Namespace names made by :meth:`LabConfig.unique`; the pid lets a later run tell
 #: a crashed run's leftovers from a live run's namespaces.
-UNIQUE_NS_RE = re.compile(r"^tsx-(?:[a-z0-9]+-)?(?P<pid>\d+)-\d+-[cs]$")
+UNIQUE_NS_RE = re.compile(r"^tsx-(?:[a-z0-9]+-)?(?P<pid>\d+)-\d+-[csr]$")
 _counter = itertools.count()
 _IP_TIMEOUT = 30.0
 
@@ -45,6 +53,8 @@ class LabConfig:
     client_gw: str = "198.18.0.2"
     server_gw: str = "198.19.0.2"
     mtu: int = 1500
+    #: The namespace of the stack's veth ends in a raw-socket lab (``lab up --raw``).
+    stack_ns: str = "tsr"
 
     @classmethod
     def unique(cls, tag: str | None = None) -> LabConfig:
@@ -61,12 +71,26 @@ class LabConfig:
         base = f"tsx-{mid}{os.getpid()}-{n}"
         short = f"t{os.getpid() % 1000}{n % 1000}"
         return cls(client_ns=f"{base}-c", server_ns=f"{base}-s",
-                   client_tap=f"{short}c0", server_tap=f"{short}s0")
+                   client_tap=f"{short}c0", server_tap=f"{short}s0", stack_ns=f"{base}-r")
 
     def sides(self) -> list[tuple[str, str, str, str, str]]:
         """(side, namespace, tap, address, gateway) for the client and the server."""
         return [("client", self.client_ns, self.client_tap, self.client_addr, self.client_gw),
                 ("server", self.server_ns, self.server_tap, self.server_addr, self.server_gw)]
+
+    def raw_name(self, tap: str) -> str:
+        """The stack's veth end (in ``stack_ns``) of the kernel end ``tap``."""
+        return f"{tap}r"
+
+    @property
+    def client_raw(self) -> str:
+        """The stack's client-side veth end in a raw-socket lab."""
+        return self.raw_name(self.client_tap)
+
+    @property
+    def server_raw(self) -> str:
+        """The stack's server-side veth end in a raw-socket lab."""
+        return self.raw_name(self.server_tap)
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -108,23 +132,94 @@ def _side_up(ns: str, tap: str, addr: str, gw: str, mtu: int) -> None:
     _ip("-n", ns, "route", "replace", "default", "via", gw, "dev", tap, "onlink")
 
 
-def lab_up(cfg: LabConfig) -> None:
-    """Create both namespaces and TAPs and configure them (idempotent)."""
-    if len(cfg.client_tap) > 15 or len(cfg.server_tap) > 15:
-        raise ValueError("TAP names are limited to 15 characters")
+def _link_kind(ns: str, dev: str) -> str | None:
+    """"tun", "veth", ... for an existing link; None when there is none."""
+    links = _ip_json("-n", ns, "-d", "link", "show", "dev", dev)
+    if not links:
+        return None
+    return str(links[0].get("linkinfo", {}).get("info_kind", ""))
+
+
+def lab_up(cfg: LabConfig, raw: bool = False) -> None:
+    """Create both namespaces and TAPs and configure them (idempotent); ``raw``: veth
+    pairs to the stack's namespace instead of TAPs (see the module docstring)."""
+    names = (cfg.client_tap, cfg.server_tap, cfg.client_raw, cfg.server_raw)
+    if any(len(n) > 15 for n in (names if raw else names[:2])):
+        raise ValueError("interface names are limited to 15 characters")
     for _side, ns, tap, addr, gw in cfg.sides():
+        want = "veth" if raw else "tun"
+        kind = _link_kind(ns, tap) if ns in list_netns() else None
+        if kind is not None and kind != want:
+            other = "a TAP" if kind == "tun" else "a raw-socket (veth)"
+            raise LabError(f"{ns}/{tap} is {other} lab already: `tapsplice lab down` first")
+        if raw:
+            _raw_side_up(cfg, ns, tap)
         _side_up(ns, tap, addr, gw, cfg.mtu)
+    if raw:
+        quiet_host_side(cfg.stack_ns, [cfg.client_raw, cfg.server_raw])
+
+
+def _raw_side_up(cfg: LabConfig, ns: str, tap: str) -> None:
+    """The veth pair of one side, made inside the stack's namespace with its peer
+    moved straight into the side's namespace (nothing passes the root namespace)."""
+    for name in (cfg.stack_ns, ns):
+        if name not in list_netns():
+            _ip("netns", "add", name)
+    end = cfg.raw_name(tap)
+    if not _link_exists(cfg.stack_ns, end):
+        _ip("-n", cfg.stack_ns, "link", "add", end, "mtu", str(cfg.mtu), "type", "veth",
+            "peer", "name", tap, "netns", ns)
+    _ip("-n", cfg.stack_ns, "link", "set", "lo", "up")
+    _ip("-n", cfg.stack_ns, "link", "set", "dev", end, "mtu", str(cfg.mtu), "up")
+
+
+#: The nftables table that keeps the kernel of the stack's namespace off its raw
+#: interfaces (a netdev ingress chain per interface).
+QUIET_TABLE = "tsraw"
+
+
+def quiet_host_side(ns: str, ifaces: list[str]) -> None:
+    """Keep the kernel in ``ns`` from answering for the stack on ``ifaces``: IPv6 off
+    on them (no link-local address, no router or neighbour solicitations) and every
+    frame they receive dropped at netdev ingress, which runs after the packet taps:
+    the stack's sockets see each frame, the kernel's ARP, IP and ICMP none."""
+    for dev in ifaces:
+        _sysctl(ns, f"net.ipv6.conf.{dev}.disable_ipv6", "1")
+    chains = "".join(
+        f"  chain in_{i} {{ type filter hook ingress device \"{dev}\" priority 0; "
+        "counter drop; }\n" for i, dev in enumerate(ifaces))
+    ruleset = f"table netdev {QUIET_TABLE} {{\n{chains}}}\n"
+    proc = subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=ruleset,
+                          capture_output=True, text=True, timeout=_IP_TIMEOUT, check=False)
+    if proc.returncode != 0:
+        raise LabError(f"nft in {ns}: {proc.stderr.strip() or proc.returncode}")
+
+
+def _sysctl(ns: str, key: str, value: str) -> None:
+    proc = subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw", f"{key}={value}"],
+                          capture_output=True, text=True, timeout=_IP_TIMEOUT, check=False)
+    if proc.returncode != 0:
+        raise LabError(f"sysctl {key} in {ns}: {proc.stderr.strip() or proc.returncode}")
+
+
+def lab_is_raw(cfg: LabConfig) -> bool:
+    """Whether the lab up is the raw-socket one (the stack's veth ends exist)."""
+    return (os.path.exists(os.path.join("/run/netns", cfg.stack_ns))
+            and _link_exists(cfg.stack_ns, cfg.client_raw))
 
 
 def lab_down(cfg: LabConfig) -> None:
-    """Remove both TAPs and namespaces (idempotent)."""
+    """Remove both TAPs and namespaces, and the raw lab's veths and namespace
+    (idempotent)."""
     present = list_netns()
     for _side, ns, tap, _addr, _gw in cfg.sides():
         if ns not in present:
             continue
-        if _link_exists(ns, tap):
+        if _link_kind(ns, tap) == "tun":
             _ip("-n", ns, "tuntap", "del", "dev", tap, "mode", "tap", check=False)
         _ip("netns", "del", ns)
+    if cfg.stack_ns in present:
+        _ip("netns", "del", cfg.stack_ns)  # its veth ends (and any peers left) go too
 
 
 def _side_status(ns: str, tap: str, present: list[str]) -> dict[str, Any]:
@@ -155,6 +250,12 @@ def lab_status(cfg: LabConfig) -> dict[str, Any]:
     out: dict[str, Any] = {side: _side_status(ns, tap, present)
                            for side, ns, tap, _a, _g in cfg.sides()}
     out["up"] = all(out[s]["tap_exists"] and out[s]["addresses"] for s in ("client", "server"))
+    out["raw"] = lab_is_raw(cfg)
+    if out["raw"]:
+        out["stack"] = {"netns": cfg.stack_ns, "interfaces": [
+            _side_status(cfg.stack_ns, dev, [cfg.stack_ns])
+            for dev in (cfg.client_raw, cfg.server_raw)]}
+        out["up"] = out["up"] and all(d["tap_exists"] for d in out["stack"]["interfaces"])
     return out
 
 
@@ -195,12 +296,15 @@ def popen_in_ns(ns: str, *cmd: str, **kw: Any) -> subprocess.Popen[Any]:
 def _cmd_up(args: argparse.Namespace) -> int:
     cfg = replace(LabConfig(), mtu=args.mtu)
     try:
-        lab_up(cfg)
+        lab_up(cfg, raw=args.raw)
     except LabError as exc:
         print(f"lab up failed: {exc}")
         return 1
     print(f"lab up: {cfg.client_ns}/{cfg.client_tap} {cfg.client_addr} via {cfg.client_gw}; "
           f"{cfg.server_ns}/{cfg.server_tap} {cfg.server_addr} via {cfg.server_gw}")
+    if args.raw:
+        print(f"raw sockets: the stack attaches in {cfg.stack_ns} to {cfg.client_raw} and "
+              f"{cfg.server_raw} (veth peers; no addresses, IPv6 off, nftables ingress drop)")
     return 0
 
 
@@ -229,6 +333,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
               f"addr {', '.join(s['addresses']) or '-'}")
         for r in s["routes"]:
             print(f"    route {r}")
+    if st["raw"]:
+        for d in st["stack"]["interfaces"]:
+            print(f"stack (raw sockets): netns {d['netns']} veth {d['tap']} state "
+                  f"{d['state']} addr {', '.join(d['addresses']) or '-'}")
     return 0 if st["up"] else 1
 
 
@@ -249,6 +357,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="create namespaces and TAPs (idempotent)")
     up.add_argument("--mtu", type=_mtu, default=1500,
                     help="MTU of both TAPs, 576..65521 (default 1500)")
+    up.add_argument("--raw", action="store_true",
+                    help="veth pairs instead of TAPs: the stack's ends in namespace tsr, "
+                         "for raw sockets (every command's --lab then uses them)")
     up.set_defaults(func=_cmd_up)
     down = sub.add_parser("down", help="remove namespaces and TAPs (idempotent)")
     down.set_defaults(func=_cmd_down)

@@ -1,18 +1,21 @@
-"""`tapsplice run` and `tapsplice router`: the stack on TAP devices in the foreground."""
+"""`tapsplice run` and `tapsplice router`: the stack on TAP devices (or, with --raw,
+on existing interfaces through packet sockets) in the foreground."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import ipaddress
 import json
 import logging
 import sys
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import uvloop
 
-from apps.lab import LabConfig
+from apps.lab import LabConfig, lab_is_raw
 from apps.services import start_services
 from stack.aio import DEFAULT_DRAIN, DHCP, Attachment, TapStack
 from stack.control import ControlError
@@ -27,17 +30,35 @@ log = logging.getLogger("tapsplice")
 
 
 def lab_attachments(cfg: LabConfig) -> list[Attachment]:
-    """The stack's side of the lab: 198.18.0.2 on the client TAP, 198.19.0.2 on the server's."""
+    """The stack's side of the lab: 198.18.0.2 on the client TAP, 198.19.0.2 on the
+    server's; in a raw-socket lab (`lab up --raw`) the same addresses on the stack's
+    veth ends in its own namespace, through packet sockets."""
+    raw = lab_is_raw(cfg)
     out = []
     for _side, ns, tap, kaddr, gw in cfg.sides():
         plen = kaddr.partition("/")[2] or "24"
-        out.append(Attachment(tap, f"{gw}/{plen}", ns))
+        if raw:
+            out.append(Attachment(cfg.raw_name(tap), f"{gw}/{plen}", cfg.stack_ns,
+                                  kind="raw"))
+        else:
+            out.append(Attachment(tap, f"{gw}/{plen}", ns))
     return out
 
 
 def _lab_config(args: argparse.Namespace) -> LabConfig:
     return LabConfig(client_ns=args.client_ns, server_ns=args.server_ns,
-                     client_tap=args.client_tap, server_tap=args.server_tap)
+                     client_tap=args.client_tap, server_tap=args.server_tap,
+                     stack_ns=args.stack_ns)
+
+
+class _DeviceOption(argparse.Action):
+    """--tap and --raw: each name goes to its own list and, with its kind, to
+    ``devices``, whose order the --addr options follow."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        getattr(namespace, self.dest).append(values)
+        namespace.devices = [*getattr(namespace, "devices", []), (self.dest, values)]
 
 
 def _parse_route(text: str) -> tuple[str, str]:
@@ -93,14 +114,39 @@ def _workers(text: str) -> int:
 
 
 def attachments_from(args: argparse.Namespace) -> list[Attachment]:
-    """The devices named on the command line (--lab or --tap/--addr pairs)."""
+    """The devices named on the command line (--lab, or --tap/--raw each with its
+    --addr, in the order given)."""
     if args.lab:
         return lab_attachments(_lab_config(args))
-    if not args.tap:
-        raise SystemExit("give --lab or --tap NAME --addr ADDR/PREFIX|dhcp")
-    if len(args.addr) != len(args.tap):
-        raise SystemExit("give one --addr for each --tap")
-    return [Attachment(t, a, args.netns) for t, a in zip(args.tap, args.addr, strict=True)]
+    devices = getattr(args, "devices", [])
+    if not devices:
+        raise SystemExit("give --lab, or --tap NAME / --raw IFACE with --addr "
+                         "ADDR/PREFIX|dhcp")
+    if len(args.addr) != len(devices):
+        raise SystemExit("give one --addr for each --tap and --raw, in the same order")
+    return [Attachment(name, a, args.netns, kind=kind)
+            for (kind, name), a in zip(devices, args.addr, strict=True)]
+
+
+def warn_host_side(attachments: list[Attachment]) -> None:
+    """Warn about every address the host has on a raw interface: the kernel there
+    answers ARP, pings and stray segments (with RSTs) for the stack's traffic."""
+    from stack.netdev.netns import enter_netns
+    from stack.netdev.raw import interface_addresses
+
+    for a in attachments:
+        if a.kind != "raw":
+            continue
+        try:
+            with enter_netns(a.netns) if a.netns else contextlib.nullcontext():
+                addrs = interface_addresses(a.tap)
+        except OSError:
+            continue  # the open reports a missing namespace or interface
+        if addrs:
+            log.warning("raw interface %s has host addresses (%s): the kernel will answer "
+                        "for the stack there; remove them, set disable_ipv6 and drop its "
+                        "frames at netdev ingress (README, raw sockets)", a.tap,
+                        ", ".join(addrs))
 
 
 def open_stack(args: argparse.Namespace, forwarding: bool = False,
@@ -111,8 +157,11 @@ def open_stack(args: argparse.Namespace, forwarding: bool = False,
     control = getattr(args, "control", None) or True
     if seat is not None and seat.index and control is not True:
         control = f"{control}.{seat.index}"  # one control socket per worker
+    attachments = attachments_from(args)
+    if seat is None or seat.index == 0:
+        warn_host_side(attachments)
     try:
-        net = TapStack(attachments_from(args), forwarding=forwarding,
+        net = TapStack(attachments, forwarding=forwarding,
                        offload=not args.no_offload, routes=args.route, pcap=pcap,
                        impair=args.impair, seed=args.seed, control=control, seat=seat)
         net.drain_period = args.drain
@@ -196,6 +245,8 @@ def run_stack(net: TapStack, setup: Callable[[TapStack], Awaitable[None]] | None
         net.close()  # a worker's close() reports its counters to the supervisor
     if seat is None:
         print(json.dumps(net.summary(), indent=1), file=sys.stderr)
+    if net.driver.lost:  # a raw interface disappeared: say so, exit non-zero
+        raise SystemExit(f"tapsplice: {'; '.join(net.driver.lost)}")
 
 
 def cmd_run(args: argparse.Namespace, forwarding: bool) -> int:
@@ -230,13 +281,18 @@ def add_common(p: argparse.ArgumentParser, workers: bool = True) -> None:
     lab = LabConfig()
     p.add_argument("--lab", action="store_true",
                    help="attach to the lab's TAPs as 198.18.0.2 and 198.19.0.2")
-    p.add_argument("--tap", action="append", default=[], metavar="NAME",
+    p.add_argument("--tap", action=_DeviceOption, default=[], metavar="NAME",
                    help="attach to an existing TAP in the current namespace (repeatable)")
     p.add_argument("--addr", action="append", default=[], metavar="A.B.C.D/N|dhcp",
                    help="address for the matching --tap, or \"dhcp\": address, default "
                         "route and DNS servers (unless --dns) from a DHCP lease, given "
                         "back at stop; one interface, no --workers")
-    p.add_argument("--netns", default=None, help="namespace holding the --tap devices")
+    p.add_argument("--raw", action=_DeviceOption, default=[], metavar="IFACE",
+                   help="attach to an existing interface (a veth, a macvlan, a NIC) through "
+                        "a packet socket, as the interface's MAC (repeatable; the host "
+                        "should have no address on it)")
+    p.add_argument("--netns", default=None,
+                   help="namespace holding the --tap devices and --raw interfaces")
     p.add_argument("--route", action="append", default=[], type=_parse_route,
                    metavar="PREFIX=GATEWAY", help="static route (repeatable)")
     p.add_argument("--dns", action="append", default=[], type=_dns_server,
@@ -268,7 +324,8 @@ def add_common(p: argparse.ArgumentParser, workers: bool = True) -> None:
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"])
     for name, default in (("client-ns", lab.client_ns), ("client-tap", lab.client_tap),
-                          ("server-ns", lab.server_ns), ("server-tap", lab.server_tap)):
+                          ("server-ns", lab.server_ns), ("server-tap", lab.server_tap),
+                          ("stack-ns", lab.stack_ns)):
         p.add_argument(f"--{name}", default=default, help=f"lab {name} (default {default})")
 
 

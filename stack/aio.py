@@ -22,6 +22,7 @@ from stack.core import Stack
 from stack.gso import complete_checksum
 from stack.iface import Interface
 from stack.netdev.faults import FaultDecider, FaultModel, flip_bit
+from stack.netdev.link import DeviceGone
 from stack.netdev.pcap import PcapTee
 from stack.skbuff import SkBuff
 from stack.tcp.api import TcpState
@@ -141,6 +142,8 @@ class StackDriver:
         #: TapStack drains first).
         self.on_signal: Callable[[], None] = self.stop
         self._impair_limit = impair_limit
+        #: Why the driver stopped on its own: a device that disappeared (raw sockets).
+        self.lost: list[str] = []
 
     def attach(self, iface: Interface, device: FrameDevice) -> None:
         """Bind an interface of the stack to an open device (TapDevice-like)."""
@@ -208,7 +211,11 @@ class StackDriver:
         assert loop is not None  # a reader is registered by start() only
         try:
             for _ in range(MAX_ROUNDS):
-                skbs = dev.read_batch()
+                try:
+                    skbs = dev.read_batch()
+                except DeviceGone as exc:
+                    self._device_gone(dev, exc)
+                    return
                 if not skbs:
                     break
                 now = loop.time()
@@ -233,6 +240,16 @@ class StackDriver:
                     break
         finally:
             self._reschedule()
+
+    def _device_gone(self, dev: FrameDevice, exc: DeviceGone) -> None:
+        """A raw interface was deleted under the stack: stop watching it and stop the
+        stack (its address and connections went with it); ``lost`` says which."""
+        assert self.loop is not None
+        self.loop.remove_reader(dev.fileno())
+        self.stack.counters["device_gone"] += 1
+        self.lost.append(str(exc))
+        log.error("%s: stopping", exc)
+        self.stop()
 
     def _flush(self) -> None:
         out = self.stack.drain()
@@ -343,14 +360,29 @@ class StackDriver:
 
 @dataclass
 class Attachment:
-    """One TAP device for the stack: its name, the namespace holding it (None: the
+    """One device for the stack: its name, the namespace holding it (None: the
     current one) and the stack's address on it ("a.b.c.d/n", or "dhcp": a lease)."""
 
     tap: str
     addr: str
     netns: str | None = None
-    #: The interface's MAC (None: a random one); workers of one stack share it.
+    #: The interface's MAC (None: a random one on a TAP, the interface's own on a raw
+    #: socket); workers of one stack share it.
     mac: bytes | None = None
+    #: "tap" (stack/netdev/tap.py) or "raw": a packet socket on an existing
+    #: interface, a veth or a NIC (stack/netdev/raw.py).
+    kind: str = "tap"
+
+
+def open_device(a: Attachment, offload: bool) -> TapDevice:
+    """Open the device of one attachment (a TAP, or a packet socket for "raw")."""
+    if a.kind == "raw":
+        from stack.netdev.raw import RawDevice
+        return RawDevice.open(a.tap, netns=a.netns, offload=offload, mac=a.mac)
+    if a.kind != "tap":
+        raise ValueError(f"unknown attachment kind {a.kind!r}")
+    from stack.netdev.tap import TapDevice
+    return TapDevice.open(a.tap, netns=a.netns, offload=offload)
 
 
 def _check_dhcp(attachments: list[Attachment], seat: Seat | None) -> None:
@@ -453,14 +485,14 @@ class TapStack:
                 offload: bool, routes: list[tuple[str, str]]) -> None:
         """Open each attachment's device (or take the seat's ``devices``), add its
         interface and the routes; on any error every device is closed again."""
-        from stack.netdev.tap import TapDevice
         try:
             for i, a in enumerate(attachments):
-                dev = (devices[i] if devices is not None
-                       else TapDevice.open(a.tap, netns=a.netns, offload=offload))
+                dev = devices[i] if devices is not None else open_device(a, offload)
                 # "dhcp": no address until a lease arrives (RFC 2131 §4.1).
                 addr = "0.0.0.0/32" if a.addr == DHCP else a.addr
-                iface = self.stack.add_interface(a.tap, addr, mac=a.mac, mtu=dev.mtu,
+                # A raw socket answers to its interface's MAC unless told otherwise.
+                mac = a.mac or getattr(dev, "mac", None)
+                iface = self.stack.add_interface(a.tap, addr, mac=mac, mtu=dev.mtu,
                                                  offload=dev.offload)
                 self.devices.append((iface, dev))
             for prefix, via in routes:

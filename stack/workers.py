@@ -102,10 +102,14 @@ def open_seats(attachments: list[Any], count: int, *, offload: bool = True) -> l
     if not 2 <= count <= MAX_WORKERS:
         raise ValueError(f"workers must be 2..{MAX_WORKERS}, not {count}")
     rng = random.SystemRandom()
-    macs = [a.mac or random_mac(rng) for a in attachments]
     per_device: list[list[Any]] = []
     try:
         for a in attachments:
+            if getattr(a, "kind", "tap") == "raw":  # a fanout group, steered the same way
+                from stack.netdev.raw import RawDevice
+                per_device.append(RawDevice.open_queues(a.tap, count, netns=a.netns,
+                                                        offload=offload, mac=a.mac))
+                continue
             queues = TapDevice.open_queues(a.tap, count, netns=a.netns, offload=offload,
                                            multi_queue=True)
             per_device.append(queues)
@@ -115,6 +119,9 @@ def open_seats(attachments: list[Any], count: int, *, offload: bool = True) -> l
             for q in queues:
                 q.close()
         raise
+    # A raw socket answers to its interface's own MAC (RawDevice.mac).
+    macs = [a.mac or getattr(q[0], "mac", None) or random_mac(rng)
+            for a, q in zip(attachments, per_device, strict=True)]
     seats = [Seat(i, count, [queues[i] for queues in per_device], macs)
              for i in range(count)]
     for seat in seats[1:]:

@@ -61,6 +61,7 @@ _EXIT = 0x95
 _INSN = struct.Struct("<BBhi")
 
 _ETH_P_IP = 0x0800
+_SKF_LL_OFF = -0x200000  # linux/filter.h: negative loads from the link-layer header
 _ICMP_ERRORS = (3, 4, 11, 12)  # unreachable, source quench, time exceeded, parameter
 # The port sum is mixed by Knuth's multiplicative hash (GOLDEN, stack/portshard.py)
 # before the modulo, because Linux picks the ports of its connects with one parity
@@ -88,44 +89,50 @@ def _assemble(lines: list[tuple | str]) -> bytes:
     return b"".join(out)
 
 
-def port_sum_program(queues: int) -> bytes:
+def port_sum_program(queues: int, *, at_network_header: bool = False) -> bytes:
     """The steering program for ``queues`` queues, as raw eBPF instructions.
 
     r6 holds the packet (LD_ABS and LD_IND read from it in network byte order), r7
     the offset of the ports minus 14 (the Ethernet header), r8 the first port. A read
     beyond the end of the frame ends the program with 0: a truncated frame goes to
     queue 0.
+
+    ``at_network_header``: the packet starts at its IP header, as in a packet socket's
+    fanout hook (stack/netdev/raw.py); the ethertype is then read through SKF_LL_OFF,
+    the kernel's window on the link-layer header.
     """
     if not 1 <= queues <= 256:
         raise ValueError(f"queues must be 1..256, not {queues}")
+    e = -ETH_HLEN if at_network_header else 0  # where the frame's offsets start
+    etype = _SKF_LL_OFF + ETH_TYPE if at_network_header else ETH_TYPE
     quoted = [(_JEQ_K, 0, 0, t, "quoted") for t in _ICMP_ERRORS]
     return _assemble([
         (_MOV_X, 6, 1, 0, None),             # r6 = the packet
-        (_LD_ABS_H, 0, 0, ETH_TYPE, None),   # ethertype
+        (_LD_ABS_H, 0, 0, etype, None),      # ethertype
         (_JNE_K, 0, 0, _ETH_P_IP, "zero"),
-        (_LD_ABS_B, 0, 0, FRAME_IP_VIHL, None),  # version/IHL
+        (_LD_ABS_B, 0, 0, e + FRAME_IP_VIHL, None),  # version/IHL
         (_AND_K, 0, 0, 0x0F, None),
         (_LSH_K, 0, 0, 2, None),
         (_MOV_X, 7, 0, 0, None),             # r7 = IP header length
-        (_LD_ABS_H, 0, 0, ETH_HLEN + IP_FRAG, None),  # flags, fragment offset
+        (_LD_ABS_H, 0, 0, e + ETH_HLEN + IP_FRAG, None),  # flags, fragment offset
         (_JSET_K, 0, 0, 0x3FFF, "zero"),     # a fragment: no ports in most of them
-        (_LD_ABS_B, 0, 0, FRAME_IP_PROTO, None),  # protocol
+        (_LD_ABS_B, 0, 0, e + FRAME_IP_PROTO, None),  # protocol
         (_JEQ_K, 0, 0, 6, "ports"),          # TCP
         (_JEQ_K, 0, 0, 17, "ports"),         # UDP
         (_JNE_K, 0, 0, 1, "zero"),           # not ICMP
-        (_LD_IND_B, 0, 7, ETH_HLEN, None),   # ICMP type
+        (_LD_IND_B, 0, 7, e + ETH_HLEN, None),   # ICMP type
         *quoted,
         (_JA, 0, 0, 0, "zero"),              # an echo or another ICMP message
         "quoted",
-        (_LD_IND_B, 0, 7, ETH_HLEN + ICMP_HLEN, None),  # the quoted IP header's version/IHL
+        (_LD_IND_B, 0, 7, e + ETH_HLEN + ICMP_HLEN, None),  # the quoted IP header's version/IHL
         (_AND_K, 0, 0, 0x0F, None),
         (_LSH_K, 0, 0, 2, None),
         (_ADD_X, 7, 0, 0, None),
         (_ADD_K, 7, 0, ICMP_HLEN, None),     # past the ICMP header
         "ports",
-        (_LD_IND_H, 0, 7, ETH_HLEN + TCP_SPORT, None),  # source port
+        (_LD_IND_H, 0, 7, e + ETH_HLEN + TCP_SPORT, None),  # source port
         (_MOV_X, 8, 0, 0, None),
-        (_LD_IND_H, 0, 7, ETH_HLEN + TCP_DPORT, None),  # destination port
+        (_LD_IND_H, 0, 7, e + ETH_HLEN + TCP_DPORT, None),  # destination port
         (_ADD_X, 0, 8, 0, None),
         (_MUL32_K, 0, 0, GOLDEN - (1 << 32), None),  # imm is signed; same low bits
         (_RSH32_K, 0, 0, 16, None),
