@@ -17,6 +17,11 @@ READ_SIZE = 256 * 1024
 T = TypeVar("T")
 
 
+class Abort(Exception):
+    """The exchange cannot go on and no response can be sent any more (the response
+    head was already sent): the client connection is reset."""
+
+
 class PeerClosed(ConnectionError):
     """The peer closed (or reset) before a complete message arrived."""
 

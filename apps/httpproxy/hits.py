@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING
 
 from apps.httpproxy import cache as rules
 from apps.httpproxy import conditional
-from apps.httpproxy.parser import Request, Response, add_via, strip_hop_by_hop
+from apps.httpproxy.parser import Headers, Request, Response, add_via, strip_hop_by_hop
+from apps.httpproxy.store import StoredResponse
 
 if TYPE_CHECKING:
     from apps.httpproxy.accesslog import Entry
     from apps.httpproxy.conn import BufferedStream
     from apps.httpproxy.server import HttpProxy
-    from apps.httpproxy.store import StoredResponse
 
 
 def usable_entry(proxy: HttpProxy, req: Request) -> StoredResponse | None:
@@ -84,7 +84,39 @@ async def send_stored(proxy: HttpProxy, client: BufferedStream, req: Request,
     return keep
 
 
-def connection_header(headers: rules.Headers, req: Request, keep: bool) -> None:
+class Capture:
+    """The body of a response being stored, bounded by the per-object limit."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.overflow = False
+
+    def add(self, data: bytes) -> None:
+        """Keep ``data`` unless the object became too large to store."""
+        if self.overflow:
+            return
+        self.size += len(data)
+        if self.size > self.limit:
+            self.overflow, self.parts = True, []
+        else:
+            self.parts.append(data)
+
+
+def store_response(proxy: HttpProxy, req: Request, resp: Response, headers: Headers,
+                   body: bytes, times: tuple[float, float]) -> None:
+    """Store a whole response with the secondary key of its Vary fields (§4.1) and
+    the (request, response) times of §4.2.3."""
+    assert proxy.cache is not None
+    headers.remove("content-length")
+    key = rules.secondary_key(rules.vary_names(resp.headers), req.headers)
+    entry = StoredResponse(req.uri, key, resp.status, resp.reason, headers, body, *times)
+    if proxy.cache.put(entry):
+        proxy.counters["stored"] += 1
+
+
+def connection_header(headers: Headers, req: Request, keep: bool) -> None:
     """Connection: close when the connection ends after this response; keep-alive
     for an HTTP/1.0 client whose connection stays (RFC 9112 §9.3)."""
     if not keep:

@@ -10,7 +10,9 @@ every path ends in the ``finally`` of :meth:`HttpProxy.handle`, which closes bot
 connections (or aborts them after an error); one access-log line per request.
 
 The response body is relayed by :meth:`HttpProxy._relay_body`, the one place that
-moves body bytes from the origin to the client.
+copies body bytes from the origin to the client, or spliced one way by the stack
+(:mod:`apps.httpproxy.spliced`). Finding, freshening, storing and answering from
+stored responses is :mod:`apps.httpproxy.hits`.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from apps.copyrelay import IdleTimeout, copy_both
 from apps.httpproxy import cache as rules
 from apps.httpproxy import hits, spliced
 from apps.httpproxy.accesslog import Entry
-from apps.httpproxy.conn import BufferedStream, PeerClosed
+from apps.httpproxy.conn import Abort, BufferedStream, PeerClosed
 from apps.httpproxy.parser import (
     BadRequest,
     BadResponse,
@@ -63,31 +65,6 @@ log = logging.getLogger("tapsplice.httpproxy")
 
 MODES = ("splice", "copy")
 CONNECT_REPLY = b"HTTP/1.1 200 Connection established\r\n\r\n"
-
-
-class _Abort(Exception):
-    """The exchange cannot go on and no response can be sent any more (the response
-    head was already sent): the client connection is reset."""
-
-
-class _Capture:
-    """The body of a response being stored, bounded by the per-object limit."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.parts: list[bytes] = []
-        self.size = 0
-        self.overflow = False
-
-    def add(self, data: bytes) -> None:
-        """Keep ``data`` unless the object became too large to store."""
-        if self.overflow:
-            return
-        self.size += len(data)
-        if self.size > self.limit:
-            self.overflow, self.parts = True, []
-        else:
-            self.parts.append(data)
 
 
 class HttpProxy:
@@ -162,7 +139,7 @@ class HttpProxy:
         except asyncio.CancelledError:
             failed = True
             raise  # the finally releases everything; the cancellation goes on
-        except (_Abort, ConnectionError, OSError, HttpError, TimeoutError) as e:
+        except (Abort, ConnectionError, OSError, HttpError, TimeoutError) as e:
             self.counters["aborted"] += 1
             log.debug("client %s: %s", peer[0], escape(str(e)))
             failed = True
@@ -408,7 +385,7 @@ class HttpProxy:
         origin.writer.write(out.encode_origin_form())
         if (framing is Framing.LENGTH and length >= max(self.policy.splice_min, 1)
                 and self._may_relay(client.writer) and self._may_relay(origin.writer)):
-            await self._splice_request_body(client, origin, length)
+            await spliced.splice_request_body(self, client, origin, length)
             return
         pieces = client.body(framing, length, BadRequest)
         chunked = framing is Framing.CHUNKED
@@ -484,23 +461,23 @@ class HttpProxy:
         capture = None
         if self.cache is not None and rules.storable(req.method, req.headers, resp.status,
                                                      resp.headers):
-            capture = _Capture(self.cache.max_object)
+            capture = hits.Capture(self.cache.max_object)
         relayable = self._may_relay(client.writer) and self._may_relay(origin.writer)
         if relayable and framing is Framing.LENGTH and length >= max(self.policy.splice_min, 1):
-            await self._splice_body(origin, client, length, capture, entry)
+            await spliced.splice_body(self, origin, client, length, capture, entry)
         elif relayable and framing is Framing.CLOSE:
             # The body ends with the origin's FIN: spliced up to it, FIN included (the
             # client connection ends there, as it must).
-            await self._splice_body(origin, client, None, capture, entry)
+            await spliced.splice_body(self, origin, client, None, capture, entry)
         else:
             await self._relay_body(origin, client.writer, (framing, length), rechunk,
                                    capture, entry)
         if capture is not None and not capture.overflow:
-            self._store(req, resp, store, b"".join(capture.parts), times)
+            hits.store_response(self, req, resp, store, b"".join(capture.parts), times)
         return keep
 
     async def _relay_body(self, origin: BufferedStream, client_writer: asyncio.StreamWriter,
-                          body: tuple[Framing, int], rechunk: bool, capture: _Capture | None,
+                          body: tuple[Framing, int], rechunk: bool, capture: hits.Capture | None,
                           entry: Entry) -> None:
         """Copy the response body from the origin to the client, by its framing: the
         payload, in chunks of the proxy's own when ``rechunk`` (chunked to an HTTP/1.1
@@ -532,7 +509,7 @@ class HttpProxy:
                 self._refused("bad_response_body", entry, e)
             self.counters["body_cut"] += 1
             entry.note = f"response body: {e}"
-            raise _Abort(entry.note) from None
+            raise Abort(entry.note) from None
 
     def _may_relay(self, writer: asyncio.StreamWriter) -> bool:
         """Whether a body may be spliced one way on this connection of the stack."""
@@ -540,66 +517,6 @@ class HttpProxy:
             return False
         tcb = writer.get_extra_info("tcb")
         return tcb is not None and tcb.state.name in ("ESTABLISHED", "CLOSE_WAIT")
-
-    async def _splice_body(self, origin: BufferedStream, client: BufferedStream,
-                           length: int | None, capture: _Capture | None,
-                           entry: Entry) -> None:
-        """A body spliced one way (docs/splice.md §7): the stack relays it from the origin
-        to the client; then the client connection is ours again for its next request
-        (Content-Length), or has ended with the origin's FIN (``length`` None, a
-        close-delimited body). With ``capture`` a TCP Tap keeps the copy for the
-        cache."""
-        assert self.splice is not None
-        seam = bytes(origin.buf if length is None else origin.buf[:length])
-        del origin.buf[:len(seam)]
-        bound = capture.limit if capture is not None else 0
-        tap = capture is not None and (length is None or length <= capture.limit)
-        ow = await self.splice.relay(origin.writer, client.writer, length, seam=seam,
-                                     tap=tap, tap_limit=(length or bound) + 1,
-                                     tap_total=length or bound,
-                                     idle_timeout=self.policy.response_timeout)
-        self.counters["spliced_bodies"] += 1
-        self.counters["spliced_body_bytes"] += ow.counters["relayed_bytes"]
-        entry.bytes += length if length is not None else (
-            ow.counters["relayed_bytes"] + ow.counters["copied_bytes"])
-        entry.note = entry.note or "body spliced"
-        if ow.outcome != "done":
-            self.counters["body_cut"] += 1
-            entry.note = f"response body: spliced relay ended {ow.outcome}"
-            raise _Abort(entry.note)
-        if capture is not None:
-            data = None
-            if tap:
-                try:
-                    data = await ow.tap_reader.read(-1)
-                except ConnectionError:
-                    data = None      # the tap gave up: larger than the cache takes
-            if data is not None and (length is None or len(data) == length):
-                capture.add(data)
-            else:
-                capture.overflow = True
-
-    async def _splice_request_body(self, client: BufferedStream, origin: BufferedStream,
-                                   length: int) -> None:
-        """A Content-Length request body (an upload) spliced one way, client to origin:
-        the other direction of the same primitive (docs/splice.md §7)."""
-        assert self.splice is not None
-        seam = bytes(client.buf[:length])
-        del client.buf[:len(seam)]
-        ow = await self.splice.relay(client.writer, origin.writer, length, seam=seam,
-                                     idle_timeout=self.policy.handshake_timeout)
-        self.counters["spliced_request_bodies"] += 1
-        if ow.outcome != "done":
-            raise HttpError(f"request body: spliced relay ended {ow.outcome}")
-
-    def _store(self, req: Request, resp: Response, headers: Headers, body: bytes,
-               times: tuple[float, float]) -> None:
-        assert self.cache is not None
-        headers.remove("content-length")
-        key = rules.secondary_key(rules.vary_names(resp.headers), req.headers)
-        entry = StoredResponse(req.uri, key, resp.status, resp.reason, headers, body, *times)
-        if self.cache.put(entry):
-            self.counters["stored"] += 1
 
     # -- CONNECT -----------------------------------------------------------------------------
     async def _tunnel(self, client: BufferedStream, req: Request, entry: Entry,

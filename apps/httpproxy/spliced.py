@@ -10,6 +10,10 @@ the proxy copies no byte of it. When the response may be cached, a TCP Tap
 
 A spliced response is relayed byte for byte: its head is the origin's (no Via field is
 added, hop-by-hop fields are not removed), as in the thesis's proxy.
+
+On a kept-alive connection, a body alone may be spliced one way
+(:func:`splice_body`, :func:`splice_request_body`, docs/splice.md §7): the proxy
+sent the head, the stack relays the body, and the connection is the proxy's again.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from apps.httpproxy import cache as rules
+from apps.httpproxy import hits
+from apps.httpproxy.conn import Abort
 from apps.httpproxy.parser import (
     BadResponse,
     ChunkedDecoder,
@@ -32,6 +38,7 @@ from apps.httpproxy.parser import (
 if TYPE_CHECKING:
     from apps.httpproxy.accesslog import Entry
     from apps.httpproxy.conn import BufferedStream
+    from apps.httpproxy.hits import Capture
     from apps.httpproxy.server import HttpProxy
 
 #: Room for the response head on top of the largest object the cache keeps.
@@ -106,7 +113,8 @@ def _learn(proxy: HttpProxy, req: Request, head: bytes, rest: bytes | None, entr
     if payload is None or proxy.cache is None or req.method != "GET":
         return
     if rules.storable(req.method, req.headers, resp.status, resp.headers):
-        proxy._store(req, resp, strip_hop_by_hop(resp.headers), payload, times)
+        hits.store_response(proxy, req, resp, strip_hop_by_hop(resp.headers), payload,
+                            times)
         proxy.counters["stored_from_tap"] += 1
 
 
@@ -124,3 +132,53 @@ def _payload(rest: bytes, framing: Framing, length: int) -> bytes | None:
         return body if decoder.done else None
     return None
 
+
+async def splice_body(proxy: HttpProxy, origin: BufferedStream, client: BufferedStream,
+                      length: int | None, capture: Capture | None, entry: Entry) -> None:
+    """A body spliced one way (docs/splice.md §7): the stack relays it from the origin
+    to the client; then the client connection is ours again for its next request
+    (Content-Length), or has ended with the origin's FIN (``length`` None, a
+    close-delimited body). With ``capture`` a TCP Tap keeps the copy for the
+    cache."""
+    assert proxy.splice is not None
+    seam = bytes(origin.buf if length is None else origin.buf[:length])
+    del origin.buf[:len(seam)]
+    bound = capture.limit if capture is not None else 0
+    tap = capture is not None and (length is None or length <= capture.limit)
+    ow = await proxy.splice.relay(origin.writer, client.writer, length, seam=seam,
+                                 tap=tap, tap_limit=(length or bound) + 1,
+                                 tap_total=length or bound,
+                                 idle_timeout=proxy.policy.response_timeout)
+    proxy.counters["spliced_bodies"] += 1
+    proxy.counters["spliced_body_bytes"] += ow.counters["relayed_bytes"]
+    entry.bytes += length if length is not None else (
+        ow.counters["relayed_bytes"] + ow.counters["copied_bytes"])
+    entry.note = entry.note or "body spliced"
+    if ow.outcome != "done":
+        proxy.counters["body_cut"] += 1
+        entry.note = f"response body: spliced relay ended {ow.outcome}"
+        raise Abort(entry.note)
+    if capture is not None:
+        data = None
+        if tap:
+            try:
+                data = await ow.tap_reader.read(-1)
+            except ConnectionError:
+                data = None      # the tap gave up: larger than the cache takes
+        if data is not None and (length is None or len(data) == length):
+            capture.add(data)
+        else:
+            capture.overflow = True
+
+async def splice_request_body(proxy: HttpProxy, client: BufferedStream,
+                          origin: BufferedStream, length: int) -> None:
+    """A Content-Length request body (an upload) spliced one way, client to origin:
+    the other direction of the same primitive (docs/splice.md §7)."""
+    assert proxy.splice is not None
+    seam = bytes(client.buf[:length])
+    del client.buf[:len(seam)]
+    ow = await proxy.splice.relay(client.writer, origin.writer, length, seam=seam,
+                                 idle_timeout=proxy.policy.handshake_timeout)
+    proxy.counters["spliced_request_bodies"] += 1
+    if ow.outcome != "done":
+        raise HttpError(f"request body: spliced relay ended {ow.outcome}")
