@@ -143,6 +143,10 @@ def counters_tables(snap: dict[str, Any]) -> list[Table]:
         ("tcp", c.get("tcp", {})),
         ("splice", snap.get("splice", {}).get("counters", {})),
     ]
+    if "udp" in c:
+        groups.append((f"udp ({c.get('udp_sockets', 0)} sockets)", c["udp"]))
+    if "dns" in c:
+        groups.append((f"dns ({c.get('dns_cache_entries', 0)} cached)", c["dns"]))
     groups += [(f"device {name}", dc) for name, dc in c.get("devices", {}).items()]
     for title, values in groups:
         t = Table(title=title, title_justify="left", box=None, show_header=False)

@@ -67,6 +67,8 @@ class StackView(Protocol):
     tcp: Any          # stack.tcp.layer.TcpLayer
     splicer: Any      # splice.splicer.Splicer or None
     devices: list     # [(Interface, device with .counters)]
+    # Optional (read with getattr): ``udp`` (stack.udp.UdpLayer) and ``resolver``
+    # (stack.dns.Resolver or None), shown when the stack has them.
 
 
 def default_path(pid: int | None = None) -> Path:
@@ -183,7 +185,23 @@ def counters_part(net: StackView) -> dict[str, Any]:
         "neighbours_total": len(core.neigh),
         # Bytes of spliced payload the stack copied (docs/splice.md promises none).
         "copied_payload_bytes": splicer.counters["copied_payload_bytes"] if splicer else 0,
+        **_udp_and_dns(net),
     }
+
+
+def _udp_and_dns(net: StackView) -> dict[str, Any]:
+    """UDP counters and socket count; the resolver's counters and cache size."""
+    out: dict[str, Any] = {}
+    udp = getattr(net, "udp", None)
+    if udp is not None:
+        out["udp"] = dict(sorted(udp.counters.items()))
+        out["udp_sockets"] = udp.count
+    resolver = getattr(net, "resolver", None)
+    if resolver is not None:
+        stats = resolver.stats()
+        out["dns"] = dict(sorted(stats["counters"].items()))
+        out["dns_cache_entries"] = stats["cache_entries"]
+    return out
 
 
 def build_snapshot(net: StackView, *, limit: int = MAX_CONNECTIONS, state: str | None = None,
@@ -258,6 +276,16 @@ def metrics_text(net: StackView) -> str:
     lines += _family("tapsplice_splice_events_total", "Splice counters.", "counter",
                      (({"event": k}, v) for k, v in
                       (sorted(splicer.counters.items()) if splicer else [])))
+    lines += _family("tapsplice_udp_events_total", "Events counted by UDP.", "counter",
+                     (({"event": k}, v) for k, v in c.get("udp", {}).items()))
+    if "udp_sockets" in c:
+        lines += _family("tapsplice_udp_sockets", "Open UDP sockets.", "gauge",
+                         [({}, c["udp_sockets"])])
+    lines += _family("tapsplice_dns_events_total", "Events counted by the resolver.",
+                     "counter", (({"event": k}, v) for k, v in c.get("dns", {}).items()))
+    if "dns_cache_entries" in c:
+        lines += _family("tapsplice_dns_cache_entries", "Names in the resolver's cache.",
+                         "gauge", [({}, c["dns_cache_entries"])])
     lines += _family("tapsplice_copied_payload_bytes_total",
                      "Spliced payload bytes the stack copied.", "counter",
                      [({}, c["copied_payload_bytes"])])

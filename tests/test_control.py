@@ -79,8 +79,14 @@ async def _build(driver, px, c) -> tuple[SimpleNamespace, dict[str, int]]:
     await _until(lambda: any(t.state.name == "TIME_WAIT" for t in conns.values()))
     await _until(lambda: all(t.snd_una == t.snd_nxt for t in conns.values()))  # all acked
     dev = SimpleNamespace(counters={"tx_backlogged": 3, "tx_dropped_backlog_full": 1})
+    udp = driver.udp(px)
+    transport, _ = await udp.create_datagram_endpoint(asyncio.DatagramProtocol)
+    transport.sendto(b"d", (ORIGIN, 9))
+    resolver = SimpleNamespace(stats=lambda: {"counters": {"cache_hit": 2, "sent": 1},
+                                              "cache_entries": 1})
     view = SimpleNamespace(stack=px, tcp=papi.tcp, splicer=splice.splicer,
-                           devices=[(px.interfaces[0], dev)],
+                           devices=[(px.interfaces[0], dev)], udp=udp.layer,
+                           resolver=resolver,
                            streams=(r1, w1, r2, w2))  # held: a collected stream closes
     ports = {"echo": w1.get_extra_info("sockname")[1],
              "spliced": w2.get_extra_info("sockname")[1]}
@@ -205,6 +211,10 @@ def test_metrics_text(tmp_path: Path) -> None:
     assert any(line.startswith('tapsplice_device_events_total{device="') and
                'event="tx_backlogged"} 3' in line for line in lines)
     assert "# TYPE tapsplice_drops_total counter" in lines
+    assert 'tapsplice_udp_events_total{event="tx_datagrams"} 1' in lines
+    assert "tapsplice_udp_sockets 1" in lines
+    assert 'tapsplice_dns_events_total{event="cache_hit"} 2' in lines
+    assert "tapsplice_dns_cache_entries 1" in lines
     for line in lines:  # every sample line is "name{labels} number"
         if not line.startswith("#"):
             float(line.rsplit(" ", 1)[1])
@@ -414,6 +424,8 @@ def test_stat_tables(live_server: Path, capsys) -> None:
     out = capsys.readouterr().out
     assert "drops by reason" in out and "tx_backlogged" in out
     assert "copied payload bytes: 0" in out
+    assert "udp (1 sockets)" in out and "tx_datagrams" in out
+    assert "dns (1 cached)" in out and "cache_hit" in out
 
 
 def test_stat_all_asks_every_running_stack(live_server: Path, capsys, monkeypatch) -> None:
