@@ -18,11 +18,14 @@ from stack.iface import Interface
 
 
 class NeighState(Enum):
-    """Life of a neighbour entry."""
+    """Life of a neighbour entry. ARP uses the first three; Neighbor Discovery
+    (stack/ndp.py) all five of RFC 4861 §7.3.2."""
 
     INCOMPLETE = "incomplete"
     REACHABLE = "reachable"
     STALE = "stale"
+    DELAY = "delay"
+    PROBE = "probe"
 
 
 @dataclass(slots=True)
@@ -46,10 +49,12 @@ class Neighbour:
     next_probe: float = 0.0      # when to send the next request (INCOMPLETE/STALE)
     probes: int = 0
     pending: deque[PendingFrame] = field(default_factory=deque)
+    #: RFC 4861 §6.3.4 / §7.2.5: the neighbour said it is a router (IPv6 only).
+    is_router: bool = False
 
 
 class NeighbourCache:
-    """Bounded ARP cache for all interfaces."""
+    """Bounded ARP cache for all interfaces (stack/ndp.py's IPv6 cache extends it)."""
 
     def __init__(self, *, max_entries: int = 1024, reachable_time: float = 30.0,
                  stale_time: float = 600.0, retrans_time: float = 1.0, max_probes: int = 3,
