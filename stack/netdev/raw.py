@@ -29,7 +29,12 @@ from a full buffer); a TPACKET_V3 receive ring was measured against it (the READ
 raw-socket section has the figures).
 
 An interface that goes down makes the socket report ENETDOWN once: logged, counted,
-and frames flow again when it comes back up. One that disappears leaves the socket
+and frames flow again when it comes back up. That error also raises EPOLLERR on the
+socket, on which libuv (uvloop) stops watching a descriptor for good; so the event
+loop is given an epoll descriptor holding the socket instead (:meth:`fileno`), which
+only ever turns readable, and the socket's own error is read and cleared here. The
+same epoll descriptor reports the socket writable while the transmit backlog holds
+frames, and :meth:`read_batch` flushes it then. One that disappears leaves the socket
 bound to nothing: :meth:`RawDevice.read_batch` raises :class:`DeviceGone` and the
 driver stops the stack (stack/aio.py), never spinning on a dead descriptor.
 """
@@ -41,6 +46,7 @@ import errno
 import fcntl
 import logging
 import os
+import select
 import socket
 import struct
 
@@ -111,6 +117,33 @@ class RawDevice(TapDevice):
         self.link_down = False
         self.gone = False
         self._views = [memoryview(skb.buf)[HEADROOM - self._hlen:] for skb in self._ring]
+        self._poll = select.epoll()
+        self._poll.register(sock.fileno(), select.EPOLLIN)
+        self._watching_out = False
+
+    def fileno(self) -> int:
+        """The descriptor the event loop watches: an epoll one holding the socket
+        (see the module docstring); readable when frames, an error or, with a
+        backlog, room to send are there."""
+        return self._poll.fileno()
+
+    def _watch_out(self, on: bool) -> None:
+        if on != self._watching_out and self._fd >= 0:
+            self._watching_out = on
+            events = select.EPOLLIN | (select.EPOLLOUT if on else 0)
+            self._poll.modify(self._fd, events)
+
+    def _enqueue(self, data: bytes) -> bool:
+        queued = super()._enqueue(data)
+        self._watch_out(bool(self._backlog))
+        return queued
+
+    def flush_backlog(self) -> bool:
+        """Write queued frames until the socket would block (TapDevice's); True when
+        none are left."""
+        done = super().flush_backlog()
+        self._watch_out(not done)
+        return done
 
     # -- opening ---------------------------------------------------------------
     @classmethod
@@ -193,6 +226,8 @@ class RawDevice(TapDevice):
         interface no longer exists."""
         if self._fd < 0:
             raise ValueError(f"read_batch on closed device {self.name}")
+        if self._backlog:  # the loop woke us for room to send, perhaps
+            self.flush_backlog()
         out: list[SkBuff] = []
         c = self.counters
         hlen = self._hlen
@@ -284,6 +319,7 @@ class RawDevice(TapDevice):
     def close(self) -> None:
         """Close the socket (the interface stays as it is)."""
         super().close()
+        self._poll.close()
 
     def __repr__(self) -> str:
         return f"RawDevice({self.name!r}, offload={self.offload}, mtu={self.mtu})"

@@ -1,0 +1,222 @@
+"""The stack over raw sockets (`tapsplice lab up --raw`): the same commands with
+``--lab`` on veth pairs whose stack ends sit in a namespace of their own, reached
+through packet sockets (stack/netdev/raw.py). The router, the spliced SOCKS proxy and
+the HTTP proxy carry curl traffic with kernel-side loss; the kernel beside the stack
+stays silent; a link that goes down recovers; a veth deleted under the stack stops it
+cleanly; workers share connections through a fanout group."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from apps.lab import QUIET_TABLE, LabConfig, lab_down, lab_up
+from apps.labproc import ns_cmd
+from apps.origin import Origin
+from tests.conftest import _in_ci, lab_unavailable_reason
+from tests.lab.stackproc import StackProcess, kernel_drops, kernel_loss, ping
+from tests.lab.test_splice_lab import kernel_server, socks_client  # noqa: F401 - a fixture
+
+pytestmark = pytest.mark.lab
+
+
+@pytest.fixture
+def lab(_lab_stale_cleanup: None) -> Iterator[LabConfig]:
+    """A raw-socket lab with names unique to this test (replaces the TAP lab here, so
+    that the imported fixtures run on it too)."""
+    reason = lab_unavailable_reason()
+    if reason:
+        pytest.fail(f"CI=true and {reason}" if _in_ci() else reason)
+    cfg = LabConfig.unique("raw")
+    try:
+        lab_up(cfg, raw=True)
+        yield cfg
+    finally:
+        lab_down(cfg)
+
+
+def stack(lab: LabConfig, command: str, *extra: str, log) -> StackProcess:
+    """`tapsplice COMMAND --lab` on the raw lab (its stack namespace named)."""
+    return StackProcess(lab, command, "--stack-ns", lab.stack_ns, *extra, log=log)
+
+
+def quiet_drops(lab: LabConfig) -> int:
+    """Frames the stack namespace's kernel dropped at netdev ingress (never saw)."""
+    out = subprocess.run(ns_cmd(lab.stack_ns, "nft", "list", "table", "netdev", QUIET_TABLE),
+                         capture_output=True, text=True, timeout=10).stdout
+    return sum(int(w.split()[0]) for w in out.split("packets")[1:])
+
+
+def with_loss(lab: LabConfig, per_mille: int | None) -> None:
+    for ns in (lab.client_ns, lab.server_ns):
+        kernel_loss(ns, per_mille)
+
+
+def curl_socks(lab: LabConfig, url: str, out) -> subprocess.CompletedProcess:
+    return subprocess.run(ns_cmd(lab.client_ns, "curl", "-sS", "--fail", "--max-time", "100",
+                                 "--socks5", "198.18.0.2:1080", "-o", str(out), url),
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_router_over_raw_sockets_with_kernel_loss(lab, tmp_path):
+    proc = stack(lab, "router", log=tmp_path / "router.log")
+    try:
+        proc.wait_ready()
+        routed = ping(lab.client_ns, "198.19.0.1")
+        assert routed.returncode == 0 and "ttl=63" in routed.stdout
+        assert ping(lab.client_ns, "198.18.0.2", size=4000).returncode == 0  # fragments
+        with_loss(lab, 5)
+        with Origin(lab.server_ns) as origin:
+            f = origin.make_file("r.bin", 32 << 20, random=True)
+            out = tmp_path / "r.bin"
+            dl = subprocess.run(ns_cmd(lab.client_ns, "curl", "-sS", "--fail", "--max-time",
+                                       "100", "-o", str(out), origin.url(f, "198.19.0.1")),
+                                capture_output=True, text=True, timeout=120)
+            assert dl.returncode == 0, dl.stderr
+            assert hashlib.sha256(out.read_bytes()).hexdigest() == f.sha256
+        assert all(kernel_drops(ns) > 0 for ns in (lab.client_ns, lab.server_ns))
+    finally:
+        with_loss(lab, None)
+        summary = proc.stop()
+    c = summary["stack"]
+    assert c["rx_forwarded"] > 100
+    assert c.get("drop.ipv4_bad_checksum", 0) == 0
+    server = summary["devices"][lab.server_raw]
+    assert server["rx_bytes"] > f.size
+    # The veth handed the packet socket super-segments, not 1,500-byte frames.
+    assert server["rx_frames"] < f.size // 1500 // 4
+    client = summary["devices"][lab.client_raw]
+    assert client["tx_bytes"] > f.size and client["tx_frames"] < f.size // 1500 // 4
+    # Nothing the stack sent came back to it (PACKET_IGNORE_OUTGOING), nothing was for
+    # another MAC, and the kernel beside the stack saw none of these frames.
+    for dev in (server, client):
+        assert dev["rx_dropped_other_host"] == 0 and dev["rx_errors"] == 0
+    assert c.get("drop.eth_not_for_us", 0) == 0
+    assert quiet_drops(lab) >= c["rx_frames"] - c.get("drop.eth_ipv6_unsupported", 0)
+
+
+def test_spliced_socks_over_raw_sockets_with_loss_copies_nothing(lab, kernel_server,  # noqa: F811
+                                                                tmp_path):
+    with_loss(lab, 10)
+    proc = stack(lab, "socks", "--mode", "splice", log=tmp_path / "socks.log")
+    try:
+        proc.wait_ready()
+        with Origin(lab.server_ns) as origin:
+            f = origin.make_file("s.bin", 32 << 20, random=True)
+            out = tmp_path / "s.bin"
+            got = curl_socks(lab, origin.url(f, "198.19.0.1"), out)
+            assert got.returncode == 0, got.stderr + proc.log.read_text()[-2000:]
+            assert hashlib.sha256(out.read_bytes()).hexdigest() == f.sha256
+        assert socks_client(lab, "upload", 7001, 16 << 20) == (1, 1)
+        assert all(kernel_drops(ns) > 0 for ns in (lab.client_ns, lab.server_ns))
+    finally:
+        with_loss(lab, None)
+        summary = proc.stop()
+    sp = summary["splice"]
+    assert sp["splices"] == 2
+    assert sp.get("copied_payload_bytes", 0) == 0
+    assert summary["tcp"]["segs_out"] < 60  # handshakes and SOCKS only: 48 MB went by
+
+
+def test_http_proxy_over_raw_sockets_with_loss(lab, tmp_path):
+    with_loss(lab, 10)
+    proc = stack(lab, "http-proxy", "--host", "origin.test=198.19.0.1",
+                 log=tmp_path / "http.log")
+    try:
+        proc.wait_ready()
+        with Origin(lab.server_ns, addr="198.19.0.1") as origin:
+            f = origin.make_file("h.bin", 4 << 20, random=True)
+            for i in range(2):  # a miss, then the same URL again
+                out = tmp_path / f"h{i}"
+                got = subprocess.run(ns_cmd(lab.client_ns, "curl", "-sS", "--fail",
+                                            "--max-time", "100", "-x",
+                                            "http://198.18.0.2:3128", "-o", str(out),
+                                            f"http://origin.test{f.url_path}"),
+                                     capture_output=True, text=True, timeout=120)
+                assert got.returncode == 0, got.stderr + proc.log.read_text()[-2000:]
+                assert hashlib.sha256(out.read_bytes()).hexdigest() == f.sha256
+        assert kernel_drops(lab.client_ns) > 0
+    finally:
+        with_loss(lab, None)
+        proc.stop()
+    access = [line for line in proc.log.read_text().splitlines()
+              if "tapsplice.httpproxy.access" in line]
+    assert len(access) == 2 and "/200" in access[0] and "/200" in access[1]
+
+
+def test_a_link_that_goes_down_comes_back(lab, tmp_path):
+    proc = stack(lab, "run", log=tmp_path / "flap.log")
+    try:
+        proc.wait_ready()
+        for state in ("down", "up"):
+            subprocess.run(["ip", "-n", lab.stack_ns, "link", "set", "dev", lab.client_raw,
+                            state], check=True, timeout=10)
+        deadline = time.monotonic() + 20
+        while ping(lab.client_ns, "198.18.0.2", count=1).returncode != 0:
+            assert proc.proc.poll() is None, proc.log.read_text()
+            assert time.monotonic() < deadline, proc.log.read_text()
+    finally:
+        summary = proc.stop()
+    text = proc.log.read_text()
+    assert "went down" in text and "the link is back" in text
+    assert summary["devices"][lab.client_raw]["rx_link_down"] == 1
+
+
+def test_a_veth_deleted_under_the_stack_stops_it_cleanly(lab, tmp_path):
+    proc = stack(lab, "run", log=tmp_path / "gone.log")
+    proc.wait_ready()
+    subprocess.run(["ip", "-n", lab.client_ns, "link", "del", lab.client_tap], check=True,
+                   timeout=10)
+    try:
+        code = proc.proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.proc.kill()
+        proc.proc.wait(timeout=5)
+        raise AssertionError("the stack did not stop: " + proc.log.read_text()) from None
+    text = proc.log.read_text()
+    assert code == 1, text
+    assert f"raw interface {lab.client_raw} disappeared" in text
+    assert '"device_gone": 1' in text  # the counters were printed at exit
+    assert "Traceback" not in text
+
+
+def test_an_address_on_a_raw_interface_is_warned_about(lab, tmp_path):
+    subprocess.run(["ip", "-n", lab.stack_ns, "addr", "add", "198.18.0.77/24", "dev",
+                    lab.client_raw], check=True, timeout=10)
+    proc = stack(lab, "run", log=tmp_path / "addr.log")
+    try:
+        proc.wait_ready()
+    finally:
+        proc.stop()
+    text = proc.log.read_text()
+    assert f"raw interface {lab.client_raw} has host addresses (198.18.0.77)" in text
+    assert f"raw interface {lab.server_raw}" not in text
+
+
+def test_the_kernel_beside_the_stack_answers_nothing(lab):
+    """No stack running: the stack namespace's kernel, with an address of the client
+    network on another interface, still answers no ARP on the raw interface."""
+    subprocess.run(["ip", "-n", lab.stack_ns, "addr", "add", "198.18.0.2/32", "dev", "lo"],
+                   check=True, timeout=10)
+    before = quiet_drops(lab)
+    assert ping(lab.client_ns, "198.18.0.2", count=2).returncode != 0
+    assert quiet_drops(lab) > before  # the ARP requests arrived and were dropped
+
+
+def test_two_workers_share_connections_over_a_fanout_group(lab, kernel_server,  # noqa: F811
+                                                          tmp_path):
+    proc = stack(lab, "socks", "--mode", "splice", "--workers", "2", "--max-connections",
+                 "1000", "--max-handshakes-per-client", "300", log=tmp_path / "workers.log")
+    proc.wait_logged("ready")
+    try:
+        assert socks_client(lab, "echo", 7000, 16 << 10, count=300) == (300, 300)
+    finally:
+        summary = proc.stop()
+    assert summary["splice"]["splices"] == 300
+    assert summary["splice"].get("copied_payload_bytes", 0) == 0
+    per_worker = [w["connections"] for w in summary["workers"]]
+    assert len(per_worker) == 2 and min(per_worker) >= 60, per_worker
