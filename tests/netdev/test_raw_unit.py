@@ -9,6 +9,7 @@ events (ENETDOWN, an unbound socket after the interface is deleted).
 from __future__ import annotations
 
 import errno
+import select
 import socket
 from collections.abc import Iterator
 
@@ -210,6 +211,31 @@ def test_backlog_is_the_taps_bounded_and_counted_one() -> None:
                 break
             peer.recv(70000)
         assert dev.backlog_len() == 0
+    finally:
+        dev.close()
+        peer.close()
+
+
+def test_the_loop_descriptor_reports_frames_and_room_for_the_backlog() -> None:
+    dev, peer, _ = make(backlog=4, sndbuf=4096)
+    try:
+        assert dev.fileno() != dev.sock.fileno()
+        assert select.select([dev], [], [], 0)[0] == []
+        peer.send(NONE + udp_frame(b"x"))
+        assert select.select([dev], [], [], 1)[0] == [dev]
+        assert len(dev.read_batch()) == 1
+        for _ in range(10_000):  # until the socket would block
+            dev.write(SkBuff.from_bytes(udp_frame(bytes(500)), headroom=16))
+            if dev.backlog_len():
+                break
+        assert select.select([dev], [], [], 0)[0] == []  # no room yet: not woken
+        for _ in range(10_000):  # bounded: the peer reads until the socket has room
+            peer.recv(70000)
+            if select.select([dev], [], [], 0)[0]:
+                break
+        assert dev.read_batch() == []  # flushes the backlog on the way
+        assert dev.backlog_len() == 0
+        assert select.select([dev], [], [], 0)[0] == []  # and stops watching for room
     finally:
         dev.close()
         peer.close()
