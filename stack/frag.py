@@ -36,10 +36,15 @@ class Reassembler:
     """Reassembly buffers for fragments addressed to the stack."""
 
     def __init__(self, *, max_datagrams: int = 64, max_bytes: int = 1 << 20,
-                 timeout: float = 30.0) -> None:
+                 timeout: float = 30.0, header_allowance: int = 0, quote: int = 8) -> None:
         self.max_datagrams = max_datagrams
         self.max_bytes = max_bytes
         self.timeout = timeout
+        #: Header bytes not counted against the 65,535-byte limit (IPv6's fixed header
+        #: and fragment header: its limit is on the payload length, RFC 8200 §4.5).
+        self.header_allowance = header_allowance
+        #: Bytes of the first fragment's payload that :meth:`expire` quotes.
+        self.quote = quote
         self.partials: dict[tuple[bytes, bytes, int, int], _Partial] = {}
         self.bytes = 0
 
@@ -55,7 +60,7 @@ class Reassembler:
                 return None, "frag_table_full"
             p = self.partials[key] = _Partial(first_seen=now)
         end = offset + len(payload)
-        if end > MAX_DATAGRAM - len(header) or (mf and len(payload) % 8):
+        if end > MAX_DATAGRAM + self.header_allowance - len(header) or (mf and len(payload) % 8):
             self._forget(key)
             return None, "frag_bad_length"
         if self.bytes + len(payload) > self.max_bytes:
@@ -99,13 +104,14 @@ class Reassembler:
 
     def expire(self, now: float) -> list[bytes]:
         """Drop timed-out datagrams; return the first-fragment headers of those that had
-        one (RFC 792: time exceeded, code 1, only when fragment zero arrived)."""
+        one, with ``quote`` bytes of its payload (RFC 792, RFC 8200 §4.5: time
+        exceeded, code 1, only when fragment zero arrived)."""
         out = []
         for key, p in list(self.partials.items()):
             if p.first_seen + self.timeout <= now:
                 if p.header:
                     first = p.pieces.get(0, b"")
-                    out.append(p.header + first[:8])
+                    out.append(p.header + first[:self.quote])
                 self._forget(key)
         return out
 
