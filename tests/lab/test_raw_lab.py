@@ -3,12 +3,16 @@
 through packet sockets (stack/netdev/raw.py). The router, the spliced SOCKS proxy and
 the HTTP proxy carry curl traffic with kernel-side loss; the kernel beside the stack
 stays silent; a link that goes down recovers; a veth deleted under the stack stops it
-cleanly; workers share connections through a fanout group."""
+cleanly; workers share connections through a fanout group; and the README's recipe
+(the proxy with its own MAC and address on a LAN, on a macvlan) carries curl."""
 
 from __future__ import annotations
 
 import hashlib
+import json
+import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -18,7 +22,7 @@ from apps.lab import QUIET_TABLE, LabConfig, lab_down, lab_up
 from apps.labproc import ns_cmd
 from apps.origin import Origin
 from tests.conftest import _in_ci, lab_unavailable_reason
-from tests.lab.stackproc import StackProcess, kernel_drops, kernel_loss, ping
+from tests.lab.stackproc import StackProcess, kernel_drops, kernel_loss, ping, wait_logged
 from tests.lab.test_splice_lab import kernel_server, socks_client  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.lab
@@ -220,3 +224,89 @@ def test_two_workers_share_connections_over_a_fanout_group(lab, kernel_server,  
     assert summary["splice"].get("copied_payload_bytes", 0) == 0
     per_worker = [w["connections"] for w in summary["workers"]]
     assert len(per_worker) == 2 and min(per_worker) >= 60, per_worker
+
+
+# -- the deployment recipe (README, "Raw sockets") ------------------------------------
+LAN = "198.18.7"  # one network: clients, an origin, the proxy host and the proxy
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, timeout=10, capture_output=True)
+
+
+def _lan_port(lan_ns: str, ns: str, dev: str, peer: str) -> None:
+    """A veth from namespace ``ns`` (``dev``) into the LAN bridge (``peer``), made
+    inside the LAN namespace with one end moved straight to ``ns``."""
+    _ip("-n", lan_ns, "link", "add", peer, "type", "veth", "peer", "name", dev, "netns", ns)
+    _ip("-n", lan_ns, "link", "set", peer, "master", "br0", "up")
+    _ip("-n", ns, "link", "set", "lo", "up")
+    _ip("-n", ns, "link", "set", dev, "up")
+
+
+@pytest.fixture
+def recipe(_lab_stale_cleanup: None) -> Iterator[dict[str, str]]:
+    """A LAN (a bridge) with a client, an origin and a proxy host on it; the proxy host
+    has its own address on eth0 and a macvlan ts0 on eth0 for the proxy, set up as the
+    README's recipe says (no address, IPv6 off, netdev ingress drop)."""
+    a, b = LabConfig.unique("recipe"), LabConfig.unique("recipe")
+    names = {"client": a.client_ns, "origin": a.server_ns, "host": a.stack_ns,
+             "lan": b.client_ns}
+    try:
+        for ns in names.values():
+            _ip("netns", "add", ns)
+        _ip("-n", names["lan"], "link", "add", "br0", "type", "bridge")
+        _ip("-n", names["lan"], "link", "set", "br0", "up")
+        for role, dev, addr in (("client", "eth0", f"{LAN}.1/24"),
+                                ("origin", "eth0", f"{LAN}.2/24"),
+                                ("host", "eth0", f"{LAN}.3/24")):
+            _lan_port(names["lan"], names[role], dev, f"p-{role}")
+            _ip("-n", names[role], "addr", "add", addr, "dev", dev)
+        # The recipe proper, on the proxy host:
+        host = names["host"]
+        _ip("-n", host, "link", "add", "ts0", "link", "eth0", "type", "macvlan", "mode",
+            "bridge")
+        _ip("-n", host, "link", "set", "ts0", "up")
+        from apps.lab import quiet_host_side
+        quiet_host_side(host, ["ts0"])
+        yield names
+    finally:
+        for ns in names.values():
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
+
+
+def test_recipe_proxy_with_its_own_mac_and_address_on_a_lan(recipe, tmp_path):
+    ctl = tmp_path / "proxy.sock"
+    log = tmp_path / "proxy.log"
+    argv = [sys.executable, "-m", "apps.cli", "socks", "--mode", "splice", "--raw", "ts0",
+            "--addr", f"{LAN}.10/24", "--netns", recipe["host"], "--listen",
+            f"{LAN}.10:1080", "--control", str(ctl)]
+    proc = subprocess.Popen(argv, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+    try:
+        wait_logged(proc, log, "ready")
+        # The host keeps its own address on the LAN; the proxy answers on its own.
+        assert ping(recipe["client"], f"{LAN}.3").returncode == 0
+        assert ping(recipe["client"], f"{LAN}.10").returncode == 0
+        with Origin(recipe["origin"], addr=f"{LAN}.2") as origin:
+            f = origin.make_file("lan.bin", 16 << 20, random=True)
+            out = tmp_path / "lan.bin"
+            got = subprocess.run(ns_cmd(recipe["client"], "curl", "-sS", "--fail",
+                                        "--max-time", "100", "--socks5", f"{LAN}.10:1080",
+                                        "-o", str(out), origin.url(f, f"{LAN}.2")),
+                                 capture_output=True, text=True, timeout=120)
+            assert got.returncode == 0, got.stderr + log.read_text()[-2000:]
+            assert hashlib.sha256(out.read_bytes()).hexdigest() == f.sha256
+        stat = subprocess.run([sys.executable, "-m", "apps.cli", "stat", "--control",
+                               str(ctl), "--counters", "--json"],
+                              capture_output=True, text=True, timeout=30)
+        assert stat.returncode == 0, stat.stderr
+        counters = json.loads(stat.stdout)["counters"]
+        assert counters["copied_payload_bytes"] == 0
+        assert counters["devices"]["ts0"]["rx_frames"] > 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    text = log.read_text()
+    assert proc.returncode == 0, text
+    assert "host addresses" not in text  # the recipe leaves none on ts0
+    summary = json.loads(text[text.index("{\n"):])
+    assert summary["splice"]["splices"] == 1
