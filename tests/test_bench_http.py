@@ -24,6 +24,7 @@ from tools.bench.http import (
     build_http_report,
     hits_table,
     plan_from_args,
+    shared_table,
     sizes_table,
     tap_table,
 )
@@ -32,6 +33,7 @@ from tools.bench.http_client import (
     HttpClientError,
     ObjectSpec,
     build_request,
+    hit_paths,
     parse_args,
     parse_object,
     parse_response_head,
@@ -42,6 +44,7 @@ from tools.bench.http_run import (
     BEHAVIOURS,
     HTTP_PATHS,
     ONE_CLIENT_ADDRESS,
+    SHARED_PATHS,
     HitRun,
     HttpRunner,
     Series,
@@ -63,7 +66,7 @@ def _args(*argv: str) -> argparse.Namespace:
 def test_quick_plan_is_small_and_full_plan_has_every_size() -> None:
     quick = plan_from_args(_args("--quick"))
     assert quick.sizes == QUICK["sizes"] and quick.paths == list(HTTP_PATHS)
-    assert quick.routes() == [*HTTP_PATHS, "splice-notap"]
+    assert quick.routes() == [*HTTP_PATHS, "splice-notap", *SHARED_PATHS]
     full = plan_from_args(_args())
     assert full.sizes == [1 << 10, 10 << 10, 100 << 10, 1 << 20, 10 << 20, 100 << 20]
     assert full.repeats == 30 and full.hit_concurrency == 64 and full.hit_count > 0
@@ -96,6 +99,36 @@ def test_proxy_routes_pass_their_options() -> None:
     assert routes["splice-min0"].options[-2:] == ["--splice-min", "0"]
     assert routes["splice-notap"].options[-2:] == ["--cache-size", "0"]
     assert routes["copy"].proxy(None) == ("198.18.0.2", 3128)
+
+
+def test_shared_store_routes_get_a_cache_dir_each_and_two_workers(tmp_path: Path) -> None:
+    class Lab:
+        logdir = tmp_path
+
+        def stack_argv(self, command: str, *extra: str) -> list[str]:
+            return [command, *extra]
+
+    one, two = (r._service(Lab()).argv for r in make_http_routes(list(SHARED_PATHS)))
+    assert one[-2:] == ["--cache-dir", str(tmp_path / "cache-disk")] and "--workers" not in one
+    assert two[-4:] == ["--workers", "2", "--cache-dir", str(tmp_path / "cache-disk-workers")]
+    plan = plan_from_args(_args("--quick", "--only", "disk-workers"))
+    assert plan.paths == [] and plan.routes() == ["disk-workers"] and plan.shared_keys > 1
+    assert planned_steps(plan) == len(QUICK["hit_sizes"])
+
+
+def test_hit_load_goes_round_its_keys() -> None:
+    obj = ObjectSpec(10, "/o", 1, SHA_ZERO)
+    assert hit_paths(obj, 1, "t") == ["/o"]
+    assert hit_paths(obj, 3, "t") == ["/o?k=t-0", "/o?k=t-1", "/o?k=t-2"]
+
+
+def test_shared_table_compares_workers_with_one_process() -> None:
+    runs = [HitRun("disk", 1024, 4000, 4000, 0, 2.0, {}, True),
+            HitRun("disk-workers", 1024, 6000, 5994, 0, 2.0, {}, True)]
+    console = Console(record=True, width=220)
+    console.print(shared_table(runs))
+    text = console.export_text()
+    assert "1.50x" in text and "99.9%" in text and "2 workers" in text
 
 
 # -- the client's parsing --------------------------------------------------------------------
@@ -354,8 +387,8 @@ def test_report_has_every_sample_and_path(tmp_path: Path) -> None:
 @pytest.mark.lab
 def test_bench_http_quick_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "http.json"
-    run_bench_cli(["http", "--quick", "--max-seconds", "80", "--json", str(out),
-                   "--plots", str(tmp_path)], timeout=110)
+    run_bench_cli(["http", "--quick", "--max-seconds", "110", "--json", str(out),
+                   "--plots", str(tmp_path)], timeout=140)
     report = json.loads(out.read_text())
     sizes = [s for s in report["series"] if s["experiment"] == "sizes"]
     got = {(s["path"], s["behaviour"], s["size_bytes"]) for s in sizes}
@@ -365,7 +398,7 @@ def test_bench_http_quick_end_to_end(tmp_path: Path) -> None:
     for s in report["series"]:
         assert s["errors"] == 0 and s["sha256_verified"] is True, s
         assert s["samples_seconds"] and min(s["samples_seconds"]) > 0
-    assert {h["path"] for h in report["hits"]} == {"copy", "splice"}
+    assert {h["path"] for h in report["hits"]} == {"copy", "splice", *SHARED_PATHS}
     assert all(h["ok"] > 0 and h["hits"] == h["ok"] and h["errors"] == 0
                for h in report["hits"])
     # The proxy spliced: both ways for "close", one way for kept-alive bodies.

@@ -10,6 +10,9 @@
    and splice mode (hits are served by the proxy itself in both).
 3. The tap's cost: 8 MB misses (storable, so the TCP Tap copies them into the
    cache) in splice mode with the cache on against --cache-size 0 (no tap).
+4. The shared disk store: hits per second and the hit ratio over fresh
+   connections (one request each) round a series of URLs stored first, with
+   --cache-dir in one process against --workers 2 sharing the store.
 
 Tables at the end, raw figures in JSON, experiment 1 as a log-log PNG.
 """
@@ -35,6 +38,7 @@ from tools.bench.http_run import (
     BEHAVIOURS,
     HTTP_PATHS,
     LABELS,
+    SHARED_PATHS,
     HitRun,
     HttpPlan,
     HttpRunner,
@@ -44,9 +48,10 @@ from tools.bench.http_run import (
 from tools.bench.start import ready_to_run
 
 FULL = {"sizes": [1 << 10, 10 << 10, 100 << 10, 1 << 20, 10 << 20, 100 << 20], "repeats": 30,
-        "hit_sizes": [1 << 10, 100 << 10], "hit_seconds": 3.0, "tap_repeats": 10}
+        "hit_sizes": [1 << 10, 100 << 10], "hit_seconds": 3.0, "tap_repeats": 10,
+        "shared_keys": 64}
 QUICK = {"sizes": [1 << 10, 1 << 20], "repeats": 3, "hit_sizes": [1 << 10],
-         "hit_seconds": 0.5, "tap_repeats": 2}
+         "hit_seconds": 0.5, "tap_repeats": 2, "shared_keys": 16}
 HIT_CONCURRENCY = 64
 # Requests per hit run at most, whatever its duration.
 HIT_COUNT = 50_000
@@ -61,9 +66,9 @@ def add_http_parser(sub: Any) -> None:
                        description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true",
                    help="two sizes, few repeats, short hit runs (a smoke run)")
-    p.add_argument("--only", action="append", choices=HTTP_PATHS, default=None,
-                   metavar="PATH", help=f"measure only these paths (repeatable): "
-                   f"{', '.join(HTTP_PATHS)}")
+    p.add_argument("--only", action="append", choices=(*HTTP_PATHS, *SHARED_PATHS),
+                   default=None, metavar="PATH", help=f"measure only these paths "
+                   f"(repeatable): {', '.join((*HTTP_PATHS, *SHARED_PATHS))}")
     p.add_argument("--repeats", type=argtypes.int_in(1, MAX_REPEATS), default=None,
                    help="requests per size up to 1 MiB, at most 3 above (default 30; "
                    "--quick: 3)")
@@ -89,7 +94,9 @@ def plan_from_args(args: argparse.Namespace) -> HttpPlan:
         hit_seconds=base["hit_seconds"], hit_count=HIT_COUNT,
         tap_size=TAP_SIZE, tap_repeats=min(args.repeats or base["tap_repeats"],
                                            base["tap_repeats"]),
-        max_seconds=args.max_seconds)
+        max_seconds=args.max_seconds,
+        shared_paths=[p for p in SHARED_PATHS if not args.only or p in args.only],
+        shared_keys=int(str(base["shared_keys"])))
 
 
 def _note(s: Sequence[Series]) -> str:
@@ -137,6 +144,23 @@ def hits_table(hits: Sequence[HitRun]) -> Table:
         share = f"{h.hits / h.ok:.0%}" if h.ok else "-"
         table.add_row(LABELS[h.path], format_size(h.size), f"{h.rps:,.0f}", share, str(h.ok),
                       str(h.errors))
+    return table
+
+
+def shared_table(hits: Sequence[HitRun]) -> Table:
+    """Experiment 4: hits over fresh connections, one process against workers sharing
+    the disk store (both measured in this run)."""
+    table = Table(title=f"Hits from the disk store over fresh connections, "
+                  f"{HIT_CONCURRENCY} clients")
+    for col in ("path", "size", "req/s", "vs 1 process", "hit ratio", "requests", "errors"):
+        table.add_column(col, justify="left" if col == "path" else "right")
+    one = {h.size: h.rps for h in hits if h.path == "disk"}
+    for h in hits:
+        base = one.get(h.size)
+        ratio = f"{h.rps / base:.2f}x" if base else "-"
+        share = f"{h.hits / h.ok:.1%}" if h.ok else "-"
+        table.add_row(LABELS[h.path], format_size(h.size), f"{h.rps:,.0f}", ratio, share,
+                      str(h.ok), str(h.errors))
     return table
 
 
@@ -201,9 +225,14 @@ def cmd_http(args: argparse.Namespace) -> int:
     runner = measure_or_report(console, "http", lambda: measure(plan, console))
     if runner is None:
         return 1
-    console.print(sizes_table(runner.series, plan.sizes))
-    if runner.hits:
-        console.print(hits_table(runner.hits))
+    if any(s.experiment == "sizes" for s in runner.series):
+        console.print(sizes_table(runner.series, plan.sizes))
+    kept = [h for h in runner.hits if not h.fresh]
+    if kept:
+        console.print(hits_table(kept))
+    fresh = [h for h in runner.hits if h.fresh]
+    if fresh:
+        console.print(shared_table(fresh))
     if any(s.experiment == "tap" for s in runner.series):
         console.print(tap_table(runner.series))
     try:

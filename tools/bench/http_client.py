@@ -21,6 +21,10 @@ origin-form ones, otherwise the same code.
     ``Age`` (the proxy answered from its cache), then C kept-alive connections
     repeat the same request until N requests were issued or S seconds passed.
     One line ``{"kind": "hits", "ok", "hits", "errors", "seconds", "error_kinds"}``.
+    With ``--keys K`` the object is asked for under K URLs (``?k=TAG-i``), each
+    filled that way in turn, and the load goes round them; with ``--fresh`` every
+    request of the load is on a new connection (``Connection: close``), so that
+    with --workers the connections spread over the workers.
 
 Every request is bounded by ``--timeout``, every mode by ``--deadline``;
 ``{"kind": "done"}`` ends the output.
@@ -49,6 +53,7 @@ from tools.bench.common_client import (
 from tools.bench.uvsocks import raise_nofile
 
 MAX_COUNT = 1_000_000
+MAX_KEYS = 1024
 # Requests tried, at most, until the object is seen served from the cache.
 MAX_FILL_TRIES = 50
 FILL_POLL = 0.05
@@ -271,19 +276,38 @@ async def fill_cache(f: Fetcher, obj: ObjectSpec, deadline: float) -> bool:
     return False
 
 
+def hit_paths(obj: ObjectSpec, keys: int, tag: str) -> list[str]:
+    """The URLs (paths) the hit load asks for: the object's, or ``keys`` of its own."""
+    if keys == 1:
+        return [obj.path]
+    return [f"{obj.path}?k={tag}-{i}" for i in range(keys)]
+
+
+async def fill_all(args: argparse.Namespace, obj: ObjectSpec, paths: list[str],
+                   deadline: float) -> bool:
+    """Each of ``paths`` stored (:func:`fill_cache`), on a connection of its own."""
+    for path in paths:
+        first = Fetcher(args.dest, args.proxy, True, args.tag, args.timeout)
+        try:
+            if not await fill_cache(first, ObjectSpec(obj.size, path, 1, obj.sha256),
+                                    deadline):
+                emit({"kind": "error", "size": obj.size,
+                      "error": "never served from the cache"})
+                return False
+        except ERRORS as exc:
+            emit({"kind": "error", "size": obj.size, "error": _kind(exc)})
+            return False
+        finally:
+            first.drop()
+    return True
+
+
 async def run_hits(args: argparse.Namespace, deadline: float) -> None:
     """The cache-hit load (see the module docstring)."""
     obj: ObjectSpec = args.object[0]
-    first = Fetcher(args.dest, args.proxy, True, args.tag, args.timeout)
-    try:
-        if not await fill_cache(first, obj, deadline):
-            emit({"kind": "error", "size": obj.size, "error": "never served from the cache"})
-            return
-    except ERRORS as exc:
-        emit({"kind": "error", "size": obj.size, "error": _kind(exc)})
+    paths = hit_paths(obj, args.keys, args.tag)
+    if not await fill_all(args, obj, paths, deadline):
         return
-    finally:
-        first.drop()
     loop = asyncio.get_running_loop()
     start = loop.time()
     stop_at = start + min(args.seconds, max(deadline - time.monotonic(), 0.0))
@@ -292,13 +316,14 @@ async def run_hits(args: argparse.Namespace, deadline: float) -> None:
 
     async def worker() -> None:
         nonlocal issued, ok, hits
-        f = Fetcher(args.dest, args.proxy, True, args.tag, args.timeout)
-        request = f.request(obj.path, unique=False)
+        f = Fetcher(args.dest, args.proxy, not args.fresh, args.tag, args.timeout)
+        requests = [f.request(path, unique=False) for path in paths]
         try:
             while issued < args.count and loop.time() < stop_at:
                 issued += 1
                 try:
-                    _seconds, head = await f.fetch(request, obj.size)
+                    _seconds, head = await f.fetch(requests[issued % len(requests)],
+                                                   obj.size)
                 except ERRORS as exc:
                     kinds[_kind(exc)] += 1
                     continue
@@ -344,6 +369,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int_in(1, MAX_CONCURRENCY), default=64)
     p.add_argument("--count", type=int_in(1, MAX_COUNT), default=20_000)
     p.add_argument("--seconds", type=number_in(0.01, 3600), default=3.0)
+    p.add_argument("--keys", type=int_in(1, MAX_KEYS), default=1,
+                   help="hits: URLs of the object (each its own cache entry)")
+    p.add_argument("--fresh", action="store_true",
+                   help="hits: a new connection for every request of the load")
     p.add_argument("--timeout", type=number_in(0.01, 3600), default=60.0)
     p.add_argument("--deadline", type=number_in(0.01, 24 * 3600), default=600.0,
                    help="seconds for the whole mode")

@@ -30,11 +30,17 @@ from tools.bench.thesis_run import repeats_for
 HTTP_PATHS = ("kernel", "copy", "splice", "splice-min0")
 TAP_PATHS = ("splice", "splice-notap")
 HIT_PATHS = ("copy", "splice")
+#: Hits over fresh connections from the disk store, one process against two workers
+#: sharing it (one run, same lab, same objects).
+SHARED_PATHS = ("disk", "disk-workers")
+SHARED_WORKERS = 2
 BEHAVIOURS = ("close", "keep-alive")
 PROXY_ADDR = ("198.18.0.2", 3128)
 LABELS = {"kernel": "kernel router", "copy": "http-proxy copy", "splice": "http-proxy splice",
           "splice-min0": "http-proxy splice --splice-min 0",
-          "splice-notap": "http-proxy splice --cache-size 0"}
+          "splice-notap": "http-proxy splice --cache-size 0",
+          "disk": "http-proxy --cache-dir, 1 process",
+          "disk-workers": f"http-proxy --cache-dir, {SHARED_WORKERS} workers"}
 
 
 #: The load comes from one client address: no per-client share of the slots applies.
@@ -52,11 +58,16 @@ class HttpProxyRoute(Route):
         self.label = LABELS[name]
         extra = {"copy": ["--mode", "copy"], "splice": ["--mode", "splice"],
                  "splice-min0": ["--mode", "splice", "--splice-min", "0"],
-                 "splice-notap": ["--mode", "splice", "--cache-size", "0"]}
+                 "splice-notap": ["--mode", "splice", "--cache-size", "0"],
+                 "disk": ["--mode", "splice"],
+                 "disk-workers": ["--mode", "splice", "--workers", str(SHARED_WORKERS)]}
         self.options = [*ONE_CLIENT_ADDRESS, *extra[name]]
 
     def _service(self, lab: Any) -> Service:
-        return Service(f"http-{self.name}", lab.stack_argv("http-proxy", *self.options),
+        options = list(self.options)
+        if self.name in SHARED_PATHS:   # a new, empty store for each route
+            options += ["--cache-dir", str(lab.logdir / f"cache-{self.name}")]
+        return Service(f"http-{self.name}", lab.stack_argv("http-proxy", *options),
                        lab.logdir)
 
     def proxy(self, lab: Any) -> tuple[str, int]:
@@ -66,7 +77,7 @@ class HttpProxyRoute(Route):
 
 def make_http_routes(names: list[str]) -> list[Route]:
     """The routes called ``names`` (experiment 1's order, then splice-notap)."""
-    order = [*HTTP_PATHS, "splice-notap"]
+    order = [*HTTP_PATHS, "splice-notap", *SHARED_PATHS]
     return [KernelRoute() if n == "kernel" else HttpProxyRoute(n) for n in order if n in names]
 
 
@@ -84,13 +95,16 @@ class HttpPlan:
     tap_size: int
     tap_repeats: int
     max_seconds: float
+    #: Routes of the shared-store hit runs, and the URLs each run goes round.
+    shared_paths: list[str] = field(default_factory=list)
+    shared_keys: int = 0
 
     def routes(self) -> list[str]:
         """Every route the plan needs, experiment 3's extra one included."""
         names = list(self.paths)
         if self.tap_size and "splice" in names:
             names.append("splice-notap")
-        return names
+        return names + (self.shared_paths if self.shared_keys else [])
 
 
 @dataclass
@@ -136,6 +150,8 @@ class HitRun(OkRate):
     errors: int
     seconds: float
     error_kinds: dict[str, int]
+    #: A new connection per request (the shared-store runs) or kept-alive ones.
+    fresh: bool = False
 
     def record(self) -> dict[str, Any]:
         """The JSON object of the run."""
@@ -147,6 +163,8 @@ def planned_steps(plan: HttpPlan) -> int:
     per_path = len(BEHAVIOURS) * sum(repeats_for(s, plan.repeats) + 1 for s in plan.sizes)
     steps = per_path * len(plan.paths)
     steps += len(plan.hit_sizes) * len([p for p in plan.paths if p in HIT_PATHS])
+    if plan.shared_keys:
+        steps += len(plan.hit_sizes) * len(plan.shared_paths)
     if plan.tap_size and "splice" in plan.paths:
         steps += 2 * len(BEHAVIOURS) * (plan.tap_repeats + 1)
     return steps
@@ -195,6 +213,9 @@ class HttpRunner(LabRunner):
         if route.name in HIT_PATHS:
             for size in p.hit_sizes:
                 self._hits(lab, route, size)
+        if route.name in p.shared_paths and p.shared_keys:
+            for size in p.hit_sizes:
+                self._hits(lab, route, size, keys=p.shared_keys)
         if route.name in TAP_PATHS and p.tap_size:
             for behaviour in BEHAVIOURS:
                 self._sizes(lab, route, "tap", behaviour, [p.tap_size], p.tap_repeats)
@@ -237,22 +258,25 @@ class HttpRunner(LabRunner):
 
         self.client(lab, argv, on_line, f"{route.name} {experiment} {behaviour}")
 
-    def _hits(self, lab: BenchLab, route: Route, size: int) -> None:
+    def _hits(self, lab: BenchLab, route: Route, size: int, keys: int = 0) -> None:
+        """A hit run; with ``keys``, over fresh connections round that many URLs."""
         p = self.plan
         argv = self._base_argv(lab, route, "hits") + [
             "--object", self._spec(size, 1), "--concurrency", str(p.hit_concurrency),
             "--count", str(p.hit_count), "--seconds", f"{p.hit_seconds:g}", "--timeout", "30"]
+        if keys:
+            argv += ["--keys", str(keys), "--fresh"]
 
         def on_line(obj: dict[str, Any]) -> None:
             if obj.get("kind") == "hits":
                 run = HitRun(route.name, size, int(obj["ok"]), int(obj["hits"]),
                              int(obj["errors"]), float(obj["seconds"]),
-                             dict(obj.get("error_kinds", {})))
+                             dict(obj.get("error_kinds", {})), bool(keys))
                 self.hits.append(run)
                 self.progress(f"{route.label} hits {size} B: {run.rps:,.0f} req/s", True)
             elif obj.get("kind") == "error":
                 self.hits.append(HitRun(route.name, size, 0, 0, 1, 0.0,
-                                        {str(obj.get("error")): 1}))
+                                        {str(obj.get("error")): 1}, bool(keys)))
                 self.progress(f"{route.label} hits {size} B: failed", True)
 
         self.client(lab, argv, on_line, f"{route.name} hits")
