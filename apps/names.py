@@ -28,6 +28,8 @@ class Lookup:
     #: "" (resolved), "unknown" (no such name), "timeout", "failure" (servers failed)
     failure: str = ""
     note: str = ""
+    #: Every usable address, ``ip`` first (a name can have several: apps/eyeballs.py).
+    addresses: tuple[str, ...] = ()
 
 
 def resolver_of(api: Any) -> Resolve | None:
@@ -41,7 +43,7 @@ async def lookup(address: Address, policy: Policy, resolve: Resolve | None) -> L
     --host) answer at once; other names go to ``resolve`` (the DNS resolver)."""
     ip = policy.resolve(address)
     if ip is not None:
-        return Lookup(ip)
+        return Lookup(ip, addresses=(ip,))
     if resolve is None:
         return Lookup(None, "unknown", f"unknown host name {address.host!r}")
     try:
@@ -55,4 +57,6 @@ async def lookup(address: Address, policy: Policy, resolve: Resolve | None) -> L
     ipv4 = [a for a in addrs if ":" not in a]
     if not ipv4:
         return Lookup(None, "unknown", f"{address.host!r} has no IPv4 address")
-    return Lookup(ipv4[0], note=f"resolved {address.host} to {ipv4[0]}")
+    return Lookup(ipv4[0], note=f"resolved {address.host} to {', '.join(ipv4[:4])}"
+                  + (f" and {len(ipv4) - 4} more" if len(ipv4) > 4 else ""),
+                  addresses=tuple(ipv4))

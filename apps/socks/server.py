@@ -23,6 +23,7 @@ from apps import authlimit
 from apps.authlimit import AuthLimiter
 from apps.clientslots import ClientSlots, Ticket
 from apps.copyrelay import IdleTimeout, copy_both
+from apps.eyeballs import ATTEMPT_DELAY, MAX_ATTEMPTS, AllAttemptsFailed, connect_first
 from apps.logsafe import escape, field
 from apps.names import Resolve, lookup, resolver_of
 from apps.socks import protocol as p
@@ -34,6 +35,8 @@ ACCESS_LOG = logging.getLogger("tapsplice.socks.access")
 log = logging.getLogger("tapsplice.socks")
 
 MODES = ("copy", "splice")
+#: The least time one address of several gets in splice mode (seconds).
+MIN_SHARE = 2.0
 
 
 class _ClientGone(Exception):
@@ -308,36 +311,58 @@ class SocksServer:
                        ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
         """Check the policy and connect; on failure answer the client and return None."""
         found = await lookup(address, self.policy, self.resolve)
-        ip, rep = found.ip, None
-        if ip is None:
+        port = address.port
+        refusal: int | None = None
+        ips = [ip for ip in found.addresses if ":" not in ip]
+        allowed = [ip for ip in ips if self.policy.destination_allowed(ip, port)]
+        if found.ip is None:
             # RFC 1928 §6: an unknown name, failing servers and a resolver timeout
             # are all "host unreachable" to the client; the log says which.
             self.counters[f"resolve_{found.failure}"] += 1
-            s.note, rep = found.note, Rep.HOST_UNREACHABLE
-        elif ":" in ip:
-            s.note, rep = "IPv6 destination", Rep.ADDRESS_TYPE_NOT_SUPPORTED
-        elif not self.policy.destination_allowed(ip, address.port):
-            s.note, rep = "destination not allowed", Rep.NOT_ALLOWED
-        if rep is not None:
-            await self._answer(writer, s, rep)
+            s.note, refusal = found.note, Rep.HOST_UNREACHABLE
+        elif not ips:
+            s.note, refusal = "IPv6 destination", Rep.ADDRESS_TYPE_NOT_SUPPORTED
+        elif not allowed:
+            s.note, refusal = "destination not allowed", Rep.NOT_ALLOWED
+        if refusal is not None:
+            await self._answer(writer, s, refusal)
             return None
+
+        def attempt(ip: str) -> Any:
+            if splice:
+                # intend_splice: the server connection's SYN carries the client
+                # connection's options (docs/splice.md §1.2, §5).
+                return self.splice.open_connection(writer, ip, port)
+            return self.api.open_connection(ip, port)
+
+        error: BaseException
         try:
             async with asyncio.timeout(self.policy.connect_timeout):
-                if splice:
-                    # intend_splice: the server connection's SYN carries the client
-                    # connection's options (docs/splice.md §1.2, §5).
-                    return await self.splice.open_connection(writer, ip, address.port)
-                return await self.api.open_connection(ip, address.port)
-        except TimeoutError:
-            s.note, rep = "connect timeout", Rep.TTL_EXPIRED
-        except ConnectionRefusedError:
-            s.note, rep = "refused", Rep.CONNECTION_REFUSED
-        except OSError as e:
-            unreachable = "route" in str(e) or "unreachable" in str(e)
-            s.note = f"connect: {e}"
-            rep = Rep.NETWORK_UNREACHABLE if unreachable else Rep.GENERAL_FAILURE
+                if len(allowed) == 1:
+                    return await attempt(allowed[0])
+                return (await self._connect_any(allowed, attempt, splice))[1]
+        except AllAttemptsFailed as e:
+            error, note = e.first, f"every address failed: {e}"
+        except (TimeoutError, OSError) as e:
+            error, note = e, ""
+            if isinstance(e, TimeoutError) and len(allowed) > 1:
+                note = f"connect timeout ({len(allowed)} addresses)"
+        rep = _connect_rep(error)
+        notes: dict[int, str] = {Rep.TTL_EXPIRED: "connect timeout",
+                                 Rep.CONNECTION_REFUSED: "refused"}
+        s.note = note or notes.get(rep, f"connect: {error}")
         await self._answer(writer, s, rep)
         return None
+
+    async def _connect_any(self, ips: list[str], attempt: Any, splice: bool) -> Any:
+        """A name with several addresses (apps/eyeballs.py): the first that answers.
+        Copy mode races them 250 ms apart (RFC 8305 §5); splice mode intends one
+        server connection at a time (docs/splice.md §1.2), each given a share of the
+        connect timeout."""
+        share = max(self.policy.connect_timeout / len(ips[:MAX_ATTEMPTS]), MIN_SHARE)
+        return await connect_first(ips, attempt, discard=lambda c: c[1].transport.abort(),
+                                   stagger=None if splice else ATTEMPT_DELAY,
+                                   attempt_timeout=share)
 
     @staticmethod
     def _reply(version: int, rep: int, bound: tuple[str, int] | None = None) -> bytes:
@@ -450,6 +475,18 @@ class SocksServer:
             self._log(s, asyncio.get_running_loop().time())
 
         self.splice.when_finished(pair, finished)
+
+
+def _connect_rep(error: BaseException) -> int:
+    """The SOCKS reply for a failed connect (RFC 1928 §6)."""
+    if isinstance(error, TimeoutError):
+        return Rep.TTL_EXPIRED
+    if isinstance(error, ConnectionRefusedError):
+        return Rep.CONNECTION_REFUSED
+    text = str(error)
+    if "route" in text or "unreachable" in text:
+        return Rep.NETWORK_UNREACHABLE
+    return Rep.GENERAL_FAILURE
 
 
 def _loop_time() -> float:

@@ -600,3 +600,50 @@ def test_a_cancelled_handler_ends_cancelled_and_releases_everything() -> None:
         writer.close()
 
     simulate(body, mode="copy")
+
+
+def _resolver(*addrs: str):
+    async def resolve(_name: str) -> list[str]:
+        return list(addrs)
+    return resolve
+
+
+def test_a_name_with_a_dead_first_address_connects_to_the_next(relay_mode):
+    async def body(w: World):
+        w.proxy.resolve = _resolver("198.19.0.77", ORIGIN)   # nobody has .77
+        t0 = w.now
+        reader, writer, (_s, _a, reply) = await socks5(w, Address.of("multi.test", ECHO))
+        assert reply.rep == Rep.SUCCEEDED
+        took = w.now - t0
+        # Copy mode races the next address 250 ms later (RFC 8305 §5); splice mode waits
+        # for the first to fail or use up its share of the connect timeout.
+        assert took < 1.0 if relay_mode == "copy" else took <= 5.5, took
+        writer.write(b"hello")
+        assert await reader.readexactly(5) == b"hello"
+        writer.close()
+        assert await w.until(lambda: w.proxy.active == 0)
+        if relay_mode == "copy":   # the losing attempt was cancelled, nothing left behind
+            assert await w.until(lambda: w.proxy_connections() == 0)
+
+    simulate(body)
+
+
+def test_a_name_whose_addresses_all_fail_is_answered_with_every_reason():
+    async def body(w: World):
+        # Both refuse at once: the origin and the client host, on a closed port.
+        w.proxy.resolve = _resolver(ORIGIN, CLIENT)
+        _r, w1, (_s, _a, reply) = await socks5(w, Address.of("closed.test", 4444))
+        assert reply.rep == Rep.CONNECTION_REFUSED
+        # Nobody at either address: the connect timeout ends it.
+        w.proxy.resolve = _resolver("198.19.0.77", "198.19.0.78")
+        _r, w2, (_s, _a, reply) = await socks5(w, Address.of("dead.test", ECHO))
+        assert reply.rep == Rep.TTL_EXPIRED
+        w1.close()
+        w2.close()
+        assert await w.until(lambda: len(w.log.sessions) == 2)
+        assert [s.note for s in w.log.sessions] == [
+            f"every address failed: {ORIGIN}: connection refused; {CLIENT}: connection refused",
+            "connect timeout (2 addresses)"]
+        assert await w.until(lambda: w.proxy_connections() == 0)   # no attempt left behind
+
+    simulate(body)
