@@ -193,7 +193,7 @@ class DiskStore:
         names = self._list_files()
         rows = self.db.execute("SELECT id, file, length FROM entries").fetchall()
         broken = [(rid, file) for rid, file, length in rows
-                  if names.get(file) != length or not _BODY_NAME.match(file)]
+                  if names.get(file) != length or not _BODY_NAME.match(str(file))]
         known = {file for _rid, file, _len in rows} - {file for _rid, file in broken}
         with self._tx() as db:
             db.executemany("DELETE FROM entries WHERE id = ?", [(r,) for r, _f in broken])
@@ -256,6 +256,11 @@ class DiskStore:
     def load(self, row: Row) -> StoredResponse | None:
         """The stored response of ``row`` with its body, checked against the row's length
         and digest; a damaged entry is dropped and counted."""
+        if not (isinstance(row.length, int) and isinstance(row.digest, bytes)
+                and isinstance(row.file, str) and _BODY_NAME.match(row.file)
+                and isinstance(row.head, str) and isinstance(row.vary, str)):
+            self._drop_damaged(row, "bad row")   # an index damaged but still readable
+            return None
         try:
             with open(self.directory / row.file, "rb") as f:
                 body = f.read(row.length + 1)
@@ -478,5 +483,10 @@ class DiskStore:
         self.counters["index_errors"] += 1
 
     def _unlink(self, name: str) -> None:
+        """Remove a body or temporary file of this directory; a name from a damaged row
+        that is not one (a path, the index itself) is left alone."""
+        if not isinstance(name, str) or "/" in name or \
+                not name.endswith((BODY_SUFFIX, TEMP_SUFFIX)):
+            return
         with contextlib.suppress(OSError):
             os.unlink(self.directory / name)

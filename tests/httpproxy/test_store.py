@@ -212,3 +212,27 @@ def test_variants_are_bounded_on_disk(tmp_path: Path) -> None:
     got = store.variants("http://h/v")
     assert [e.vary_key for e in got] == [(("accept", str(i)),) for i in range(11, 3, -1)]
     assert len(files(tmp_path)) == 8
+
+
+def test_a_row_of_the_wrong_types_is_dropped_not_a_traceback(tmp_path: Path) -> None:
+    store = CacheStore(1 << 20, directory=tmp_path)
+    store.put(entry("http://h/a", 100))
+    with sqlite3.connect(tmp_path / diskstore.DB_NAME) as db:
+        db.execute("UPDATE entries SET length = 'many', file = x'00'")
+    assert store.variants("http://h/a") == [] and store.counters["disk_errors"] == 1
+    assert len(store) == 0
+
+
+def test_a_row_naming_another_file_never_removes_it(tmp_path: Path) -> None:
+    store = CacheStore(1 << 20, directory=tmp_path)
+    store.put(entry("http://h/a", 100))
+    keep = tmp_path / "keep.txt"
+    keep.write_text("not the cache's")
+    with sqlite3.connect(tmp_path / diskstore.DB_NAME) as db:
+        db.execute("UPDATE entries SET file = ?", (f"../{tmp_path.name}/keep.txt",))
+    assert store.variants("http://h/a") == [] and store.counters["disk_errors"] == 1
+    store.put(entry("http://h/b", 100))
+    with sqlite3.connect(tmp_path / diskstore.DB_NAME) as db:
+        db.execute("UPDATE entries SET file = ?", (diskstore.DB_NAME,))
+    CacheStore(1 << 20, directory=tmp_path)       # recovery drops the row
+    assert keep.exists() and (tmp_path / diskstore.DB_NAME).exists()
