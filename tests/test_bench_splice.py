@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -36,7 +37,13 @@ from tools.bench.splice_paths import (
     parse_curl,
     summary_from_log,
 )
-from tools.bench.splice_run import Outcome, Plan, parse_json_line, planned_steps
+from tools.bench.splice_run import (
+    Outcome,
+    Plan,
+    parse_json_line,
+    planned_steps,
+    process_tree_cpu,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 STEP = 10.0  # bound on every loopback exchange
@@ -167,6 +174,24 @@ def test_curl_argv_keeps_socks_on_and_the_environment_out() -> None:
     assert "--noproxy" not in argv and "env" in argv and "-i" in argv
     assert argv[argv.index("-T") + 1] == "/tmp/u" and "Expect:" in argv
     assert "-T" not in curl_argv("ns", "http://a/b", [], 30.0)
+
+
+def test_process_tree_cpu_counts_the_children_of_a_process() -> None:
+    # A shell whose child burns CPU: the parent itself stays almost idle.
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.5: pass\n" \
+           "time.sleep(30)"
+    parent = subprocess.Popen(["sh", "-c", f"{sys.executable} -c '{burn}'; true"],
+                              start_new_session=True)
+    try:
+        deadline = 100
+        while process_tree_cpu(parent.pid) < 0.45 and deadline:
+            deadline -= 1
+            threading.Event().wait(0.1)   # polling a figure of another process
+        assert process_tree_cpu(parent.pid) >= 0.45
+        assert process_tree_cpu(os.getpid()) > 0
+    finally:
+        os.killpg(parent.pid, signal.SIGKILL)   # the shell and its child
+        parent.wait()
 
 
 def test_summary_and_json_line_parsing() -> None:
@@ -472,6 +497,7 @@ def test_bench_splice_end_to_end(tmp_path: Path) -> None:
     for name in ("splice", "splice-workers", "uvsocks"):
         rps = report["rps"][name]
         assert rps["ok"] > 0 and rps["errors"] == 0 and rps["rps"] > 0
+        assert rps["cpu_ms_per_request"] > 0   # the proxy's own CPU (its workers' too)
     mem = report["memory"]
     assert mem["pairs_held"] == pairs and mem["stack_splices"] >= pairs
     assert mem["rss_after_bytes"] > 0 and mem["bytes_per_pair"] is not None

@@ -159,6 +159,8 @@ def extra_table(out: Outcome) -> Table:
         table.add_column(col, justify="right" if col == "figure" else "left")
     for name, r in out.rps.items():
         detail = f"{r.get('ok')} ok, {r.get('errors')} errors in {r.get('seconds', 0):.1f} s"
+        if r.get("cpu_ms_per_request") is not None:
+            detail += f"; {r['cpu_ms_per_request']:.2f} ms of the proxy's CPU per request"
         drops = splice_drops(out.summaries.get(name, {}))
         if drops:
             detail += "; splice drops " + ", ".join(f"{k} {v}" for k, v in drops.items())

@@ -5,6 +5,7 @@ and the memory of idle spliced pairs, each lab brought up once and always torn d
 from __future__ import annotations
 
 import json
+import os
 import select
 import subprocess
 import time
@@ -22,6 +23,7 @@ from tools.bench.splice_paths import (
     SMALL_SIZE,
     BenchLab,
     KernelTwinLab,
+    RawStackLab,
     Route,
     Service,
     StackLab,
@@ -98,7 +100,7 @@ class Runner:
         """Measure everything in the plan; the labs are removed even on failure."""
         want = set(self.plan.routes) | (set(RPS_ROUTES) if self.plan.rps else set())
         routes = make_routes(sorted(want))
-        for lab_cls in (StackLab, KernelTwinLab):
+        for lab_cls in (StackLab, RawStackLab, KernelTwinLab):
             mine = [r for r in routes if r.lab_kind == lab_cls.kind]
             need_memory = self.plan.memory and lab_cls.kind == "stack"
             if not mine and not need_memory:
@@ -157,8 +159,16 @@ class Runner:
             "--dest", f"{lab.server_ip}:{HTTP_PORT}", "--path", "/small.bin",
             "--expect", str(SMALL_SIZE), "--concurrency", str(p.concurrency),
             "--count", str(p.rps_count), "--duration", f"{p.rps_duration:g}"))
+        cpu_before = process_tree_cpu(route.pid)
         out = run(argv, timeout=p.rps_duration + 60.0)
-        return parse_json_line(out)
+        result = parse_json_line(out)
+        # CPU seconds of the proxy (and its workers) per request: what one session
+        # costs, whatever else the machine is doing.
+        cpu = process_tree_cpu(route.pid) - cpu_before
+        result["proxy_cpu_seconds"] = cpu
+        ok = int(result.get("ok", 0))
+        result["cpu_ms_per_request"] = cpu * 1000 / ok if ok else None
+        return result
 
     def _memory(self, lab: BenchLab) -> None:
         self._check_deadline("memory")
@@ -212,6 +222,28 @@ class Runner:
                 "rss_before_bytes": before, "rss_after_bytes": after,
                 "delta_bytes": after - before, "open_seconds": opened,
                 "bytes_per_pair": (after - before) / held if held else None}
+
+
+def process_tree_cpu(pid: int) -> float:
+    """User plus system CPU seconds of process ``pid`` and of its live descendants
+    (a supervisor's workers), from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total, todo, seen = 0.0, [pid], set()
+    while todo and len(seen) < 1024:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+            total += (int(fields[11]) + int(fields[12])) / tick   # utime, stime
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue   # it ended meanwhile
+    return total
 
 
 def vm_rss(pid: int) -> int:
