@@ -255,9 +255,12 @@ def test_router_paths_kernel_last_same_mtu_and_smaller_no_offload() -> None:
     args = _parser().parse_args(["bench", "router", "--no-offload-too", "--mtu", "9000",
                                  "--no-offload-size", "50M"])  # fmt: skip
     paths = bench_main.router_paths(args)
-    assert [p.name for p in paths] == ["stack", "stack-no-offload", "kernel"]
-    assert [p.size for p in paths] == [1 << 30, 50 << 20, 1 << 30]
-    assert "50 MiB" in paths[1].note and paths[0].note == ""
-    assert paths[0].lab.mtu == 9000 and paths[2].cfg.mtu == 9000
+    assert [p.name for p in paths] == ["stack", "stack-raw", "stack-no-offload", "kernel"]
+    assert [p.size for p in paths] == [1 << 30, 1 << 30, 50 << 20, 1 << 30]
+    assert "50 MiB" in paths[2].note and paths[0].note == ""
+    assert paths[0].lab.mtu == 9000 and paths[1].lab.mtu == 9000 and paths[3].cfg.mtu == 9000
+    assert paths[1].raw and paths[1].lab.stack_ns != paths[0].lab.stack_ns
+    raw_argv = paths[1].router_argv()
+    assert raw_argv[raw_argv.index("--stack-ns") + 1] == paths[1].lab.stack_ns
     only = bench_main.router_paths(_parser().parse_args(["bench", "router", "--kernel-only"]))
     assert [p.name for p in only] == ["kernel"]

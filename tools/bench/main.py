@@ -107,6 +107,9 @@ def add_parser(subparsers: Any) -> None:
                         help="also measure `tapsplice router --no-offload`")  # fmt: skip
     router.add_argument("--no-offload-size", type=_size, default=parse_size("200M"),
                         help="download size for the --no-offload path (default: 200M)")  # fmt: skip
+    router.add_argument("--no-raw", action="store_true",
+                        help="skip the raw-socket row (the router on packet sockets over "
+                             "veth pairs, `lab up --raw`)")  # fmt: skip
     router.add_argument("--mtu", type=_mtu, default=1500,
                         help="MTU of the lab TAPs and of the kernel lab's veths (default: 1500)")  # fmt: skip
     router.add_argument("--kernel-only", action="store_true",
@@ -131,6 +134,11 @@ def router_paths(args: argparse.Namespace) -> list[BenchPath]:
         # Both labs get the same MTU, so the comparison is like for like.
         lab = dataclasses.replace(stack_lab_config(), mtu=mtu)
         paths.append(StackRouterPath(args.size, True, args.transfer_timeout, lab))
+        if not args.no_raw:
+            # The same router on packet sockets over veth pairs (its own lab names).
+            raw_lab = dataclasses.replace(stack_lab_config(), mtu=mtu)
+            paths.append(StackRouterPath(args.size, True, args.transfer_timeout, raw_lab,
+                                         raw=True))
         if args.no_offload_too:
             slow = StackRouterPath(args.no_offload_size, False, args.transfer_timeout, lab)
             if args.no_offload_size != args.size:
@@ -197,7 +205,8 @@ def cmd_router(args: argparse.Namespace) -> int:
         {
             "size_bytes": args.size, "repeats": args.repeats, "warmup": args.warmup,
             "no_offload_too": args.no_offload_too, "no_offload_size_bytes": args.no_offload_size,
-            "kernel_only": args.kernel_only, "mtu": args.mtu, "argv": sys.argv[1:],
+            "kernel_only": args.kernel_only, "mtu": args.mtu, "no_raw": args.no_raw,
+            "argv": sys.argv[1:],
         },
     )  # fmt: skip
     try:

@@ -2,7 +2,8 @@
 
 Each path puts an nginx origin in a server namespace and runs curl in a client
 namespace; what differs is the router between them: the tapsplice stack (with
-or without TAP offloads) or the Linux kernel over veth pairs (the baseline).
+or without TAP offloads, or on raw sockets over veth pairs: `lab up --raw`) or the
+Linux kernel over veth pairs (the baseline).
 Every download is checked to have delivered exactly the file's size.
 """
 
@@ -131,11 +132,13 @@ class StackRouterPath(_HttpDownloadPath):
     """tapsplice's router (`tapsplice router --lab`) between the lab's TAPs."""
 
     def __init__(self, size: int, offload: bool = True, timeout: float | None = None,
-                 lab_cfg: Any = None) -> None:  # fmt: skip
+                 lab_cfg: Any = None, raw: bool = False) -> None:  # fmt: skip
         super().__init__(size, timeout)
         self.offload = offload
-        self.name = "stack" if offload else "stack-no-offload"
-        self.label = "tapsplice" + ("" if offload else " --no-offload")
+        self.raw = raw
+        self.name = ("stack-raw" if raw else "stack") + ("" if offload else "-no-offload")
+        self.label = ("tapsplice raw sockets" if raw else "tapsplice") + (
+            "" if offload else " --no-offload")
         self.lab = lab_cfg if lab_cfg is not None else stack_lab_config()
         self._router: subprocess.Popen[bytes] | None = None
         self._logdir: Path | None = None
@@ -151,7 +154,7 @@ class StackRouterPath(_HttpDownloadPath):
                 "in use by someone else"
             )
         self._lab_is_ours = True
-        lab_up(self.lab)
+        lab_up(self.lab, raw=self.raw)
         server_ip = str(self.lab.server_addr).split("/")[0]
         self._start_origin(self.lab.client_ns, self.lab.server_ns, server_ip)
         self._start_router()
@@ -161,7 +164,8 @@ class StackRouterPath(_HttpDownloadPath):
         """The command line of the router process for this lab."""
         lab = self.lab
         args = ["router", "--lab", "--client-ns", lab.client_ns, "--client-tap", lab.client_tap,
-                "--server-ns", lab.server_ns, "--server-tap", lab.server_tap]  # fmt: skip
+                "--server-ns", lab.server_ns, "--server-tap", lab.server_tap,
+                "--stack-ns", lab.stack_ns]  # fmt: skip
         return _cli(*args, *([] if self.offload else ["--no-offload"]))
 
     def _start_router(self) -> None:

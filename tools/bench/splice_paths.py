@@ -1,8 +1,9 @@
 """Labs and routes of `bench splice`: where the client and the origin live, and what
 sits between them.
 
-Two labs: the stack's lab (client and server namespaces joined only through a
-tapsplice process on their TAPs) and the kernel twin lab (client, router and
+Three labs: the stack's lab (client and server namespaces joined only through a
+tapsplice process on their TAPs), the same over raw sockets (veth pairs to a stack
+namespace, `lab up --raw`) and the kernel twin lab (client, router and
 server namespaces over veth pairs). Each lab's server namespace runs nginx (the
 download origin, sparse files) and a Python upload sink on kernel sockets
 (tools/bench/splice_servers.py; nginx is left to downloads because a PUT sink
@@ -260,6 +261,22 @@ class StackLab(BenchLab):
                            "--server-tap", c.server_tap, "--log-level", "warning", *extra)
 
 
+class RawStackLab(StackLab):
+    """The stack's lab over raw sockets (veth pairs, `lab up --raw`), unique names."""
+
+    kind = "raw"
+
+    def __init__(self, cfg: LabConfig | None = None) -> None:
+        super().__init__(cfg or LabConfig.unique("bsplr"))
+
+    def _up(self) -> None:
+        lab_up(self.cfg, raw=True)
+
+    def stack_argv(self, command: str, *extra: str) -> list[str]:
+        """`tapsplice COMMAND --lab` on the raw lab (its stack namespace named)."""
+        return super().stack_argv(command, "--stack-ns", self.cfg.stack_ns, *extra)
+
+
 class KernelTwinLab(BenchLab):
     """The kernel twin lab (veth pairs, a router namespace) with unique names."""
 
@@ -402,6 +419,47 @@ class TapForwarderRoute(Route):
             "--threads", str(self.threads)), lab.logdir)
 
 
+class RawSocksRoute(StackSocksRoute):
+    """`tapsplice socks --lab --mode splice` on raw sockets over the raw lab's veths."""
+
+    lab_kind = "raw"
+
+    def __init__(self, max_connections: int = 1024) -> None:
+        super().__init__("splice", max_connections)
+        self.name = "splice-raw"
+        self.label = "stack socks splice, raw sockets"
+
+
+class RawRouterRoute(StackRouterRoute):
+    """`tapsplice router --lab` on raw sockets over the raw lab's veths."""
+
+    name = "stack-router-raw"
+    label = "stack router, raw sockets"
+    lab_kind = "raw"
+
+
+class RawForwarderRoute(Route):
+    """tools/bench/rawfwd.py: the least a Python program can do between the raw lab's
+    two veth ends (the ceiling of the stack's raw-socket paths)."""
+
+    lab_kind = "raw"
+    socks = False
+
+    def __init__(self, reader: str = "recv_into") -> None:
+        super().__init__()
+        self.reader = reader
+        self.name = "rawfwd" if reader == "recv_into" else "rawfwd-ring"
+        self.label = "bare Python raw-socket forwarder" + (
+            ", TPACKET_V3 ring" if reader == "ring" else "")
+
+    def _service(self, lab: Any) -> Service:
+        c = lab.cfg
+        return Service(self.name, python_argv(
+            "tools.bench.rawfwd", "--client-ns", c.client_ns, "--client-tap", c.client_tap,
+            "--server-ns", c.server_ns, "--server-tap", c.server_tap,
+            "--stack-ns", c.stack_ns, "--reader", self.reader), lab.logdir)
+
+
 class KernelRoute(Route):
     """The Linux kernel forwarding between veth pairs (the baseline)."""
 
@@ -449,8 +507,8 @@ class MicrosocksRoute(UvSocksRoute):
             raise
 
 
-ALL_ROUTES = ("splice", "copy", "stack-router", "tapfwd", "tapfwd-threads", "kernel", "uvsocks",
-              "microsocks")
+ALL_ROUTES = ("splice", "copy", "stack-router", "tapfwd", "tapfwd-threads", "splice-raw",
+              "stack-router-raw", "rawfwd", "rawfwd-ring", "kernel", "uvsocks", "microsocks")
 #: The spliced proxy as two worker processes (one per core): requests/s only, since a
 #: single transfer is one connection and so one worker.
 WORKERS_ROUTE = "splice-workers"
@@ -465,6 +523,10 @@ def make_routes(names: list[str], max_connections: int = 1024) -> list[Route]:
         "stack-router": StackRouterRoute,
         "tapfwd": TapForwarderRoute,
         "tapfwd-threads": lambda: TapForwarderRoute(threads=2),
+        "splice-raw": lambda: RawSocksRoute(max_connections),
+        "stack-router-raw": RawRouterRoute,
+        "rawfwd": RawForwarderRoute,
+        "rawfwd-ring": lambda: RawForwarderRoute("ring"),
         "kernel": KernelRoute,
         "uvsocks": UvSocksRoute,
         "microsocks": MicrosocksRoute,
