@@ -124,3 +124,19 @@ def test_a_real_socks5_client_sends_dns_queries_through_udp_associate(lab, tmp_p
     for line in lines:
         assert "rep=0x00" in line and "udp associate: 1 datagrams up, 1 down" in line, line
     assert summary["udp"]["tx_datagrams"] >= 4
+
+
+def test_udp_associate_with_two_workers(lab, tmp_path):
+    """With --workers 2 each relay port is chosen for the worker that holds the control
+    connection (the client's port is in the request), so every association works
+    whichever worker accepted it."""
+    with DnsServer(lab.server_ns, "198.19.0.1", {NAME: "198.19.0.1"}) as dns:
+        stack = StackProcess(lab, "socks", "--mode", "splice", "--workers", "2",
+                             "--log-level", "info", log=tmp_path / "socks.log")
+        try:
+            stack.wait_logged("ready")
+            answers = [udp_associate_query(lab, NAME, "198.19.0.1") for _ in range(8)]
+        finally:
+            stack.stop()
+        assert answers == [(True, "198.19.0.1 53 198.19.0.1")] * 8
+        assert dns.queries(NAME) == 8
