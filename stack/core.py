@@ -1,4 +1,5 @@
-"""The sans-I/O stack: Ethernet, ARP, IPv4 (local delivery, forwarding), ICMP.
+"""The sans-I/O stack: Ethernet, ARP, IPv4 (local delivery, forwarding), ICMP; IPv6
+frames go to stack/ip6.py.
 
 The :class:`Stack` never reads a clock and never does I/O. A driver (stack/aio.py on
 real TAP devices, stack/sim.py on the in-memory link) hands it received frames with
@@ -25,6 +26,7 @@ from stack import gso
 from stack import icmp as sicmp
 from stack.frag import Reassembler, fragment
 from stack.iface import Interface, RouteTable
+from stack.ip6 import Ipv6Layer
 from stack.neigh import NeighbourCache, NeighState, PendingFrame
 from stack.skbuff import SkBuff
 from stack.wire import WireError
@@ -124,7 +126,8 @@ class Stack:
 
     def __init__(self, *, forwarding: bool = False, rng: random.Random | None = None,
                  neigh: NeighbourCache | None = None, reassembler: Reassembler | None = None,
-                 icmp_rate: float = 100.0, icmp_burst: float = 50.0) -> None:
+                 icmp_rate: float = 100.0, icmp_burst: float = 50.0,
+                 ipv6_secret: bytes | None = None) -> None:
         self.forwarding = forwarding
         self.rng = rng or random.Random()
         self.interfaces: list[Interface] = []
@@ -141,6 +144,9 @@ class Stack:
         #: Other owners of timers (the splice layer): next_deadline() and on_timer(now).
         self.timer_sources: list[TimerSource] = []
         self.counters: Counter[str] = Counter()
+        #: IPv6 (RFC 7217 addresses are keyed by ``ipv6_secret``; default: a fresh one).
+        self.ip6 = Ipv6Layer(self, self.rng, secret=ipv6_secret, icmp_rate=icmp_rate,
+                             icmp_burst=icmp_burst)
         self.outbox: list[tuple[Interface, SkBuff]] = []
         self._ident = self.rng.randrange(1 << 16)
         self.on_drop: Callable[[str], None] | None = None
@@ -226,7 +232,8 @@ class Stack:
 
     def next_deadline(self) -> float | None:
         """The earliest time :meth:`on_timer` must run, or None."""
-        times = [self.neigh.next_deadline(), self.reasm.next_deadline()]
+        times = [self.neigh.next_deadline(), self.reasm.next_deadline(),
+                 self.ip6.next_deadline()]
         times.extend(p.next_deadline() for p in self.protocols.values())
         times.extend(t.next_deadline() for t in self.timer_sources)
         live = [t for t in times if t is not None]
@@ -245,6 +252,7 @@ class Stack:
                 if p.forwarded:
                     self._icmp_error(n.iface, p.frame[ETH_HLEN:], wicmp.DEST_UNREACH,
                                      wicmp.UNREACH_HOST, now)
+        self.ip6.on_timer(now)
         for quoted in self.reasm.expire(now):
             src = quoted[IP_SRC:IP_DST]
             iface = self.routes.lookup(src)
@@ -292,7 +300,7 @@ class Stack:
         if etype == _ETH_ARP:
             return self._arp_input(iface, skb, now)
         if etype == b"\x86\xdd":
-            return self._drop("eth_ipv6_unsupported")
+            return self.ip6.input(iface, skb, now)
         return self._drop("eth_unknown_type")
 
     def learn_arp(self, iface: Interface, skb: SkBuff, now: float) -> None:

@@ -1,4 +1,5 @@
-"""ICMP for the stack: echo replies and error messages with RFC 1812 restraint."""
+"""ICMP for the stack: echo replies and error messages with RFC 1812 restraint (and
+RFC 4443's for ICMPv6), and the token bucket both rate-limit their errors with."""
 
 from __future__ import annotations
 
@@ -49,3 +50,15 @@ def error(type_: int, code: int, original: bytes | memoryview, mtu: int = 0) -> 
     """An ICMP error quoting ``original`` (its IP header and leading payload)."""
     rest = mtu & 0xFFFF if (type_, code) == (wicmp.DEST_UNREACH, wicmp.UNREACH_NEEDFRAG) else 0
     return wicmp.IcmpMessage(type_, code, rest, wicmp.error_payload(original)).to_bytes()
+
+
+def may_send_error6(src: bytes, to_multicast: bool, is_icmp_error: bool,
+                    multicast_exception: bool = False) -> bool:
+    """RFC 4443 §2.4 (e): no ICMPv6 error about an ICMPv6 error, or about a packet
+    sent to a multicast group (by IPv6 or link-layer address) unless it is a Packet
+    Too Big or a Parameter Problem about an option that asks for one
+    (``multicast_exception``), or to a source that names no single node (the
+    unspecified or a multicast address)."""
+    if is_icmp_error or (to_multicast and not multicast_exception):
+        return False
+    return src != bytes(16) and src[0] != 0xFF

@@ -16,7 +16,8 @@ def addr_int(addr: bytes) -> int:
 
 @dataclass(eq=False)
 class Interface:
-    """One attached link: its MAC, its IPv4 address and prefix, MTU and offload state."""
+    """One attached link: its MAC, its IPv4 address and prefix, MTU and offload state,
+    and whether it speaks IPv6."""
 
     index: int
     name: str
@@ -26,6 +27,9 @@ class Interface:
     mtu: int = 1500
     offload: bool = True
     counters: Counter = field(default_factory=Counter)
+    #: Whether the interface speaks IPv6 too (dual stack: stack/ip6.py holds its
+    #: IPv6 addresses; the IPv4 one above stays).
+    ipv6: bool = False
     #: The directed broadcast address of the subnet (derived; checked per packet).
     broadcast: bytes = field(init=False, default=b"")
 

@@ -261,3 +261,29 @@ def routing_header(next_header: int, routing_type: int, segments_left: int,
         raise WireError("ipv6_bad_field", "routing header too long")
     body[1] = len(body) // 8 - 1
     return bytes(body)
+
+
+def skip(packet: BytesLike, max_headers: int = MAX_HEADERS) -> tuple[int, int] | None:
+    """(upper-layer Next Header, its offset) of ``packet``, skipping extension
+    headers by their lengths without acting on their contents; None when the chain
+    is cut short, too long, or continues into a later fragment.
+
+    For deciding about a packet :func:`walk` refused (may an ICMPv6 error be sent
+    about it? RFC 4443 §2.4 (e) asks whether it is itself an error).
+    """
+    n = len(packet)
+    if n < IPV6_HLEN:
+        return None
+    nxt, i = packet[6], IPV6_HLEN
+    for _ in range(max_headers + 1):
+        if nxt == IPPROTO_FRAGMENT:
+            if i + FRAGMENT_HLEN > n or packet[i + 2] << 8 & 0xFF00 | packet[i + 3] & 0xF8:
+                return None
+            nxt, i = packet[i], i + FRAGMENT_HLEN
+        elif nxt in _OPTION_HEADERS or nxt == IPPROTO_ROUTING:
+            if i + 2 > n:
+                return None
+            nxt, i = packet[i], i + 8 * (packet[i + 1] + 1)
+        else:
+            return (nxt, i) if i <= n else None
+    return None

@@ -443,3 +443,22 @@ def test_ndp_options_never_fail_untyped(junk) -> None:
         ndp.NdpOptions.parse(junk)
     except WireError:
         pass
+
+
+def test_skip_finds_the_upper_layer_without_acting_on_options() -> None:
+    bad_opt = ipv6ext.options_header(ipv6.IPPROTO_ICMPV6, bytes((0x9E, 2, 0, 0)))
+    pkt = packet(60, bad_opt + bytes((1, 0, 0, 0)))
+    with pytest.raises(ipv6ext.ParameterProblem):
+        ipv6ext.walk(pkt)
+    assert ipv6ext.skip(pkt) == (58, 48)
+    first = ipv6ext.FragmentHeader(58, 0, True, 1).to_bytes()
+    assert ipv6ext.skip(packet(44, first + bytes(8))) == (58, 48)
+    later = ipv6ext.FragmentHeader(58, 8, True, 1).to_bytes()
+    assert ipv6ext.skip(packet(44, later + bytes(8))) is None
+    assert ipv6ext.skip(packet(60, b"\x3a")) is None
+    assert ipv6ext.skip(packet(60, b"\x3a\x01" + bytes(6))) is None     # claims 16 of 8
+    assert ipv6ext.skip(packet(44, b"\x3a\x00")) is None
+    assert ipv6ext.skip(bytes(10)) is None
+    loop = ipv6ext.options_header(60) * 9 + bytes(8)
+    assert ipv6ext.skip(packet(60, loop)) is None
+    assert ipv6ext.skip(packet(17, bytes(8))) == (17, 40)
