@@ -140,9 +140,13 @@ def _link_kind(ns: str, dev: str) -> str | None:
     return str(links[0].get("linkinfo", {}).get("info_kind", ""))
 
 
-def lab_up(cfg: LabConfig, raw: bool = False) -> None:
+def lab_up(cfg: LabConfig, raw: bool | None = None) -> None:
     """Create both namespaces and TAPs and configure them (idempotent); ``raw``: veth
-    pairs to the stack's namespace instead of TAPs (see the module docstring)."""
+    pairs to the stack's namespace instead of TAPs (see the module docstring). None:
+    the kind that is up already (so `tapsplice demo` runs on `lab up --raw`), TAPs
+    when none is."""
+    if raw is None:
+        raw = lab_is_raw(cfg)
     names = (cfg.client_tap, cfg.server_tap, cfg.client_raw, cfg.server_raw)
     if any(len(n) > 15 for n in (names if raw else names[:2])):
         raise ValueError("interface names are limited to 15 characters")

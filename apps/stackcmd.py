@@ -280,7 +280,8 @@ def add_common(p: argparse.ArgumentParser, workers: bool = True) -> None:
     can run as several worker processes)."""
     lab = LabConfig()
     p.add_argument("--lab", action="store_true",
-                   help="attach to the lab's TAPs as 198.18.0.2 and 198.19.0.2")
+                   help="attach to the lab's TAPs as 198.18.0.2 and 198.19.0.2 (after "
+                        "`lab up --raw`: to its veth ends in tsr, through raw sockets)")
     p.add_argument("--tap", action=_DeviceOption, default=[], metavar="NAME",
                    help="attach to an existing TAP in the current namespace (repeatable)")
     p.add_argument("--addr", action="append", default=[], metavar="A.B.C.D/N|dhcp",
