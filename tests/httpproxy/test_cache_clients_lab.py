@@ -39,9 +39,11 @@ def nginx_conf(tmp: Path, root: Path) -> str:
             "http {\n"
             "    log_format origin '$request_method $uri $status';\n"
             f"    access_log {tmp / 'access.log'} origin;\n"
-            "    types { text/plain txt; text/html html; }\n"
+            "    types { text/plain txt; text/html html; text/css css;\n"
+            "            application/javascript js; }\n"
             "    default_type application/octet-stream;\n"
-            "    gzip on; gzip_proxied any; gzip_types text/plain; gzip_min_length 0;\n"
+            "    gzip on; gzip_proxied any; gzip_min_length 0;\n"
+            "    gzip_types text/plain text/css application/javascript;\n"
             "    gzip_vary on;\n"
             f"{temp}"
             "    server {\n        listen 198.19.0.1:80;\n"
@@ -56,6 +58,7 @@ def gzip_origin(lab, tmp: Path) -> Iterator[Path]:
     """nginx in the server namespace; yields the path of its access log."""
     root = tmp / "www"
     (root / "reval").mkdir(parents=True)
+    _page_of_resources(root)
     (root / "page.txt").write_bytes(TEXT)
     (root / "reval" / "page.txt").write_bytes(TEXT)
     (root / "data.bin").write_bytes(DATA)
@@ -78,6 +81,42 @@ def gzip_origin(lab, tmp: Path) -> Iterator[Path]:
 
 
 DATA = hashlib.shake_256(b"tapsplice cache").digest(1 << 20)
+#: The browser page: this many scripts and as many stylesheets (30 resources).
+HALF = 15
+
+
+def _page_of_resources(root: Path) -> None:
+    """/site/index.html with HALF stylesheets and HALF scripts; each script and the
+    last one's check of every stylesheet's rule leave a mark in the DOM."""
+    site = root / "site"
+    site.mkdir()
+    filler = "/* " + "padding that gzips " * 200 + " */\n"
+    links, scripts = [], []
+    for i in range(HALF):
+        (site / f"s{i}.css").write_text(f"{filler}#c{i} {{ width: {i + 1}px; }}\n")
+        (site / f"j{i}.js").write_text(
+            f"{filler}document.body.insertAdjacentHTML('beforeend', '<p>js-ok-{i}</p>');\n")
+        links.append(f'<link rel="stylesheet" href="s{i}.css">')
+        scripts.append(f'<script src="j{i}.js"></script>')
+    check = ("<script>for (let i = 0; i < HALF; i++) { const w = getComputedStyle("
+             "document.getElementById('c' + i)).width; if (w === (i + 1) + 'px') "
+             "document.body.insertAdjacentHTML('beforeend', '<p>css-ok-' + i + '</p>'); }"
+             "</script>").replace("HALF", str(HALF))
+    divs = "".join(f'<div id="c{i}"></div>' for i in range(HALF))
+    (site / "index.html").write_text(
+        "<!doctype html><html><head><link rel=icon href=data:,>" + "".join(links)
+        + "</head><body>" + divs + "".join(scripts) + check + "</body></html>")
+
+
+def chromium(ns: str, url: str, profile: Path, netlog: Path) -> subprocess.CompletedProcess:
+    """The DOM headless Chromium renders for ``url`` through the proxy; its net log
+    in ``netlog`` (what failed, when something does)."""
+    cmd = ns_cmd(ns, "chromium", "--headless", "--no-sandbox", "--disable-gpu",
+                 "--no-first-run", "--disable-background-networking",
+                 f"--user-data-dir={profile}", f"--log-net-log={netlog}",
+                 "--proxy-server=198.18.0.2:3128", "--proxy-bypass-list=<-loopback>",
+                 "--dump-dom", url)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=90)
 
 
 def curl(ns: str, *args: str) -> subprocess.CompletedProcess:
@@ -215,3 +254,36 @@ def _revalidated_gzip(lab, tmp: Path, reval: str) -> None:
         assert run.returncode == 0, run.stderr
         body, _nl, code = run.stdout.rpartition(b"\n")
         assert (code, body) == (b"200", TEXT), i
+
+
+def test_chromium_loads_a_page_of_30_resources_twice_the_second_time_from_the_cache(
+        lab, tmp_path: Path) -> None:
+    """Headless Chromium, a fresh profile each time (its own cache empty), loads a page
+    with 15 stylesheets and 15 scripts that nginx gzips for proxies (chunked, weak
+    ETags): every resource applied both times, the second time all of them hits."""
+    stack = StackProcess(lab, "http-proxy", log=tmp_path / "proxy.log")
+    url = f"{ORIGIN}/site/index.html"
+    try:
+        stack.wait_ready()
+        # Chromium drops its requests in flight (ERR_NETWORK_CHANGED) when an address
+        # of its namespace changes: the IPv6 link-local address leaving its tentative
+        # state (duplicate address detection) must be over before it starts.
+        assert wait_until(ns_cmd(lab.client_ns, "bash", "-c",
+                                 'test -z "$(ip -6 addr show tentative)"'), timeout=20)
+        with gzip_origin(lab, tmp_path / "origin") as origin_log:
+            doms = [chromium(lab.client_ns, url, tmp_path / f"profile{i}",
+                             tmp_path / f"net{i}.json") for i in (1, 2)]
+            origin_requests = [line for line in origin_log.read_text().split("\n") if line]
+    finally:
+        stack.stop()
+    for dom in doms:
+        assert dom.returncode == 0, dom.stderr[-2000:]
+        for i in range(HALF):
+            assert f"js-ok-{i}<" in dom.stdout and f"css-ok-{i}<" in dom.stdout, i
+    names = ["index.html"] + [f"s{i}.css" for i in range(HALF)] + \
+        [f"j{i}.js" for i in range(HALF)]
+    log = access(stack.log.read_text())
+    for name in names:
+        codes = [c for c, _m, u in log if u == f"{ORIGIN}/site/{name}"]
+        assert codes == ["TCP_MISS/200", "TCP_MEM_HIT/200"], (name, log)
+        assert origin_requests.count(f"GET /site/{name} 200") == 1, origin_requests
