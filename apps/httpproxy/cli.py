@@ -107,7 +107,11 @@ def cmd_http_proxy(args: argparse.Namespace) -> int:
                      "basic" if dests.auth_required else "none",
                      f"; worker {seat.index + 1} of {seat.count}" if seat else "")
 
-        run_stack(net, setup, seat)
+        try:
+            run_stack(net, setup, seat)
+        finally:
+            if cache is not None:
+                cache.close()   # the writer thread finishes what is queued
         return 0
 
     return run_command(args, child)
@@ -115,12 +119,13 @@ def cmd_http_proxy(args: argparse.Namespace) -> int:
 
 def make_cache(args: argparse.Namespace, seat) -> CacheStore | None:
     """The cache of one process. With --cache-dir every worker opens the same disk
-    store (recovered already by cmd_http_proxy) behind a memory cache of its own;
-    without, each worker has a memory cache of --cache-size."""
+    store (recovered already by cmd_http_proxy) behind a memory cache of its own,
+    and writes to it from a thread of its own (off the event loop); without, each
+    worker has a memory cache of --cache-size."""
     if args.cache_size <= 0:
         return None
     return CacheStore(args.cache_size, args.max_object, args.cache_dir,
-                      memory_bytes=args.cache_mem, recover=False)
+                      memory_bytes=args.cache_mem, recover=False, background=True)
 
 
 def add_parser(subparsers) -> None:

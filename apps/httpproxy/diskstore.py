@@ -168,7 +168,8 @@ class DiskStore:
             # nothing (the OS has the pages); a power loss may lose the last commits,
             # which leaves files without rows, removed at the next start.
             db.execute("PRAGMA synchronous=NORMAL")
-            db.executescript(SCHEMA + f"PRAGMA user_version = {SCHEMA_VERSION};")
+            if version == 0:   # a new index; opening an existing one takes no write lock
+                db.executescript(SCHEMA + f"PRAGMA user_version = {SCHEMA_VERSION};")
             if check:
                 verdict = db.execute("PRAGMA quick_check").fetchone()[0]
                 if verdict != "ok":

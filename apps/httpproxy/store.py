@@ -8,7 +8,8 @@ the responses live in a disk store shared by every worker (apps/httpproxy/diskst
 an SQLite index and one file per body, safe against ``kill -9``), and each worker
 keeps a smaller memory LRU of bodies in front of it. The memory copy is used only
 while the index row it was read from is still the current one (same row id), so an
-entry replaced, evicted or invalidated by another worker is never served from memory.
+entry replaced, evicted or invalidated by another worker is never served from memory. With ``background``, the
+writes go to a thread of the worker (apps/httpproxy/storewriter.py), off its event loop.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from apps.httpproxy.storeentry import (
     VaryKey,
     entry_from_json,
 )
+from apps.httpproxy.storewriter import StoreWriter
 
 __all__ = ["ENTRY_OVERHEAD", "MAX_VARIANTS", "CacheStore", "MemoryLRU", "StoreError",
            "StoredResponse", "VaryKey", "entry_from_json"]
@@ -114,28 +116,46 @@ class CacheStore:
     def __init__(self, max_bytes: int = 64 << 20, max_object: int = 8 << 20,
                  directory: str | Path | None = None, max_entries: int = 100_000, *,
                  memory_bytes: int | None = None, recover: bool = True,
-                 clock: Callable[[], float] = time.time) -> None:
+                 background: bool = False, clock: Callable[[], float] = time.time) -> None:
         """``memory_bytes`` bounds the memory cache in front of ``directory`` (default
         the smaller of 16 MiB and ``max_bytes``); ``recover`` runs the start-up
-        recovery of the directory (a supervisor does it once before its workers start).
-        A directory that cannot be used raises :class:`StoreError`."""
+        recovery of the directory (a supervisor does it once before its workers start);
+        ``background`` writes to the directory from a thread (:meth:`close` then
+        finishes what is queued). A directory that cannot be used raises
+        :class:`StoreError`."""
         if max_bytes < 0 or max_object < 0 or max_entries < 1 or (memory_bytes or 0) < 0:
             raise ValueError("cache bounds must be non-negative")
         self.max_bytes = max_bytes
         self.max_object = min(max_object, max_bytes)
         self.max_entries = max_entries
         self.directory = Path(directory) if directory is not None else None
-        self.counters: Counter[str] = Counter()
+        self._counters: Counter[str] = Counter()
         self._disk: DiskStore | None = None
+        self._writer: StoreWriter | None = None
         if self.directory is None:
-            self._memory = MemoryLRU(max_bytes, max_entries, self.counters)
+            self._memory = MemoryLRU(max_bytes, max_entries, self._counters)
         else:
             front = DEFAULT_MEMORY_BYTES if memory_bytes is None else memory_bytes
             #: The memory cache's own counters (its evictions are not the store's).
             self.memory_counters: Counter[str] = Counter()
             self._memory = MemoryLRU(min(front, max_bytes), max_entries, self.memory_counters)
-            self._disk = DiskStore(self.directory, max_bytes, max_entries, self.counters,
+            self._disk = DiskStore(self.directory, max_bytes, max_entries, self._counters,
                                    clock=clock, recover=recover)
+            if background:
+                try:
+                    self._writer = StoreWriter(self.directory, max_bytes, max_entries,
+                                               clock=clock)
+                except StoreError:
+                    self._disk.close()
+                    raise
+
+    @property
+    def counters(self) -> Counter[str]:
+        """What happened: stored, evicted, too_large, disk_errors (entries dropped as
+        damaged or not written), index_errors, recovered_*, write_queue_full."""
+        if self._writer is None:
+            return self._counters
+        return self._counters + self._writer.counters()
 
     @property
     def on_disk(self) -> bool:
@@ -154,6 +174,8 @@ class CacheStore:
         """Every stored variant of ``uri`` (bodies read from disk), most recent first."""
         if self._disk is None:
             return self._memory.variants(uri)
+        if self._writer is not None and self._writer.invalidating(uri):
+            return []
         out = []
         rows = self._disk.rows(uri)
         current = set()
@@ -184,9 +206,11 @@ class CacheStore:
         (:func:`~apps.httpproxy.cache.stored_head`)."""
         entry.headers = stored_head(entry.headers, entry.status, len(entry.body))
         if entry.size > self.max_object:
-            self.counters["too_large"] += 1
+            self._counters["too_large"] += 1
             self._forget(entry.uri, entry.vary_key)
             return False
+        if self._writer is not None:
+            return self._queued(entry, self._writer.put(entry))
         # With a disk store, the memory copy is made when the body is first read back
         # (and checked): the body just written is not kept twice.
         return self._keep(entry, None if self._disk is None else self._disk.put(entry),
@@ -199,8 +223,10 @@ class CacheStore:
                                headers, entry.body, request_time, response_time)
         fresh.headers = stored_head(fresh.headers, fresh.status, len(fresh.body))
         if fresh.size > self.max_object:
-            self.counters["too_large"] += 1
+            self._counters["too_large"] += 1
             self._forget(fresh.uri, fresh.vary_key)
+        elif self._writer is not None:
+            self._queued(fresh, self._writer.replace_head(fresh))
         else:
             self._keep(fresh, None if self._disk is None else self._disk.replace_head(fresh))
         return fresh
@@ -208,10 +234,19 @@ class CacheStore:
     def invalidate(self, uri: str) -> int:
         """Drop every variant of ``uri``; how many were dropped."""
         dropped = self._memory.invalidate(uri)
-        return dropped if self._disk is None else self._disk.invalidate(uri)
+        if self._disk is None:
+            return dropped
+        if self._writer is None:
+            return self._disk.invalidate(uri)
+        found = len(self._disk.rows(uri))   # what the queued job will find, give or take
+        self._writer.invalidate(uri)
+        return found
 
     def close(self) -> None:
         """Write what is pending and close the disk store (nothing to do in memory)."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
         if self._disk is not None:
             self._disk.close()
 
@@ -222,12 +257,22 @@ class CacheStore:
             return False
         if in_memory:
             self._memory.put(entry, row_id or 0)
-        self.counters["stored"] += 1
+        self._counters["stored"] += 1
         return True
+
+    def _queued(self, entry: StoredResponse, accepted: bool) -> bool:
+        """A write handed to the thread: the memory copy of the old version goes."""
+        self._memory.drop(entry.key)
+        if accepted:
+            self._counters["stored"] += 1
+        return accepted
 
     def _forget(self, uri: str, vary_key: VaryKey) -> None:
         self._memory.drop((uri, vary_key))
-        if self._disk is not None:
+        if self._writer is not None:
+            # In order with the queued writes (a drop of one key is rare: too large).
+            self._writer.invalidate(uri)
+        elif self._disk is not None:
             self._disk.drop(uri, vary_text(vary_key))
 
 

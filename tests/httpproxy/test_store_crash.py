@@ -39,7 +39,10 @@ WRITER = textwrap.dedent("""
         int(sys.argv[4])
     keys = sys.argv[5:]
     from tests.httpproxy.test_store_crash import body_for
-    store = CacheStore(max_bytes, 64_000, directory, memory_bytes=0, recover=False)
+    # Even writers hand their writes to a thread (as the proxy's workers do), odd ones
+    # write from the main thread.
+    store = CacheStore(max_bytes, 64_000, directory, memory_bytes=0, recover=False,
+                       background=writer % 2 == 0)
     rng = random.Random(seed)
     print("ready", flush=True)
     for n in range(20_000):             # bounded: the test kills it long before
