@@ -117,18 +117,17 @@ def test_a_second_mac_is_accepted_and_others_are_counted(raw_lab: LabConfig) -> 
         dev.close()
 
 
-def test_a_fanout_group_steers_by_port_sum(raw_lab: LabConfig) -> None:
-    devs = RawDevice.open_queues(raw_lab.client_raw, QUEUES, netns=raw_lab.stack_ns)
+def check_steering(cfg: LabConfig, devs: list[RawDevice], first_port: int) -> None:
+    """24 UDP flows from the client kernel: each reaches the member queue_of names."""
+    sent = []
     socks: list[socket.socket] = []
     try:
-        neighbour(raw_lab, devs[0].mac)
-        sent = []
-        with enter_netns(raw_lab.client_ns):
+        with enter_netns(cfg.client_ns):
             for i in range(24):
                 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
                 socks.append(s)
                 s.bind(("198.18.0.1", 0))
-                dport = 2000 + 7 * i
+                dport = first_port + 7 * i
                 s.sendto(b"steer me", ("198.18.0.2", dport))
                 sent.append((s.getsockname()[1], dport))
         seen: dict[tuple[int, int], set[int]] = {}
@@ -140,14 +139,31 @@ def test_a_fanout_group_steers_by_port_sum(raw_lab: LabConfig) -> None:
             assert seen.get((sport, dport)) == {queue_of(sport, dport, QUEUES)}, \
                 (sport, dport, seen.get((sport, dport)))
         assert {queue_of(s, d, QUEUES) for s, d in sent} == set(range(QUEUES))
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_a_fanout_group_steers_by_port_sum_also_after_a_link_flap(raw_lab: LabConfig
+                                                                   ) -> None:
+    devs = RawDevice.open_queues(raw_lab.client_raw, QUEUES, netns=raw_lab.stack_ns)
+    try:
+        neighbour(raw_lab, devs[0].mac)
+        check_steering(raw_lab, devs, 2000)
         # A frame the stack sends on any member is not read back by the group.
         assert devs[2].write(SkBuff.from_bytes(
             b"\xff" * 6 + devs[2].mac + EXPERIMENTAL.to_bytes(2, "big") + bytes(46),
             headroom=16))
         assert frames(devs, 1, timeout=0.5) == []
+        # Down and up: the kernel takes the members out of the group and puts them
+        # back; the workers' order must survive that.
+        for state in ("down", "up"):
+            run_in_ns(raw_lab.stack_ns, "ip", "link", "set", "dev", raw_lab.client_raw,
+                      state, check=True)
+        neighbour(raw_lab, devs[0].mac)  # the client flushed it with the carrier
+        check_steering(raw_lab, devs, 3000)
+        assert all(d.counters["rx_link_down"] == 1 for d in devs)
     finally:
-        for s in socks:
-            s.close()
         for d in devs:
             d.close()
 
