@@ -27,12 +27,14 @@ is exact up to that lag.
 The event loop: these calls are synchronous. Each query is a point lookup or a range
 on an index (``(uri, vary)`` unique, ``atime``) and returns at most a few rows, and
 each write transaction holds the lock for a few statements, with no file I/O inside
-it, so a worker waits for another for well under a millisecond in the common case. The
-slow parts are the body's write and fsync on a store (about 4 ms per MiB measured on
-this machine's disk) and its read and digest on a miss of the worker's memory cache;
-both are bounded by ``--max-object`` and happen once per stored object or once per
-worker, not on every hit. Start-up recovery scans every row and file, before any
-request is served.
+it, so a worker waits for another for well under a millisecond in the common case
+(at most :data:`BUSY_TIMEOUT`, then the operation fails, counted). The slow part, a
+body's write and fsync on a store (about 4 ms per MiB measured on this machine's
+disk), runs in the worker's writer thread (storewriter.py), not on its loop. What
+stays on the loop is bounded: reading and hashing a body on a miss of the worker's
+memory cache (at most ``--max-object``, once per object and worker while it stays
+in memory), the batched access-time updates, and the start-up recovery, which scans
+every row and file before any request is served.
 """
 
 from __future__ import annotations
@@ -56,8 +58,10 @@ log = logging.getLogger("tapsplice.httpproxy.store")
 DB_NAME = "cache.sqlite3"
 #: PRAGMA user_version of the schema below; another value is refused at start.
 SCHEMA_VERSION = 1
-#: Seconds a worker waits for another's write lock before giving up the operation.
+#: Seconds a worker waits for another's write lock before giving up the operation
+#: (its writer thread; the event loop's own writes, access times, wait less).
 BUSY_TIMEOUT = 2.0
+LOOP_BUSY_TIMEOUT = 0.25
 #: Access times are written once this many are pending, or this many seconds passed.
 TOUCH_BATCH = 64
 TOUCH_INTERVAL = 1.0
@@ -132,7 +136,7 @@ class DiskStore:
 
     def __init__(self, directory: str | Path, max_bytes: int, max_entries: int,
                  counters: Counter[str], *, clock: Callable[[], float],
-                 recover: bool = True) -> None:
+                 recover: bool = True, busy_timeout: float | None = None) -> None:
         self.directory = Path(directory)
         self.max_bytes = max_bytes
         self.max_entries = max_entries
@@ -144,7 +148,7 @@ class DiskStore:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise StoreError(f"cache directory {self.directory}: {e.strerror}") from e
-        self.db = self._open(recover)
+        self.db = self._open(recover, BUSY_TIMEOUT if busy_timeout is None else busy_timeout)
         if recover:
             try:
                 self.recover()
@@ -153,12 +157,12 @@ class DiskStore:
                 raise StoreError(f"cache directory {self.directory}: {e}") from e
 
     # -- opening and recovery --------------------------------------------------------------
-    def _open(self, check: bool) -> sqlite3.Connection:
+    def _open(self, check: bool, busy_timeout: float) -> sqlite3.Connection:
         path = self.directory / DB_NAME
         db: sqlite3.Connection | None = None
         try:
             # isolation_level=None: no implicit transactions; writes say BEGIN IMMEDIATE.
-            db = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None)
+            db = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version not in (0, SCHEMA_VERSION):
                 raise StoreError(f"cache index {path} has schema {version}, not "

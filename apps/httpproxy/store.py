@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from apps.httpproxy.cache import stored_head
-from apps.httpproxy.diskstore import DiskStore, StoreError, vary_text
+from apps.httpproxy.diskstore import LOOP_BUSY_TIMEOUT, DiskStore, StoreError, vary_text
 from apps.httpproxy.parser import Headers
 from apps.httpproxy.storeentry import (
     ENTRY_OVERHEAD,
@@ -139,8 +139,11 @@ class CacheStore:
             #: The memory cache's own counters (its evictions are not the store's).
             self.memory_counters: Counter[str] = Counter()
             self._memory = MemoryLRU(min(front, max_bytes), max_entries, self.memory_counters)
+            # With the writer thread, the loop's own writes are access times and drops
+            # of damaged entries: they wait for another worker's lock only briefly.
             self._disk = DiskStore(self.directory, max_bytes, max_entries, self._counters,
-                                   clock=clock, recover=recover)
+                                   clock=clock, recover=recover,
+                                   busy_timeout=LOOP_BUSY_TIMEOUT if background else None)
             if background:
                 try:
                     self._writer = StoreWriter(self.directory, max_bytes, max_entries,
