@@ -165,6 +165,12 @@ class RawDevice(TapDevice):
         port sum (stack/netdev/steer.py), socket ``i`` being worker ``i``'s queue."""
         if count < 1:
             raise ValueError("count must be >= 1")
+        if not offload:
+            # Without vnet headers a packet socket still gets the kernel's super-segments
+            # and partial checksums, only without the header that says so.
+            raise ValueError(f"raw interface {name}: --no-offload cannot work on a packet "
+                             "socket (it gets super-segments and partial checksums "
+                             "anyway); turn the interface's offloads off instead")
         out: list[RawDevice] = []
         try:
             with enter_netns(netns) if netns is not None else contextlib.nullcontext():

@@ -310,3 +310,14 @@ def test_recipe_proxy_with_its_own_mac_and_address_on_a_lan(recipe, tmp_path):
     assert "host addresses" not in text  # the recipe leaves none on ts0
     summary = json.loads(text[text.index("{\n"):])
     assert summary["splice"]["splices"] == 1
+
+
+def test_no_offload_is_refused_on_raw_interfaces(lab, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "apps.cli", "run", "--lab", "--no-offload",
+                           "--client-ns", lab.client_ns, "--client-tap", lab.client_tap,
+                           "--server-ns", lab.server_ns, "--server-tap", lab.server_tap,
+                           "--stack-ns", lab.stack_ns],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "--no-offload cannot work on a packet socket" in proc.stderr
+    assert "Traceback" not in proc.stderr
