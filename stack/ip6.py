@@ -24,6 +24,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import random
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from stack import icmp as sicmp
@@ -53,6 +54,17 @@ log = logging.getLogger("tapsplice.ipv6")
 _ETH_IPV6 = ETH_P_IPV6.to_bytes(2, "big")
 _HEADROOM = 128
 _NDP_TYPES = frozenset({wicmp6.NEIGHBOR_SOLICITATION, wicmp6.NEIGHBOR_ADVERTISEMENT})
+
+
+@dataclass(frozen=True, slots=True)
+class _Arrival:
+    """What the link said about a received packet."""
+
+    eth_src: bytes
+    #: Sent to an Ethernet group address (RFC 4443 §2.4 (e.3): no errors about it).
+    link_mcast: bool
+    #: The checksums were checked by the kernel (virtio_net_hdr flags).
+    trusted: bool
 
 
 class Ipv6Layer:
@@ -135,22 +147,21 @@ class Ipv6Layer:
             return self.stack._drop("ipv6_martian_source")
         if not self._accepts(iface, hdr.dst):
             return self.stack._drop("ipv6_not_for_us")
-        link_mcast = bool(frame[0] & 1)
-        chain = self._walk(iface, packet, link_mcast, now)
+        rx = _Arrival(bytes(frame[6:12]), bool(frame[0] & 1), bool(
+            skb.vnet_flags & (VIRTIO_NET_HDR_F_NEEDS_CSUM | VIRTIO_NET_HDR_F_DATA_VALID)))
+        chain = self._walk(iface, packet, rx, now)
         if chain is None:
             return None
         if chain.fragment is not None and not chain.fragment.atomic:
-            whole = self._reassemble(iface, packet, chain, link_mcast, now)
+            whole = self._reassemble(iface, packet, chain, rx, now)
             if whole is None:
                 return None
             packet = whole
-            chain = self._walk(iface, packet, link_mcast, now)
+            chain = self._walk(iface, packet, rx, now)
             if chain is None:
                 return None
         self.counters["rx_local"] += 1
-        trusted = bool(skb.vnet_flags & (VIRTIO_NET_HDR_F_NEEDS_CSUM
-                                         | VIRTIO_NET_HDR_F_DATA_VALID))
-        return self._deliver(iface, hdr, packet, chain, link_mcast, trusted, now)
+        return self._deliver(iface, hdr, packet, chain, rx, now)
 
     def _accepts(self, iface: Interface, dst: bytes) -> bool:
         """An own address (any state but duplicate: a tentative one hears only NDP),
@@ -163,14 +174,14 @@ class Ipv6Layer:
         a = self.addresses.lookup(dst)
         return a is not None and a.state is not AddrState.DUPLICATE
 
-    def _walk(self, iface: Interface, packet: bytes, link_mcast: bool,
+    def _walk(self, iface: Interface, packet: bytes, rx: _Arrival,
               now: float) -> ipv6ext.HeaderChain | None:
         try:
             return ipv6ext.walk(packet)
         except ipv6ext.ParameterProblem as e:
             if e.answer:
                 self._icmp_error(iface, packet, wicmp6.PARAM_PROBLEM, e.code, e.pointer, now,
-                                 link_mcast=link_mcast,
+                                 link_mcast=rx.link_mcast,
                                  exception=e.code == ipv6ext.PP_UNRECOGNIZED_OPTION)
             self.stack._drop(e.reason)
         except WireError as e:
@@ -178,14 +189,14 @@ class Ipv6Layer:
         return None
 
     def _reassemble(self, iface: Interface, packet: bytes, chain: ipv6ext.HeaderChain,
-                    link_mcast: bool, now: float) -> bytes | None:
+                    rx: _Arrival, now: float) -> bytes | None:
         if wip6.is_multicast(packet[24:40]):
             self.stack._drop("frag6_multicast")     # only unicast traffic is reassembled
             return None
         whole, why = self.reasm.add(packet, chain, now)
         if isinstance(why, FragmentError):
             self._icmp_error(iface, packet, wicmp6.PARAM_PROBLEM, why.code, why.pointer, now,
-                             link_mcast=link_mcast)
+                             link_mcast=rx.link_mcast)
             why = why.reason
         if why is not None:
             self.stack._drop(why)
@@ -194,10 +205,9 @@ class Ipv6Layer:
         return whole
 
     def _deliver(self, iface: Interface, hdr: wip6.Ipv6Header, packet: bytes,
-                 chain: ipv6ext.HeaderChain, link_mcast: bool, trusted: bool,
-                 now: float) -> None:
+                 chain: ipv6ext.HeaderChain, rx: _Arrival, now: float) -> None:
         if chain.upper_layer == wip6.IPPROTO_ICMPV6:
-            return self._icmp6_input(iface, hdr, packet, chain.offset, trusted, now)
+            return self._icmp6_input(iface, hdr, packet, chain.offset, rx, now)
         if chain.upper_layer == wip6.IPPROTO_NONE:
             self.counters["ipv6_no_next_header"] += 1
             return None
@@ -210,13 +220,14 @@ class Ipv6Layer:
         self.counters["ipv6_unknown_next_header"] += 1
         self._icmp_error(iface, packet, wicmp6.PARAM_PROBLEM,
                          ipv6ext.PP_UNRECOGNIZED_NEXT_HEADER, chain.nh_pointer, now,
-                         link_mcast=link_mcast)
+                         link_mcast=rx.link_mcast)
 
     def _icmp6_input(self, iface: Interface, hdr: wip6.Ipv6Header, packet: bytes, at: int,
-                     trusted: bool, now: float) -> None:
+                     rx: _Arrival, now: float) -> None:
         src, dst = hdr.src, hdr.dst
         try:
-            msg = wicmp6.Icmp6Message.parse(packet[at:], src, dst, verify_checksum=not trusted)
+            msg = wicmp6.Icmp6Message.parse(packet[at:], src, dst,
+                                            verify_checksum=not rx.trusted)
         except WireError as e:
             self.counters[e.reason] += 1
             return None
@@ -226,7 +237,7 @@ class Ipv6Layer:
             self.counters["ipv6_to_tentative"] += 1
             return None
         if msg.type in _NDP_TYPES or msg.type == wicmp6.ROUTER_ADVERTISEMENT:
-            return self._ndp_input(iface, hdr, msg, now)
+            return self._ndp_input(iface, hdr, msg, rx, now)
         if msg.type == wicmp6.ECHO_REQUEST:
             if wip6.is_multicast(dst):
                 self.counters["icmp6_echo_multicast_ignored"] += 1
@@ -240,17 +251,19 @@ class Ipv6Layer:
             self.counters["icmp6_ignored"] += 1
 
     def _ndp_input(self, iface: Interface, hdr: wip6.Ipv6Header, msg: wicmp6.Icmp6Message,
-                   now: float) -> None:
+                   rx: _Arrival, now: float) -> None:
         """Validate (stack/wire/ndp.py) and act (stack/ndp.py); refusals are counted
         under their reason, like every other bad input."""
-        src, dst, hl = hdr.src, hdr.dst, hdr.hop_limit
+        src, dst, hl, mac = hdr.src, hdr.dst, hdr.hop_limit, rx.eth_src
         try:
             if msg.type == wicmp6.NEIGHBOR_SOLICITATION:
-                fx = self.nd.solicitation(iface, src, dst, wndp.parse_ns(msg, src, dst, hl), now)
+                ns = wndp.parse_ns(msg, src, dst, hl, mac)
+                fx = self.nd.solicitation(iface, src, dst, ns, now)
             elif msg.type == wicmp6.NEIGHBOR_ADVERTISEMENT:
-                fx = self.nd.advertisement(iface, wndp.parse_na(msg, dst, hl), now)
+                fx = self.nd.advertisement(iface, wndp.parse_na(msg, dst, hl, mac), now)
             else:
-                fx = self.nd.router_advertisement(iface, src, wndp.parse_ra(msg, src, hl), now)
+                ra = wndp.parse_ra(msg, src, hl, mac)
+                fx = self.nd.router_advertisement(iface, src, ra, now)
         except WireError as e:
             self.counters[e.reason] += 1
             return None

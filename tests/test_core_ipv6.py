@@ -7,6 +7,8 @@ from __future__ import annotations
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stack.addrconf import AddrState
 from stack.sim import Probe, SimNetwork
@@ -169,7 +171,8 @@ def test_duplicate_detected_and_address_not_used():
     lab = Lab6()
     # Another node already holds 2001:2:0:1::2: it answers the DAD probe.
     lab.run(0.001)
-    lab.send(na_frame(OWN, ALL_NODES, OWN, mmac(ALL_NODES), 0x20, tll=OTHER_MAC))
+    lab.send(na_frame(OWN, ALL_NODES, OWN, mmac(ALL_NODES), 0x20, tll=OTHER_MAC,
+                      eth_src=OTHER_MAC))
     assert lab.addr.state is AddrState.DUPLICATE
     assert lab.stack.counters["ipv6_dad_duplicate"] == 1
     lab.settle()
@@ -211,6 +214,8 @@ def test_unsolicited_na_creates_no_entry():
     (ns_frame(PEER, sn(OWN), OWN + b"\x01\x00" + PEER_MAC, mmac(sn(OWN))), "ndp_bad_option"),
     (ns_frame(UNSPEC, sn(OWN), OWN, mmac(sn(OWN)), sll=PEER_MAC), "ndp_dad_with_lladdr"),
     (na_frame(PEER, ALL_NODES, ALL_NODES, mmac(ALL_NODES), 0x20), "ndp_multicast_target"),
+    # A link-layer address that is not the frame's sender's: a spoof.
+    (ns_frame(PEER, sn(OWN), OWN, mmac(sn(OWN)), sll=OTHER_MAC), "ndp_lladdr_mismatch"),
 ])
 def test_bad_ndp_is_counted_and_ignored(frame, counter):
     lab = Lab6()
@@ -380,3 +385,41 @@ def test_ra_gives_slaac_address_on_auto_interface():
     assert lab.settle() == [dad_ns(lab.mac, slaac.addr)]
     assert slaac.state is AddrState.PREFERRED
     assert lab.stack.ip6.cache.get(lab.iface, router).is_router
+
+
+def _seed_frames(mac: bytes) -> list[bytes]:
+    echo = icmp6(PEER, OWN, 128, 0, b"\x00\x01\x00\x01" + bytes(40))
+    frags = _frags(icmp6(PEER, OWN, 128, 0, b"\x00\x07\x00\x08" + bytes(600)), 312)
+    return [
+        eth(mac, PEER_MAC, ip6(PEER, OWN, 58, echo, hlim=64)),
+        ns_frame(PEER, sn(OWN), OWN, mmac(sn(OWN)), sll=PEER_MAC),
+        na_frame(PEER, OWN, PEER, mac, 0x60, tll=PEER_MAC),
+        eth(mac, PEER_MAC, ip6(PEER, OWN, 0, bytes((60, 0, 1, 4, 0, 0, 0, 0))
+                               + bytes((58, 0, 0xC2, 4, 0, 0, 0, 0)) + echo, hlim=64)),
+        *(eth(mac, PEER_MAC, f) for f in frags),
+    ]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 7), st.integers(0, 200), st.integers(0, 255),
+                          st.integers(0, 3)), min_size=1, max_size=12))
+def test_mutated_ipv6_frames_are_counted_never_crash(edits):
+    lab = Lab6()
+    lab.settle()
+    seeds = _seed_frames(lab.mac)
+    for which, pos, value, how in edits:
+        f = bytearray(seeds[which % len(seeds)])
+        pos = 14 + pos % (len(f) - 14)
+        if how == 0:
+            f[pos] = value
+        elif how == 1:
+            del f[pos:]
+        elif how == 2:
+            f[18:20] = (value * 7).to_bytes(2, "big")      # payload length
+        else:
+            f[pos] ^= 1 << (value % 8)
+        lab.probe.send(bytes(f))
+    lab.run(1.0)
+    c = lab.stack.counters
+    assert c["rx_frames"] == c["rx_local"] + c["rx_dropped"] + c["rx_arp"]
+    assert len(lab.stack.ip6.cache) <= lab.stack.ip6.cache.max_entries

@@ -225,12 +225,22 @@ def _common(msg: Icmp6Message, hop_limit: int, min_body: int) -> None:
         raise WireError("ndp_truncated", f"{len(msg.payload) + 8} bytes")
 
 
-def parse_ns(msg: Icmp6Message, src: bytes, dst: bytes, hop_limit: int) -> NeighborSolicitation:
+def _check_lladdr(lladdr: bytes | None, eth_src: bytes | None) -> None:
+    """A link-layer address option must name the frame's own sender: an NDP message
+    speaking for another station is a spoof on a link without proxies (RFC 4389
+    proxies are not supported), and RFC 3756 §4.1.1 names it the first threat."""
+    if lladdr is not None and eth_src is not None and lladdr != eth_src:
+        raise WireError("ndp_lladdr_mismatch")
+
+
+def parse_ns(msg: Icmp6Message, src: bytes, dst: bytes, hop_limit: int,
+             eth_src: bytes | None = None) -> NeighborSolicitation:
     """Validate and decode a Neighbor Solicitation (RFC 4861 §7.1.1). Reasons beyond
     the options': "ndp_bad_hop_limit", "ndp_bad_code", "ndp_truncated",
     "ndp_multicast_target", "ndp_dad_bad_destination" and "ndp_dad_with_lladdr" (from
     the unspecified address only to a solicited-node address and without a source
-    link-layer address)."""
+    link-layer address), "ndp_lladdr_mismatch" (given ``eth_src``, the frame's
+    sender, the source link-layer address must be it)."""
     _common(msg, hop_limit, _TARGET_LEN)
     body = msg.payload
     target = bytes(body[:_TARGET_LEN])
@@ -242,12 +252,15 @@ def parse_ns(msg: Icmp6Message, src: bytes, dst: bytes, hop_limit: int) -> Neigh
             raise WireError("ndp_dad_bad_destination")
         if opts.source_lladdr is not None:
             raise WireError("ndp_dad_with_lladdr")
+    _check_lladdr(opts.source_lladdr, eth_src)
     return NeighborSolicitation(target, opts)
 
 
-def parse_na(msg: Icmp6Message, dst: bytes, hop_limit: int) -> NeighborAdvertisement:
-    """Validate and decode a Neighbor Advertisement (RFC 4861 §7.1.2): as for an NS,
-    and "ndp_solicited_to_multicast" (the Solicited flag on a multicast one)."""
+def parse_na(msg: Icmp6Message, dst: bytes, hop_limit: int,
+             eth_src: bytes | None = None) -> NeighborAdvertisement:
+    """Validate and decode a Neighbor Advertisement (RFC 4861 §7.1.2): as for an NS
+    (the target link-layer address is the one checked against ``eth_src``), and
+    "ndp_solicited_to_multicast" (the Solicited flag on a multicast one)."""
     _common(msg, hop_limit, _TARGET_LEN)
     target = bytes(msg.payload[:_TARGET_LEN])
     if is_multicast(target):
@@ -255,6 +268,7 @@ def parse_na(msg: Icmp6Message, dst: bytes, hop_limit: int) -> NeighborAdvertise
     if is_multicast(dst) and msg.rest & NA_SOLICITED:
         raise WireError("ndp_solicited_to_multicast")
     opts = NdpOptions.parse(msg.payload[_TARGET_LEN:])
+    _check_lladdr(opts.target_lladdr, eth_src)
     return NeighborAdvertisement(target, bool(msg.rest & NA_ROUTER),
                                  bool(msg.rest & NA_SOLICITED), bool(msg.rest & NA_OVERRIDE),
                                  opts)
@@ -270,15 +284,18 @@ def parse_rs(msg: Icmp6Message, src: bytes, hop_limit: int) -> RouterSolicitatio
     return RouterSolicitation(opts)
 
 
-def parse_ra(msg: Icmp6Message, src: bytes, hop_limit: int) -> RouterAdvertisement:
+def parse_ra(msg: Icmp6Message, src: bytes, hop_limit: int,
+             eth_src: bytes | None = None) -> RouterAdvertisement:
     """Validate and decode a Router Advertisement (RFC 4861 §6.1.2):
     "ndp_ra_not_link_local" when its source is not a link-local address (routers are
-    known by their link-local addresses, and only on-link ones have one)."""
+    known by their link-local addresses, and only on-link ones have one);
+    "ndp_lladdr_mismatch" as for an NS."""
     _common(msg, hop_limit, _RA_TAIL.size)
     if not is_link_local(src):
         raise WireError("ndp_ra_not_link_local")
     reachable, retrans = _RA_TAIL.unpack_from(msg.payload, 0)
     opts = NdpOptions.parse(msg.payload[_RA_TAIL.size:])
+    _check_lladdr(opts.source_lladdr, eth_src)
     r = msg.rest
     return RouterAdvertisement(r >> 24, bool(r >> 16 & RA_MANAGED), bool(r >> 16 & RA_OTHER),
                                r & 0xFFFF, reachable, retrans, opts)

@@ -462,3 +462,15 @@ def test_skip_finds_the_upper_layer_without_acting_on_options() -> None:
     loop = ipv6ext.options_header(60) * 9 + bytes(8)
     assert ipv6ext.skip(packet(60, loop)) is None
     assert ipv6ext.skip(packet(17, bytes(8))) == (17, 40)
+
+
+def test_lladdr_must_be_the_senders() -> None:
+    sn = ipv6.solicited_node(DST)
+    ns = ndp.NeighborSolicitation(DST, ndp.NdpOptions(source_lladdr=MAC)).to_message()
+    assert ndp.parse_ns(ns, SRC, sn, 255, MAC).options.source_lladdr == MAC
+    assert _reason(ndp.parse_ns, ns, SRC, sn, 255, bytes(6)) == "ndp_lladdr_mismatch"
+    na = ndp.NeighborAdvertisement(DST, options=ndp.NdpOptions(target_lladdr=MAC)).to_message()
+    assert _reason(ndp.parse_na, na, SRC, 255, bytes(6)) == "ndp_lladdr_mismatch"
+    ra = ndp.RouterAdvertisement(options=ndp.NdpOptions(source_lladdr=MAC)).to_message()
+    assert _reason(ndp.parse_ra, ra, LL, 255, bytes(6)) == "ndp_lladdr_mismatch"
+    assert ndp.parse_ra(ra, LL, 255, MAC).options.source_lladdr == MAC
