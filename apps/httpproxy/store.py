@@ -173,6 +173,11 @@ class CacheStore:
     def __len__(self) -> int:
         return len(self._memory) if self._disk is None else self._disk.totals[1]
 
+    def __bool__(self) -> bool:
+        """A store is true even when empty (``if cache:`` asks whether there is one, and
+        must not cost a query of the shared index)."""
+        return True
+
     def variants(self, uri: str) -> list[StoredResponse]:
         """Every stored variant of ``uri`` (bodies read from disk), most recent first."""
         if self._disk is None:

@@ -236,3 +236,8 @@ def test_a_row_naming_another_file_never_removes_it(tmp_path: Path) -> None:
         db.execute("UPDATE entries SET file = ?", (diskstore.DB_NAME,))
     CacheStore(1 << 20, directory=tmp_path)       # recovery drops the row
     assert keep.exists() and (tmp_path / diskstore.DB_NAME).exists()
+
+
+def test_an_empty_store_is_still_a_store(tmp_path: Path) -> None:
+    for store in (CacheStore(1 << 20), CacheStore(1 << 20, directory=tmp_path)):
+        assert len(store) == 0 and store
