@@ -233,9 +233,8 @@ class AddressTable:
                     a.state = AddrState.DEPRECATED
                 passed.append(a)
         for link in self.links.values():
-            for table in (link.routers, link.prefixes):
-                for key in [k for k, t in table.items() if t <= now]:
-                    del table[key]  # type: ignore[arg-type]
+            link.routers = {k: t for k, t in link.routers.items() if t > now}
+            link.prefixes = {k: t for k, t in link.prefixes.items() if t > now}
         return probe, passed
 
     # -- router advertisements -----------------------------------------------------

@@ -112,7 +112,7 @@ class Ipv6Layer:
         """Neighbour solicitations and failures, DAD, lifetimes, reassembly timeouts."""
         self._apply(self.nd.on_timer(now), now)
         for first in self.reasm.expire(now):
-            a = self._any_address_for(first[8:24])
+            a = self.addresses.assigned(first[24:40]) or self._any_address_for(first[8:24])
             if a is not None:
                 self._icmp_error(a.iface, first, wicmp6.TIME_EXCEEDED, wicmp6.EXC_FRAGTIME,
                                  0, now)
@@ -160,6 +160,8 @@ class Ipv6Layer:
             chain = self._walk(iface, packet, rx, now)
             if chain is None:
                 return None
+            if chain.fragment is not None and not chain.fragment.atomic:
+                return self.stack._drop("frag6_nested")   # fragments of fragments
         self.counters["rx_local"] += 1
         return self._deliver(iface, hdr, packet, chain, rx, now)
 
