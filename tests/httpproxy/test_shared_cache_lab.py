@@ -29,9 +29,19 @@ REPO = Path(__file__).resolve().parents[2]
 #: answered, and for each the worker holding it (asked on the workers' control sockets
 #: while it is ESTABLISHED), whether the answer carried Age (a hit) and its sha256.
 CLIENT = textwrap.dedent(r"""
-    import hashlib, json, socket, sys
+    import contextlib, hashlib, json, socket, sqlite3, sys, time
     from stack.control import query
-    controls, url, fetches = sys.argv[1:3], sys.argv[3], int(sys.argv[4])
+    controls, url, fetches, index = sys.argv[1:3], sys.argv[3], int(sys.argv[4]), sys.argv[5]
+
+    def wait_stored():
+        # Until the row of the miss is committed (by the worker's writer thread).
+        end = time.monotonic() + 10
+        while time.monotonic() < end:
+            with contextlib.closing(sqlite3.connect(index)) as db:
+                if db.execute("SELECT COUNT(*) FROM entries").fetchone()[0]:
+                    return
+            time.sleep(0.01)  # poll interval while the row is written
+        raise SystemExit("the object was never stored")
 
     def more(s):
         chunk = s.recv(65536)
@@ -58,6 +68,8 @@ CLIENT = textwrap.dedent(r"""
                            )["connections_matched"]]
         seen.append({"workers": owners, "hit": "age" in fields, "status": lines[0].split()[1],
                      "sha256": hashlib.sha256(body).hexdigest()})
+        if i == 0:
+            wait_stored()
         if {tuple(x["workers"]) for x in seen} == {(0,), (1,)}:
             break
     for s in held:
@@ -99,7 +111,8 @@ def test_an_object_stored_by_one_worker_is_a_hit_for_the_other(lab, tmp_path: Pa
             os.utime(f.path, (day_ago, day_ago))
             out = subprocess.run(
                 ns_cmd(lab.client_ns, sys.executable, "-c", CLIENT, str(control),
-                       f"{control}.1", origin.url(f), str(FETCHES)),
+                       f"{control}.1", origin.url(f), str(FETCHES),
+                       str(cache / "cache.sqlite3")),
                 cwd=REPO, capture_output=True, text=True, timeout=120)
             assert out.returncode == 0, out.stderr + stack.log.read_text()[-2000:]
             assert origin._tmp is not None
