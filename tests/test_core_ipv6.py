@@ -423,3 +423,56 @@ def test_mutated_ipv6_frames_are_counted_never_crash(edits):
     c = lab.stack.counters
     assert c["rx_frames"] == c["rx_local"] + c["rx_dropped"] + c["rx_arp"]
     assert len(lab.stack.ip6.cache) <= lab.stack.ip6.cache.max_entries
+
+
+def test_stale_neighbour_used_goes_delay_then_probes_by_unicast():
+    lab = Lab6()
+    lab.settle()
+    lab.learn_peer()                       # the peer's entry: STALE
+    req = icmp6(PEER, OWN, 128, 0, b"\x00\x01\x00\x02")
+    lab.send(eth(lab.mac, PEER_MAC, ip6(PEER, OWN, 58, req, hlim=64)))
+    (reply,) = lab.probe.take()            # sent at once to the cached address
+    assert reply[:6] == PEER_MAC
+    n = lab.stack.ip6.cache.get(lab.iface, PEER)
+    assert n.state.value == "delay"
+    lab.run(5.5)
+    (probe,) = lab.probe.take()
+    assert probe == ns_frame(OWN, PEER, PEER, PEER_MAC, sll=lab.mac, eth_src=lab.mac)
+    assert n.state.value == "probe"
+    lab.send(na_frame(PEER, OWN, PEER, lab.mac, 0x60, tll=PEER_MAC))
+    assert n.state.value == "reachable"
+
+
+def test_waiting_reply_flushed_when_the_peer_solicits_us():
+    lab = Lab6()
+    lab.settle()
+    req = icmp6(PEER, OWN, 128, 0, b"\x00\x01\x00\x03")
+    lab.send(eth(lab.mac, PEER_MAC, ip6(PEER, OWN, 58, req, hlim=64)))
+    (ns,) = lab.probe.take()
+    assert ns[:6] == mmac(sn(PEER))
+    lab.send(ns_frame(PEER, sn(OWN), OWN, mmac(sn(OWN)), sll=PEER_MAC))
+    na, reply = lab.probe.take()
+    assert na[54] == 136 and reply == eth(PEER_MAC, lab.mac, ip6(OWN, PEER, 58, icmp6(
+        OWN, PEER, 129, 0, b"\x00\x01\x00\x03"), hlim=64))
+
+
+def test_unresolved_peer_gives_up_after_three_solicitations():
+    lab = Lab6()
+    lab.settle()
+    req = icmp6(PEER, OWN, 128, 0, b"\x00\x01\x00\x04")
+    lab.send(eth(lab.mac, PEER_MAC, ip6(PEER, OWN, 58, req, hlim=64)))
+    lab.run(5.0)
+    sent = lab.probe.take()
+    assert sent == [ns_frame(OWN, sn(PEER), PEER, mmac(sn(PEER)), sll=lab.mac,
+                             eth_src=lab.mac)] * 3
+    assert lab.stack.ip6.cache.get(lab.iface, PEER) is None
+    assert lab.stack.counters["drop.ndp_unresolved"] == 1
+
+
+def test_unicast_ns_without_lladdr_answered_through_the_cache():
+    lab = Lab6()
+    lab.settle()
+    lab.learn_peer()
+    lab.send(ns_frame(PEER, OWN, OWN, lab.mac))
+    (na,) = lab.probe.take()
+    assert na == na_frame(OWN, PEER, OWN, PEER_MAC, 0x60, tll=lab.mac, eth_src=lab.mac)

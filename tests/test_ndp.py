@@ -378,3 +378,12 @@ def test_router_solicitation_after_link_local_on_autoconf_interface():
     assert (rs.message.type, bytes(rs.message.payload)) == (133, b"\x01\x01" + iface.mac)
     assert nd.router_solicitation(Interface(1, "x", PEER_MAC, b"\0" * 4, 32)).src == (
         UNSPECIFIED)
+
+
+def test_a_router_takes_nothing_from_other_routers_advertisements():
+    iface, table, nd = make(router=True)
+    table.autoconf.add(iface.index)
+    pi = ndp.PrefixInformation(PREFIX, 64, True, True, 100, 50)
+    fx = nd.router_advertisement(iface, ROUTER, ra(pi, hl=9), T0)
+    assert fx.send == [] and table.for_iface(iface) == [] and len(nd.cache) == 0
+    assert table.link(iface).cur_hop_limit == 64 and table.link(iface).routers == {}
