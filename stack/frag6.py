@@ -10,6 +10,9 @@ Parameter Problem (RFC 8200 §4.5); the unfragmentable part is the first fragmen
 the fragment header rewritten to the fragment header's own. A first fragment
 without the whole header chain never gets here (stack/wire/ipv6ext.py refuses it,
 RFC 7112), and an atomic fragment (RFC 6946) is no fragment: the caller delivers it.
+
+:func:`fragment` splits a packet the stack sends that is larger than the link's MTU
+(RFC 8200 §5: only the source fragments IPv6).
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ from dataclasses import dataclass
 
 from stack.frag import Reassembler
 from stack.wire.icmp6 import ERROR_MAX_QUOTE
-from stack.wire.ipv6 import IPPROTO_FRAGMENT, IPV6_HLEN
-from stack.wire.ipv6ext import FRAGMENT_HLEN, PP_ERRONEOUS_FIELD, HeaderChain
+from stack.wire.ipv6 import IPPROTO_FRAGMENT, IPV6_HLEN, IPV6_MIN_MTU
+from stack.wire.ipv6ext import FRAGMENT_HLEN, PP_ERRONEOUS_FIELD, FragmentHeader, HeaderChain
 
 #: RFC 8200 §4.5: reassembly gives up 60 seconds after the first fragment came.
 REASSEMBLY_TIMEOUT = 60.0
@@ -117,3 +120,24 @@ def _nh_pointer(headers: bytes, frag_at: int) -> int:
         ptr = off
         off += 8 * (headers[off + 1] + 1)
     return ptr
+
+
+def fragment(packet: bytes, mtu: int, identification: int) -> list[bytes]:
+    """Split ``packet`` (an IPv6 packet with no extension headers, as the stack sends
+    them) into fragments of at most ``mtu`` bytes (RFC 8200 §4.5): each carries the
+    fixed header and a fragment header, and every fragment's data but the last's is a
+    multiple of 8 bytes. Raises ValueError when the MTU is under IPv6's 1280."""
+    if mtu < IPV6_MIN_MTU:
+        raise ValueError(f"MTU {mtu} is under IPv6's minimum")
+    header, body = bytearray(packet[:IPV6_HLEN]), packet[IPV6_HLEN:]
+    next_header = header[6]
+    header[6] = IPPROTO_FRAGMENT
+    room = (mtu - IPV6_HLEN - FRAGMENT_HLEN) & ~7
+    out = []
+    for off in range(0, len(body), room):
+        chunk = body[off:off + room]
+        more = off + room < len(body)
+        header[_PLEN_FIELD:_PLEN_FIELD + 2] = (FRAGMENT_HLEN + len(chunk)).to_bytes(2, "big")
+        frag = FragmentHeader(next_header, off, more, identification).to_bytes()
+        out.append(bytes(header) + frag + chunk)
+    return out

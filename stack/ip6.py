@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from stack import icmp as sicmp
 from stack.addrconf import Address6, AddressTable, AddrOrigin, AddrState
-from stack.frag6 import FragmentError, Reassembler6
+from stack.frag6 import FragmentError, Reassembler6, fragment
 from stack.iface import Interface
 from stack.ndp import NdpEffects, NdpTransmit, NeighborCache, NeighborDiscovery
 from stack.neigh import PendingFrame
@@ -73,6 +73,7 @@ class Ipv6Layer:
     def __init__(self, stack: Stack, rng: random.Random, *, secret: bytes | None = None,
                  icmp_rate: float = 100.0, icmp_burst: float = 50.0) -> None:
         self.stack = stack
+        self.rng = rng
         self.addresses = AddressTable(secret if secret is not None else rng.randbytes(32),
                                       rng)
         self.cache = NeighborCache(rng)
@@ -295,20 +296,36 @@ class Ipv6Layer:
              payload: bytes, now: float) -> bool:
         """Send one packet out of ``iface``: to ``dst`` if it is on the link (link-local,
         in the prefix of an address of the interface, or an on-link prefix a router
-        announced), else to the interface's first default router."""
-        if wip6.IPV6_HLEN + len(payload) > iface.mtu:
+        announced), else to the interface's first default router. A packet over the
+        link's MTU (a router's MTU option may lower it) goes in fragments."""
+        if len(payload) > 0xFFFF:
             self.counters["tx6_too_big"] += 1
             return False
         link = self.addresses.link(iface)
-        skb = self._packet(src, dst, next_header, payload, link.cur_hop_limit)
-        if wip6.is_multicast(dst):
-            self.stack._emit(iface, wip6.multicast_mac(dst), skb)
-            return True
-        nexthop = dst if self._on_link(iface, dst) else next(iter(link.routers), None)
+        nexthop: bytes | None = dst
+        if not wip6.is_multicast(dst) and not self._on_link(iface, dst):
+            nexthop = next(iter(link.routers), None)
         if nexthop is None:
             self.counters["tx6_no_route"] += 1
             return False
+        skb = self._packet(src, dst, next_header, payload, link.cur_hop_limit)
+        mtu = min(link.mtu or iface.mtu, iface.mtu)
+        if wip6.IPV6_HLEN + len(payload) <= mtu:
+            return self._output(iface, nexthop, skb, now)
+        # RFC 7739 §5.1: an unpredictable identification per packet.
+        frags = fragment(skb.tobytes()[ETH_HLEN:], mtu, self.rng.getrandbits(32))
+        self.counters["tx6_fragmented"] += 1
+        for f in frags:
+            frame = SkBuff.from_bytes(bytes(ETH_HLEN) + f, headroom=_HEADROOM)
+            frame.buf[frame.data + ETH_TYPE:frame.data + ETH_HLEN] = _ETH_IPV6
+            self._output(iface, nexthop, frame, now)
+        return True
+
+    def _output(self, iface: Interface, nexthop: bytes, skb: SkBuff, now: float) -> bool:
         self.counters["tx_ip6"] += 1
+        if wip6.is_multicast(nexthop):
+            self.stack._emit(iface, wip6.multicast_mac(nexthop), skb)
+            return True
         return self._link_output(iface, nexthop, skb, now)
 
     def _on_link(self, iface: Interface, dst: bytes) -> bool:

@@ -476,3 +476,24 @@ def test_unicast_ns_without_lladdr_answered_through_the_cache():
     lab.send(ns_frame(PEER, OWN, OWN, lab.mac))
     (na,) = lab.probe.take()
     assert na == na_frame(OWN, PEER, OWN, PEER_MAC, 0x60, tll=lab.mac, eth_src=lab.mac)
+
+
+def test_big_ping6_reply_is_fragmented():
+    lab = Lab6()
+    lab.settle()
+    lab.learn_peer()
+    data = bytes(range(256)) * 12
+    req = icmp6(PEER, OWN, 128, 0, b"\x00\x09\x00\x01" + data)
+    for f in _frags(req, 1448):
+        lab.probe.send(eth(lab.mac, PEER_MAC, f))
+    lab.run()
+    replies = lab.probe.take()
+    assert len(replies) == 3 and all(len(f) <= 14 + 1500 for f in replies)
+    assert {f[14 + 6] for f in replies} == {44}
+    idents = {f[58:62] for f in replies}
+    assert len(idents) == 1
+    offsets = [struct.unpack("!H", f[56:58])[0] for f in replies]
+    assert [o & 1 for o in offsets] == [1, 1, 0]
+    body = b"".join(f[62:] for f in sorted(replies, key=lambda f: f[56:58]))
+    assert body == icmp6(OWN, PEER, 129, 0, b"\x00\x09\x00\x01" + data)
+    assert lab.stack.counters["tx6_fragmented"] == 1

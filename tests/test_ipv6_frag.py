@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stack.frag6 import FragmentError, Reassembler6
+from stack.frag6 import FragmentError, Reassembler6, fragment
 from stack.wire import ipv6ext
 from stack.wire.ipv6 import (
     IPPROTO_DSTOPTS,
@@ -185,3 +185,34 @@ def test_any_order_reassembles(n: int, size: int, rnd: random.Random) -> None:
     results = [feed(r, f) for f in frags]
     assert [x for x, _ in results if x is not None] == [whole(b"", body)]
     assert all(reason is None for _, reason in results)
+
+
+@settings(max_examples=60)
+@given(st.integers(0, 9000), st.integers(1280, 9000), st.integers(0, 0xFFFFFFFF))
+def test_fragment_then_reassemble(n: int, mtu: int, ident: int) -> None:
+    pkt = whole(b"", udp(n))
+    frags = fragment(pkt, mtu, ident)
+    if len(pkt) <= mtu - 8:
+        assert len(frags) == 1        # still a fragment: the caller decides when to call
+    assert all(len(f) <= mtu for f in frags)
+    chains = [ipv6ext.walk(f) for f in frags]
+    assert all(c.fragment.identification == ident for c in chains)
+    assert [c.fragment.more for c in chains] == [True] * (len(frags) - 1) + [False]
+    if len(frags) == 1:
+        assert chains[0].fragment.atomic
+        return
+    r = Reassembler6()
+    results = [r.add(f, c, T0) for f, c in zip(frags, chains, strict=True)]
+    assert results[-1] == (pkt, None)
+
+
+def test_fragment_exact_layout() -> None:
+    pkt = whole(b"", udp(2000))
+    a, b = fragment(pkt, 1280, 0xABCDEF01)
+    assert a == (Ipv6Header(SRC, DST, IPPROTO_FRAGMENT).to_bytes(8 + 1232)
+                 + bytes((IPPROTO_UDP, 0, 0, 1)) + bytes.fromhex("abcdef01") + pkt[40:1272])
+    assert b == (Ipv6Header(SRC, DST, IPPROTO_FRAGMENT).to_bytes(8 + 776)
+                 + bytes((IPPROTO_UDP, 0, 0x04, 0xD0)) + bytes.fromhex("abcdef01")
+                 + pkt[1272:])
+    with pytest.raises(ValueError):
+        fragment(pkt, 1279, 1)
