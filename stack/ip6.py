@@ -105,12 +105,17 @@ class Ipv6Layer:
     # -- timers --------------------------------------------------------------------
     def next_deadline(self) -> float | None:
         """The earliest time :meth:`on_timer` must run, or None."""
+        if not (self.addresses.addresses or self.cache.entries or len(self.reasm)):
+            return None     # IPv6 unused: the core asks at every event, keep it cheap
         times = [t for t in (self.nd.next_deadline(), self.reasm.next_deadline())
                  if t is not None]
         return min(times, default=None)
 
     def on_timer(self, now: float) -> None:
         """Neighbour solicitations and failures, DAD, lifetimes, reassembly timeouts."""
+        deadline = self.next_deadline()
+        if deadline is None or deadline > now:
+            return
         self._apply(self.nd.on_timer(now), now)
         for first in self.reasm.expire(now):
             a = self.addresses.assigned(first[24:40]) or self._any_address_for(first[8:24])
