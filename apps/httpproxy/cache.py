@@ -19,7 +19,8 @@ from apps.httpproxy import httpdate
 from apps.httpproxy.conditional import strong_match, weak_match
 from apps.httpproxy.parser import Headers, strip_hop_by_hop
 
-#: RFC 9110 §15.1: status codes heuristically cacheable (206 left out: no ranges here).
+#: RFC 9110 §15.1: status codes heuristically cacheable (206 left out: partial responses
+#: are not stored; ranges are answered from a stored 200, apps/httpproxy/conditional.py).
 HEURISTIC_STATUS = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
 #: Status codes this cache understands well enough to store (§3 "understood").
 UNDERSTOOD_STATUS = HEURISTIC_STATUS | {302, 303, 307}
