@@ -275,7 +275,9 @@ class AddressTable:
 
     def _slaac(self, iface: Interface, pi: PrefixInformation, now: float) -> Address6 | None:
         """RFC 4862 §5.5.3 for one Prefix Information option."""
-        if (not pi.autonomous or wip6.is_link_local(pi.prefix)
+        # An interface identifier on Ethernet is 64 bits (RFC 4862 §5.5.3 (d)): a
+        # prefix of another length neither forms nor refreshes an address.
+        if (not pi.autonomous or wip6.is_link_local(pi.prefix) or pi.prefix_length != 64
                 or pi.preferred_lifetime > pi.valid_lifetime):
             return None
         prefix = _masked(pi.prefix, 64)
@@ -284,8 +286,7 @@ class AddressTable:
         if mine is not None:
             _update_lifetimes(mine, pi, now)
             return None
-        # An interface identifier on Ethernet is 64 bits (RFC 4862 §5.5.3 (d)).
-        if pi.valid_lifetime == 0 or pi.prefix_length != 64:
+        if pi.valid_lifetime == 0:
             return None
         try:
             a = self._add_generated(iface, prefix, 64, now, AddrOrigin.SLAAC, 0)

@@ -247,7 +247,13 @@ class NeighborDiscovery:
             if own.iface is iface and own.state is AddrState.TENTATIVE:
                 self._duplicate(own, now, fx)
             return fx   # an assigned address of ours: never learnt as a neighbour
+        entry = self.cache.get(iface, na.target)
+        was_router = entry is not None and entry.is_router
         n = self.cache.advertisement(iface, na, now)
+        if was_router and entry is not None and not entry.is_router:
+            # RFC 4861 §7.2.5: a router that says it no longer is one leaves the
+            # Default Router List.
+            self.addresses.link(iface).routers.pop(na.target, None)
         if n is not None and n.pending:
             fx.resolved.append(n)
         return fx

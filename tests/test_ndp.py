@@ -387,3 +387,13 @@ def test_a_router_takes_nothing_from_other_routers_advertisements():
     fx = nd.router_advertisement(iface, ROUTER, ra(pi, hl=9), T0)
     assert fx.send == [] and table.for_iface(iface) == [] and len(nd.cache) == 0
     assert table.link(iface).cur_hop_limit == 64 and table.link(iface).routers == {}
+
+
+def test_router_that_stops_being_one_leaves_the_default_router_list():
+    iface, table, nd = make()
+    nd.router_advertisement(iface, ROUTER, ra(), T0)
+    assert ROUTER in table.link(iface).routers
+    nd.advertisement(iface, na_msg(ROUTER, PEER_MAC, s=True, r=True), T0 + 1)
+    assert ROUTER in table.link(iface).routers
+    nd.advertisement(iface, na_msg(ROUTER, PEER_MAC, s=True, r=False), T0 + 2)
+    assert table.link(iface).routers == {} and not nd.cache.get(iface, ROUTER).is_router
