@@ -197,3 +197,23 @@ def test_revalidation_sends_the_stored_validators_not_the_clients() -> None:
                       ("If-Range", '"mine"'), ("If-Modified-Since", "x")])
     out = c.conditional_headers(client, Headers([("ETag", 'W/"v1"')]))
     assert out.fields == [("Accept", "*/*"), ("If-None-Match", 'W/"v1"')]
+
+
+_field_text = st.text(st.sampled_from('bytes=0123456789-,*"W/ GMTSunNov:\t'), max_size=40)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.dictionaries(st.sampled_from(["Range", "If-Range", "If-None-Match",
+                                        "If-Modified-Since"]), _field_text),
+       st.sampled_from(["GET", "HEAD"]), st.integers(0, 40))
+def test_any_conditions_give_a_well_formed_answer(fields, method, length) -> None:
+    body = BODY[:length]
+    got = cond.answer(method, Headers(fields.items()), 200, "OK", STORED, body, T0)
+    assert got.status in (200, 206, 304, 416)
+    if got.status == 200:
+        assert got.body == body
+    elif got.status == 206 and got.headers.get("content-range"):
+        first, last = map(int, got.headers.get("content-range")[6:].split("/")[0].split("-"))
+        assert got.body == body[first:last + 1] and 0 <= first <= last < length
+    elif got.status in (304, 416):
+        assert got.body == b""
