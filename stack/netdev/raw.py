@@ -81,7 +81,9 @@ SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33  # asm-generic/socket.h (CAP_NET_ADMIN)
 #: default 208 KB holds three).
 SOCKET_BUFFER = 4 << 20
 
-_RAW_COUNTERS = ("rx_dropped_other_host", "rx_link_down", "tx_link_errors")
+_RAW_COUNTERS = ("rx_dropped_other_host", "rx_link_down", "tx_link_errors",
+                 "rx_dropped_socket_full")
+PACKET_STATISTICS = 6
 
 
 class _SocketDev:
@@ -322,8 +324,22 @@ class RawDevice(TapDevice):
         with enter_netns(netns) if netns is not None else contextlib.nullcontext():
             return interface_addresses(self.name)
 
+    def kernel_drops(self) -> int:
+        """Frames the kernel dropped because the socket's receive buffer was full, since
+        the last call (PACKET_STATISTICS resets on read); added to
+        ``rx_dropped_socket_full``."""
+        try:
+            stats = self.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8)
+        except OSError:
+            return 0
+        drops = struct.unpack("II", stats)[1]
+        self.counters["rx_dropped_socket_full"] += drops
+        return drops
+
     def close(self) -> None:
-        """Close the socket (the interface stays as it is)."""
+        """Close the socket (the interface stays as it is), counting the kernel's drops."""
+        if self._fd >= 0:
+            self.kernel_drops()
         super().close()
         self._poll.close()
 

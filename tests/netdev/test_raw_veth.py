@@ -171,3 +171,20 @@ def test_a_fanout_group_steers_by_port_sum_also_after_a_link_flap(raw_lab: LabCo
 def test_the_verifier_accepts_the_fanout_program_for_every_worker_count() -> None:
     for n in range(1, MAX_WORKERS + 1):
         os.close(load_program(port_sum_program(n, at_network_header=True)))
+
+
+def test_frames_the_kernel_drops_on_a_full_socket_are_counted(raw_lab: LabConfig) -> None:
+    dev = RawDevice.open(raw_lab.client_raw, netns=raw_lab.stack_ns)
+    try:
+        dev.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a few frames
+        neighbour(raw_lab, dev.mac)
+        with enter_netns(raw_lab.client_ns):
+            u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with u:
+            for _ in range(200):  # nobody reads meanwhile
+                u.sendto(b"f" * 1000, ("198.18.0.2", 9))
+        assert 0 < dev.kernel_drops() <= 200
+        assert dev.counters["rx_dropped_socket_full"] > 0
+        assert dev.kernel_drops() == 0  # the kernel's count starts again at each read
+    finally:
+        dev.close()
