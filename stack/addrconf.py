@@ -33,6 +33,10 @@ from stack.wire.ndp import INFINITY, PrefixInformation, RouterAdvertisement
 #: RFC 4862 §5.5.3 (e): a Router Advertisement may not cut a valid lifetime below
 #: two hours (unless it is shorter already), so a forged one cannot end an address.
 TWO_HOURS = 7200.0
+#: RFC 4861 §10: a host solicits routers up to 3 times, 4 seconds apart, until one
+#: advertises.
+MAX_RTR_SOLICITATIONS = 3
+RTR_SOLICITATION_INTERVAL = 4.0
 #: RFC 4861 §6.3.2 / §10: MTU options under the IPv6 minimum are ignored.
 _MIN_MTU = wip6.IPV6_MIN_MTU
 #: RFC 5453 §4: interface identifiers no address may use (subnet-router anycast,
@@ -109,6 +113,9 @@ class LinkParams:
     routers: dict[bytes, float] = field(default_factory=dict)
     #: On-link prefixes ((prefix, length) -> when the lifetime ends).
     prefixes: dict[tuple[bytes, int], float] = field(default_factory=dict)
+    #: Router Solicitations still to send, and when the next is due (RFC 4861 §6.3.7).
+    solicitations_left: int = 0
+    next_solicitation: float = math.inf
 
 
 class AddressTable:
@@ -207,6 +214,7 @@ class AddressTable:
         for link in self.links.values():
             times.extend(link.routers.values())
             times.extend(link.prefixes.values())
+            times.append(link.next_solicitation)
         best = min(times, default=math.inf)
         return None if best == math.inf else best
 
@@ -238,6 +246,23 @@ class AddressTable:
         return probe, passed
 
     # -- router advertisements -----------------------------------------------------
+    def start_solicitations(self, iface: Interface, now: float) -> None:
+        """The first Router Solicitation of ``iface`` goes now; schedule the others."""
+        link = self.link(iface)
+        link.solicitations_left = MAX_RTR_SOLICITATIONS - 1
+        link.next_solicitation = now + RTR_SOLICITATION_INTERVAL
+
+    def solicitations_due(self, now: float) -> list[int]:
+        """Indexes of the interfaces whose next Router Solicitation is due now."""
+        due = []
+        for index, link in self.links.items():
+            if link.next_solicitation <= now:
+                link.solicitations_left -= 1
+                link.next_solicitation = (now + RTR_SOLICITATION_INTERVAL
+                                          if link.solicitations_left > 0 else math.inf)
+                due.append(index)
+        return due
+
     def link(self, iface: Interface) -> LinkParams:
         """The link parameters of ``iface`` (defaults until a router speaks)."""
         params = self.links.get(iface.index)
@@ -250,6 +275,8 @@ class AddressTable:
         """Take a validated RA from router ``src`` (RFC 4861 §6.3.4); returns the
         addresses SLAAC started."""
         link = self.link(iface)
+        # A router spoke: no more solicitations (RFC 4861 §6.3.7).
+        link.solicitations_left, link.next_solicitation = 0, math.inf
         if ra.cur_hop_limit:
             link.cur_hop_limit = ra.cur_hop_limit
         if ra.reachable_time:

@@ -343,8 +343,17 @@ class NeighborDiscovery:
         fx.send.extend(self.dad_probe(a) for a in dad)
         for a in passed:
             # An interface that configures itself asks the routers as soon as it
-            # has a link-local address (RFC 4861 §6.3.7; one solicitation: routers
-            # also advertise unasked).
+            # has a link-local address (RFC 4861 §6.3.7), then twice more.
             if a.origin is AddrOrigin.LINK_LOCAL and a.iface.index in self.addresses.autoconf:
                 fx.send.append(self.router_solicitation(a.iface))
+                self.addresses.start_solicitations(a.iface, now)
+        for index in self.addresses.solicitations_due(now):
+            iface = self._iface(index)
+            if iface is not None:
+                fx.send.append(self.router_solicitation(iface))
         return fx
+
+    def _iface(self, index: int) -> Interface | None:
+        """The interface with ``index`` (one of its addresses knows it)."""
+        return next((a.iface for a in self.addresses.addresses.values()
+                     if a.iface.index == index), None)

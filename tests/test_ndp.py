@@ -397,3 +397,23 @@ def test_router_that_stops_being_one_leaves_the_default_router_list():
     assert ROUTER in table.link(iface).routers
     nd.advertisement(iface, na_msg(ROUTER, PEER_MAC, s=True, r=False), T0 + 2)
     assert table.link(iface).routers == {} and not nd.cache.get(iface, ROUTER).is_router
+
+
+def test_router_solicitations_repeat_until_a_router_speaks():
+    iface, table, nd = make()
+    table.autoconf.add(iface.index)
+    table.add_link_local(iface, T0)
+    nd.on_timer(T0)
+    assert [t.message.type for t in nd.on_timer(T0 + 1).send] == [133]
+    assert nd.next_deadline() == T0 + 5
+    assert [t.message.type for t in nd.on_timer(T0 + 5).send] == [133]
+    assert [t.message.type for t in nd.on_timer(T0 + 9).send] == [133]
+    assert nd.on_timer(T0 + 13).send == [] and nd.next_deadline() is None
+    # A second interface hears a router after its first solicitation: no more.
+    iface2 = Interface(1, "eth1", PEER_MAC, b"\0\0\0\0", 32)
+    table.autoconf.add(iface2.index)
+    table.add_link_local(iface2, T0)
+    nd.on_timer(T0 + 20)
+    assert len(nd.on_timer(T0 + 21).send) == 1
+    nd.router_advertisement(iface2, ROUTER, ra(), T0 + 22)
+    assert nd.on_timer(T0 + 25).send == []
