@@ -86,7 +86,10 @@ class Ipv6Layer:
     def enable(self, iface: Interface, now: float, *, auto: bool = False) -> Address6 | None:
         """Turn IPv6 on for ``iface``: its link-local address starts DAD. With
         ``auto`` the interface takes global addresses by SLAAC (``--addr auto``).
-        Returns the new link-local address (None if IPv6 was on already)."""
+        Returns the new link-local address (None if IPv6 was on already); ValueError
+        on a link whose MTU is under IPv6's 1280 bytes (RFC 8200 §5)."""
+        if iface.mtu < wip6.IPV6_MIN_MTU:
+            raise ValueError(f"{iface.name}: MTU {iface.mtu} is too small for IPv6")
         if auto:
             self.addresses.autoconf.add(iface.index)
         if iface.ipv6:

@@ -497,3 +497,12 @@ def test_big_ping6_reply_is_fragmented():
     body = b"".join(f[62:] for f in sorted(replies, key=lambda f: f[56:58]))
     assert body == icmp6(OWN, PEER, 129, 0, b"\x00\x09\x00\x01" + data)
     assert lab.stack.counters["tx6_fragmented"] == 1
+
+
+def test_ipv6_refused_on_a_link_under_1280_bytes():
+    net = SimNetwork(seed=1)
+    stack = net.add_host("s")
+    net.add_probe(stack, "198.18.0.2/24", mtu=1279)
+    with pytest.raises(ValueError):
+        stack.ip6.enable(stack.interfaces[0], net.now)
+    assert not stack.interfaces[0].ipv6
