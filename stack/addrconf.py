@@ -45,6 +45,9 @@ _RESERVED_IIDS = (range(0, 1), range(0x02005EFFFE000000, 0x02005EFFFE005213),
                   range(0xFDFFFFFFFFFFFF80, 1 << 64))
 
 
+_IID_LABEL = b"tapsplice RFC 7217 IID\0"
+
+
 class AddrState(Enum):
     """RFC 4862 §2 address states (DUPLICATE: DAD failed, never used)."""
 
@@ -85,12 +88,15 @@ class Address6:
 
 def stable_iid(secret: bytes, ifname: str, prefix: bytes, dad_counter: int = 0) -> bytes:
     """An RFC 7217 §5 interface identifier: F(Prefix, Net_Iface, DAD_Counter,
-    secret_key), here SHA-256, its first 64 bits. Identifiers RFC 5453 reserves are
+    secret_key), here SHA-256, its first 64 bits. ``secret`` may be the host's secret
+    (stack/hostkey.py), so that a restarted stack keeps its addresses. Identifiers RFC 5453 reserves are
     skipped by counting on."""
     counter = dad_counter
     while True:
-        h = hashlib.sha256(prefix[:8] + ifname.encode() + counter.to_bytes(4, "big")
-                           + secret).digest()[:8]
+        # The label keeps these hashes apart from the other keyed hashes of the same
+        # host secret (stack/hostkey.py: ISNs, timestamps, ports).
+        h = hashlib.sha256(_IID_LABEL + prefix[:8] + ifname.encode()
+                           + counter.to_bytes(4, "big") + secret).digest()[:8]
         value = int.from_bytes(h, "big")
         if not any(value in r for r in _RESERVED_IIDS):
             return h
