@@ -241,3 +241,20 @@ def test_a_row_naming_another_file_never_removes_it(tmp_path: Path) -> None:
 def test_an_empty_store_is_still_a_store(tmp_path: Path) -> None:
     for store in (CacheStore(1 << 20), CacheStore(1 << 20, directory=tmp_path)):
         assert len(store) == 0 and store
+
+
+def test_an_index_broken_while_running_is_counted_never_raised(tmp_path: Path) -> None:
+    store = CacheStore(1 << 20, directory=tmp_path)
+    store.put(entry("http://h/a", 100))
+    hit = store.variants("http://h/a")[0]
+    with sqlite3.connect(tmp_path / diskstore.DB_NAME) as db:   # under its feet
+        db.execute("DROP TABLE entries")
+    assert store.variants("http://h/a") == []
+    assert not store.put(entry("http://h/c", 100))
+    assert store.invalidate("http://h/a") == 0
+    store.touch(hit)
+    store.close()                          # writes the pending touch: fails, counted
+    assert store.counters["index_errors"] == 4
+    assert not list(tmp_path.glob("*.tmp")) and len(list(tmp_path.glob("*.entry"))) == 1
+    with pytest.raises(StoreError, match="no such table"):
+        CacheStore(1 << 20, directory=tmp_path)
