@@ -278,8 +278,7 @@ class CacheStore:
     def _forget(self, uri: str, vary_key: VaryKey) -> None:
         self._memory.drop((uri, vary_key))
         if self._writer is not None:
-            # In order with the queued writes (a drop of one key is rare: too large).
-            self._writer.invalidate(uri)
+            self._writer.drop(uri, vary_text(vary_key))   # in order with queued writes
         elif self._disk is not None:
             self._disk.drop(uri, vary_text(vary_key))
 

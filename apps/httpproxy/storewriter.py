@@ -70,10 +70,18 @@ class StoreWriter:
     def invalidate(self, uri: str) -> None:
         """Queue the removal of every variant of ``uri``; until it has run,
         :meth:`invalidating` is true for ``uri``."""
+        self._removal(("invalidate", uri), uri)
+
+    def drop(self, uri: str, vary: str) -> None:
+        """Queue the removal of one variant (``vary`` as diskstore.vary_text gives it);
+        until it has run, :meth:`invalidating` is true for all of ``uri``."""
+        self._removal(("drop", (uri, vary)), uri)
+
+    def _removal(self, job: Job, uri: str) -> None:
         with self._lock:
             self._invalidating[uri] += 1
             self._queued += 1
-        self._jobs.put(("invalidate", uri))
+        self._jobs.put(job)
 
     def invalidating(self, uri: str) -> bool:
         """Whether an invalidation of ``uri`` is queued or running."""
@@ -123,15 +131,17 @@ class StoreWriter:
 
     def _do(self, disk: DiskStore, job: Job, local: Counter[str]) -> None:
         kind, what = job
-        size = 0
+        removal = _removal_uri(job)
+        size = len(what.body) if isinstance(what, StoredResponse) else 0
         try:
-            if kind == "invalidate":
-                assert isinstance(what, str)
+            if kind == "invalidate" and isinstance(what, str):
                 disk.invalidate(what)
-            else:
-                assert isinstance(what, StoredResponse)
-                size = len(what.body)
-                (disk.put if kind == "put" else disk.replace_head)(what)
+            elif kind == "drop" and isinstance(what, tuple):
+                disk.drop(*what)
+            elif kind == "put" and isinstance(what, StoredResponse):
+                disk.put(what)
+            elif kind == "replace" and isinstance(what, StoredResponse):
+                disk.replace_head(what)
         except (OSError, sqlite3.Error) as e:   # the store counts its own; this is a bug net
             log.warning("cache writer: %s: %s", kind, e)
             local["writer_errors"] += 1
@@ -141,7 +151,17 @@ class StoreWriter:
                 local.clear()
                 self._queued -= 1
                 self._pending_bytes -= size
-                if kind == "invalidate":
-                    self._invalidating[str(what)] -= 1
-                    if not self._invalidating[str(what)]:
-                        del self._invalidating[str(what)]
+                if removal is not None:
+                    self._invalidating[removal] -= 1
+                    if not self._invalidating[removal]:
+                        del self._invalidating[removal]
+
+
+def _removal_uri(job: Job) -> str | None:
+    """The URI a removal job hides while queued (None for a store)."""
+    kind, what = job
+    if kind == "invalidate" and isinstance(what, str):
+        return what
+    if kind == "drop" and isinstance(what, tuple):
+        return str(what[0])
+    return None

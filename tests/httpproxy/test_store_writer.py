@@ -106,3 +106,17 @@ def test_a_writer_that_cannot_open_the_index_is_a_start_up_error(tmp_path, monke
     monkeypatch.setattr(storewriter, "DiskStore", broken)
     with pytest.raises(StoreError, match="no index here"):
         CacheStore(1 << 20, directory=tmp_path, background=True)
+
+
+def test_a_too_large_replacement_drops_only_its_variant(tmp_path: Path) -> None:
+    store = CacheStore(1 << 20, max_object=4000, directory=tmp_path, background=True)
+    for accept in ("a", "b"):
+        e = entry("http://h/v", 100, accept)
+        e.vary_key = (("accept", accept),)
+        store.put(e)
+    big = entry("http://h/v", 5000, "a")
+    big.vary_key = (("accept", "a"),)
+    assert not store.put(big)
+    store.close()
+    got = CacheStore(1 << 20, directory=tmp_path).variants("http://h/v")
+    assert [e.vary_key for e in got] == [(("accept", "b"),)]
