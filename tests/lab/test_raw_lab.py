@@ -321,3 +321,18 @@ def test_no_offload_is_refused_on_raw_interfaces(lab, tmp_path):
     assert proc.returncode == 1
     assert "--no-offload cannot work on a packet socket" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_raw_lab_status_refusal_and_removal(lab):
+    from apps.lab import LabError, lab_status, list_netns
+
+    st = lab_status(lab)
+    assert st["up"] and st["raw"]
+    ends = {d["tap"]: d for d in st["stack"]["interfaces"]}
+    assert set(ends) == {lab.client_raw, lab.server_raw}
+    assert all(d["addresses"] == [] and d["state"] == "UP" for d in ends.values())
+    lab_up(lab)  # again, kind not given: the raw lab it is (idempotent)
+    with pytest.raises(LabError, match="raw-socket"):
+        lab_up(lab, raw=False)
+    lab_down(lab)
+    assert not {lab.client_ns, lab.server_ns, lab.stack_ns} & set(list_netns())
