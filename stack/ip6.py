@@ -14,7 +14,8 @@ all-nodes or to the solicited-node group of an own address are taken; fragments 
 reassembled (stack/frag6.py). ICMPv6 echo requests are answered, NDP messages go to
 stack/ndp.py, and ICMPv6 errors are rate-limited by the same kind of token bucket as
 ICMP's (RFC 4443 §2.4 (f)). Nothing is forwarded, and no transport runs over IPv6
-yet: other upper layers are answered with a Parameter Problem code 1.
+yet: UDP datagrams get a port unreachable, other upper layers (TCP included) a
+Parameter Problem code 1.
 
 Sans-I/O like the core: ``now`` on every entry point, frames go to the core's outbox.
 """
@@ -35,9 +36,11 @@ from stack.ndp import NdpEffects, NdpTransmit, NeighborCache, NeighborDiscovery
 from stack.neigh import PendingFrame
 from stack.skbuff import SkBuff
 from stack.wire import WireError, ipv6ext
+from stack.wire import checksum as cks
 from stack.wire import icmp6 as wicmp6
 from stack.wire import ipv6 as wip6
 from stack.wire import ndp as wndp
+from stack.wire import udp as wudp
 from stack.wire.ethernet import ETH_HLEN, ETH_P_IPV6
 from stack.wire.fields import ETH_TYPE
 from stack.wire.vnet import (
@@ -226,11 +229,37 @@ class Ipv6Layer:
         if a is not None and not a.assigned:
             self.counters["ipv6_to_tentative"] += 1
             return None
-        # RFC 8200 §4: an upper layer this stack does not run over IPv6 (yet: TCP and
-        # UDP included) is an unrecognised Next Header.
+        if chain.upper_layer == wip6.IPPROTO_UDP:
+            return self._udp_input(iface, packet, chain.offset, rx, now)
+        # RFC 8200 §4: an upper layer this stack does not run over IPv6 (yet: TCP
+        # included) is an unrecognised Next Header.
         self.counters["ipv6_unknown_next_header"] += 1
         self._icmp_error(iface, packet, wicmp6.PARAM_PROBLEM,
                          ipv6ext.PP_UNRECOGNIZED_NEXT_HEADER, chain.nh_pointer, now,
+                         link_mcast=rx.link_mcast)
+
+    def _udp_input(self, iface: Interface, packet: bytes, at: int, rx: _Arrival,
+                   now: float) -> None:
+        """No UDP socket runs over IPv6 yet: a well-formed datagram earns a port
+        unreachable (RFC 4443 §3.1, as for IPv4: traceroute ends on it). A truncated,
+        mis-sized or mis-summed one is counted and not answered; a zero checksum is an
+        error in IPv6 (RFC 8200 §8.1)."""
+        datagram = packet[at:]
+        try:
+            hdr = wudp.UdpHeader.parse(datagram)
+        except WireError as e:
+            self.counters["udp6_" + e.reason.removeprefix("udp_")] += 1
+            return None
+        if hdr.length != len(datagram):
+            self.counters["udp6_bad_length"] += 1
+            return None
+        pseudo = cks.pseudo_header_sum6(packet[8:24], packet[24:40], wip6.IPPROTO_UDP,
+                                        hdr.length)
+        if not rx.trusted and (hdr.checksum == 0 or cks.ones_sum(datagram, pseudo) != 0xFFFF):
+            self.counters["udp6_bad_checksum"] += 1
+            return None
+        self.counters["udp6_no_port"] += 1
+        self._icmp_error(iface, packet, wicmp6.DEST_UNREACH, wicmp6.UNREACH_PORT, 0, now,
                          link_mcast=rx.link_mcast)
 
     def _icmp6_input(self, iface: Interface, hdr: wip6.Ipv6Header, packet: bytes, at: int,

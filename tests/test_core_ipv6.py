@@ -260,11 +260,39 @@ def test_unknown_next_header_parameter_problem_code_1():
     lab = Lab6()
     lab.settle()
     lab.learn_peer()
-    udp = ip6(PEER, OWN, 17, b"\x10\x00\x20\x00\x00\x0a\x00\x00hi", hlim=64)
-    lab.send(eth(lab.mac, PEER_MAC, udp))
+    tcp = ip6(PEER, OWN, 6, bytes(20), hlim=64)        # no TCP over IPv6 yet
+    lab.send(eth(lab.mac, PEER_MAC, tcp))
     (err,) = _errors(lab)
     assert err == eth(PEER_MAC, lab.mac, ip6(OWN, PEER, 58, icmp6(
-        OWN, PEER, 4, 1, struct.pack("!I", 6) + udp), hlim=64))
+        OWN, PEER, 4, 1, struct.pack("!I", 6) + tcp), hlim=64))
+
+
+def udp6(payload: bytes, checksum: int | None = None) -> bytes:
+    hdr = struct.pack("!HHHH", 4096, 8192, 8 + len(payload), 0)
+    if checksum is None:
+        checksum = csum(PEER + OWN + struct.pack("!I3xB", 8 + len(payload), 17) + hdr
+                        + payload) or 0xFFFF
+    return ip6(PEER, OWN, 17, hdr[:6] + struct.pack("!H", checksum) + payload, hlim=64)
+
+
+def test_udp_gets_port_unreachable_unless_malformed():
+    lab = Lab6()
+    lab.settle()
+    lab.learn_peer()
+    good = udp6(b"hi")
+    lab.send(eth(lab.mac, PEER_MAC, good))
+    (err,) = _errors(lab)
+    assert err == eth(PEER_MAC, lab.mac, ip6(OWN, PEER, 58, icmp6(
+        OWN, PEER, 1, 4, bytes(4) + good), hlim=64))
+    bad = bytearray(good)
+    bad[-1] ^= 1
+    for frame in (udp6(b"hi", checksum=0), bytes(bad), ip6(PEER, OWN, 17, b"\x10\x00", hlim=64),
+                  ip6(PEER, OWN, 17, bytes(4) + b"\x00\x20" + bytes(4), hlim=64)):
+        lab.send(eth(lab.mac, PEER_MAC, frame))
+    assert _errors(lab) == []
+    c = lab.stack.counters
+    assert (c["udp6_no_port"], c["udp6_bad_checksum"], c["udp6_truncated"],
+            c["udp6_bad_length"]) == (1, 2, 1, 1)
 
 
 def test_no_error_about_an_error_or_to_multicast():
