@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import sqlite3
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -142,8 +141,8 @@ class StoreWriter:
                 disk.put(what)
             elif kind == "replace" and isinstance(what, StoredResponse):
                 disk.replace_head(what)
-        except (OSError, sqlite3.Error) as e:   # the store counts its own; this is a bug net
-            log.warning("cache writer: %s: %s", kind, e)
+        except Exception:   # the store counts its own errors; this keeps the thread alive
+            log.exception("cache writer: %s", kind)
             local["writer_errors"] += 1
         finally:
             with self._lock:
