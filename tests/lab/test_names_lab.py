@@ -12,7 +12,7 @@ import pytest
 
 from apps.demo_names import udp_associate_query
 from apps.labdns import DnsServer
-from apps.labproc import ns_cmd
+from apps.labproc import ns_cmd, wait_until
 from apps.origin import Origin
 from tests.lab.stackproc import StackProcess
 
@@ -140,3 +140,49 @@ def test_udp_associate_with_two_workers(lab, tmp_path):
             stack.stop()
         assert answers == [(True, "198.19.0.1 53 198.19.0.1")] * 8
         assert dns.queries(NAME) == 8
+
+
+def _page(root) -> None:
+    """/index.html with eight scripts, each leaving a mark in the DOM."""
+    scripts = []
+    for i in range(8):
+        (root / f"j{i}.js").write_text(
+            f"document.body.insertAdjacentHTML('beforeend', '<p>js-ok-{i}</p>');\n")
+        (root / f"j{i}.js").chmod(0o644)
+        scripts.append(f'<script src="http://{ALIAS}/j{i}.js"></script>')
+    (root / "index.html").write_text("<!doctype html><html><head><link rel=icon href=data:,>"
+                                     "</head><body>" + "".join(scripts) + "</body></html>")
+    (root / "index.html").chmod(0o644)
+
+
+def test_chromium_through_the_splicing_socks_proxy_with_remote_names(lab, dns, tmp_path):
+    """A browser set to the SOCKS5 proxy with names resolved by the proxy: Chromium is
+    told every local lookup fails, so the page and its scripts (from a CNAME) load only
+    if the proxy resolves them, over the stack's UDP, with dnsmasq."""
+    stack = StackProcess(lab, "socks", "--mode", "splice", "--dns", "198.19.0.1",
+                         "--log-level", "info", log=tmp_path / "socks.log")
+    try:
+        stack.wait_ready()
+        # Chromium drops requests in flight when an address of its namespace changes:
+        # the IPv6 link-local address must be past duplicate address detection.
+        assert wait_until(ns_cmd(lab.client_ns, "bash", "-c",
+                                 'test -z "$(ip -6 addr show tentative)"'), timeout=20)
+        with Origin(lab.server_ns) as origin:
+            _page(origin.docroot)
+            cmd = ns_cmd(lab.client_ns, "chromium", "--headless", "--no-sandbox",
+                         "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                         f"--user-data-dir={tmp_path / 'profile'}",
+                         "--proxy-server=socks5://198.18.0.2:1080",
+                         "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 198.18.0.2",
+                         "--dump-dom", f"http://{NAME}/index.html")
+            dom = subprocess.run(cmd, capture_output=True, text=True, timeout=90)
+    finally:
+        summary = stack.stop()
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    for i in range(8):
+        assert f"js-ok-{i}<" in dom.stdout, (i, dom.stdout[-2000:])
+    log = (tmp_path / "socks.log").read_text()
+    assert f"dest={NAME}:80 rep=0x00" in log and f"dest={ALIAS}:80 rep=0x00" in log
+    assert summary["splice"]["splices"] >= 2
+    assert summary["splice"].get("copied_payload_bytes", 0) == 0
+    assert dns.queries(NAME) == 1 and dns.queries(ALIAS) == 1   # then the stack's cache
