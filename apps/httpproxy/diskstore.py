@@ -204,7 +204,7 @@ class DiskStore:
             db.executemany("DELETE FROM entries WHERE id = ?", [(r,) for r, _f in broken])
             db.execute("UPDATE totals SET bytes = (SELECT COALESCE(SUM(size), 0) FROM "
                        "entries), count = (SELECT COUNT(*) FROM entries)")
-            evicted = self._evict(db, 0)
+            evicted = self._evict(db, 0, 0)
         self.counters["recovered_rows"] += len(broken)
         for name in names:
             if name.endswith(TEMP_SUFFIX):
@@ -403,18 +403,19 @@ class DiskStore:
         db.executemany("DELETE FROM entries WHERE id = ?", [(rid,) for rid, _f in extra])
         return [f for _rid, f in extra]
 
-    def _evict(self, db: sqlite3.Connection, room: int) -> list[str]:
-        """Delete least recently used rows until ``room`` more bytes and one more entry
-        fit; the files to unlink once committed."""
+    def _evict(self, db: sqlite3.Connection, room: int, entries: int = 1) -> list[str]:
+        """Delete least recently used rows until ``room`` more bytes and ``entries``
+        more entries fit; the files to unlink once committed."""
         total, count = db.execute("SELECT bytes, count FROM totals").fetchone()
         files: list[str] = []
-        while count and (total + room > self.max_bytes or count >= self.max_entries):
+        limit = self.max_entries - entries
+        while count and (total + room > self.max_bytes or count > limit):
             oldest = db.execute("SELECT id, file, size FROM entries ORDER BY atime LIMIT ?",
                                 (EVICT_BATCH,)).fetchall()
             if not oldest:
                 break
             for rid, file, size in oldest:
-                if not (total + room > self.max_bytes or count >= self.max_entries):
+                if not (total + room > self.max_bytes or count > limit):
                     break
                 db.execute("DELETE FROM entries WHERE id = ?", (rid,))
                 total, count = total - size, count - 1

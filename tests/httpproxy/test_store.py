@@ -258,3 +258,13 @@ def test_an_index_broken_while_running_is_counted_never_raised(tmp_path: Path) -
     assert not list(tmp_path.glob("*.tmp")) and len(list(tmp_path.glob("*.entry"))) == 1
     with pytest.raises(StoreError, match="no such table"):
         CacheStore(1 << 20, directory=tmp_path)
+
+
+def test_the_entry_bound_holds_across_workers_and_at_start(tmp_path: Path) -> None:
+    w0 = CacheStore(1 << 20, directory=tmp_path, max_entries=3)
+    w1 = CacheStore(1 << 20, directory=tmp_path, max_entries=3)
+    for i in range(5):
+        (w0 if i % 2 else w1).put(entry(f"http://h/{i}", 10))
+    assert len(w0) == 3 and w0.counters["evicted"] + w1.counters["evicted"] == 2
+    assert len(CacheStore(1 << 20, directory=tmp_path, max_entries=3)) == 3
+    assert len(CacheStore(1 << 20, directory=tmp_path, max_entries=2)) == 2
