@@ -25,8 +25,10 @@ as the group's eBPF program, so both directions of a connection reach one worker
 with the TAP queues.
 
 Frames are read with one ``recv_into`` per frame (MSG_TRUNC tells an oversized frame
-from a full buffer); a TPACKET_V3 receive ring was measured against it (the README's
-raw-socket section has the figures).
+from a full buffer). A TPACKET_V3 receive ring (tools/bench/raw_ring.py) reads small
+frames faster in isolation, but a forwarder on it was slower and every round trip
+took a millisecond longer (a V3 block reaches user space only when full or when its
+retire timer runs out); the README's raw-socket section has the figures.
 
 An interface that goes down makes the socket report ENETDOWN once: logged, counted,
 and frames flow again when it comes back up. That error also raises EPOLLERR on the
@@ -62,6 +64,7 @@ log = logging.getLogger("tapsplice.raw")
 SOL_PACKET = 263
 PACKET_ADD_MEMBERSHIP = 1
 PACKET_MR_UNICAST = 3
+PACKET_STATISTICS = 6
 PACKET_FANOUT = 18
 PACKET_QDISC_BYPASS = 20
 PACKET_FANOUT_DATA = 22
@@ -83,7 +86,6 @@ SOCKET_BUFFER = 4 << 20
 
 _RAW_COUNTERS = ("rx_dropped_other_host", "rx_link_down", "tx_link_errors",
                  "rx_dropped_socket_full")
-PACKET_STATISTICS = 6
 
 
 class _SocketDev:
