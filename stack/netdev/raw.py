@@ -198,7 +198,9 @@ class RawDevice(TapDevice):
         except OSError:
             raise FileNotFoundError(errno.ENODEV, f"no interface {name!r} "
                                     "(is the lab up? `tapsplice lab up --raw`)") from None
-        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        # Protocol 0 until bound: a socket opened for ETH_P_ALL would take frames of
+        # every interface in the namespace until bind() narrows it to ours.
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         try:
             if offload:
                 sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
@@ -222,7 +224,7 @@ class RawDevice(TapDevice):
             raise
 
     def _discard_pending(self) -> None:
-        for _ in range(4096):  # bounded: the socket buffer holds fewer frames
+        for _ in range(4096):  # bounded; a socket just bound holds a handful
             try:
                 self.sock.recv(1)
             except OSError:
