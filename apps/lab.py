@@ -192,7 +192,10 @@ def quiet_host_side(ns: str, ifaces: list[str]) -> None:
     chains = "".join(
         f"  chain in_{i} {{ type filter hook ingress device \"{dev}\" priority 0; "
         "counter drop; }\n" for i, dev in enumerate(ifaces))
-    ruleset = f"table netdev {QUIET_TABLE} {{\n{chains}}}\n"
+    # Declared, deleted and defined in one transaction: a second `lab up` replaces the
+    # table instead of adding its rules again.
+    ruleset = (f"table netdev {QUIET_TABLE}\ndelete table netdev {QUIET_TABLE}\n"
+               f"table netdev {QUIET_TABLE} {{\n{chains}}}\n")
     proc = subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=ruleset,
                           capture_output=True, text=True, timeout=_IP_TIMEOUT, check=False)
     if proc.returncode != 0:

@@ -332,6 +332,9 @@ def test_raw_lab_status_refusal_and_removal(lab):
     assert set(ends) == {lab.client_raw, lab.server_raw}
     assert all(d["addresses"] == [] and d["state"] == "UP" for d in ends.values())
     lab_up(lab)  # again, kind not given: the raw lab it is (idempotent)
+    rules = subprocess.run(ns_cmd(lab.stack_ns, "nft", "list", "table", "netdev", QUIET_TABLE),
+                           capture_output=True, text=True, timeout=10).stdout
+    assert rules.count("drop") == 2  # one rule per interface, not one more per `lab up`
     with pytest.raises(LabError, match="raw-socket"):
         lab_up(lab, raw=False)
     lab_down(lab)
