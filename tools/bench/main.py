@@ -1,8 +1,8 @@
 """`tapsplice bench ...`: benchmark commands, each with its baseline in the same run.
 
 ``tapsplice bench router`` downloads a large file over HTTP through the
-tapsplice router (with TAP offloads, optionally also without) and through the
-Linux kernel forwarding between veth pairs, prints a table, and writes the raw
+tapsplice router (with TAP offloads, optionally also without; and on raw sockets
+over veth pairs) and through the Linux kernel forwarding between veth pairs, prints a table, and writes the raw
 samples with machine and version details to JSON.
 """
 
@@ -93,7 +93,8 @@ def add_parser(subparsers: Any) -> None:
         help="HTTP download through the tapsplice router vs the kernel router",
         description="Download a file from nginx (server namespace) with curl (client "
         "namespace) through: the tapsplice router with offloads, optionally without "
-        "them, and the Linux kernel router over veth pairs (the baseline).",
+        "them, the tapsplice router on raw sockets over veth pairs, and the Linux kernel "
+        "router over veth pairs (the baseline).",
     )
     router.add_argument("--size", type=_size, default=parse_size("1G"),
                         help="download size, binary units (default: 1G)")  # fmt: skip

@@ -2,8 +2,10 @@
 
 1. Bulk transfers (download from nginx, upload to a Python sink), both directions,
    through: the stack's SOCKS5 proxy in splice mode and in copy mode, the stack's
-   router, the kernel router (veth twin lab), a uvloop SOCKS5 proxy on kernel
-   sockets (tools/bench/uvsocks.py) and microsocks, the last two in the twin
+   router, the bare Python TAP forwarder (the ceiling), the same splice, router and
+   bare forwarder on raw sockets over veth pairs (`lab up --raw`; the forwarder also
+   on a TPACKET_V3 ring), the kernel router (veth twin lab), a uvloop SOCKS5 proxy on
+   kernel sockets (tools/bench/uvsocks.py) and microsocks, the last two in the twin
    lab's router namespace. Ratios to the kernel router, to the uvloop proxy, and
    of splice to copy mode.
 2. Requests per second for 1 KiB objects with 64 concurrent SOCKS5 clients,
