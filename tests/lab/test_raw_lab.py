@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -339,3 +340,26 @@ def test_raw_lab_status_refusal_and_removal(lab):
         lab_up(lab, raw=False)
     lab_down(lab)
     assert not {lab.client_ns, lab.server_ns, lab.stack_ns} & set(list_netns())
+
+
+def test_a_veth_deleted_under_two_workers_stops_them_all(lab, tmp_path):
+    proc = stack(lab, "run", "--workers", "2", log=tmp_path / "gone2.log")
+    proc.wait_logged("ready")
+    kids = proc.worker_pids()
+    assert len(kids) == 2
+    subprocess.run(["ip", "-n", lab.server_ns, "link", "del", lab.server_tap], check=True,
+                   timeout=10)
+    try:
+        code = proc.proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.proc.kill()
+        proc.proc.wait(timeout=5)
+        raise AssertionError("the workers did not stop: " + proc.log.read_text()) from None
+    text = proc.log.read_text()
+    assert code == 1, text
+    assert f"raw interface {lab.server_raw} disappeared" in text
+    assert "Traceback" not in text
+    deadline = time.monotonic() + 10
+    while any(os.path.exists(f"/proc/{pid}") for pid in kids):
+        assert time.monotonic() < deadline, "a worker outlived the interface"
+        time.sleep(0.05)  # poll interval while the supervisor reaps them
