@@ -105,9 +105,16 @@ class _SocketDev:
 class RawDevice(TapDevice):
     """An AF_PACKET socket bound to one existing interface (see the module docstring).
 
-    The transmit side (vnet header, bounded counted backlog, EAGAIN/ENOBUFS) is the
-    TAP's; receive and the link's life are this class's own.
+    The transmit side (vnet header, bounded counted backlog) is the TAP's; receive and
+    the link's life are this class's own.
     """
+
+    #: Only EAGAIN (the socket's send buffer is full) waits in the backlog. ENOBUFS from
+    #: a packet socket means the frame was dropped on its way out (the driver, a full
+    #: veth peer, an egress rule; with PACKET_QDISC_BYPASS no qdisc holds it) while
+    #: the socket stays writable, so waiting for writability would spin: it is
+    #: counted as a transmit error and dropped, as a NIC's full ring drops.
+    would_block: tuple[int, ...] = (errno.EAGAIN,)
 
     def __init__(self, sock: socket.socket, name: str, *, mac: bytes, offload: bool,
                  mtu: int, batch: int = 64, backlog: int = 256) -> None:

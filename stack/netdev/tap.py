@@ -60,6 +60,9 @@ _INT = struct.Struct("i")
 class TapDevice:
     """An open, non-blocking TAP device (see the module docstring)."""
 
+    #: Write errors that mean "try again when writable": the frame goes to the backlog.
+    would_block: tuple[int, ...] = _WOULD_BLOCK
+
     def __init__(self, dev: pytun.TunTapDevice, *, offload: bool, mtu: int,
                  batch: int, backlog: int) -> None:
         """Wrap an already configured pytun device; use :meth:`open` instead."""
@@ -269,7 +272,7 @@ class TapDevice:
         try:
             os.write(self._fd, data)
         except OSError as exc:
-            if exc.errno in _WOULD_BLOCK:
+            if exc.errno in self.would_block:
                 return self._enqueue(bytes(data))
             self.counters["tx_errors"] += 1
             return False
@@ -283,7 +286,7 @@ class TapDevice:
         try:
             os.writev(self._fd, (hdr, frame))
         except OSError as exc:
-            if exc.errno in _WOULD_BLOCK:
+            if exc.errno in self.would_block:
                 return self._enqueue(hdr + frame)
             self.counters["tx_errors"] += 1
             return False
@@ -312,7 +315,7 @@ class TapDevice:
             try:
                 os.write(self._fd, data)
             except OSError as exc:
-                if exc.errno in _WOULD_BLOCK:
+                if exc.errno in self.would_block:
                     return False
                 c["tx_errors"] += 1
             else:

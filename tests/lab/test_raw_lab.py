@@ -363,3 +363,33 @@ def test_a_veth_deleted_under_two_workers_stops_them_all(lab, tmp_path):
     while any(os.path.exists(f"/proc/{pid}") for pid in kids):
         assert time.monotonic() < deadline, "a worker outlived the interface"
         time.sleep(0.05)  # poll interval while the supervisor reaps them
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of process ``pid`` so far."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_frames_dropped_on_their_way_out_are_counted_without_a_spin(lab, tmp_path):
+    """An egress rule drops everything the stack sends (the socket answers ENOBUFS and
+    stays writable): counted as transmit errors, never a busy loop, and traffic flows
+    again once the rule is gone."""
+    chain = (f"table netdev tsout {{\n chain out {{\n type filter hook egress device "
+             f"\"{lab.client_raw}\" priority 0;\n counter drop\n }}\n}}\n")
+    proc = stack(lab, "run", log=tmp_path / "nobufs.log")
+    try:
+        proc.wait_ready()
+        subprocess.run(ns_cmd(lab.stack_ns, "nft", "-f", "-"), input=chain, text=True,
+                       check=True, timeout=10)
+        before, t0 = cpu_seconds(proc.proc.pid), time.monotonic()
+        assert ping(lab.client_ns, "198.18.0.2", count=4).returncode != 0
+        busy = (cpu_seconds(proc.proc.pid) - before) / (time.monotonic() - t0)
+        assert busy < 0.5, f"the stack used {busy:.0%} of a core while its frames dropped"
+        subprocess.run(ns_cmd(lab.stack_ns, "nft", "delete", "table", "netdev", "tsout"),
+                       check=True, timeout=10)
+        assert ping(lab.client_ns, "198.18.0.2").returncode == 0
+    finally:
+        summary = proc.stop()
+    dev = summary["devices"][lab.client_raw]
+    assert dev["tx_errors"] >= 4 and dev["tx_backlogged"] == 0
