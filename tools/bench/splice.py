@@ -9,7 +9,8 @@
    lab's router namespace. Ratios to the kernel router, to the uvloop proxy, and
    of splice to copy mode.
 2. Requests per second for 1 KiB objects with 64 concurrent SOCKS5 clients,
-   through the splicing proxy and through the uvloop proxy.
+   through the splicing proxy (one process and two workers, on TAPs and on raw
+   sockets) and through the uvloop proxy.
 3. The proxy process's VmRSS before and after opening 10,000 idle spliced pairs.
 
 Targets are reported, never asserted. Raw samples go to JSON with machine and

@@ -424,10 +424,11 @@ class RawSocksRoute(StackSocksRoute):
 
     lab_kind = "raw"
 
-    def __init__(self, max_connections: int = 1024) -> None:
-        super().__init__("splice", max_connections)
-        self.name = "splice-raw"
-        self.label = "stack socks splice, raw sockets"
+    def __init__(self, max_connections: int = 1024, workers: int = 1) -> None:
+        super().__init__("splice", max_connections, workers)
+        self.name = "splice-raw" if workers == 1 else RAW_WORKERS_ROUTE
+        self.label = "stack socks splice, raw sockets" + (
+            f", {workers} workers" if workers > 1 else "")
 
 
 class RawRouterRoute(StackRouterRoute):
@@ -512,6 +513,8 @@ ALL_ROUTES = ("splice", "copy", "stack-router", "tapfwd", "tapfwd-threads", "spl
 #: The spliced proxy as two worker processes (one per core): requests/s only, since a
 #: single transfer is one connection and so one worker.
 WORKERS_ROUTE = "splice-workers"
+#: The same on raw sockets (a fanout group per interface): requests/s only.
+RAW_WORKERS_ROUTE = "splice-workers-raw"
 RPS_WORKERS = 2
 
 
@@ -531,5 +534,7 @@ def make_routes(names: list[str], max_connections: int = 1024) -> list[Route]:
         "uvsocks": UvSocksRoute,
         "microsocks": MicrosocksRoute,
         WORKERS_ROUTE: lambda: StackSocksRoute("splice", max_connections, RPS_WORKERS),
+        RAW_WORKERS_ROUTE: lambda: RawSocksRoute(max_connections, RPS_WORKERS),
     }
-    return [makers[n]() for n in (*ALL_ROUTES, WORKERS_ROUTE) if n in names]
+    return [makers[n]() for n in (*ALL_ROUTES, WORKERS_ROUTE, RAW_WORKERS_ROUTE)
+            if n in names]

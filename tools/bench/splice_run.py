@@ -32,7 +32,7 @@ from tools.bench.splice_paths import (
     python_argv,
 )
 
-RPS_ROUTES = ("splice", "splice-workers", "uvsocks")
+RPS_ROUTES = ("splice", "splice-workers", "splice-raw", "splice-workers-raw", "uvsocks")
 # Handshakes in flight while opening the idle pairs: below the stack's SYN and
 # accept backlogs, so no SYN is dropped and retried a second later.
 HOLD_CONCURRENCY = 64
