@@ -557,9 +557,10 @@ class Stack:
         return self.ip_output(src, dst, proto, skb, now, df=df, ttl=ttl)
 
     def route(self, dst: bytes) -> RouteInfo | None:
-        """Source address, MTU and offload of the way to ``dst`` (TCP's IpService)."""
+        """Source, MTU and offload of the way to ``dst`` (TCP's IpService; IPv6: ip6.py)."""
         from stack.tcp.api import RouteInfo
-
+        if len(dst) == 16:
+            return self.ip6.route(dst)
         r = self.routes.lookup(dst)
         if r is None:
             return None
@@ -569,7 +570,9 @@ class Stack:
                   df: bool = True, ttl: int = 64, iface: int | None = None) -> bool:
         """Prepend an IPv4 header to ``skb`` (data at the transport header) and send it.
         To 255.255.255.255 it goes to the broadcast MAC of interface ``iface`` (an
-        index; default the first), routed nowhere (RFC 919: limited broadcast)."""
+        index; default the first), routed nowhere (RFC 919). IPv6: stack/ip6.py."""
+        if len(dst) == 16:
+            return self.ip6.output(src, dst, proto, skb, now)
         if dst == b"\xff\xff\xff\xff":
             return self._broadcast_output(src, dst, proto, skb, iface, df, ttl)
         route = self.routes.lookup(dst)
@@ -694,5 +697,4 @@ class Stack:
             self._emit(n.iface, n.mac, skb)
 
 
-__all__ = ["Stack", "ProtocolHandler", "FlowEnds", "flow_key", "HEADROOM", "ETH_P_IP",
-           "ETH_P_ARP"]
+__all__ = ["Stack", "ProtocolHandler", "FlowEnds", "flow_key", "HEADROOM", "ETH_P_IP", "ETH_P_ARP"]

@@ -13,27 +13,39 @@ answers are answered with a Parameter Problem. Packets to an assigned address, t
 all-nodes or to the solicited-node group of an own address are taken; fragments are
 reassembled (stack/frag6.py). ICMPv6 echo requests are answered, NDP messages go to
 stack/ndp.py, and ICMPv6 errors are rate-limited by the same kind of token bucket as
-ICMP's (RFC 4443 §2.4 (f)). Nothing is forwarded, and no transport runs over IPv6
-yet: UDP datagrams get a port unreachable, other upper layers (TCP included) a
-Parameter Problem code 1.
+ICMP's (RFC 4443 §2.4 (f)). TCP and UDP segments go to the transports the core
+registered (a TCP segment straight from the received frame, no copy); ICMPv6 errors
+about their packets go to them too. Upper layers nobody runs get a Parameter
+Problem code 1. A router (``Stack(forwarding=True)``) forwards the rest
+(stack/ip6forward.py).
+
+Output: :meth:`Ipv6Layer.output` is the transports' (TCP and UDP hand the core a
+16-byte destination): the next hop and source come from stack/route6.py, the flow
+label is a keyed hash of the addresses, protocol and ports (RFC 6437 §3), and a
+packet over the path MTU that is not a TCP super-segment goes in fragments.
 
 Sans-I/O like the core: ``now`` on every entry point, frames go to the core's outbox.
 """
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import logging
 import random
+import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from stack import gso
 from stack import icmp as sicmp
 from stack.addrconf import Address6, AddressTable, AddrOrigin, AddrState
 from stack.frag6 import FragmentError, Reassembler6, fragment
 from stack.iface import Interface
+from stack.ip6forward import forward
 from stack.ndp import NdpEffects, NdpTransmit, NeighborCache, NeighborDiscovery
 from stack.neigh import PendingFrame
+from stack.route6 import Route6Table
 from stack.skbuff import SkBuff
 from stack.wire import WireError, ipv6ext
 from stack.wire import checksum as cks
@@ -51,12 +63,28 @@ from stack.wire.vnet import (
 
 if TYPE_CHECKING:
     from stack.core import Stack
+    from stack.tcp.api import RouteInfo
 
 log = logging.getLogger("tapsplice.ipv6")
 
 _ETH_IPV6 = ETH_P_IPV6.to_bytes(2, "big")
 _HEADROOM = 128
 _NDP_TYPES = frozenset({wicmp6.NEIGHBOR_SOLICITATION, wicmp6.NEIGHBOR_ADVERTISEMENT})
+_PORTS = struct.Struct("!HH")
+#: The quoted transport ports and (TCP) sequence number of an ICMPv6 error.
+_QUOTED = struct.Struct("!HHL")
+#: ICMPv6 errors in the words of ICMP (RFC 7915 §5.2, which translates them), so
+#: that a transport handles both families' errors alike: (type, code) -> ICMP's.
+#: Packet Too Big becomes "fragmentation needed" with the MTU as it came.
+_AS_ICMP4 = {(wicmp6.DEST_UNREACH, wicmp6.UNREACH_NO_ROUTE): (3, 1),
+             (wicmp6.DEST_UNREACH, wicmp6.UNREACH_ADMIN): (3, 10),
+             (wicmp6.DEST_UNREACH, wicmp6.UNREACH_BEYOND_SCOPE): (3, 1),
+             (wicmp6.DEST_UNREACH, wicmp6.UNREACH_ADDRESS): (3, 1),
+             (wicmp6.DEST_UNREACH, wicmp6.UNREACH_PORT): (3, 3),
+             (wicmp6.PACKET_TOO_BIG, 0): (3, 4),
+             (wicmp6.TIME_EXCEEDED, wicmp6.EXC_HOP_LIMIT): (11, 0),
+             (wicmp6.TIME_EXCEEDED, wicmp6.EXC_FRAGTIME): (11, 1),
+             (wicmp6.PARAM_PROBLEM, ipv6ext.PP_UNRECOGNIZED_NEXT_HEADER): (3, 2)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +112,9 @@ class Ipv6Layer:
         self.reasm = Reassembler6()
         self.icmp_bucket = sicmp.TokenBucket(icmp_rate, icmp_burst)
         self.counters = stack.counters
+        self.routes = Route6Table(self.addresses)
+        # RFC 6437 §3: flow labels from a keyed hash, the key the host secret's.
+        self._flow_key = hashlib.blake2s(self.addresses.secret, person=b"flow6").digest()
 
     # -- configuration -------------------------------------------------------------
     def enable(self, iface: Interface, now: float, *, auto: bool = False) -> Address6 | None:
@@ -98,6 +129,7 @@ class Ipv6Layer:
         if iface.ipv6:
             return None
         iface.ipv6 = True
+        self.routes.changed()
         return self.addresses.add_link_local(iface, now)
 
     def add_address(self, iface: Interface, addr: str, now: float) -> Address6:
@@ -105,8 +137,22 @@ class Ipv6Layer:
         address is tentative until DAD passes."""
         net = ipaddress.IPv6Interface(addr)
         self.enable(iface, now)
+        self.routes.changed()
         return self.addresses.add(iface, net.ip.packed, net.network.prefixlen, now,
                                   AddrOrigin.STATIC)
+
+    def add_route(self, prefix: str, via: str | None = None, iface: Interface | None = None
+                  ) -> None:
+        """A static route for ``prefix`` ("2001:2::/48", "default"), through the
+        interface whose prefix holds ``via`` (or ``iface``: on-link without one)."""
+        gw = wip6.ip6_bytes(via) if via is not None else None
+        if iface is None and gw is not None:
+            iface = next((a.iface for a in self.addresses.addresses.values()
+                          if wip6.prefix_match(a.addr, gw, a.prefixlen)
+                          and (a.prefixlen or wip6.is_link_local(gw))), None)
+        if iface is None or not iface.ipv6:
+            raise ValueError(f"no IPv6 interface for route {prefix} via {via}")
+        self.routes.add(prefix, iface, gw)
 
     # -- timers --------------------------------------------------------------------
     def next_deadline(self) -> float | None:
@@ -122,6 +168,7 @@ class Ipv6Layer:
         deadline = self.next_deadline()
         if deadline is None or deadline > now:
             return
+        self.routes.changed()   # addresses may have passed DAD, routers expired
         self._apply(self.nd.on_timer(now), now)
         for first in self.reasm.expire(now):
             a = self.addresses.assigned(first[24:40]) or self._any_address_for(first[8:24])
@@ -135,8 +182,11 @@ class Ipv6Layer:
         for n in fx.resolved:
             self.stack._flush_pending(n)
         for n in fx.failed:
-            for _ in n.pending:
+            for p in n.pending:
                 self.stack._drop("ndp_unresolved", count_rx=False)
+                if p.forwarded:     # RFC 4443 §3.1 code 3: the address did not answer
+                    self._icmp_error(n.iface, p.frame[ETH_HLEN:ETH_HLEN + wip6.IPV6_MIN_MTU],
+                                     wicmp6.DEST_UNREACH, wicmp6.UNREACH_ADDRESS, 0, now)
             n.pending.clear()
         for a in fx.duplicates:
             # RFC 4862 §5.4.5: a duplicate is logged and never used.
@@ -154,11 +204,26 @@ class Ipv6Layer:
             hdr = wip6.Ipv6Header.parse(frame[ETH_HLEN:])
         except WireError as e:
             return self.stack._drop(e.reason)
-        packet = bytes(frame[ETH_HLEN:ETH_HLEN + wip6.IPV6_HLEN + hdr.payload_length])
         if wip6.is_multicast(hdr.src) or self.addresses.assigned(hdr.src) is not None:
             return self.stack._drop("ipv6_martian_source")
         if not self._accepts(iface, hdr.dst):
+            if self.stack.forwarding:
+                return forward(self, iface, skb, hdr, now)
             return self.stack._drop("ipv6_not_for_us")
+        if hdr.next_header == wip6.IPPROTO_TCP and self.addresses.assigned(hdr.dst):
+            handler = self.stack.protocols.get(wip6.IPPROTO_TCP)
+            if handler is not None:
+                # No extension headers: the segment is taken from the frame as it
+                # is (offload flags and all), like IPv4's.
+                d = skb.data + ETH_HLEN
+                skb.network_off = d
+                skb.tail = d + wip6.IPV6_HLEN + hdr.payload_length
+                skb.pull(ETH_HLEN + wip6.IPV6_HLEN)
+                skb.dev = iface
+                self.counters["rx_local"] += 1
+                handler.input(skb, hdr.src, hdr.dst, now)
+                return None
+        packet = bytes(frame[ETH_HLEN:ETH_HLEN + wip6.IPV6_HLEN + hdr.payload_length])
         rx = _Arrival(bytes(frame[6:12]), bool(frame[0] & 1), bool(
             skb.vnet_flags & (VIRTIO_NET_HDR_F_NEEDS_CSUM | VIRTIO_NET_HDR_F_DATA_VALID)))
         chain = self._walk(iface, packet, rx, now)
@@ -229,6 +294,19 @@ class Ipv6Layer:
         if a is not None and not a.assigned:
             self.counters["ipv6_to_tentative"] += 1
             return None
+        handler = self.stack.protocols.get(chain.upper_layer)
+        if handler is not None and chain.upper_layer in (wip6.IPPROTO_TCP, wip6.IPPROTO_UDP):
+            # Extension headers or fragments came first: a copy from the transport
+            # header on, checksums checked again (a reassembled packet's flags were
+            # only its last fragment's).
+            skb = SkBuff.from_bytes(packet[chain.offset:], headroom=_HEADROOM)
+            skb.dev = iface
+            if chain.fragment is None and rx.trusted:
+                skb.vnet_flags = VIRTIO_NET_HDR_F_DATA_VALID
+            if handler.input(skb, hdr.src, hdr.dst, now) is False:
+                self._icmp_error(iface, packet, wicmp6.DEST_UNREACH, wicmp6.UNREACH_PORT, 0,
+                                 now, link_mcast=rx.link_mcast)
+            return None
         if chain.upper_layer == wip6.IPPROTO_UDP:
             return self._udp_input(iface, packet, chain.offset, rx, now)
         # RFC 8200 §4: an upper layer this stack does not run over IPv6 (yet: TCP
@@ -287,8 +365,34 @@ class Ipv6Layer:
                       wicmp6.echo_reply(msg).to_bytes(dst, src), now)
         elif msg.is_error:
             self.counters["icmp6_errors_received"] += 1
+            self._error_to_transport(msg, now)
         else:
             self.counters["icmp6_ignored"] += 1
+
+    def _error_to_transport(self, msg: wicmp6.Icmp6Message, now: float) -> None:
+        """Hand an ICMPv6 error to the transport whose packet it quotes (RFC 4443
+        §2.4 (b), RFC 5927), in ICMP's terms (``_AS_ICMP4``)."""
+        q = bytes(msg.payload)
+        found = ipv6ext.skip(q)
+        if found is None or found[1] + 8 > len(q):
+            self.counters["icmp6_error_bad_quote"] += 1
+            return
+        nh, at = found
+        handler = self.stack.protocols.get(nh)
+        mapped = _AS_ICMP4.get((msg.type, 0 if msg.type == wicmp6.PACKET_TOO_BIG else msg.code))
+        if handler is None or not hasattr(handler, "icmp_error") or mapped is None:
+            self.counters["icmp6_error_not_delivered"] += 1
+            return
+        mtu = 0
+        if msg.type == wicmp6.PACKET_TOO_BIG:
+            mtu = msg.rest
+            if mtu < wip6.IPV6_MIN_MTU:
+                # RFC 8201 §4: a Packet Too Big under the minimum link MTU is discarded.
+                self.counters["icmp6_ptb_below_minimum"] += 1
+                return
+        sport, dport, seg_seq = _QUOTED.unpack_from(q, at)
+        handler.icmp_error(q[8:24], q[24:40], sport, dport, mapped[0], mapped[1], now,
+                           mtu=mtu, seg_seq=seg_seq if nh == wip6.IPPROTO_TCP else None)
 
     def _ndp_input(self, iface: Interface, hdr: wip6.Ipv6Header, msg: wicmp6.Icmp6Message,
                    rx: _Arrival, now: float) -> None:
@@ -308,6 +412,7 @@ class Ipv6Layer:
             self.counters[e.reason] += 1
             return None
         self.counters[f"icmp6_in_{msg.type}"] += 1
+        self.routes.changed()   # routers and prefixes may have come or gone
         self._apply(fx, now)
 
     # -- output --------------------------------------------------------------------
@@ -331,32 +436,96 @@ class Ipv6Layer:
 
     def send(self, iface: Interface, src: bytes, dst: bytes, next_header: int,
              payload: bytes, now: float) -> bool:
-        """Send one packet out of ``iface``: to ``dst`` if it is on the link (link-local,
-        in the prefix of an address of the interface, or an on-link prefix a router
-        announced), else to the interface's first default router. A packet over the
-        link's MTU (a router's MTU option may lower it) goes in fragments."""
+        """Send one packet the stack made (ICMPv6): to a group or a link-local
+        address out of ``iface``, elsewhere where the routing table says
+        (stack/route6.py). A packet over the path MTU goes in fragments."""
         if len(payload) > 0xFFFF:
             self.counters["tx6_too_big"] += 1
             return False
-        link = self.addresses.link(iface)
-        nexthop: bytes | None = dst
-        if not wip6.is_multicast(dst) and not self._on_link(iface, dst):
-            nexthop = next(iter(link.routers), None)
-        if nexthop is None:
-            self.counters["tx6_no_route"] += 1
+        hop = self._next_hop(iface, dst)
+        if hop is None:
             return False
+        out, nexthop = hop
+        link = self.addresses.link(out)
         skb = self._packet(src, dst, next_header, payload, link.cur_hop_limit)
-        mtu = min(link.mtu or iface.mtu, iface.mtu)
-        if wip6.IPV6_HLEN + len(payload) <= mtu:
-            return self._output(iface, nexthop, skb, now)
+        return self._send_frame(out, nexthop, skb, now)
+
+    def _next_hop(self, iface: Interface | None, dst: bytes) -> tuple[Interface, bytes] | None:
+        if iface is not None and (wip6.is_multicast(dst) or wip6.is_link_local(dst)):
+            return iface, dst
+        hop = self.routes.lookup(dst)
+        if hop is None:
+            self.counters["tx6_no_route"] += 1
+            return None
+        return hop.iface, hop.nexthop
+
+    def _send_frame(self, out: Interface, nexthop: bytes, skb: SkBuff, now: float) -> bool:
+        """Send a frame (Ethernet and IPv6 headers in place) or, over the path MTU
+        and not a TCP super-segment, its fragments (RFC 8200 §5)."""
+        mtu = self.path_mtu(out)
+        if len(skb) - ETH_HLEN <= mtu or skb.gso_size:
+            return self._output(out, nexthop, skb, now)
+        gso.complete_checksum(skb)
         # RFC 7739 §5.1: an unpredictable identification per packet.
         frags = fragment(skb.tobytes()[ETH_HLEN:], mtu, self.rng.getrandbits(32))
         self.counters["tx6_fragmented"] += 1
         for f in frags:
             frame = SkBuff.from_bytes(bytes(ETH_HLEN) + f, headroom=_HEADROOM)
             frame.buf[frame.data + ETH_TYPE:frame.data + ETH_HLEN] = _ETH_IPV6
-            self._output(iface, nexthop, frame, now)
+            self._output(out, nexthop, frame, now)
         return True
+
+    def path_mtu(self, iface: Interface) -> int:
+        """The link's MTU, or a router's lower MTU option (RFC 4861 §6.3.4)."""
+        link_mtu = self.addresses.link(iface).mtu
+        return min(link_mtu or iface.mtu, iface.mtu)
+
+    # -- the transports' output --------------------------------------------------
+    def route(self, dst: bytes) -> RouteInfo | None:
+        """Source address, path MTU and offload towards ``dst`` (TCP's and UDP's
+        ``IpService.route`` for IPv6 destinations), or None."""
+        from stack.tcp.api import RouteInfo
+
+        if wip6.is_multicast(dst) or wip6.is_unspecified(dst):
+            return None
+        hop = self.routes.lookup(dst)
+        if hop is None:
+            return None
+        src = self.routes.source(hop.iface, dst)
+        if src is None:
+            return None
+        return RouteInfo(src.addr, self.path_mtu(hop.iface), hop.iface.offload)
+
+    def output(self, src: bytes, dst: bytes, proto: int, skb: SkBuff, now: float) -> bool:
+        """Prepend an IPv6 header to ``skb`` (data at the transport header, maybe a
+        partial checksum or a TCP super-segment) and send it."""
+        hop = self._next_hop(None, dst)
+        if hop is None:
+            return False
+        out, nexthop = hop
+        plen = len(skb)
+        if plen > 0xFFFF:
+            self.counters["tx6_too_big"] += 1
+            return False
+        label = self.flow_label(src, dst, proto, skb)
+        wip6.IPV6_HEADER.pack_into(skb.push(wip6.IPV6_HLEN), 0, 6 << 28 | label, plen, proto,
+                                   self.addresses.link(out).cur_hop_limit, src, dst)
+        skb.push(ETH_HLEN)[ETH_TYPE:ETH_HLEN] = _ETH_IPV6
+        if skb.vnet_flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
+            skb.csum_start += ETH_HLEN + wip6.IPV6_HLEN
+        if skb.gso_size:
+            skb.hdr_len += ETH_HLEN + wip6.IPV6_HLEN
+        self.counters["tx6_transport"] += 1
+        return self._send_frame(out, nexthop, skb, now)
+
+    def flow_label(self, src: bytes, dst: bytes, proto: int, skb: SkBuff) -> int:
+        """RFC 6437 §3: a 20-bit keyed hash of the addresses, protocol and ports
+        (read from the transport header at ``skb.data``), never 0, the same for
+        every packet of a flow."""
+        ports = bytes(skb.buf[skb.data:skb.data + 4])
+        digest = hashlib.blake2s(src + dst + bytes((proto,)) + ports, key=self._flow_key,
+                                 digest_size=4).digest()
+        return (int.from_bytes(digest, "big") & 0xFFFFF) or 1
 
     def _output(self, iface: Interface, nexthop: bytes, skb: SkBuff, now: float) -> bool:
         self.counters["tx_ip6"] += 1
@@ -365,16 +534,8 @@ class Ipv6Layer:
             return True
         return self._link_output(iface, nexthop, skb, now)
 
-    def _on_link(self, iface: Interface, dst: bytes) -> bool:
-        if wip6.is_link_local(dst):
-            return True
-        if any(wip6.prefix_match(a.addr, dst, a.prefixlen)
-               for a in self.addresses.for_iface(iface) if a.assigned):
-            return True
-        return any(wip6.prefix_match(p, dst, plen)
-                   for p, plen in self.addresses.link(iface).prefixes)
-
-    def _link_output(self, out: Interface, nexthop: bytes, skb: SkBuff, now: float) -> bool:
+    def _link_output(self, out: Interface, nexthop: bytes, skb: SkBuff, now: float, *,
+                     forwarded: bool = False) -> bool:
         """Address the frame to ``nexthop``'s MAC, resolving it first if need be
         (RFC 4861 §7.2.2: frames wait in a bounded queue)."""
         n = self.cache.get(out, nexthop)
@@ -389,7 +550,7 @@ class Ipv6Layer:
         if len(n.pending) >= self.cache.max_pending:
             self.stack._drop("ndp_queue_full", count_rx=False)
             return False
-        n.pending.append(PendingFrame(skb.tobytes(), save_vnet(skb), False))
+        n.pending.append(PendingFrame(skb.tobytes(), save_vnet(skb), forwarded))
         if n.probes == 0:
             n.probes, n.next_probe = 1, now + self.cache.retrans_time
             t = self.nd.solicit(n, now)
@@ -415,7 +576,9 @@ class Ipv6Layer:
             return
         own = self.addresses.assigned(dst)
         if own is None:
-            own = next((a for a in self.addresses.for_iface(iface) if a.assigned), None)
+            # Not sent to us (a router's error): the source for the way back.
+            hop = None if wip6.is_link_local(src) else self.routes.lookup(src)
+            own = self.routes.source(hop.iface if hop is not None else iface, src)
         if own is None:
             self.counters["icmp6_error_no_source"] += 1
             return

@@ -18,15 +18,15 @@ application that stops reading closes the TCP window instead of growing a buffer
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from stack.netfamily import address_str, parse_address
 from stack.streamreader import DEFAULT_LIMIT, StackStreamReader
 from stack.tcp.api import TcpState
 from stack.tcp.layer import Listener, TcpLayer
 from stack.tcp.tcb import Tcb
-from stack.wire.ipv4 import ip_bytes, ip_str
+from stack.wire.ipv4 import ip_str
 
 READ_CHUNK = 256 * 1024
 __all__ = ["DEFAULT_LIMIT", "Driver", "StackStreamReader", "TcpApi", "TcpServer",
@@ -72,12 +72,13 @@ class TcpTransport(asyncio.Transport):
 
     # -- asyncio.Transport API -------------------------------------------------
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        """peername, sockname, tcp_info (a dict like Linux's), tcb (the TCB itself)."""
+        """peername, sockname (IPv6: (host, port, flowinfo, scope_id) like an
+        AF_INET6 socket's), tcp_info (a dict like Linux's), tcb (the TCB itself)."""
         tcb = self._tcb
         if name == "peername":
-            return ip_str(tcb.remote), tcb.remote_port
+            return sockaddr(tcb.remote, tcb.remote_port)
         if name == "sockname":
-            return ip_str(tcb.local), tcb.local_port
+            return sockaddr(tcb.local, tcb.local_port)
         if name == "tcp_info":
             return tcb.info()
         if name == "tcb":
@@ -364,9 +365,9 @@ class TcpServer(asyncio.AbstractServer):
         return ()
 
     @property
-    def address(self) -> tuple[str, int]:
-        """(address, port) listened on."""
-        return ip_str(self._listener.addr), self._listener.port
+    def address(self) -> tuple:
+        """(address, port) listened on; IPv6: (address, port, 0, 0)."""
+        return sockaddr(self._listener.addr, self._listener.port)
 
     @property
     def listener(self) -> Listener:
@@ -408,14 +409,26 @@ class TcpServer(asyncio.AbstractServer):
 
 
 def _addr(host: str | bytes | None) -> bytes:
+    """A host as 4 or 16 bytes: None and "" are 0.0.0.0 (IPv4 only, as before);
+    "::" is every IPv6 address (IPv6 only: asyncio's servers set IPV6_V6ONLY too)."""
     if host is None or host in ("", "0.0.0.0"):
         return b"\0\0\0\0"
     if isinstance(host, bytes):
         return host
     try:
-        return ipaddress.IPv4Address(host).packed
+        return parse_address(host)
     except ValueError:
-        raise OSError(f"cannot resolve {host!r}: the stack takes IPv4 addresses") from None
+        raise OSError(f"cannot resolve {host!r}: the stack takes IP addresses") from None
+
+
+def sockaddr(addr: bytes, port: int) -> tuple:
+    """An address as asyncio's transports give it: (host, port) for IPv4, (host,
+    port, flowinfo, scope_id) for IPv6, so code written for sockets unpacks it
+    alike. The flow information is 0 (no socket asks for flow labels back) and
+    so is the scope (the stack has no scoped sockets)."""
+    if len(addr) == 16:
+        return address_str(addr), port, 0, 0
+    return ip_str(addr), port
 
 
 def established(tcb: Tcb) -> asyncio.Future[None]:
@@ -482,7 +495,7 @@ class TcpApi:
         src: bytes | None = None
         sport: int | None = None
         if local_addr is not None:
-            src, sport = ip_bytes(local_addr[0]), local_addr[1] or None
+            src, sport = _addr(local_addr[0]), local_addr[1] or None
         tcb = self.tcp.connect(_addr(host), port, self.driver.now(), src=src, sport=sport)
         self.driver.poke()
         try:

@@ -20,6 +20,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 
 from stack import seq
+from stack.netfamily import family_of
 from stack.portshard import queue_of
 from stack.skbuff import SkBuff
 from stack.tcp import output, timewait
@@ -44,6 +45,9 @@ from stack.wire.tcp import ACK, FIN, RST, SYN, TcpHeader, TcpOptions, verify_tcp
 from stack.wire.vnet import VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM
 
 ANY = b"\0\0\0\0"
+#: The IPv6 wildcard: a listener on it hears IPv6 only (as a socket with
+#: IPV6_V6ONLY, asyncio's default for its servers); IPv4 needs a listener of its own.
+ANY6 = bytes(16)
 _CSUM_TRUSTED = VIRTIO_NET_HDR_F_NEEDS_CSUM | VIRTIO_NET_HDR_F_DATA_VALID
 Key = tuple[bytes, int, bytes, int]
 #: What the connection table holds: a whole TCB, or a TIME-WAIT record (timewait.py).
@@ -210,7 +214,8 @@ class TcpLayer:
                 segment_arrives(tcb, hdr, payload, now)
             self.after_call(tcb)
             return
-        lst = self.listeners.get((dst, hdr.dport)) or self.listeners.get((ANY, hdr.dport))
+        lst = (self.listeners.get((dst, hdr.dport))
+               or self.listeners.get((ANY if len(dst) == 4 else ANY6, hdr.dport)))
         if lst is not None:
             self._listen_input(lst, hdr, payload, src, dst, now)
         else:
@@ -236,7 +241,8 @@ class TcpLayer:
 
     # ------------------------------------------------------------------ listen
     def listen(self, addr: bytes, port: int, backlog: int = 128) -> Listener:
-        """Passive open on (addr, port); ``addr`` 0.0.0.0 listens on every address."""
+        """Passive open on (addr, port); ``addr`` 0.0.0.0 listens on every IPv4
+        address, :: on every IPv6 one."""
         if not 0 < port < 65536:
             raise TcpAddressError(f"bad port {port}")
         if (addr, port) in self.listeners:
@@ -321,7 +327,7 @@ class TcpLayer:
         peer = hdr.options
         mss = send_mss(self.config.mss_min, peer.mss, 0xFFFF)  # never 0: a table index
         cookie, _mss = self.cookies.make(dst, hdr.dport, src, hdr.sport, hdr.seq, mss, now)
-        adv_mss = max(route.mtu - 40, 64)
+        adv_mss = family_of(dst).tcp_mss(route.mtu)
         opts = TcpOptions(mss=adv_mss)
         if peer.timestamp is not None and self.config.timestamps:
             # Window scale and SACK-permitted survive only inside our TSval.

@@ -13,12 +13,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from stack import seq
+from stack.netfamily import IPV4, family_of
 from stack.skbuff import SkBuff
 from stack.tcp import rack
 from stack.tcp.api import IPPROTO_TCP, MAX_HEADER, TcpState
 from stack.tcp.options import segment_options, syn_options, wscale_for
 from stack.tcp.sack import LOST, RETRANS, SACKED, split_buffer
-from stack.wire.checksum import pseudo_header_sum
 from stack.wire.fields import TCP_CSUM, U16
 from stack.wire.tcp import (
     ACK,
@@ -31,7 +31,7 @@ from stack.wire.tcp import (
     TcpOptions,
     tcp_checksum,
 )
-from stack.wire.vnet import VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4
+from stack.wire.vnet import VIRTIO_NET_HDR_F_NEEDS_CSUM
 
 if TYPE_CHECKING:
     from stack.tcp.layer import TcpLayer
@@ -39,8 +39,9 @@ if TYPE_CHECKING:
 
 _CSUM = U16
 #: The smallest path MTU believed from an ICMP "fragmentation needed" (Linux's
-#: min_pmtu: 512 bytes of data + 20 of IPv4 + 20 of TCP headers).
-PMTU_MIN = 552
+#: min_pmtu: 512 bytes of data + 20 of IPv4 + 20 of TCP headers); IPv6's is its
+#: minimum MTU (stack/netfamily.py).
+PMTU_MIN = IPV4.pmtu_min
 _CSUM_OFFSET = TCP_CSUM
 
 #: States in which queued data and our FIN may be (re)transmitted.
@@ -75,13 +76,14 @@ def emit(layer: TcpLayer, src: bytes, dst: bytes, hdr: TcpHeader,
     seg = skb.view()
     total = hlen + plen
     if offload:
+        fam = family_of(src)
         _CSUM.pack_into(skb.buf, skb.data + _CSUM_OFFSET,
-                        pseudo_header_sum(src, dst, IPPROTO_TCP, total))
+                        fam.pseudo_header_sum(src, dst, IPPROTO_TCP, total))
         skb.vnet_flags = VIRTIO_NET_HDR_F_NEEDS_CSUM
         skb.csum_start = 0
         skb.csum_offset = _CSUM_OFFSET
         if plen > gso_size > 0:
-            skb.gso_type = VIRTIO_NET_HDR_GSO_TCPV4
+            skb.gso_type = fam.gso_tcp
             skb.gso_size = gso_size
             skb.hdr_len = hlen
     else:
@@ -333,17 +335,19 @@ def path_mtu_changed(tcb: Tcb, mtu: int, now: float) -> str:
     Linux's simple retransmit).
     """
     outcome = "lowered"
-    if mtu < PMTU_MIN:
+    fam = family_of(tcb.local)
+    if mtu < fam.pmtu_min:
         # A forged "MTU 68" would make every segment tiny (RFC 5927 §7 describes the
         # attack). Linux takes anything below its min_pmtu (552) as 552; so do we.
-        mtu, outcome = PMTU_MIN, "clamped"
+        # (IPv6 never gets here with less than 1280: RFC 8201 §4, stack/ip6.py.)
+        mtu, outcome = fam.pmtu_min, "clamped"
     if mtu >= tcb.pmtu:
         return "ignored"  # RFC 1191 §3: a host never raises its estimate on an ICMP
     tcb.pmtu = mtu
     # Linux then locks the path MTU and sends without DF: should the path really be
     # narrower than the floor, routers fragment rather than drop.
     tcb.pmtu_locked = outcome == "clamped"
-    new = mtu - 40 - (12 if tcb.ts_ok else 0)
+    new = fam.tcp_mss(mtu) - (12 if tcb.ts_ok else 0)
     if new >= tcb.mss:
         return outcome  # the peer's MSS is the smaller limit already
     tcb.mss = new

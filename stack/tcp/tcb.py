@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from stack import seq
+from stack.netfamily import address_str, family_of
 from stack.skbuff import SkbQueue, SkBuff
 from stack.tcp import output
 from stack.tcp.api import RouteInfo, TcpAborted, TcpConfig, TcpState, TcpStateError
@@ -32,7 +33,6 @@ from stack.tcp.options import tsval, wscale_for
 from stack.tcp.rtt import RttEstimator
 from stack.tcp.sack import Scoreboard
 from stack.tcp.state import CAN_SEND, Event, InvalidTransition, transition
-from stack.wire.ipv4 import ip_str
 from stack.wire.tcp import FIN, TcpHeader
 
 if TYPE_CHECKING:
@@ -121,7 +121,7 @@ class Tcb:
 
     def _init_options(self, route: RouteInfo, now: float) -> None:
         cfg = self.config
-        self.adv_mss = max(route.mtu - 40, 64)
+        self.adv_mss = family_of(self.local).tcp_mss(route.mtu)
         self.mss = min(self.adv_mss, cfg.mss_default)
         self.rcv_mss = self.mss     # estimate of the peer's segment size (delayed ACK)
         self.pmtu = route.mtu       # path MTU: the route's until ICMP says less (RFC 1191)
@@ -264,8 +264,8 @@ class Tcb:
             self.fail(e)
             raise
         if log.isEnabledFor(logging.DEBUG):  # --log-level debug: one line per change
-            log.debug("tcp %s:%d<->%s:%d %s -%s-> %s", ip_str(self.local),
-                      self.local_port, ip_str(self.remote), self.remote_port,
+            log.debug("tcp %s:%d<->%s:%d %s -%s-> %s", address_str(self.local),
+                      self.local_port, address_str(self.remote), self.remote_port,
                       self.state.name, event.name.lower(), new.name)
         self.state = new
         if new is TcpState.CLOSED:

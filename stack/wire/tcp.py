@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-from stack.wire.checksum import adjust_sum, ones_sum, pseudo_header_sum
+from stack.wire.checksum import adjust_sum, ones_sum, pseudo_header_sum, pseudo_header_sum6
 from stack.wire.errors import BytesLike, WireError
 from stack.wire.fields import TCP_ACK as TCP_ACK
 from stack.wire.fields import TCP_CSUM as TCP_CSUM
@@ -294,14 +294,22 @@ def tcp_checksum(src: bytes, dst: bytes, segment: BytesLike) -> int:
     """
     if len(segment) < TCP_CSUM + 2:
         raise WireError("tcp_truncated", f"{len(segment)} bytes")
-    s = ones_sum(segment, pseudo_header_sum(src, dst, IPPROTO_TCP, len(segment)))
+    s = ones_sum(segment, _pseudo(src, dst, len(segment)))
     stored = _H.unpack_from(segment, TCP_CSUM)[0]
     return ~adjust_sum(s, stored, 0) & 0xFFFF
 
 
 def verify_tcp_checksum(src: bytes, dst: bytes, segment: BytesLike) -> bool:
     """True if the segment's checksum field is right (the whole sum is 0xFFFF)."""
-    return ones_sum(segment, pseudo_header_sum(src, dst, IPPROTO_TCP, len(segment))) == 0xFFFF
+    return ones_sum(segment, _pseudo(src, dst, len(segment))) == 0xFFFF
+
+
+def _pseudo(src: bytes, dst: bytes, length: int) -> int:
+    """The pseudo-header sum of IPv4 (RFC 9293 §3.1) or IPv6 (RFC 8200 §8.1)
+    addresses."""
+    if len(src) == 16:
+        return pseudo_header_sum6(src, dst, IPPROTO_TCP, length)
+    return pseudo_header_sum(src, dst, IPPROTO_TCP, length)
 
 
 def build_segment(src: bytes, dst: bytes, hdr: TcpHeader, payload: BytesLike = b"") -> bytes:
