@@ -507,7 +507,7 @@ class Ipv6Layer:
         if plen > 0xFFFF:
             self.counters["tx6_too_big"] += 1
             return False
-        label = self.flow_label(src, dst, proto, skb)
+        label = self.flow_label(src, dst, proto, bytes(skb.buf[skb.data:skb.data + 4]))
         wip6.IPV6_HEADER.pack_into(skb.push(wip6.IPV6_HLEN), 0, 6 << 28 | label, plen, proto,
                                    self.addresses.link(out).cur_hop_limit, src, dst)
         skb.push(ETH_HLEN)[ETH_TYPE:ETH_HLEN] = _ETH_IPV6
@@ -518,11 +518,10 @@ class Ipv6Layer:
         self.counters["tx6_transport"] += 1
         return self._send_frame(out, nexthop, skb, now)
 
-    def flow_label(self, src: bytes, dst: bytes, proto: int, skb: SkBuff) -> int:
+    def flow_label(self, src: bytes, dst: bytes, proto: int, ports: bytes) -> int:
         """RFC 6437 §3: a 20-bit keyed hash of the addresses, protocol and ports
-        (read from the transport header at ``skb.data``), never 0, the same for
-        every packet of a flow."""
-        ports = bytes(skb.buf[skb.data:skb.data + 4])
+        (the first 4 bytes of the transport header), never 0, the same for every
+        packet of a flow."""
         digest = hashlib.blake2s(src + dst + bytes((proto,)) + ports, key=self._flow_key,
                                  digest_size=4).digest()
         return (int.from_bytes(digest, "big") & 0xFFFFF) or 1

@@ -1,0 +1,121 @@
+"""The IPv6 router (stack/ip6forward.py) against hand-made frames on two probes:
+hop limit, Neighbor Discovery of the next hop, Time Exceeded, Packet Too Big (never
+fragments), no route, link-local sources, super-segments forwarded whole."""
+
+from __future__ import annotations
+
+import struct
+
+from stack.sim import SimNetwork
+from stack.skbuff import SkBuff
+from stack.wire.ipv6 import ip6_bytes
+from stack.wire.vnet import VIRTIO_NET_HDR_GSO_TCPV6
+from tests.test_core_ipv6 import eth, icmp6, mmac, na_frame, ns_frame, sn
+
+A = ip6_bytes("2001:2:0:1::1")
+R1 = ip6_bytes("2001:2:0:1::2")
+R2 = ip6_bytes("2001:2:0:2::2")
+B = ip6_bytes("2001:2:0:2::1")
+AMAC = b"\x02\x00\x00\x00\x00\xa1"
+BMAC = b"\x02\x00\x00\x00\x00\xb1"
+
+
+def ip6(src: bytes, dst: bytes, payload: bytes, hlim: int = 64, nxt: int = 17,
+        label: int = 0x12345) -> bytes:
+    return struct.pack("!IHBB", 6 << 28 | label, len(payload), nxt, hlim) + src + dst + payload
+
+
+class Router:
+    def __init__(self, mtu2: int = 1500, offload: bool = False) -> None:
+        self.net = SimNetwork(seed=5)
+        self.r = self.net.add_host("r", forwarding=True)
+        self.pa = self.net.add_probe(self.r, "198.18.0.2/24", offload=offload)
+        self.pb = self.net.add_probe(self.r, "198.19.0.2/24", mtu=mtu2, offload=offload)
+        self.ia, self.ib = self.r.interfaces
+        self.net.start()
+        self.net.run(0.01)
+        self.r.ip6.add_address(self.ia, "2001:2:0:1::2/64", self.net.now)
+        self.r.ip6.add_address(self.ib, "2001:2:0:2::2/64", self.net.now)
+        self.net.run(3.0)
+        self.pa.take(), self.pb.take()
+        # A asks for the router's address: the router learns A.
+        self.pa.send(ns_frame(A, sn(R1), R1, mmac(sn(R1)), sll=AMAC))
+        self.net.run(0.01)
+        assert len(self.pa.take()) == 1
+
+    def from_a(self, packet: bytes) -> None:
+        self.pa.send(eth(self.ia.mac, AMAC, packet))
+        self.net.run(0.01)
+
+
+def test_forwarded_with_hop_limit_down_after_resolving_the_next_hop():
+    rt = Router()
+    udp = struct.pack("!HHHH", 5000, 53, 12, 0) + b"abcd"
+    rt.from_a(ip6(A, B, udp))
+    (ns,) = rt.pb.take()            # the router solicits B first (RFC 4861 §7.2.2)
+    assert ns == ns_frame(R2, sn(B), B, mmac(sn(B)), sll=rt.ib.mac, eth_src=rt.ib.mac)
+    rt.pb.send(na_frame(B, R2, B, rt.ib.mac, 0x60, tll=BMAC, eth_src=BMAC))
+    rt.net.run(0.01)
+    (fwd,) = rt.pb.take()
+    assert fwd == eth(BMAC, rt.ib.mac, ip6(A, B, udp, hlim=63))
+    assert rt.r.counters["rx_forwarded"] == 1
+
+
+def test_hop_limit_one_gets_time_exceeded():
+    rt = Router()
+    packet = ip6(A, B, b"\0" * 16, hlim=1)
+    rt.from_a(packet)
+    (err,) = rt.pa.take()
+    assert err == eth(AMAC, rt.ia.mac, ip6(R1, A, icmp6(R1, A, 3, 0, bytes(4) + packet),
+                                           hlim=64, nxt=58, label=0))
+    assert rt.pb.take() == [] and rt.r.counters["drop.ipv6_hop_limit_exceeded"] == 1
+
+
+def test_too_big_for_the_next_link_gets_packet_too_big_never_fragments():
+    rt = Router(mtu2=1280)
+    packet = ip6(A, B, bytes(1300))
+    rt.from_a(packet)
+    (err,) = rt.pa.take()
+    quote = packet[:1280 - 48]
+    assert err == eth(AMAC, rt.ia.mac, ip6(R1, A, icmp6(R1, A, 2, 0, struct.pack("!I", 1280)
+                                                        + quote), nxt=58, label=0))
+    assert rt.pb.take() == []
+
+
+def test_no_route_and_link_local_source():
+    rt = Router()
+    rt.from_a(ip6(A, ip6_bytes("2001:2:0:7::1"), b"\0" * 8))
+    (err,) = rt.pa.take()
+    assert err[14 + 40] == 1 and err[14 + 41] == 0          # no route to destination
+    rt.from_a(ip6(ip6_bytes("fe80::1"), B, b"\0" * 8))
+    assert rt.r.counters["drop.ipv6_link_local_source"] == 1
+    assert rt.pb.take() == []
+
+
+def test_super_segment_forwarded_whole():
+    rt = Router(offload=True)
+    tcp = struct.pack("!HHLLBBHHH", 40000, 80, 1, 1, 5 << 4, 0x10, 512, 0, 0) + bytes(3000)
+    # The router has no entry for B yet: solicit, answer, then the frame goes.
+    frame = eth(rt.ia.mac, AMAC, ip6(A, B, tcp, nxt=6))
+    skb = SkBuff.from_bytes(frame)
+    skb.gso_type, skb.gso_size = VIRTIO_NET_HDR_GSO_TCPV6, 1000
+    rt.pa.end.write(skb, rt.net.now)
+    rt.net.run(0.01)
+    rt.pb.take()
+    rt.pb.send(na_frame(B, R2, B, rt.ib.mac, 0x60, tll=BMAC, eth_src=BMAC))
+    rt.net.run(0.01)
+    (out,) = rt.pb.take_skbs()
+    assert out.gso_type == VIRTIO_NET_HDR_GSO_TCPV6 and out.gso_size == 1000
+    assert out.tobytes() == eth(BMAC, rt.ib.mac, ip6(A, B, tcp, nxt=6, hlim=63))
+
+
+def test_super_segment_whose_segments_do_not_fit_gets_packet_too_big():
+    rt = Router(offload=True, mtu2=1280)
+    tcp = struct.pack("!HHLLBBHHH", 40000, 80, 1, 1, 5 << 4, 0x10, 512, 0, 0) + bytes(2600)
+    skb = SkBuff.from_bytes(eth(rt.ia.mac, AMAC, ip6(A, B, tcp, nxt=6)))
+    skb.gso_type, skb.gso_size = VIRTIO_NET_HDR_GSO_TCPV6, 1300     # 40 + 20 + 1300 > 1280
+    rt.pa.end.write(skb, rt.net.now)
+    rt.net.run(0.01)
+    (err,) = rt.pa.take()
+    assert err[14 + 40:14 + 41] == b"\x02" and err[14 + 44:14 + 48] == struct.pack("!I", 1280)
+    assert rt.pb.take() == [] and rt.r.counters["drop.ipv6_packet_too_big"] == 1
