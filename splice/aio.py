@@ -181,6 +181,55 @@ class SpliceApi:
         protocol.connection_made(transport)
         return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
+    def intend(self, client: TcpTransport, host: str, port: int) -> Tcb:
+        """:meth:`open_connection` for a protocol instead of streams: intend_splice on
+        the client transport's connection, whose reading pauses; the server connection's
+        TCB, connecting (wait for it with ``stack.streams.established``; on failure
+        call :meth:`abandon`). No transport, stream or task is made for the server
+        connection: :meth:`splice_transport` splices the TCB as it is."""
+        client_tcb = client.get_extra_info("tcb")
+        if client_tcb is None:
+            raise SpliceError("not a connection of this stack")
+        dst = ipaddress.IPv4Address(host).packed
+        server = self.splicer.intend_splice(client_tcb, dst, port, self.driver.now())
+        client.pause_reading()
+        self.driver.poke()
+        return server
+
+    def abandon(self, client: TcpTransport) -> None:
+        """Give up the splice :meth:`intend` began (the server connection failed or
+        took too long): the server connection is reset, the client's is the caller's."""
+        self.splicer.abandon(client.get_extra_info("tcb"), self.driver.now())
+        self.driver.poke()
+
+    def splice_transport(self, client: TcpTransport, server: Tcb, *,
+                         reply_to_client: bytes = b"", to_server: bytes = b"") -> SplicePair:
+        """:meth:`splice` for a client transport and the server TCB of :meth:`intend`:
+        ``to_server`` (client bytes the application read past its request) goes to the
+        server first, ``reply_to_client`` is the write allowance n (docs/splice.md §1.3).
+        A misuse raises SpliceError as :meth:`splice` does."""
+        now = self.driver.now()
+        # As a server stream would: the proxy's own bytes leave without Nagle's wait.
+        server.nodelay = True
+        server.on_event = None      # the splice layer owns the connection now
+        if to_server:
+            Splicer._force_send(server, to_server, now)
+        client_tcb = client.get_extra_info("tcb")
+        self.splicer.check_splice(client_tcb, server, len(reply_to_client))
+        if not client.can_hand_over():
+            raise SpliceError("the client transport's protocol cannot hand its bytes over")
+        try:
+            unread = client.take_buffered(None)
+        except ValueError as e:
+            raise SpliceError(str(e)) from None
+        client.detach()
+        pair = self.splicer.splice(client_tcb, server, len(reply_to_client), now,
+                                   unread=unread)
+        if reply_to_client:
+            self.splicer.write_owed(client_tcb, reply_to_client, now)
+        self.driver.poke()
+        return pair
+
     async def open_mirrored(self, like_writer: asyncio.StreamWriter, host: str,
                             port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """Connect with the options of the connection behind ``like_writer`` (docs/splice.md

@@ -16,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from apps import authlimit
 from apps.authlimit import AuthLimiter
@@ -29,6 +30,7 @@ from apps.names import Resolve, lookup, resolver_of
 from apps.socks import protocol as p
 from apps.socks.policy import Policy, check_mode, own_interface_defaults
 from apps.socks.protocol import Address, Command, Method, Rep, SocksError
+from apps.socks.session import SpliceSession
 from apps.socks.udprelay import Association
 
 ACCESS_LOG = logging.getLogger("tapsplice.socks.access")
@@ -124,41 +126,86 @@ class SocksServer:
                                  self.policy.max_handshakes_per_client)
         self.active = 0
         self.counters: Counter[str] = Counter()
+        #: Tasks of sessions handed over to the coroutine path (session.py).
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self, host: str, port: int) -> Any:
         """Listen on (host, port); returns the server object of the API."""
-        server = await self.api.start_server(self.handle, host, port)
+        if self._by_protocol():
+            # Splice mode on the stack: one protocol state machine per client
+            # connection, streams and a task only where it hands over (session.py).
+            server = await self.api.create_server(lambda: SpliceSession(self), host, port)
+        else:
+            server = await self.api.start_server(self.handle, host, port)
         self.policy = own_interface_defaults(server, self.api, host, self.policy)
         if self.splice is not None:
             self.splice.init_splice(server)  # docs/splice.md §1.1: before any accept
         return server
 
+    def _by_protocol(self) -> bool:
+        """Whether sessions run as :class:`SpliceSession` (splice mode on an API with
+        ``create_server`` and a splice layer with transport-level calls)."""
+        return (self.mode == "splice" and hasattr(self.api, "create_server")
+                and hasattr(self.splice, "splice_transport"))
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run a session's coroutine as a task (held until it ends), as
+        ``start_server`` runs ``handle``: an exception it lets out is reported to the
+        loop; a cancelled one is no error."""
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(coro)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                loop.call_exception_handler({
+                    "message": "Unhandled exception in a SOCKS session",
+                    "exception": t.exception()})
+
+        task.add_done_callback(done)
+
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Serve one client connection from greeting to the end of the relay."""
+        admitted = self.admit(writer.transport)
+        if admitted is not None:
+            s, ticket = admitted
+            await self._run(reader, writer, s, ticket,
+                            lambda conns: self._serve(reader, writer, s, conns, ticket))
+
+    def admit(self, transport: asyncio.BaseTransport) -> tuple[Session, Ticket] | None:
+        """Count a new client connection and take its slot; None when it is refused
+        (the connection limit closes it, a per-client limit resets it; logged)."""
         loop = asyncio.get_running_loop()
-        peer = writer.get_extra_info("peername") or ("?", 0)
+        peer = transport.get_extra_info("peername") or ("?", 0)
         s = Session(client=f"{peer[0]}:{peer[1]}", start=loop.time())
         self.counters["accepted"] += 1
         if self.active >= self.policy.max_connections:
             self.counters["over_limit"] += 1
             s.note = "connection limit"
-            writer.close()
+            transport.close()
             self._log(s, loop.time())
-            return
+            return None
         refusal = self.slots.refusal(str(peer[0]))
         if refusal is not None:
             # One address may not take every slot: refused at once with a RST.
             self.counters[refusal] += 1
             s.note = refusal.replace("_", " ")
-            writer.transport.abort()
+            cast(asyncio.Transport, transport).abort()
             self._log(s, loop.time())
-            return
+            return None
         self.active += 1
-        ticket = self.slots.admit(str(peer[0]))
+        return s, self.slots.admit(str(peer[0]))
+
+    async def _run(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                   s: Session, ticket: Ticket,
+                   work: Callable[[list[asyncio.StreamWriter]], Awaitable[None]]) -> None:
+        """Run an admitted session's ``work``; every path ends here, in the ``finally``
+        that closes both connections (or aborts them after an error) and logs."""
         conns: list[asyncio.StreamWriter] = [writer]
         failed = False
         try:
-            await self._serve(reader, writer, s, conns, ticket)
+            await work(conns)
         except asyncio.CancelledError:
             s.note, failed = "cancelled", True
             raise  # the finally releases everything; the cancellation goes on
@@ -173,26 +220,35 @@ class SocksServer:
             for w in conns:
                 _finish(w, failed)
             if not s.spliced:
-                self.active -= 1
-                ticket.release()
-                self._log(s, loop.time())
+                self.session_over(s, ticket)
             # A spliced session is logged (and its slot freed) when the splice ends;
             # this task, its streams and their buffers are gone meanwhile.
+
+    def session_over(self, s: Session, ticket: Ticket) -> None:
+        """An admitted session that was not spliced has ended: free its slot, log it."""
+        self.active -= 1
+        ticket.release()
+        self._log(s, asyncio.get_running_loop().time())
 
     def _log(self, s: Session, now: float) -> None:
         s.duration = now - s.start
         self.access_log.info("%s", s.line(), extra={"socks": s})
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                     s: Session, conns: list[asyncio.StreamWriter], ticket: Ticket) -> None:
+                     s: Session, conns: list[asyncio.StreamWriter], ticket: Ticket,
+                     inp: _Input | None = None, deadline: float | None = None) -> None:
+        """The whole session: handshake (to ``deadline`` in loop time, by default the
+        handshake timeout from now), then :meth:`_proceed`."""
         ip = str(s.client.rpartition(":")[0])
         if not self.policy.client_allowed(ip):
             self.counters["client_denied"] += 1
             s.note = "client not allowed"
             return
-        inp = _Input(reader)
+        inp = inp or _Input(reader)
+        if deadline is None:
+            deadline = asyncio.get_running_loop().time() + self.policy.handshake_timeout
         try:
-            async with asyncio.timeout(self.policy.handshake_timeout):
+            async with asyncio.timeout_at(deadline):
                 request = await self._handshake(inp, writer, s)
         except TimeoutError:
             self.counters["handshake_timeout"] += 1
@@ -206,10 +262,19 @@ class SocksServer:
             ticket.handshake_done()
         if request is None:
             return
+        await self._proceed(request, inp, reader, writer, s, conns, ticket)
+
+    async def _proceed(self, request: p.Request, inp: _Input, reader: asyncio.StreamReader,
+                       writer: asyncio.StreamWriter, s: Session,
+                       conns: list[asyncio.StreamWriter], ticket: Ticket,
+                       splice: bool | None = None) -> None:
+        """After the handshake: UDP ASSOCIATE, or connect and relay (spliced when
+        ``splice``; by default when the mode and the client connection allow)."""
         if request.command == Command.UDP_ASSOCIATE:
             await self._associate(reader, writer, request.address, s)
             return
-        splice = self.mode == "splice" and self._spliceable(writer)
+        if splice is None:
+            splice = self.mode == "splice" and self._spliceable(writer)
         server = await self._connect(request.address, writer, s, splice)
         if server is None:
             return
@@ -297,7 +362,7 @@ class SocksServer:
         return p.Request(Command.CONNECT, req.address)
 
     # -- connect and reply ---------------------------------------------------------------
-    def _spliceable(self, writer: asyncio.StreamWriter) -> bool:
+    def _spliceable(self, writer: asyncio.StreamWriter | asyncio.BaseTransport) -> bool:
         """A client that already half-closed (sent its FIN with the request) cannot be
         spliced (docs/splice.md §1.2 wants it ESTABLISHED): that session is copied."""
         tcb = writer.get_extra_info("tcb")
@@ -463,6 +528,10 @@ class SocksServer:
         s.spliced = True
         self.counters["rep_0x00"] += 1
         self.counters["spliced"] += 1
+        self.splice_finished(pair, s, ticket)
+
+    def splice_finished(self, pair: Any, s: Session, ticket: Ticket) -> None:
+        """Log the spliced session and free its slot once both directions ended."""
 
         def finished() -> None:
             self.active -= 1
