@@ -62,3 +62,13 @@ def parse_address(host: str) -> bytes:
 def address_str(addr: bytes) -> str:
     """4 or 16 bytes as text (RFC 5952 for IPv6)."""
     return str(ipaddress.ip_address(addr))
+
+
+def sockaddr(addr: bytes, port: int) -> tuple:
+    """An address as asyncio's transports give it: (host, port) for IPv4, (host,
+    port, flowinfo, scope_id) for IPv6, so code written for sockets unpacks it
+    alike. The flow information is 0 (no socket asks for flow labels back) and
+    so is the scope (the stack has no scoped sockets)."""
+    if len(addr) == 16:
+        return address_str(addr), port, 0, 0
+    return address_str(addr), port

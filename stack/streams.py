@@ -21,12 +21,11 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from stack.netfamily import address_str, parse_address
+from stack.netfamily import parse_address, sockaddr
 from stack.streamreader import DEFAULT_LIMIT, StackStreamReader
 from stack.tcp.api import TcpState
 from stack.tcp.layer import Listener, TcpLayer
 from stack.tcp.tcb import Tcb
-from stack.wire.ipv4 import ip_str
 
 READ_CHUNK = 256 * 1024
 __all__ = ["DEFAULT_LIMIT", "Driver", "StackStreamReader", "TcpApi", "TcpServer",
@@ -419,16 +418,6 @@ def _addr(host: str | bytes | None) -> bytes:
         return parse_address(host)
     except ValueError:
         raise OSError(f"cannot resolve {host!r}: the stack takes IP addresses") from None
-
-
-def sockaddr(addr: bytes, port: int) -> tuple:
-    """An address as asyncio's transports give it: (host, port) for IPv4, (host,
-    port, flowinfo, scope_id) for IPv6, so code written for sockets unpacks it
-    alike. The flow information is 0 (no socket asks for flow labels back) and
-    so is the scope (the stack has no scoped sockets)."""
-    if len(addr) == 16:
-        return address_str(addr), port, 0, 0
-    return ip_str(addr), port
 
 
 def established(tcb: Tcb) -> asyncio.Future[None]:

@@ -24,18 +24,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from stack.netfamily import address_str, family_of, sockaddr
 from stack.portshard import queue_of
 from stack.skbuff import SkBuff
 from stack.wire import WireError
 from stack.wire import icmp as wicmp
 from stack.wire import udp as wudp
-from stack.wire.checksum import ones_sum, pseudo_header_sum
+from stack.wire.checksum import ones_sum
 from stack.wire.fields import U16
-from stack.wire.ipv4 import ip_str
 from stack.wire.vnet import VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM
 
 IPPROTO_UDP = wudp.IPPROTO_UDP
 ANY = b"\0\0\0\0"
+#: The IPv6 wildcard: sockets on it hear IPv6 only (IPV6_V6ONLY), IPv4 ones IPv4.
+ANY6 = bytes(16)
 LIMITED_BROADCAST = b"\xff\xff\xff\xff"
 #: Headroom in front of the UDP header: vnet header, Ethernet, IPv4 with options.
 MAX_HEADER = 128
@@ -118,13 +120,13 @@ class UdpSocket:
 
     @property
     def sockname(self) -> tuple[str, int]:
-        """The local address and port as text."""
-        return ip_str(self.local), self.local_port
+        """The local address and port as text (IPv6: a 4-tuple, as asyncio's)."""
+        return sockaddr(self.local, self.local_port)
 
     @property
-    def peername(self) -> tuple[str, int] | None:
+    def peername(self) -> tuple | None:
         """The remote end of a connected socket, else None."""
-        return None if self.remote is None else (ip_str(self.remote), self.remote_port)
+        return None if self.remote is None else sockaddr(self.remote, self.remote_port)
 
     def pop(self) -> tuple[bytes, tuple[str, int]] | None:
         """The oldest queued datagram and its source, or None."""
@@ -163,14 +165,15 @@ class UdpLayer:
         port is chosen for that peer's worker queue."""
         if self.count >= self.config.max_sockets:
             raise UdpError(errno.EMFILE, "UDP socket table full")
-        if addr != ANY and addr not in self.ip.by_addr and not broadcast:
-            raise UdpError(errno.EADDRNOTAVAIL, f"{ip_str(addr)} is not an address of the stack")
+        if not _wild(addr) and not self._is_local(addr) and not broadcast:
+            raise UdpError(errno.EADDRNOTAVAIL,
+                           f"{address_str(addr)} is not an address of the stack")
         if not 0 <= port < 65536:
             raise UdpError(errno.EINVAL, f"bad port {port}")
         if port == 0:
             port = self._ephemeral(addr, remote[1] if remote else 0)
         elif self._conflicts(addr, port):
-            raise UdpError(errno.EADDRINUSE, f"{ip_str(addr)}:{port} is in use")
+            raise UdpError(errno.EADDRINUSE, f"{address_str(addr)}:{port} is in use")
         sock = UdpSocket(self, addr, port)
         sock.broadcast = broadcast
         sock.iface = iface
@@ -187,10 +190,12 @@ class UdpLayer:
             raise UdpError(errno.EINVAL, f"bad port {port}")
         if addr == LIMITED_BROADCAST and not sock.broadcast:
             raise UdpError(errno.EACCES, "broadcast needs allow_broadcast")
-        if sock.local == ANY and not sock.broadcast:
+        if len(addr) != len(sock.local):
+            raise UdpError(errno.EAFNOSUPPORT, "the socket's address family is not the peer's")
+        if _wild(sock.local) and not sock.broadcast:
             route = self.ip.route(addr)
             if route is None:
-                raise UdpError(errno.ENETUNREACH, f"no route to {ip_str(addr)}")
+                raise UdpError(errno.ENETUNREACH, f"no route to {address_str(addr)}")
             sock.local = route.src
         sock.remote, sock.remote_port = addr, port
 
@@ -210,8 +215,18 @@ class UdpLayer:
         self._ready.pop(sock, None)
 
     def _conflicts(self, addr: bytes, port: int) -> bool:
-        return any(s.local == addr or s.local == ANY or addr == ANY
+        # IPv4 and IPv6 sockets never share a wildcard (IPV6_V6ONLY, as asyncio's).
+        return any(len(s.local) == len(addr) and (s.local == addr or _wild(s.local)
+                                                  or _wild(addr))
                    for s in self.ports.get(port, ()))
+
+    def _is_local(self, addr: bytes) -> bool:
+        """Whether ``addr`` is an address of the stack (IPv6: any state but DAD's
+        failure; a tentative one cannot send yet, stack/ip6.py)."""
+        if len(addr) == 16:
+            ip6 = getattr(self.ip, "ip6", None)
+            return ip6 is not None and ip6.addresses.lookup(addr) is not None
+        return addr in self.ip.by_addr
 
     def _ephemeral(self, addr: bytes, rport: int) -> int:
         """A random free port (RFC 6056 §3.3.1, Algorithm 1: unpredictable, as RFC
@@ -244,6 +259,8 @@ class UdpLayer:
             dst, dport = addr
         if not 0 < dport < 65536:
             raise UdpError(errno.EINVAL, f"bad port {dport}")
+        if len(dst) != len(sock.local):
+            raise UdpError(errno.EAFNOSUPPORT, "the socket's address family is not the peer's")
         if len(payload) > MAX_PAYLOAD:
             raise UdpError(errno.EMSGSIZE, f"datagram of {len(payload)} bytes is too long")
         bcast = dst == LIMITED_BROADCAST
@@ -257,21 +274,21 @@ class UdpLayer:
             ifaces = getattr(self.ip, "interfaces", [])
             if ifaces:
                 src = ifaces[sock.iface or 0].addr
-        elif src == ANY or not bcast:
+        elif _wild(src) or not bcast:
             route = self.ip.route(dst)
             if route is None and not bcast:
                 self.counters["tx_no_route"] += 1
-                raise UdpError(errno.ENETUNREACH, f"no route to {ip_str(dst)}")
+                raise UdpError(errno.ENETUNREACH, f"no route to {address_str(dst)}")
             if route is not None:
                 offload = route.offload
-                if src == ANY:
+                if _wild(src):
                     src = route.src
         skb = self._datagram(src, dst, sock.local_port, dport, payload, offload)
         iface = sock.iface if bcast else None
         if not self.ip.ip_output(src, dst, IPPROTO_UDP, skb, now, df=False,
                                  ttl=self.config.ttl, iface=iface):
             self.counters["tx_dropped"] += 1
-            raise UdpError(errno.ENOBUFS, f"datagram to {ip_str(dst)} not sent")
+            raise UdpError(errno.ENOBUFS, f"datagram to {address_str(dst)} not sent")
         self.counters["tx_datagrams"] += 1
         sock.counters["tx_datagrams"] += 1
 
@@ -281,7 +298,7 @@ class UdpLayer:
         skb = SkBuff(MAX_HEADER + length, MAX_HEADER + wudp.UDP_HLEN)
         skb.put_data(payload)
         head = skb.push(wudp.UDP_HLEN)
-        pseudo = pseudo_header_sum(src, dst, IPPROTO_UDP, length)
+        pseudo = family_of(src).pseudo_header_sum(src, dst, IPPROTO_UDP, length)
         head[:] = wudp.UdpHeader(sport, dport, length, pseudo if offload else 0).to_bytes()
         if offload:
             # The device finishes the sum from csum_start (DESIGN.md, speed): the
@@ -307,10 +324,17 @@ class UdpLayer:
             c[e.reason] += 1
             return True
         trusted = skb.vnet_flags & (VIRTIO_NET_HDR_F_NEEDS_CSUM | VIRTIO_NET_HDR_F_DATA_VALID)
+        if len(dst) == 16:
+            # RFC 8200 §8.1: the checksum is mandatory; groups have no sockets here.
+            if hdr.checksum == 0 or dst[0] == 0xFF:
+                c["udp6_zero_checksum" if hdr.checksum == 0 else "udp6_multicast"] += 1
+                return True
+            bcast = False
+        else:
+            bcast = dst == LIMITED_BROADCAST or dst not in self.ip.by_addr
         if not trusted and not wudp.verify(src, dst, datagram[:hdr.length]):
             c["udp_bad_checksum"] += 1
             return True
-        bcast = dst == LIMITED_BROADCAST or dst not in self.ip.by_addr
         sock = self._lookup(dst, hdr.dport, src, hdr.sport, bcast, skb)
         if sock is None:
             c["udp_no_port"] += 1
@@ -323,7 +347,7 @@ class UdpLayer:
             c["rcvbuf_errors"] += 1
             sock.counters["rcvbuf_errors"] += 1
             return True
-        sock.receive_queue.append((bytes(payload), (ip_str(src), hdr.sport)))
+        sock.receive_queue.append((bytes(payload), sockaddr(src, hdr.sport)))
         sock.queued_bytes += cost
         c["rx_datagrams"] += 1
         sock.counters["rx_datagrams"] += 1
@@ -340,13 +364,14 @@ class UdpLayer:
         best: UdpSocket | None = None
         best_score = -1
         dev = getattr(skb.dev, "index", None)
+        width = len(dst)
         for s in self.ports.get(dport, ()):
-            if bcast and not s.broadcast:
+            if bcast and not s.broadcast or len(s.local) != width:
                 continue
             if s.iface is not None and dev is not None and s.iface != dev:
                 continue
             score = 0
-            if s.local != ANY:
+            if not _wild(s.local):
                 if s.local != dst and not bcast:
                     continue
                 score += 2
@@ -386,7 +411,7 @@ class UdpLayer:
             self.counters["icmp_error_ignored"] += 1
             return
         for s in self.ports.get(sport, ()):
-            if s.remote == remote and s.remote_port == dport and s.local in (local, ANY):
+            if s.remote == remote and s.remote_port == dport and s.local in (local, ANY, ANY6):
                 self.counters["icmp_errors"] += 1
                 s.counters["icmp_errors"] += 1
                 if s.on_error is not None:
@@ -407,5 +432,10 @@ class UdpLayer:
         return {"sockets": self.count, "counters": dict(sorted(self.counters.items()))}
 
 
-__all__ = ["UdpLayer", "UdpSocket", "UdpConfig", "UdpError", "IPPROTO_UDP", "ANY",
+def _wild(addr: bytes) -> bool:
+    """0.0.0.0 or :: (every address of the family)."""
+    return addr == ANY or addr == ANY6
+
+
+__all__ = ["UdpLayer", "UdpSocket", "UdpConfig", "UdpError", "IPPROTO_UDP", "ANY", "ANY6",
            "LIMITED_BROADCAST", "MAX_PAYLOAD"]

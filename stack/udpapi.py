@@ -21,8 +21,8 @@ import os
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from stack.udp import ANY, LIMITED_BROADCAST, UdpError, UdpLayer, UdpSocket
-from stack.wire.ipv4 import ip_bytes
+from stack.netfamily import parse_address
+from stack.udp import ANY, ANY6, LIMITED_BROADCAST, UdpError, UdpLayer, UdpSocket
 
 log = logging.getLogger("tapsplice.udp")
 
@@ -35,20 +35,23 @@ class Driver(Protocol):
 
 
 def _host(host: str | None, what: str) -> bytes:
-    """An IPv4 literal (None, "" and "0.0.0.0": any address) as 4 bytes."""
+    """An IPv4 or IPv6 literal (None, "" and "0.0.0.0": any IPv4 address; "::" any
+    IPv6 one) as 4 or 16 bytes."""
     if host in (None, "", "0.0.0.0"):
         return ANY
     if host == "<broadcast>":
         return LIMITED_BROADCAST
     try:
-        return ip_bytes(str(host))
+        return parse_address(str(host))
     except (OSError, ValueError):
-        raise OSError(errno.EINVAL, f"{what} {host!r}: the stack takes IPv4 addresses "
+        raise OSError(errno.EINVAL, f"{what} {host!r}: the stack takes IP addresses "
                                     "(names: await net.resolve(name))") from None
 
 
 def _address(addr: Any, what: str) -> tuple[bytes, int]:
     try:
+        if len(addr) == 4:      # IPv6 (host, port, flowinfo, scope_id), as asyncio's
+            addr = addr[:2]
         host, port = addr
         port = int(port)
     except (TypeError, ValueError):
@@ -180,8 +183,9 @@ class UdpApi:
         ignored; ``sock`` is refused."""
         if ignored.get("sock") is not None:
             raise ValueError("the stack has no kernel sockets to adopt")
-        addr, port = _address(local_addr, "local_addr") if local_addr else (ANY, 0)
         remote = _address(remote_addr, "remote_addr") if remote_addr else None
+        wildcard = ANY6 if remote is not None and len(remote[0]) == 16 else ANY
+        addr, port = _address(local_addr, "local_addr") if local_addr else (wildcard, 0)
         index = None
         if device is not None:
             names = {i.name: i.index for i in getattr(self.layer.ip, "interfaces", [])}

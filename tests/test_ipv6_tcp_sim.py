@@ -74,3 +74,46 @@ def test_pmtud_from_packet_too_big_through_a_router():
     assert r.counters["icmp6_sent_2_0"] >= 1
     assert a.protocols[6].counters["icmp_frag_needed"] >= 1
     assert info["mss"] == 1280 - 60 - 12
+
+
+def test_udp_over_ipv6_through_a_router():
+    net, a, r, b = _three()
+
+    async def main(driver):
+        got = []
+
+        class Echo(asyncio.DatagramProtocol):
+            def connection_made(self, transport):
+                self.transport = transport
+
+            def datagram_received(self, data, addr):
+                got.append(addr)
+                self.transport.sendto(data.upper(), addr)
+
+        class Client(asyncio.DatagramProtocol):
+            def __init__(self):
+                self.answer = asyncio.get_running_loop().create_future()
+                self.errors = []
+
+            def datagram_received(self, data, addr):
+                self.answer.set_result((data, addr))
+
+            def error_received(self, exc):
+                self.errors.append(exc)
+
+        await driver.udp(b).create_datagram_endpoint(Echo, local_addr=("::", 7))
+        t, c = await driver.udp(a).create_datagram_endpoint(
+            Client, remote_addr=("2001:2:0:2::1", 7))
+        t.sendto(b"ping")
+        data, addr = await asyncio.wait_for(c.answer, 1)
+        sockname = t.get_extra_info("sockname")
+        t2, c2 = await driver.udp(a).create_datagram_endpoint(
+            Client, remote_addr=("2001:2:0:2::1", 8))
+        t2.sendto(b"nobody")
+        await asyncio.sleep(0.1)
+        return data, addr, got, sockname, c2.errors
+
+    data, addr, got, sockname, errors = run(main, net)
+    assert data == b"PING" and addr == ("2001:2:0:2::1", 7, 0, 0)
+    assert got == [("2001:2:0:1::1", sockname[1], 0, 0)]
+    assert [e.errno for e in errors] == [111]        # port unreachable: ECONNREFUSED

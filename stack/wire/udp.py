@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from stack.wire.checksum import ones_sum, pseudo_header_sum
+from stack.wire.checksum import ones_sum, pseudo_header_sum, pseudo_header_sum6
 from stack.wire.errors import BytesLike, WireError
 
 UDP_HLEN = 8
@@ -68,4 +68,6 @@ def verify(src: bytes, dst: bytes, datagram: BytesLike) -> bool:
     if hdr.checksum == 0:
         return True
     body = memoryview(datagram)[:hdr.length]
-    return ones_sum(body, pseudo_header_sum(src, dst, IPPROTO_UDP, hdr.length)) == 0xFFFF
+    pseudo = (pseudo_header_sum6 if len(src) == 16 else pseudo_header_sum)(
+        src, dst, IPPROTO_UDP, hdr.length)
+    return ones_sum(body, pseudo) == 0xFFFF
