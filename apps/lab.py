@@ -52,6 +52,11 @@ class LabConfig:
     server_addr: str = "198.19.0.1/24"
     client_gw: str = "198.18.0.2"
     server_gw: str = "198.19.0.2"
+    #: IPv6 (RFC 5180's benchmarking range): the kernels' addresses, the stack's.
+    client_addr6: str = "2001:2:0:1::1/64"
+    server_addr6: str = "2001:2:0:2::1/64"
+    client_gw6: str = "2001:2:0:1::2/64"
+    server_gw6: str = "2001:2:0:2::2/64"
     mtu: int = 1500
     #: The namespace of the stack's veth ends in a raw-socket lab (``lab up --raw``).
     stack_ns: str = "tsr"
@@ -77,6 +82,10 @@ class LabConfig:
         """(side, namespace, tap, address, gateway) for the client and the server."""
         return [("client", self.client_ns, self.client_tap, self.client_addr, self.client_gw),
                 ("server", self.server_ns, self.server_tap, self.server_addr, self.server_gw)]
+
+    def gateways6(self) -> list[str]:
+        """The stack's IPv6 addresses (with their prefix), client side first."""
+        return [self.client_gw6, self.server_gw6]
 
     def raw_name(self, tap: str) -> str:
         """The stack's veth end (in ``stack_ns``) of the kernel end ``tap``."""
@@ -117,7 +126,8 @@ def _link_exists(ns: str, dev: str) -> bool:
     return _ip("-n", ns, "link", "show", "dev", dev, check=False).returncode == 0
 
 
-def _side_up(ns: str, tap: str, addr: str, gw: str, mtu: int) -> None:
+def _side_up(ns: str, tap: str, addr: str, gw: str, mtu: int,
+             v6: tuple[str, str] | None = None) -> None:
     if ns not in list_netns():
         _ip("netns", "add", ns)
     if not _link_exists(ns, tap):
@@ -130,6 +140,11 @@ def _side_up(ns: str, tap: str, addr: str, gw: str, mtu: int) -> None:
     _ip("-n", ns, "addr", "replace", addr, "dev", tap)
     # The TAP has no carrier until the stack attaches; onlink accepts the gateway anyway.
     _ip("-n", ns, "route", "replace", "default", "via", gw, "dev", tap, "onlink")
+    if v6 is not None:
+        # nodad: the address is usable at once (the stack is the only other node).
+        _ip("-n", ns, "addr", "replace", v6[0], "dev", tap, "nodad")
+        _ip("-n", ns, "-6", "route", "replace", "default", "via", v6[1].partition("/")[0],
+            "dev", tap, "onlink")
 
 
 def _link_kind(ns: str, dev: str) -> str | None:
@@ -150,7 +165,8 @@ def lab_up(cfg: LabConfig, raw: bool | None = None) -> None:
     names = (cfg.client_tap, cfg.server_tap, cfg.client_raw, cfg.server_raw)
     if any(len(n) > 15 for n in (names if raw else names[:2])):
         raise ValueError("interface names are limited to 15 characters")
-    for _side, ns, tap, addr, gw in cfg.sides():
+    v6s = [(cfg.client_addr6, cfg.client_gw6), (cfg.server_addr6, cfg.server_gw6)]
+    for (_side, ns, tap, addr, gw), v6 in zip(cfg.sides(), v6s, strict=True):
         want = "veth" if raw else "tun"
         kind = _link_kind(ns, tap) if ns in list_netns() else None
         if kind is not None and kind != want:
@@ -158,7 +174,7 @@ def lab_up(cfg: LabConfig, raw: bool | None = None) -> None:
             raise LabError(f"{ns}/{tap} is {other} lab already: `tapsplice lab down` first")
         if raw:
             _raw_side_up(cfg, ns, tap)
-        _side_up(ns, tap, addr, gw, cfg.mtu)
+        _side_up(ns, tap, addr, gw, cfg.mtu, None if raw else v6)
     if raw:
         quiet_host_side(cfg.stack_ns, [cfg.client_raw, cfg.server_raw])
 

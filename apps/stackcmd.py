@@ -35,13 +35,14 @@ def lab_attachments(cfg: LabConfig) -> list[Attachment]:
     veth ends in its own namespace, through packet sockets."""
     raw = lab_is_raw(cfg)
     out = []
-    for _side, ns, tap, kaddr, gw in cfg.sides():
+    for (_side, ns, tap, kaddr, gw), gw6 in zip(cfg.sides(), cfg.gateways6(), strict=True):
         plen = kaddr.partition("/")[2] or "24"
         if raw:
             out.append(Attachment(cfg.raw_name(tap), f"{gw}/{plen}", cfg.stack_ns,
                                   kind="raw"))
         else:
-            out.append(Attachment(tap, f"{gw}/{plen}", ns))
+            # A TAP lab speaks both families: 2001:2:0:1::2 and 2001:2:0:2::2 too.
+            out.append(Attachment(tap, f"{gw}/{plen}", ns, addr6=(gw6,)))
     return out
 
 
@@ -124,8 +125,29 @@ def attachments_from(args: argparse.Namespace) -> list[Attachment]:
                          "ADDR/PREFIX|dhcp")
     if len(args.addr) != len(devices):
         raise SystemExit("give one --addr for each --tap and --raw, in the same order")
-    return [Attachment(name, a, args.netns, kind=kind)
-            for (kind, name), a in zip(devices, args.addr, strict=True)]
+    out = []
+    for (kind, name), text in zip(devices, args.addr, strict=True):
+        addr, addr6 = split_addr(text)
+        out.append(Attachment(name, addr, args.netns, kind=kind, addr6=addr6))
+    return out
+
+
+def split_addr(text: str) -> tuple[str, tuple[str, ...]]:
+    """One --addr: an IPv4 address (or "dhcp") and IPv6 ones (or "auto": SLAAC),
+    comma-separated, e.g. "198.18.0.2/24,2001:2:0:1::2/64"; without an IPv4 one the
+    interface speaks IPv6 only ("0.0.0.0/32")."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    v6 = tuple(p for p in parts if ":" in p or p == "auto")
+    v4 = [p for p in parts if p not in v6]
+    if len(v4) > 1 or not parts:
+        raise SystemExit(f"--addr {text!r}: at most one IPv4 address (or dhcp) per device")
+    for p in v6:
+        if p != "auto":
+            try:
+                ipaddress.IPv6Interface(p)
+            except ValueError:
+                raise SystemExit(f"--addr {text!r}: {p!r} is not an IPv6 address") from None
+    return (v4[0] if v4 else "0.0.0.0/32"), v6
 
 
 def warn_host_side(attachments: list[Attachment]) -> None:
@@ -265,7 +287,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if net.dhcp_ifaces:
             addrs = ["0.0.0.0"]
         else:
-            addrs = [ip_str(iface.addr) for iface, _dev in net.devices]
+            addrs = [ip_str(iface.addr) for iface, _dev in net.devices if iface.configured]
+        if any(iface.ipv6 for iface, _dev in net.devices):
+            addrs.append("::")      # every IPv6 address, tentative ones once DAD passes
         await start_services(net, addrs)
         log.info("echo (7), discard (9), chargen (19), TCP and UDP, on %s", ", ".join(addrs))
 
@@ -284,10 +308,12 @@ def add_common(p: argparse.ArgumentParser, workers: bool = True) -> None:
                         "`lab up --raw`: to its veth ends in tsr, through raw sockets)")
     p.add_argument("--tap", action=_DeviceOption, default=[], metavar="NAME",
                    help="attach to an existing TAP in the current namespace (repeatable)")
-    p.add_argument("--addr", action="append", default=[], metavar="A.B.C.D/N|dhcp",
+    p.add_argument("--addr", action="append", default=[], metavar="A.B.C.D/N|dhcp[,IPV6/N|auto]",
                    help="address for the matching --tap, or \"dhcp\": address, default "
                         "route and DNS servers (unless --dns) from a DHCP lease, given "
-                        "back at stop; one interface, no --workers")
+                        "back at stop; one interface, no --workers. IPv6 addresses "
+                        "follow after commas (\"auto\": SLAAC from router "
+                        "advertisements); not with --workers yet")
     p.add_argument("--raw", action=_DeviceOption, default=[], metavar="IFACE",
                    help="attach to an existing interface (a veth, a macvlan, a NIC) through "
                         "a packet socket, as the interface's MAC (repeatable; the host "
@@ -295,7 +321,7 @@ def add_common(p: argparse.ArgumentParser, workers: bool = True) -> None:
     p.add_argument("--netns", default=None,
                    help="namespace holding the --tap devices and --raw interfaces")
     p.add_argument("--route", action="append", default=[], type=_parse_route,
-                   metavar="PREFIX=GATEWAY", help="static route (repeatable)")
+                   metavar="PREFIX=GATEWAY", help="static route, IPv4 or IPv6 (repeatable)")
     p.add_argument("--dns", action="append", default=[], type=_dns_server,
                    metavar="ADDR[:PORT]",
                    help="DNS server for names (repeatable, tried in order; queries go over "

@@ -361,7 +361,9 @@ class StackDriver:
 @dataclass
 class Attachment:
     """One device for the stack: its name, the namespace holding it (None: the
-    current one) and the stack's address on it ("a.b.c.d/n", or "dhcp": a lease)."""
+    current one) and the stack's address on it ("a.b.c.d/n", or "dhcp": a lease;
+    "0.0.0.0/32": none), and its IPv6 ones (``addr6``: "2001:db8::2/64", or "auto":
+    SLAAC; stack/ip6.py)."""
 
     tap: str
     addr: str
@@ -372,6 +374,7 @@ class Attachment:
     #: "tap" (stack/netdev/tap.py) or "raw": a packet socket on an existing
     #: interface, a veth or a NIC (stack/netdev/raw.py).
     kind: str = "tap"
+    addr6: tuple[str, ...] = ()
 
 
 def open_device(a: Attachment, offload: bool) -> TapDevice:
@@ -416,7 +419,12 @@ class TapStack:
                  pcap: PcapTee | None = None, impair: FaultModel | None = None,
                  seed: int = 0, tcp_config: TcpConfig | None = None,
                  control: str | bool = False, seat: Seat | None = None) -> None:
-        self.stack = Stack(forwarding=forwarding)
+        from stack.hostkey import host_secret
+        # The host's secret keeps RFC 7217 addresses stable across restarts.
+        self.stack = Stack(forwarding=forwarding, ipv6_secret=host_secret())
+        #: IPv6 addresses and routes, configured at start (their DAD needs the clock).
+        self._ipv6: list[tuple[Interface, tuple[str, ...]]] = []
+        self._routes6: list[tuple[str, str]] = []
         self.devices: list[tuple[Interface, TapDevice]] = []
         self.seat = seat
         _check_dhcp(attachments, seat)
@@ -495,8 +503,13 @@ class TapStack:
                 iface = self.stack.add_interface(a.tap, addr, mac=mac, mtu=dev.mtu,
                                                  offload=dev.offload)
                 self.devices.append((iface, dev))
+                if a.addr6 and devices is None:   # (not with workers yet: README)
+                    self._ipv6.append((iface, a.addr6))
             for prefix, via in routes:
-                self.stack.add_route(prefix, via)
+                if ":" in prefix + via:
+                    self._routes6.append((prefix, via))
+                else:
+                    self.stack.add_route(prefix, via)
         except BaseException:
             for dev in devices or [dev for _iface, dev in self.devices]:
                 dev.close()
@@ -525,6 +538,13 @@ class TapStack:
         """Start reading the devices (inside a running event loop), and the DHCP
         agents of the interfaces that take their address from a lease."""
         self.driver.start()
+        now = self.driver.now()
+        for iface, specs in self._ipv6:
+            self.stack.ip6.configure(iface, specs, now)
+        for prefix, via in self._routes6:
+            self.stack.ip6.add_route(prefix, via)
+        self._ipv6, self._routes6 = [], []
+        self.driver.poke()
         if self.dhcp_ifaces and not self.dhcp_agents:
             self._start_dhcp()
         if self.seat is not None and self.arp_share is None:

@@ -141,6 +141,16 @@ class Ipv6Layer:
         return self.addresses.add(iface, net.ip.packed, net.network.prefixlen, now,
                                   AddrOrigin.STATIC)
 
+    def configure(self, iface: Interface, specs: tuple[str, ...] | list[str],
+                  now: float) -> None:
+        """Give ``iface`` the addresses of the command line: "2001:db8::2/64" each,
+        "auto" for SLAAC (``--addr auto``)."""
+        for spec in specs:
+            if spec == "auto":
+                self.enable(iface, now, auto=True)
+            else:
+                self.add_address(iface, spec, now)
+
     def add_route(self, prefix: str, via: str | None = None, iface: Interface | None = None
                   ) -> None:
         """A static route for ``prefix`` ("2001:2::/48", "default"), through the

@@ -426,6 +426,8 @@ class TcpLayer:
         if len(self.connections) >= self.config.max_connections:
             raise TcpAddressError("connection table full")
         src = src or route.src
+        if len(src) != len(dst):
+            raise TcpAddressError("the local address is not of the destination's family")
         if sport is None:
             sport = self._ephemeral(src, dst, dport)
         elif (src, sport, dst, dport) in self.connections:
