@@ -184,8 +184,8 @@ class SpliceApi:
     def intend(self, client: TcpTransport, host: str, port: int) -> Tcb:
         """:meth:`open_connection` for a protocol instead of streams: intend_splice on
         the client transport's connection, whose reading pauses; the server connection's
-        TCB, connecting (wait for it with ``stack.streams.established``; on failure
-        call :meth:`abandon`). No transport, stream or task is made for the server
+        TCB, connecting (its ``on_event`` says "established", "error" or "closed"; on
+        failure call :meth:`abandon`). No transport, stream or task is made for the server
         connection: :meth:`splice_transport` splices the TCB as it is."""
         client_tcb = client.get_extra_info("tcb")
         if client_tcb is None:
@@ -193,14 +193,14 @@ class SpliceApi:
         dst = ipaddress.IPv4Address(host).packed
         server = self.splicer.intend_splice(client_tcb, dst, port, self.driver.now())
         client.pause_reading()
-        self.driver.poke()
+        self._poke()
         return server
 
     def abandon(self, client: TcpTransport) -> None:
         """Give up the splice :meth:`intend` began (the server connection failed or
         took too long): the server connection is reset, the client's is the caller's."""
         self.splicer.abandon(client.get_extra_info("tcb"), self.driver.now())
-        self.driver.poke()
+        self._poke()
 
     def splice_transport(self, client: TcpTransport, server: Tcb, *,
                          reply_to_client: bytes = b"", to_server: bytes = b"") -> SplicePair:
@@ -227,8 +227,14 @@ class SpliceApi:
                                    unread=unread)
         if reply_to_client:
             self.splicer.write_owed(client_tcb, reply_to_client, now)
-        self.driver.poke()
+        self._poke()
         return pair
+
+    def _poke(self) -> None:
+        """Nudge the driver after a call, unless it comes from inside an input batch
+        (a protocol's callback): the batch's end sends and re-arms the timer anyway."""
+        if not self.splicer.tcp.batching:
+            self.driver.poke()
 
     async def open_mirrored(self, like_writer: asyncio.StreamWriter, host: str,
                             port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:

@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 from apps.socks import protocol as p
 from apps.socks.protocol import Address, Command, Method, Rep, SocksError
 from stack.streamreader import StackStreamReader
-from stack.streams import established
 from stack.tcp.api import TcpState
 from stack.wire.ipv4 import ip_str
 
@@ -263,36 +262,43 @@ class SpliceSession(asyncio.Protocol):
             self._connect_failed(e)
             return
         self.stage = Stage.CONNECTING
-        loop = asyncio.get_running_loop()
-        fut = established(self.server_tcb)
-        self.timer = loop.call_later(srv.policy.connect_timeout, self._connect_timeout, fut)
-        fut.add_done_callback(self._connected)
+        # The server connection's outcome is taken where TCP fires it (its events are
+        # fired at the end of an entry point, where callbacks may call back in): the
+        # reply leaves in the step the server's SYN-ACK arrives, without a future and
+        # a loop turn in between.
+        self.server_tcb.on_event = self._server_event
+        self.timer = asyncio.get_running_loop().call_later(srv.policy.connect_timeout,
+                                                           self._connect_timeout)
 
-    def _connect_timeout(self, fut: asyncio.Future[None]) -> None:
-        self.timer = None
-        if not fut.done():
-            fut.cancel()   # _connected sees the cancellation and answers "timeout"
-
-    def _connected(self, fut: asyncio.Future[None]) -> None:
+    def _server_event(self, tcb: Tcb, event: str) -> None:
         if self.stage is not Stage.CONNECTING:
             return
+        if event == "established":
+            self._connected(None)
+        elif event in ("error", "closed"):
+            self._connected(tcb.error or ConnectionResetError("connection closed"))
+
+    def _connect_timeout(self) -> None:
+        self.timer = None
+        if self.stage is Stage.CONNECTING:
+            self._connected(TimeoutError())
+
+    def _connected(self, error: BaseException | None) -> None:
+        """The server connection is established, failed (``error``) or took too long
+        (a TimeoutError): splice, or give the splice up and answer the client."""
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        assert self.transport is not None
+        assert self.transport is not None and self.server_tcb is not None
         try:
-            if fut.cancelled():
-                self.server.splice.abandon(self.transport)
-                self._connect_failed(TimeoutError())
+            if error is None:
+                self._splice()
                 return
-            error = fut.exception()
-            if error is not None:
-                self.server.splice.abandon(self.transport)
-                if isinstance(error, OSError):
-                    self._connect_failed(error)
-                    return
+            self.server_tcb.on_event = None
+            self.server.splice.abandon(self.transport)
+            if not isinstance(error, OSError):
                 raise error
-            self._splice()
+            self._connect_failed(error)
         except Exception as e:  # a bug must not leak the connections
             self._internal_error(e)
 
