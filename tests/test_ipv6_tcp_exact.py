@@ -8,8 +8,10 @@ import struct
 
 from stack.tcp.api import TcpConfig
 from stack.tcp.layer import ANY6, TcpLayer
+from stack.wire.checksum import pseudo_header_sum6
 from stack.wire.ipv6 import ip6_bytes
 from stack.wire.tcp import ACK, FIN, PSH, RST, SYN, TcpHeader, TcpOptions, build_segment
+from stack.wire.vnet import VIRTIO_NET_HDR_GSO_TCPV6
 from tests.test_core_ipv6 import OWN, PEER, PEER_MAC, Lab6, eth, icmp6
 
 ROUTER = ip6_bytes("2001:2:0:9::1")
@@ -142,3 +144,29 @@ def test_packet_too_big_lowers_the_mss_and_resends():
                                                  (bytes(range(256)) * 8)[1208:1428]]
     assert again[0][14 + 40 + 4:14 + 40 + 8] == sent[0][14 + 40 + 4:14 + 40 + 8]  # same seq
     assert all(len(f) - 14 <= 1280 for f in again)
+
+
+def test_tso6_super_segment_with_a_partial_checksum():
+    lab = Tcp6(TcpConfig(tlp=False))
+    lab.iface.offload = True             # the device takes TSO6 and finishes checksums
+    lab.net.links[-1].offload = True
+    lst = lab.tcp.listen(ANY6, 80)
+    lab.send_seg(TcpHeader(40000, 80, 100, 0, SYN, 65535, options=TcpOptions(mss=1440)))
+    lab.probe.take()
+    tcb = lab.tcp.connections[(OWN, 80, PEER, 40000)]
+    lab.send_seg(TcpHeader(40000, 80, 101, tcb.iss + 1, ACK, 65535))
+    assert lst.accept() is tcb and tcb.offload
+    data = bytes(range(240)) * 18          # three segments: the initial window
+    tcb.nodelay = True
+    tcb.send(data, lab.net.now)
+    lab.net.flush()
+    lab.run()
+    (skb,) = lab.probe.take_skbs()
+    assert (skb.gso_type, skb.gso_size, skb.hdr_len) == (VIRTIO_NET_HDR_GSO_TCPV6, 1440, 74)
+    assert (skb.vnet_flags, skb.csum_start, skb.csum_offset) == (1, 54, 16)
+    hdr = TcpHeader(80, 40000, tcb.iss + 1, 101, ACK | PSH,
+                    (tcb.rcv_adv - tcb.rcv_nxt) >> tcb.rcv_wscale)
+    seg = bytearray(hdr.to_bytes() + data)
+    seg[16:18] = struct.pack("!H", pseudo_header_sum6(OWN, PEER, 6, len(seg)))
+    label = lab.stack.ip6.flow_label(OWN, PEER, 6, struct.pack("!HH", 80, 40000))
+    assert skb.tobytes() == eth(PEER_MAC, lab.mac, ip6(OWN, PEER, bytes(seg), label))
