@@ -170,3 +170,22 @@ def test_tso6_super_segment_with_a_partial_checksum():
     seg[16:18] = struct.pack("!H", pseudo_header_sum6(OWN, PEER, 6, len(seg)))
     label = lab.stack.ip6.flow_label(OWN, PEER, 6, struct.pack("!HH", 80, 40000))
     assert skb.tobytes() == eth(PEER_MAC, lab.mac, ip6(OWN, PEER, bytes(seg), label))
+
+
+def _unreach(lab: Tcp6, type_: int, code: int, quoted: bytes) -> None:
+    msg = icmp6(PEER, OWN, type_, code, bytes(4) + quoted[14:])
+    lab.send(eth(lab.mac, PEER_MAC, ip6(PEER, OWN, msg, nxt=58)))
+
+
+def test_icmpv6_errors_reach_the_connection():
+    lab = Tcp6()
+    tcb = lab.tcp.connect(PEER, 80, lab.net.now)
+    lab.net.flush()
+    lab.run()
+    (syn,) = lab.probe.take()
+    assert syn[14 + 8:14 + 24] == OWN and tcb.local == OWN      # source selection
+    _unreach(lab, 3, 0, syn)                                   # hop limit exceeded: soft
+    assert tcb.state.value == "SYN-SENT" and tcb.soft_error is not None
+    _unreach(lab, 1, 4, syn)                                   # port unreachable: hard
+    assert tcb.state.value == "CLOSED" and isinstance(tcb.error, ConnectionRefusedError)
+    assert lab.tcp.counters["icmp_hard_error"] == 1 and lab.tcp.counters["icmp_soft_error"] == 1

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from stack import seq
-from stack.netfamily import IPV4, family_of
+from stack.netfamily import IPV4, IPV6, family_of
 from stack.skbuff import SkBuff
 from stack.tcp import rack
 from stack.tcp.api import IPPROTO_TCP, MAX_HEADER, TcpState
@@ -76,7 +76,7 @@ def emit(layer: TcpLayer, src: bytes, dst: bytes, hdr: TcpHeader,
     seg = skb.view()
     total = hlen + plen
     if offload:
-        fam = family_of(src)
+        fam = IPV6 if len(src) == 16 else IPV4     # (family_of, inline: per segment)
         _CSUM.pack_into(skb.buf, skb.data + _CSUM_OFFSET,
                         fam.pseudo_header_sum(src, dst, IPPROTO_TCP, total))
         skb.vnet_flags = VIRTIO_NET_HDR_F_NEEDS_CSUM
