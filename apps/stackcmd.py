@@ -248,6 +248,10 @@ def run_stack(net: TapStack, setup: Callable[[TapStack], Awaitable[None]] | None
             log.info("%s %s/%d mac %s mtu %d offload %s", iface.name,
                      ip_str(iface.addr), iface.prefixlen, iface.mac.hex(":"),
                      iface.mtu, "on" if dev.offload else "off")
+            six = [f"{ipaddress.IPv6Address(a.addr)}/{a.prefixlen}"
+                   for a in net.stack.ip6.addresses.for_iface(iface)]
+            if six:
+                log.info("%s IPv6 %s (tentative until DAD passes)", iface.name, " ".join(six))
         if setup is not None:
             await setup(net)
         tune_gc()
@@ -359,15 +363,16 @@ def add_common(p: argparse.ArgumentParser, workers: bool = True) -> None:
 def add_parser(subparsers) -> None:
     """Register `run` and `router`."""
     p = subparsers.add_parser(
-        "run", help="run the stack: answers ARP and ping",
-        description="Run the stack on TAP devices. It answers ARP and ping, and nothing "
+        "run", help="run the stack: answers ARP and ping (and NDP and ping6)",
+        description="Run the stack on TAP devices. It answers ARP, NDP, ping and ping6, and nothing "
                     "else until services are started on it.")
     add_common(p)
     p.set_defaults(func=lambda a: cmd_run(a, forwarding=False))
     p = subparsers.add_parser(
-        "router", help="run the stack as an IPv4 router between its devices",
-        description="Run the stack with IPv4 forwarding between its interfaces "
-                    "(TTL, incremental checksums, ICMP errors, TSO super-segments kept).")
+        "router", help="run the stack as an IPv4 and IPv6 router between its devices",
+        description="Run the stack with IPv4 and IPv6 forwarding between its interfaces "
+                    "(TTL and hop limit, incremental checksums, ICMP and ICMPv6 errors, "
+                    "Packet Too Big rather than IPv6 fragments, TSO super-segments kept).")
     add_common(p)
     p.set_defaults(func=lambda a: cmd_run(a, forwarding=True))
     p = subparsers.add_parser(
