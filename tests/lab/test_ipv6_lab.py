@@ -1,7 +1,7 @@
 """IPv6 in the lab against the Linux kernel: ping6 to the stack from both sides and
 through its router, curl -6 through `tapsplice router --lab` for a large file
-(sha256 checked), and a kernel TCP client to `tapsplice serve --lab`'s echo over
-IPv6."""
+(sha256 checked), and a kernel TCP and UDP client to `tapsplice serve --lab`'s echo
+over IPv6."""
 
 from __future__ import annotations
 
@@ -72,7 +72,11 @@ s.shutdown(socket.SHUT_WR)
 got = bytearray()
 while chunk := s.recv(65536):
     got += chunk
-print(peer, len(got), got == data)
+u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+u.settimeout(5)
+u.sendto(b"ping6", (sys.argv[1], 7))
+answer, src = u.recvfrom(100)
+print(peer, len(got), got == data, answer.decode(), src[0])
 """
 
 
@@ -83,6 +87,6 @@ def test_kernel_tcp_client_to_serve_echo_over_ipv6(lab, tmp_path):
         out = subprocess.run(ns_cmd(lab.client_ns, sys.executable, "-c", _ECHO_CLIENT, STACK_C),
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
-        assert out.stdout.split() == [STACK_C, str(256 * 4096), "True"]
+        assert out.stdout.split() == [STACK_C, str(256 * 4096), "True", "ping6", STACK_C]
     finally:
         stack.stop()
