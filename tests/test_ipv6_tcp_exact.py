@@ -10,6 +10,7 @@ from stack.tcp.api import TcpConfig
 from stack.tcp.layer import ANY6, TcpLayer
 from stack.wire.checksum import pseudo_header_sum6
 from stack.wire.ipv6 import ip6_bytes
+from stack.wire.ipv6ext import options_header
 from stack.wire.tcp import ACK, FIN, PSH, RST, SYN, TcpHeader, TcpOptions, build_segment
 from stack.wire.vnet import VIRTIO_NET_HDR_GSO_TCPV6
 from tests.test_core_ipv6 import OWN, PEER, PEER_MAC, Lab6, eth, icmp6
@@ -189,3 +190,23 @@ def test_icmpv6_errors_reach_the_connection():
     _unreach(lab, 1, 4, syn)                                   # port unreachable: hard
     assert tcb.state.value == "CLOSED" and isinstance(tcb.error, ConnectionRefusedError)
     assert lab.tcp.counters["icmp_hard_error"] == 1 and lab.tcp.counters["icmp_soft_error"] == 1
+
+
+def test_a_syn_behind_a_destination_options_header_is_answered():
+    lab = Tcp6()
+    lab.tcp.listen(ANY6, 80)
+    syn = build_segment(PEER, OWN, TcpHeader(40003, 80, 900, 0, SYN, 65535,
+                                             options=TcpOptions(mss=1440)))
+    lab.send(eth(lab.mac, PEER_MAC, ip6(PEER, OWN, options_header(6) + syn, nxt=60)))
+    (synack,) = lab.probe.take()
+    tcb = lab.tcp.connections[(OWN, 80, PEER, 40003)]
+    assert synack == lab.frame(TcpHeader(80, 40003, tcb.iss, 901, SYN | ACK, 65535,
+                                         options=TcpOptions(mss=1440)))
+
+
+def test_an_ipv4_wildcard_listener_does_not_hear_ipv6():
+    lab = Tcp6()
+    lab.tcp.listen(b"\0\0\0\0", 80)          # 0.0.0.0: IPv4 only, as :: is IPv6 only
+    lab.send_seg(TcpHeader(40004, 80, 500, 0, SYN, 65535))
+    (rst,) = lab.probe.take()
+    assert rst == lab.frame(TcpHeader(80, 40004, 0, 501, RST | ACK, 0))
