@@ -202,6 +202,26 @@ def test_an_address_on_a_raw_interface_is_warned_about(lab, tmp_path):
     assert f"raw interface {lab.server_raw}" not in text
 
 
+def test_ipv6_left_on_a_raw_interface_is_warned_about(lab, tmp_path):
+    subprocess.run(ns_cmd(lab.stack_ns, "sysctl", "-qw",
+                          f"net.ipv6.conf.{lab.server_raw}.disable_ipv6=0"),
+                   check=True, timeout=10)
+    deadline = time.monotonic() + 10  # the kernel adds the link-local address itself
+    while "fe80::" not in subprocess.run(
+            ["ip", "-n", lab.stack_ns, "-6", "addr", "show", "dev", lab.server_raw],
+            capture_output=True, text=True, timeout=10).stdout:
+        assert time.monotonic() < deadline, "no IPv6 link-local address appeared"
+        time.sleep(0.05)  # poll interval while addrconf runs
+    proc = stack(lab, "run", log=tmp_path / "ipv6.log")
+    try:
+        proc.wait_ready()
+    finally:
+        proc.stop()
+    text = proc.log.read_text()
+    assert f"raw interface {lab.server_raw} has host addresses (fe80::" in text
+    assert f"raw interface {lab.client_raw}" not in text
+
+
 def test_the_kernel_beside_the_stack_answers_nothing(lab):
     """No stack running: the stack namespace's kernel, with an address of the client
     network on another interface, still answers no ARP on the raw interface."""
