@@ -35,7 +35,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
-from stack.wire.ipv4 import ip_str
+from stack.netfamily import address_str
 
 log = logging.getLogger("tapsplice.control")
 
@@ -78,7 +78,8 @@ def default_path(pid: int | None = None) -> Path:
 
 # -- the snapshot ---------------------------------------------------------------------
 
-_ip = ip_str
+#: Addresses of either family as text (IPv6 listeners and connections too).
+_ip = address_str
 
 
 def _num(value: Any) -> Any:

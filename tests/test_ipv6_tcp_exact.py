@@ -210,3 +210,13 @@ def test_an_ipv4_wildcard_listener_does_not_hear_ipv6():
     lab.send_seg(TcpHeader(40004, 80, 500, 0, SYN, 65535))
     (rst,) = lab.probe.take()
     assert rst == lab.frame(TcpHeader(80, 40004, 0, 501, RST | ACK, 0))
+
+
+def test_the_control_snapshot_shows_ipv6_listeners_and_connections():
+    from stack.control import _listeners, connection_row
+
+    lab = Tcp6()
+    _, tcb = _handshake(lab)
+    row = connection_row(tcb)
+    assert (row["local"], row["remote"]) == ("2001:2:0:1::2", "2001:2:0:1::1")
+    assert [(r["local"], r["local_port"]) for r in _listeners(lab.tcp)] == [("::", 80)]
