@@ -3,14 +3,17 @@
 ``tapsplice lab up`` builds them with iproute2 (``ip netns``, ``ip tuntap``):
 
 * client side ``tsc``: TAP ``tsc0``, 198.18.0.1/24, default route via 198.18.0.2;
-* server side ``tss``: TAP ``tss0``, 198.19.0.1/24, default route via 198.19.0.2.
+  2001:2:0:1::1/64, default route via 2001:2:0:1::2;
+* server side ``tss``: TAP ``tss0``, 198.19.0.1/24, default route via 198.19.0.2;
+  2001:2:0:2::1/64, default route via 2001:2:0:2::2 (IPv6 without DAD: ``nodad``).
 
 The stack attaches to both TAPs (stack/netdev/tap.py) as the two gateways. Every
-address is in 198.18.0.0/15 (RFC 2544's benchmarking range) and nothing is ever
+address is in 198.18.0.0/15 (RFC 2544's benchmarking range) or 2001:2::/48 (RFC
+5180's) and nothing is ever
 configured in the root namespace; kernel sysctls (net.ipv4.tcp_*) are left alone.
 
 ``tapsplice lab up --raw`` builds the same two sides over veth pairs instead: the
-kernel ends keep the names and addresses above, and their peers (``tsc0r``,
+kernel ends keep the names and IPv4 addresses above (no IPv6 yet), and their peers (``tsc0r``,
 ``tss0r``) live in a third namespace ``tsr`` where the stack attaches to them with
 packet sockets (stack/netdev/raw.py). The host side there is kept quiet: no
 addresses, IPv6 off on both, and an nftables netdev ingress chain that drops every
