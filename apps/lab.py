@@ -9,8 +9,8 @@
 
 The stack attaches to both TAPs (stack/netdev/tap.py) as the two gateways. Every
 address is in 198.18.0.0/15 (RFC 2544's benchmarking range) or 2001:2::/48 (RFC
-5180's) and nothing is ever
-configured in the root namespace; kernel sysctls (net.ipv4.tcp_*) are left alone.
+5180's) and nothing is ever configured in the root namespace; kernel sysctls
+(net.ipv4.tcp_*) are left alone.
 
 ``tapsplice lab up --raw`` builds the same two sides over veth pairs instead: the
 kernel ends keep the names and IPv4 addresses above (no IPv6 yet), and their peers (``tsc0r``,
