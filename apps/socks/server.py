@@ -18,7 +18,7 @@ import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Protocol
 
 from apps import authlimit
 from apps.authlimit import AuthLimiter
@@ -39,6 +39,23 @@ log = logging.getLogger("tapsplice.socks")
 MODES = ("copy", "splice")
 #: The least time one address of several gets in splice mode (seconds).
 MIN_SHARE = 2.0
+
+
+class Conn(Protocol):
+    """What admission needs of a client connection: an asyncio transport, or a
+    :class:`SpliceSession` on the connection's TCB."""
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """``peername`` (and the other names an asyncio transport knows)."""
+        ...
+
+    def close(self) -> None:
+        """FIN after what is written."""
+        ...
+
+    def abort(self) -> None:
+        """Reset at once."""
+        ...
 
 
 class _ClientGone(Exception):
@@ -132,9 +149,11 @@ class SocksServer:
     async def start(self, host: str, port: int) -> Any:
         """Listen on (host, port); returns the server object of the API."""
         if self._by_protocol():
-            # Splice mode on the stack: one protocol state machine per client
-            # connection, streams and a task only where it hands over (session.py).
-            server = await self.api.create_server(lambda: SpliceSession(self), host, port)
+            # Splice mode on the stack: one state machine per client connection on its
+            # TCB; a transport, streams and a task only where it hands over (session.py).
+            server = await self.api.create_server(asyncio.Protocol, host, port)
+            driver = self.api.driver
+            server.listener.on_accept = lambda tcb: SpliceSession.accept(self, tcb, driver)
         else:
             server = await self.api.start_server(self.handle, host, port)
         self.policy = own_interface_defaults(server, self.api, host, self.policy)
@@ -143,10 +162,10 @@ class SocksServer:
         return server
 
     def _by_protocol(self) -> bool:
-        """Whether sessions run as :class:`SpliceSession` (splice mode on an API with
-        ``create_server`` and a splice layer with transport-level calls)."""
+        """Whether sessions run as :class:`SpliceSession` (splice mode on the stack's
+        TCP API, with a splice layer that splices TCBs)."""
         return (self.mode == "splice" and hasattr(self.api, "create_server")
-                and hasattr(self.splice, "splice_transport"))
+                and hasattr(self.api, "driver") and hasattr(self.splice, "splice_tcbs"))
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run a session's coroutine as a task (held until it ends), as
@@ -173,7 +192,7 @@ class SocksServer:
             await self._run(reader, writer, s, ticket,
                             lambda conns: self._serve(reader, writer, s, conns, ticket))
 
-    def admit(self, transport: asyncio.BaseTransport) -> tuple[Session, Ticket] | None:
+    def admit(self, transport: Conn) -> tuple[Session, Ticket] | None:
         """Count a new client connection and take its slot; None when it is refused
         (the connection limit closes it, a per-client limit resets it; logged)."""
         loop = asyncio.get_running_loop()
@@ -191,7 +210,7 @@ class SocksServer:
             # One address may not take every slot: refused at once with a RST.
             self.counters[refusal] += 1
             s.note = refusal.replace("_", " ")
-            cast(asyncio.Transport, transport).abort()
+            transport.abort()
             self._log(s, loop.time())
             return None
         self.active += 1
@@ -362,7 +381,7 @@ class SocksServer:
         return p.Request(Command.CONNECT, req.address)
 
     # -- connect and reply ---------------------------------------------------------------
-    def _spliceable(self, writer: asyncio.StreamWriter | asyncio.BaseTransport) -> bool:
+    def _spliceable(self, writer: asyncio.StreamWriter | Conn) -> bool:
         """A client that already half-closed (sent its FIN with the request) cannot be
         spliced (docs/splice.md §1.2 wants it ESTABLISHED): that session is copied."""
         tcb = writer.get_extra_info("tcb")

@@ -1,43 +1,53 @@
-"""A spliced SOCKS5 session as a protocol state machine on the stack's transport.
+"""A spliced SOCKS5 session as a state machine on the client connection's TCB.
 
 In splice mode the common session (SOCKS5, no authentication, CONNECT to an address
-the policy answers at once, one address) needs no task and no streams: each message is
-parsed where it arrives (``data_received``), the method selection and the reply leave
-in the same step as the message they answer (so the greeting's ACK rides on the
-method selection instead of going out alone), the server connection is a bare TCB
-waited for with a callback, and the splice takes both connections from there
-(DESIGN.md: no task per session where a protocol state machine does).
+the policy answers at once) needs no task, no streams and no transport: the session
+takes the TCB's events itself (``on_event``, fired where TCP's entry points end), parses
+each message where it arrives, answers in the same step (so the greeting's ACK rides
+on the method selection, the reply leaves in the step the server's SYN-ACK arrives),
+waits for the server connection on its TCB's events too, and hands both TCBs to the
+splice (DESIGN.md: no task per session where a protocol state machine does).
 
 Everything else keeps the coroutine path of apps/socks/server.py, which the session
-hands over to with what it has read so far: SOCKS4, RFC 1929 authentication, UDP
-ASSOCIATE, names that need the resolver, names with several addresses, and a client
-that half-closed before the splice (copied). The access-log lines and counters are
-the same on both paths: the outcomes below are the coroutine path's, step for step.
+hands over to with what it has read so far (a TcpTransport, a StackStreamReader and a
+task made then): SOCKS4, RFC 1929 authentication, UDP ASSOCIATE, names for the
+resolver and names with several addresses, and a client that half-closed before the
+splice (copied). The access-log lines and counters are the same on both paths: the
+outcomes below are the coroutine path's, step for step.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from apps.socks import protocol as p
 from apps.socks.protocol import Address, Command, Method, Rep, SocksError
 from stack.streamreader import StackStreamReader
+from stack.streams import TcpTransport
 from stack.tcp.api import TcpState
 from stack.wire.ipv4 import ip_str
 
 if TYPE_CHECKING:
     from apps.clientslots import Ticket
     from apps.socks.server import Session, SocksServer
-    from splice.aio import SpliceApi
-    from stack.streams import TcpTransport
+    from stack.streams import Driver
     from stack.tcp.tcb import Tcb
+
+#: Bytes read ahead of the parser during the handshake (two whole messages fit; what
+#: the client sends beyond stays in the TCB, whose window then closes).
+READ_AHEAD = 2 * p.MAX_MESSAGE
+
+Work = Callable[[asyncio.StreamReader, asyncio.StreamWriter, list[asyncio.StreamWriter]],
+                Coroutine[Any, Any, None]]
 
 
 class Stage(enum.Enum):
     """Where a session is (the one field its state machine moves)."""
 
+    ADMITTING = "admitting"    # accepted; admission is due (deferred when refusing)
     GREETING = "greeting"      # waiting for the version identifier/method selection
     REQUEST = "request"        # method selection sent, waiting for the request
     CONNECTING = "connecting"  # intend_splice done, the server connection's handshake runs
@@ -45,47 +55,126 @@ class Stage(enum.Enum):
     DONE = "done"              # spliced, or ended and logged
 
 
-class SpliceSession(asyncio.Protocol):
-    """One client connection of a splice-mode SOCKS server (see the module docstring)."""
+class SpliceSession:
+    """One client connection of a splice-mode SOCKS server (see the module docstring).
+    It is the connection's only user until the splice or a hand-over, and offers what
+    the server's admission needs of a transport (get_extra_info, close, abort)."""
 
-    def __init__(self, server: SocksServer) -> None:
+    __slots__ = ("server", "tcb", "driver", "stage", "buf", "unsent", "closing", "timer",
+                 "deadline", "s", "ticket", "server_tcb")
+
+    def __init__(self, server: SocksServer, tcb: Tcb, driver: Driver) -> None:
         self.server = server
-        self.stage = Stage.DONE
-        self.transport: TcpTransport | None = None
-        self.buf = bytearray()
-        self.inner: asyncio.StreamReaderProtocol | None = None   # after a hand-over
+        self.tcb = tcb
+        self.driver = driver
+        self.stage = Stage.ADMITTING
+        self.buf = bytearray()         # read, not parsed yet
+        self.unsent = bytearray()      # written, not taken by the TCB yet
+        self.closing = False
         self.timer: asyncio.TimerHandle | None = None
         self.deadline = 0.0
         self.s: Session | None = None
         self.ticket: Ticket | None = None
         self.server_tcb: Tcb | None = None
-        #: The client's FIN or the connection's loss before a deferred start.
-        self.early_end: tuple[str, Exception | None] | None = None
 
-    # -- asyncio.Protocol --------------------------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Admit the client (limits, allowed addresses) and start the handshake clock.
-        A connection to refuse or close is dealt with on the next loop turn, as the
-        coroutine path's task would: not inside the TCP layer's accept."""
-        self.transport = transport  # type: ignore[assignment]  # the stack's TcpTransport
-        srv = self.server
-        ip = str((transport.get_extra_info("peername") or ("?", 0))[0])
-        if (srv.active >= srv.policy.max_connections or srv.slots.refusal(ip) is not None
-                or not srv.policy.client_allowed(ip)):
+    @classmethod
+    def accept(cls, server: SocksServer, tcb: Tcb, driver: Driver) -> SpliceSession:
+        """A connection the listener accepted (its ``on_accept``). A connection to
+        refuse or close is dealt with on the next loop turn, as the coroutine path's
+        task would: not inside the TCP layer's accept."""
+        self = cls(server, tcb, driver)
+        # As asyncio does for its TCP transports: short answers leave at once.
+        tcb.nodelay = True
+        tcb.on_event = self._client_event
+        ip = ip_str(tcb.remote)
+        pol = server.policy
+        if (server.active >= pol.max_connections or server.slots.refusal(ip) is not None
+                or not pol.client_allowed(ip)):
             asyncio.get_running_loop().call_soon(self._start)
+        else:
+            self._start()
+        return self
+
+    # -- what admission needs of a transport -------------------------------------------
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """peername, sockname and tcb, as the stack's TcpTransport gives them."""
+        tcb = self.tcb
+        if name == "peername":
+            return ip_str(tcb.remote), tcb.remote_port
+        if name == "sockname":
+            return ip_str(tcb.local), tcb.local_port
+        if name == "tcb":
+            return tcb
+        return default
+
+    def close(self) -> None:
+        """FIN after what is written (the TCB resets instead if unread data is left,
+        RFC 2525 §2.17, as a closed transport's would)."""
+        self.closing = True
+        if not self.unsent and self.tcb.state is not TcpState.CLOSED:
+            self.tcb.close(self.driver.now())
+        self._poke()
+
+    def abort(self) -> None:
+        """Reset the connection now."""
+        self.closing = True
+        self.unsent.clear()
+        self.tcb.on_event = None
+        if self.tcb.state is not TcpState.CLOSED:
+            self.tcb.abort(self.driver.now())
+        self._poke()
+
+    def write(self, data: bytes) -> None:
+        """Send ``data`` (what the send buffer does not take waits for "writable")."""
+        if self.closing or self.tcb.state is TcpState.CLOSED:
             return
-        self._start()
+        if not self.unsent:
+            try:
+                n = self.tcb.send(data, self.driver.now())
+            except OSError:
+                return   # the connection failed: its event ends the session
+            if n == len(data):
+                self._poke()
+                return
+            data = data[n:]
+        self.unsent += data
+
+    def _flush(self) -> None:
+        try:
+            n = self.tcb.send(self.unsent, self.driver.now()) if self.unsent else 0
+        except OSError:
+            n = len(self.unsent)
+        del self.unsent[:n]
+        if not self.unsent and self.closing and self.tcb.state is not TcpState.CLOSED:
+            self.tcb.close(self.driver.now())
+        self._poke()
+
+    def _poke(self) -> None:
+        # Inside an input batch (a TCB event) the batch's end sends and re-arms.
+        if not self.tcb.layer.batching:
+            self.driver.poke()
+
+    # -- the client connection's events ------------------------------------------------
+    def _client_event(self, tcb: Tcb, event: str) -> None:
+        if event == "writable":
+            if self.unsent:
+                self._flush()
+        elif event == "readable" or event == "eof":
+            self._read()
+        elif event == "error" or event == "closed":
+            self._read()
+            self._lost(tcb.error)
 
     def _start(self) -> None:
-        assert self.transport is not None
-        admitted = self.server.admit(self.transport)
+        admitted = self.server.admit(self)
         if admitted is None:
+            self.stage = Stage.DONE
             return
         self.s, self.ticket = admitted
         srv = self.server
         if srv.policy.auth_required:
-            self._hand_over(lambda r, w, c: srv._serve(r, w, self.s, c, self.ticket))
-            self._replay()
+            s, ticket = self.s, self.ticket
+            self._hand_over(lambda r, w, c: srv._serve(r, w, s, c, ticket))
             return
         if not srv.policy.client_allowed(self.s.client.rpartition(":")[0]):
             srv.counters["client_denied"] += 1
@@ -95,26 +184,18 @@ class SpliceSession(asyncio.Protocol):
         self.deadline = loop.time() + srv.policy.handshake_timeout
         self.timer = loop.call_at(self.deadline, self._handshake_timeout)
         self.stage = Stage.GREETING
-        self._replay()
+        self._read()   # what arrived with the handshake (or before a deferred start)
+        if self.tcb.state is TcpState.CLOSED:
+            self._lost(self.tcb.error)
 
-    def _replay(self) -> None:
-        """What arrived before a deferred start, to the state machine or the streams."""
-        if self.buf and self.inner is None:
-            self.data_received(b"")
-        if self.early_end is not None:
-            kind, exc = self.early_end
-            self.early_end = None
-            if kind == "eof":
-                self.eof_received()
-            else:
-                self.connection_lost(exc)
-
-    def data_received(self, data: bytes) -> None:
-        """Parse what the stage waits for; answer it at once."""
-        if self.inner is not None:
-            self.inner.data_received(data)
-            return
-        self.buf += data
+    def _read(self) -> None:
+        """Take what the handshake may read and parse it; the client's FIN ends it."""
+        if self.stage is not Stage.GREETING and self.stage is not Stage.REQUEST:
+            return   # reading is paused from intend_splice on (docs/splice.md §1.2)
+        tcb = self.tcb
+        room = READ_AHEAD - len(self.buf)
+        if room > 0 and tcb.recv_available():
+            self.buf += tcb.recv(room)
         try:
             if self.stage is Stage.GREETING:
                 self._greeting()
@@ -122,29 +203,17 @@ class SpliceSession(asyncio.Protocol):
                 self._request()
         except Exception as e:  # a bug must not leak the connection
             self._internal_error(e)
-
-    def eof_received(self) -> bool | None:
-        """The client's FIN: during the handshake it ends the session."""
-        if self.inner is not None:
-            return self.inner.eof_received()
-        if self.s is None:        # before a deferred start: it replays this
-            self.early_end = ("eof", None)
-        if self.stage is Stage.GREETING or self.stage is Stage.REQUEST:
+            return
+        if ((self.stage is Stage.GREETING or self.stage is Stage.REQUEST)
+                and tcb.eof_received and not tcb.recv_available()):
             self._handshake_over()
             self._end("client closed during the handshake")
-        return True  # the transport is closed by _end, or by the splice later
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        """Reset (or gone) during the handshake: the session ends; later the server
-        connection's outcome decides, as on the coroutine path."""
-        if self.inner is not None:
-            self.inner.connection_lost(exc)
-            return
-        if self.s is None:
-            self.early_end = ("lost", exc)
+    def _lost(self, exc: Exception | None) -> None:
+        """Reset (or gone) during the handshake: the session ends as the coroutine
+        path's read would end it. Later the server connection's outcome decides."""
         if self.stage is not Stage.GREETING and self.stage is not Stage.REQUEST:
             return
-        # What the coroutine path's read would have raised, and how it ends there.
         self._handshake_over()
         if exc is None:
             self._end("client closed during the handshake")
@@ -156,26 +225,17 @@ class SpliceSession(asyncio.Protocol):
         else:
             self._end(f"error: {exc}", failed=True)
 
-    def pause_writing(self) -> None:
-        """Back-pressure goes to the streams after a hand-over (nothing else writes much)."""
-        if self.inner is not None:
-            self.inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        """See :meth:`pause_writing`."""
-        if self.inner is not None:
-            self.inner.resume_writing()
-
     # -- the handshake -----------------------------------------------------------------
     def _greeting(self) -> None:
         s, ticket = self.s, self.ticket
-        assert s is not None and ticket is not None and self.transport is not None
+        assert s is not None and ticket is not None
         try:
             if not s.version:
                 s.version = p.detect_version(self.buf) or 0
             if s.version == p.SOCKS4_VERSION:
-                self._hand_over(lambda r, w, c: self.server._serve(
-                    r, w, s, c, ticket, deadline=self.deadline))
+                srv, deadline = self.server, self.deadline
+                self._hand_over(lambda r, w, c: srv._serve(r, w, s, c, ticket,
+                                                           deadline=deadline))
                 return
             got = p.parse_greeting(self.buf)
         except SocksError as e:
@@ -188,7 +248,7 @@ class SpliceSession(asyncio.Protocol):
         greeting, n = got
         del self.buf[:n]
         method = Method.NO_AUTH if Method.NO_AUTH in greeting.methods else Method.NO_ACCEPTABLE
-        self.transport.write(p.MethodSelection(method).encode())
+        self.write(p.MethodSelection(method).encode())
         if method == Method.NO_ACCEPTABLE:
             # RFC 1928 §3: the client must then close; we do not wait for it.
             self._handshake_over()
@@ -211,16 +271,14 @@ class SpliceSession(asyncio.Protocol):
         request, n = got
         del self.buf[:n]
         s.dest = str(request.address)
+        self._handshake_over()
         if request.command not in (Command.CONNECT, Command.UDP_ASSOCIATE):
-            self._handshake_over()
             self._answer(Rep.COMMAND_NOT_SUPPORTED, f"command {request.command}")
             return
-        self._handshake_over()
         if request.command == Command.UDP_ASSOCIATE:
             self._proceed_streams(request, None)
             return
-        assert self.transport is not None
-        splice = self.server._spliceable(self.transport)
+        splice = self.server._spliceable(self)
         ip = self.server.policy.resolve(request.address)
         if not splice or ip is None:
             # Copied (the client half-closed), or a name for the resolver.
@@ -254,18 +312,15 @@ class SpliceSession(asyncio.Protocol):
         if not srv.policy.destination_allowed(ip, address.port):
             self._answer(Rep.NOT_ALLOWED, "destination not allowed")
             return
-        api: SpliceApi = srv.splice
-        assert self.transport is not None
         try:
-            self.server_tcb = api.intend(self.transport, ip, address.port)
+            self.server_tcb = srv.splice.intend_tcb(self.tcb, ip, address.port)
         except OSError as e:
             self._connect_failed(e)
             return
         self.stage = Stage.CONNECTING
-        # The server connection's outcome is taken where TCP fires it (its events are
-        # fired at the end of an entry point, where callbacks may call back in): the
-        # reply leaves in the step the server's SYN-ACK arrives, without a future and
-        # a loop turn in between.
+        # The server connection's outcome is taken where TCP fires it: the reply
+        # leaves in the step the server's SYN-ACK arrives, without a future and a loop
+        # turn in between.
         self.server_tcb.on_event = self._server_event
         self.timer = asyncio.get_running_loop().call_later(srv.policy.connect_timeout,
                                                            self._connect_timeout)
@@ -289,13 +344,13 @@ class SpliceSession(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        assert self.transport is not None and self.server_tcb is not None
+        assert self.server_tcb is not None
         try:
             if error is None:
                 self._splice()
                 return
             self.server_tcb.on_event = None
-            self.server.splice.abandon(self.transport)
+            self.server.splice.abandon_tcb(self.tcb)
             if not isinstance(error, OSError):
                 raise error
             self._connect_failed(error)
@@ -314,18 +369,19 @@ class SpliceSession(asyncio.Protocol):
         from apps.socks.server import _received
         s, srv, tcb, ticket = self.s, self.server, self.server_tcb, self.ticket
         assert s is not None and tcb is not None and ticket is not None
-        assert self.transport is not None
         reply = srv._reply(s.version, Rep.SUCCEEDED, (ip_str(tcb.local), tcb.local_port))
         early = bytes(self.buf)   # sent right after the request, before the reply
         self.buf.clear()
         s.up += len(early)
+        if self.unsent:   # (only if the client's window was full: never in practice)
+            self._flush()
         try:
-            pair = srv.splice.splice_transport(self.transport, tcb, reply_to_client=reply,
-                                               to_server=early)
+            pair = srv.splice.splice_tcbs(self.tcb, tcb, reply_to_client=reply,
+                                          to_server=early)
         except Exception:
             # Not spliced: the server connection is reset with the client's (_end).
             if tcb.state is not TcpState.CLOSED:
-                tcb.abort(srv.splice.driver.now())
+                tcb.abort(self.driver.now())
             raise
         self.stage = Stage.DONE
         s.rep = _received(s.version, Rep.SUCCEEDED)
@@ -333,34 +389,31 @@ class SpliceSession(asyncio.Protocol):
         srv.counters["rep_0x00"] += 1
         srv.counters["spliced"] += 1
         srv.splice_finished(pair, s, ticket)
-        self.transport.close()   # detached: releases the handle only (no FIN)
 
     # -- endings -----------------------------------------------------------------------
     def _answer(self, rep: int, note: str) -> None:
         """An error reply, then the session ends with a FIN (server.py ``_answer``)."""
         from apps.socks.server import _received
         s = self.s
-        assert s is not None and self.transport is not None
-        s.note = note
+        assert s is not None
         s.rep = _received(s.version, rep)
         self.server.counters[f"rep_{rep:#04x}"] += 1
-        if not self.transport.is_closing():
-            self.transport.write(self.server._reply(s.version, rep))
+        self.write(self.server._reply(s.version, rep))
         self._end(note)
 
     def _end(self, note: str, failed: bool = False) -> None:
         """Close (or reset, ``failed``) the client connection; free the slot; log."""
         s = self.s
-        assert s is not None and self.ticket is not None and self.transport is not None
+        assert s is not None and self.ticket is not None
         self.stage = Stage.DONE
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
         s.note = note
         if failed:
-            self.transport.abort()
+            self.abort()
         else:
-            self.transport.close()
+            self.close()
         self.server.session_over(s, self.ticket)
 
     def _internal_error(self, e: Exception) -> None:
@@ -375,35 +428,45 @@ class SpliceSession(asyncio.Protocol):
     # -- the hand-over to the coroutine path ---------------------------------------------
     def _proceed_streams(self, request: p.Request, splice: bool | None) -> None:
         from apps.socks.server import _Input
-        s, ticket = self.s, self.ticket
+        s, ticket, srv = self.s, self.ticket, self.server
         assert s is not None and ticket is not None
+        early = bytes(self.buf)   # read past the request: the server's first bytes
+        self.buf.clear()
 
         def work(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 conns: list[asyncio.StreamWriter]) -> Any:
+                 conns: list[asyncio.StreamWriter]) -> Coroutine[Any, Any, None]:
             inp = _Input(reader)
-            inp.buf += self.buf   # read past the request: the server's first bytes
-            self.buf.clear()
-            return self.server._proceed(request, inp, reader, writer, s, conns, ticket,
-                                        splice)
-        self._hand_over(work, keep_buffer=True)
+            inp.buf += early
+            return srv._proceed(request, inp, reader, writer, s, conns, ticket, splice)
+        self._hand_over(work)
 
-    def _hand_over(self, work: Any, keep_buffer: bool = False) -> None:
-        """From here on the session is the coroutine path's: a StackStreamReader fed
-        with what was read and not parsed, a StreamWriter, and a task running
-        ``work(reader, writer, conns)`` inside the server's ``_run``."""
-        assert self.transport is not None and self.s is not None and self.ticket is not None
+    def _hand_over(self, work: Work) -> None:
+        """From here on the session is the coroutine path's: a TcpTransport on the TCB,
+        a StackStreamReader holding what was read and not parsed, a StreamWriter, and
+        a task running ``work(reader, writer, conns)`` inside the server's ``_run``."""
+        assert self.s is not None and self.ticket is not None
         loop = asyncio.get_running_loop()
         self.stage = Stage.HANDED_OVER
         if self.timer is not None:   # the coroutine path keeps its own clock
             self.timer.cancel()
             self.timer = None
+        tcb = self.tcb
         reader = StackStreamReader(loop=loop)
-        self.inner = asyncio.StreamReaderProtocol(reader, loop=loop)
-        self.inner.connection_made(self.transport)
-        if self.buf and not keep_buffer:
+        inner = asyncio.StreamReaderProtocol(reader, loop=loop)
+        transport = TcpTransport(tcb, inner, self.driver)   # the TCB's events go there
+        inner.connection_made(transport)
+        if self.unsent:
+            transport.write(bytes(self.unsent))
+            self.unsent.clear()
+        if self.buf:
             reader.feed_data(bytes(self.buf))
             self.buf.clear()
-        writer = asyncio.StreamWriter(self.transport, self.inner, reader, loop)
-        s, ticket = self.s, self.ticket
-        self.server.spawn(self.server._run(reader, writer, s, ticket,
-                                           lambda conns: work(reader, writer, conns)))
+        # What the TCB still holds (and its FIN) goes to the reader now.
+        transport.pause_reading()
+        transport.resume_reading()
+        if tcb.state is TcpState.CLOSED and tcb.on_event is not None:
+            tcb.on_event(tcb, "closed")   # its end came before the transport
+        writer = asyncio.StreamWriter(transport, inner, reader, loop)
+        s, ticket, srv = self.s, self.ticket, self.server
+        srv.spawn(srv._run(reader, writer, s, ticket,
+                           lambda conns: work(reader, writer, conns)))
