@@ -220,3 +220,30 @@ def test_the_control_snapshot_shows_ipv6_listeners_and_connections():
     row = connection_row(tcb)
     assert (row["local"], row["remote"]) == ("2001:2:0:1::2", "2001:2:0:1::1")
     assert [(r["local"], r["local_port"]) for r in _listeners(lab.tcp)] == [("::", 80)]
+
+
+def test_time_wait_record_over_ipv6_acks_a_retransmitted_fin():
+    from stack.tcp.timewait import TimeWait
+
+    lab = Tcp6(TcpConfig(timestamps=False, tlp=False))
+    lst = lab.tcp.listen(ANY6, 80)
+    lab.send_seg(TcpHeader(40005, 80, 100, 0, SYN, 65535, options=TcpOptions(mss=1440)))
+    lab.probe.take()
+    tcb = lab.tcp.connections[(OWN, 80, PEER, 40005)]
+    lab.send_seg(TcpHeader(40005, 80, 101, tcb.iss + 1, ACK, 65535))
+    assert lst.accept() is tcb
+    tcb.close(lab.net.now)
+    lab.net.flush()
+    lab.run()
+    (fin,) = lab.probe.take()
+    window = (tcb.rcv_adv - tcb.rcv_nxt) >> tcb.rcv_wscale
+    assert fin == lab.frame(TcpHeader(80, 40005, tcb.iss + 1, 101, ACK | PSH | FIN, window))
+    lab.send_seg(TcpHeader(40005, 80, 101, tcb.iss + 2, ACK | FIN, 65535))
+    (ack,) = lab.probe.take()
+    window = (tcb.rcv_adv - tcb.rcv_nxt) >> tcb.rcv_wscale     # the FIN took one
+    assert ack == lab.frame(TcpHeader(80, 40005, tcb.iss + 2, 102, ACK, window))
+    record = lab.tcp.connections[(OWN, 80, PEER, 40005)]
+    assert type(record) is TimeWait
+    lab.send_seg(TcpHeader(40005, 80, 101, tcb.iss + 2, ACK | FIN, 65535))  # again
+    (again,) = lab.probe.take()
+    assert again == ack
