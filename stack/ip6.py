@@ -62,7 +62,7 @@ from stack.wire.vnet import (
 )
 
 if TYPE_CHECKING:
-    from stack.core import Stack
+    from stack.core import ProtocolHandler, Stack
     from stack.tcp.api import RouteInfo
 
 log = logging.getLogger("tapsplice.ipv6")
@@ -70,7 +70,8 @@ log = logging.getLogger("tapsplice.ipv6")
 _ETH_IPV6 = ETH_P_IPV6.to_bytes(2, "big")
 _HEADROOM = 128
 _NDP_TYPES = frozenset({wicmp6.NEIGHBOR_SOLICITATION, wicmp6.NEIGHBOR_ADVERTISEMENT})
-_PORTS = struct.Struct("!HH")
+#: Transports taken straight from the frame when no extension header comes first.
+_DIRECT = frozenset({wip6.IPPROTO_TCP, wip6.IPPROTO_UDP})
 #: The quoted transport ports and (TCP) sequence number of an ICMPv6 error.
 _QUOTED = struct.Struct("!HHL")
 #: ICMPv6 errors in the words of ICMP (RFC 7915 §5.2, which translates them), so
@@ -220,19 +221,10 @@ class Ipv6Layer:
             if self.stack.forwarding:
                 return forward(self, iface, skb, hdr, now)
             return self.stack._drop("ipv6_not_for_us")
-        if hdr.next_header == wip6.IPPROTO_TCP and self.addresses.assigned(hdr.dst):
-            handler = self.stack.protocols.get(wip6.IPPROTO_TCP)
+        if hdr.next_header in _DIRECT and self.addresses.assigned(hdr.dst):
+            handler = self.stack.protocols.get(hdr.next_header)
             if handler is not None:
-                # No extension headers: the segment is taken from the frame as it
-                # is (offload flags and all), like IPv4's.
-                d = skb.data + ETH_HLEN
-                skb.network_off = d
-                skb.tail = d + wip6.IPV6_HLEN + hdr.payload_length
-                skb.pull(ETH_HLEN + wip6.IPV6_HLEN)
-                skb.dev = iface
-                self.counters["rx_local"] += 1
-                handler.input(skb, hdr.src, hdr.dst, now)
-                return None
+                return self._transport_input(iface, skb, hdr, handler, now)
         packet = bytes(frame[ETH_HLEN:ETH_HLEN + wip6.IPV6_HLEN + hdr.payload_length])
         rx = _Arrival(bytes(frame[6:12]), bool(frame[0] & 1), bool(
             skb.vnet_flags & (VIRTIO_NET_HDR_F_NEEDS_CSUM | VIRTIO_NET_HDR_F_DATA_VALID)))
@@ -251,6 +243,24 @@ class Ipv6Layer:
                 return self.stack._drop("frag6_nested")   # fragments of fragments
         self.counters["rx_local"] += 1
         return self._deliver(iface, hdr, packet, chain, rx, now)
+
+    def _transport_input(self, iface: Interface, skb: SkBuff, hdr: wip6.Ipv6Header,
+                         handler: ProtocolHandler, now: float) -> None:
+        """A TCP segment or UDP datagram right after the fixed header, for an own
+        address: taken from the frame as it is (offload flags and all), like IPv4's."""
+        frame = skb.view()
+        d = skb.data + ETH_HLEN
+        end = d + wip6.IPV6_HLEN + hdr.payload_length
+        skb.network_off = d
+        skb.tail = end
+        skb.pull(ETH_HLEN + wip6.IPV6_HLEN)
+        skb.dev = iface
+        self.counters["rx_local"] += 1
+        if handler.input(skb, hdr.src, hdr.dst, now) is False:
+            # No socket took the datagram (UDP): RFC 4443 §3.1 code 4.
+            self._icmp_error(iface, bytes(frame[ETH_HLEN:end - d + ETH_HLEN]),
+                             wicmp6.DEST_UNREACH, wicmp6.UNREACH_PORT, 0, now,
+                             link_mcast=bool(frame[0] & 1))
 
     def _accepts(self, iface: Interface, dst: bytes) -> bool:
         """An own address (any state but duplicate: a tentative one hears only NDP),
