@@ -177,7 +177,7 @@ def lab_up(cfg: LabConfig, raw: bool | None = None) -> None:
             raise LabError(f"{ns}/{tap} is {other} lab already: `tapsplice lab down` first")
         if raw:
             _raw_side_up(cfg, ns, tap)
-        _side_up(ns, tap, addr, gw, cfg.mtu, None if raw else v6)
+        _side_up(ns, tap, addr, gw, cfg.mtu, v6)
     if raw:
         quiet_host_side(cfg.stack_ns, [cfg.client_raw, cfg.server_raw])
 

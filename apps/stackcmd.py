@@ -37,11 +37,12 @@ def lab_attachments(cfg: LabConfig) -> list[Attachment]:
     out = []
     for (_side, ns, tap, kaddr, gw), gw6 in zip(cfg.sides(), cfg.gateways6(), strict=True):
         plen = kaddr.partition("/")[2] or "24"
+        # Both families: 2001:2:0:1::2 and 2001:2:0:2::2 too (on raw sockets the
+        # stack's IPv6 is its own; the host side's stays off).
         if raw:
             out.append(Attachment(cfg.raw_name(tap), f"{gw}/{plen}", cfg.stack_ns,
-                                  kind="raw"))
+                                  kind="raw", addr6=(gw6,)))
         else:
-            # A TAP lab speaks both families: 2001:2:0:1::2 and 2001:2:0:2::2 too.
             out.append(Attachment(tap, f"{gw}/{plen}", ns, addr6=(gw6,)))
     return out
 

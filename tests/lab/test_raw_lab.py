@@ -413,3 +413,30 @@ def test_frames_dropped_on_their_way_out_are_counted_without_a_spin(lab, tmp_pat
         summary = proc.stop()
     dev = summary["devices"][lab.client_raw]
     assert dev["tx_errors"] >= 4 and dev["tx_backlogged"] == 0
+
+
+def test_ipv6_over_raw_sockets(lab, tmp_path):
+    """The stack's IPv6 is its own on raw sockets too (the host side's stays off):
+    ping6 to it and through its router, and curl -6 of a file through it."""
+    from apps.labproc import wait_until
+
+    proc = stack(lab, "router", log=tmp_path / "router6.log")
+    try:
+        proc.wait_ready()
+        assert wait_until(ns_cmd(lab.client_ns, "ping", "-6", "-c", "1", "-W", "1",
+                                 "2001:2:0:1::2"), timeout=20), proc.log.read_text()
+        routed = subprocess.run(ns_cmd(lab.client_ns, "ping", "-6", "-c", "2", "-i", "0.2",
+                                       "-W", "1", "2001:2:0:2::1"),
+                                capture_output=True, text=True, timeout=30)
+        assert routed.returncode == 0 and "ttl=63" in routed.stdout, routed.stdout
+        with Origin(lab.server_ns, addr="[::]") as origin:
+            f = origin.make_file("r6.bin", 8 << 20, random=True)
+            out = tmp_path / "r6.bin"
+            subprocess.run(ns_cmd(lab.client_ns, "curl", "-6", "-g", "-sS", "--fail",
+                                  "--noproxy", "*", "--max-time", "60", "-o", str(out),
+                                  origin.url(f, "[2001:2:0:2::1]")), check=True, timeout=70)
+            assert hashlib.sha256(out.read_bytes()).hexdigest() == f.sha256
+    finally:
+        summary = proc.stop()
+    assert summary["stack"]["rx_forwarded"] > 100
+    assert summary["devices"][lab.client_raw]["rx_dropped_other_host"] == 0
