@@ -57,3 +57,20 @@ def test_no_socket_gets_port_unreachable():
     assert err == eth(PEER_MAC, lab.mac, ip6(OWN, PEER, icmp6(OWN, PEER, 1, 4, bytes(4) + packet),
                                              nxt=58))
     assert lab.udp.counters["udp_no_port"] == 1
+
+
+def test_a_datagram_over_the_mtu_leaves_in_fragments():
+    lab = Udp6()
+    sock = lab.udp.bind(ANY6, 53)
+    data = bytes(range(256)) * 12
+    lab.udp.sendto(sock, data, (PEER, 5353), lab.net.now)
+    lab.net.flush()
+    lab.run()
+    frags = lab.probe.take()
+    assert len(frags) == 3 and all(len(f) <= 14 + 1500 for f in frags)
+    assert {f[14 + 6] for f in frags} == {44} and len({f[58:62] for f in frags}) == 1
+    frags.sort(key=lambda f: struct.unpack("!H", f[56:58])[0] & ~7)
+    assert [struct.unpack("!H", f[56:58])[0] & 1 for f in frags] == [1, 1, 0]
+    assert b"".join(f[62:] for f in frags) == udp6(OWN, PEER, 53, 5353, data)
+    assert frags[0][14:18] != b"\x60\0\0\0"          # the flow label is the flow's
+    assert lab.stack.counters["tx6_fragmented"] == 1
