@@ -25,6 +25,10 @@ class SpliceState(enum.Enum):
     TIMEWAIT = "timewait"          # both SHUTDOWN: relaying on for 2*MSL
     CLOSED = "closed"              # torn down (after TIMEWAIT or a RST)
 
+    # Members are singletons compared by identity: hashing them by identity too keeps
+    # every table lookup in C (Enum's own __hash__ is a Python call per lookup).
+    __hash__ = object.__hash__
+
 
 class SpliceEvent(enum.Enum):
     """What moves an interface along."""
@@ -38,6 +42,8 @@ class SpliceEvent(enum.Enum):
     BOTH_SHUTDOWN = "both_shutdown"
     TIMEOUT = "timeout"            # 2*MSL passed in TIMEWAIT
     RESET = "reset"                # a RST from either side, or an abort
+
+    __hash__ = object.__hash__     # (as SpliceState's)
 
 
 S, E = SpliceState, SpliceEvent

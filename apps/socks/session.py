@@ -88,11 +88,12 @@ class SpliceSession:
         tcb.on_event = self._client_event
         ip = ip_str(tcb.remote)
         pol = server.policy
+        allowed = pol.client_allowed(ip)
         if (server.active >= pol.max_connections or server.slots.refusal(ip) is not None
-                or not pol.client_allowed(ip)):
-            asyncio.get_running_loop().call_soon(self._start)
+                or not allowed):
+            asyncio.get_running_loop().call_soon(self._start, allowed)
         else:
-            self._start()
+            self._start(allowed)
         return self
 
     # -- what admission needs of a transport -------------------------------------------
@@ -165,7 +166,8 @@ class SpliceSession:
             self._read()
             self._lost(tcb.error)
 
-    def _start(self) -> None:
+    def _start(self, allowed: bool) -> None:
+        """Admission (``allowed``: the policy lets the client's address in)."""
         admitted = self.server.admit(self)
         if admitted is None:
             self.stage = Stage.DONE
@@ -176,7 +178,7 @@ class SpliceSession:
             s, ticket = self.s, self.ticket
             self._hand_over(lambda r, w, c: srv._serve(r, w, s, c, ticket))
             return
-        if not srv.policy.client_allowed(self.s.client.rpartition(":")[0]):
+        if not allowed:
             srv.counters["client_denied"] += 1
             self._end("client not allowed")
             return

@@ -50,8 +50,12 @@ def mirror_options(tcb: Tcb, like: Tcb) -> None:
     """Before ``tcb``'s SYN: offer the options ``like`` agreed (docs/splice.md §5), its MSS
     (grown by the timestamp room, so that segments fit ``like``'s peer unsplit) and,
     with window scaling, ``like``'s peer's scale as ours (windows pass unchanged)."""
-    tcb.config = dataclasses.replace(tcb.config, window_scaling=like.wscale_ok,
-                                     sack=like.sack_ok, timestamps=like.ts_ok)
+    cfg = tcb.config
+    if (cfg.window_scaling != like.wscale_ok or cfg.sack != like.sack_ok
+            or cfg.timestamps != like.ts_ok):
+        # (Nothing writes a TCB's config: when it already offers these, it is kept.)
+        tcb.config = dataclasses.replace(cfg, window_scaling=like.wscale_ok,
+                                         sack=like.sack_ok, timestamps=like.ts_ok)
     tcb.adv_mss = like.mss + (_TS_ROOM if like.ts_ok else 0)
     tcb.rcv_wscale = like.snd_wscale if like.wscale_ok else 0
 
