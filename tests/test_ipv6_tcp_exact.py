@@ -247,3 +247,32 @@ def test_time_wait_record_over_ipv6_acks_a_retransmitted_fin():
     lab.send_seg(TcpHeader(40005, 80, 101, tcb.iss + 2, ACK | FIN, 65535))  # again
     (again,) = lab.probe.take()
     assert again == ack
+
+
+def test_slaac_and_the_default_router_from_an_ra_carry_a_syn_off_link():
+    from stack.addrconf import AddrState
+    from tests.test_core_ipv6 import ALL_NODES, mmac
+
+    lab = Lab6(add=False)
+    tcp = TcpLayer(lab.stack, rng=lab.stack.rng)
+    lab.stack.register_protocol(6, tcp)
+    lab.stack.ip6.enable(lab.iface, lab.net.now, auto=True)
+    lab.settle()
+    router = ip6_bytes("fe80::1")
+    prefix = ip6_bytes("2001:2:0:1::")
+    pi = struct.pack("!BBBBII4x", 3, 4, 64, 0xC0, 86400, 14400) + prefix
+    ra = icmp6(router, ALL_NODES, 134, 0, struct.pack("!BBH", 64, 0, 1800) + bytes(8)
+               + b"\x01\x01" + PEER_MAC + pi)
+    lab.send(eth(mmac(ALL_NODES), PEER_MAC, ip6(router, ALL_NODES, ra, hlim=255, nxt=58)))
+    lab.settle()
+    (slaac,) = [a for a in lab.stack.ip6.addresses.for_iface(lab.iface)
+                if a.addr[:8] == prefix[:8]]
+    assert slaac.state is AddrState.PREFERRED
+    far = ip6_bytes("2001:2:0:9::1")
+    tcb = tcp.connect(far, 443, lab.net.now)
+    lab.net.flush()
+    lab.run()
+    (syn,) = lab.probe.take()
+    assert tcb.local == slaac.addr                      # RFC 6724: the global one
+    assert syn[:6] == PEER_MAC                          # to the router's MAC
+    assert syn[14 + 8:14 + 24] == slaac.addr and syn[14 + 24:14 + 40] == far
