@@ -15,7 +15,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from stack.addrconf import Address6, AddressTable
+from stack.addrconf import Address6, AddressTable, AddrState
 from stack.iface import Interface
 from stack.wire import ipv6 as wip6
 
@@ -132,7 +132,7 @@ class Route6Table:
             if not a.assigned:
                 continue
             common = 128 - (int.from_bytes(a.addr, "big") ^ d).bit_length()
-            rank = (wip6.is_link_local(a.addr) == want_ll, a.state.value == "preferred",
+            rank = (wip6.is_link_local(a.addr) == want_ll, a.state is AddrState.PREFERRED,
                     common)
             if best is None or rank > best[0]:
                 best = (rank, a)
