@@ -65,3 +65,20 @@ def test_configure_and_ipv6_routes_as_tapstack_gives_them() -> None:
     assert s.route(ip6_bytes("2001:2:0:7::5")) is None      # no default router yet
     with pytest.raises(ValueError):
         s.ip6.add_route("2001:2:0:8::/64", "2001:2:0:5::1")  # no interface holds it
+
+
+def test_source_selection_prefers_scope_then_preferred_then_longest_match() -> None:
+    from stack.addrconf import AddrState
+
+    net = SimNetwork(seed=2)
+    s = net.add_host("s")
+    net.add_probe(s, "198.18.0.2/24")
+    iface = s.interfaces[0]
+    s.ip6.configure(iface, ("2001:2:0:1::2/64", "2001:2:0:1::8000/64"), net.now)
+    net.run(3.0)
+    src = s.ip6.routes.source
+    assert src(iface, ip6_bytes("2001:2:0:1::1")).addr == ip6_bytes("2001:2:0:1::2")
+    assert src(iface, ip6_bytes("2001:2:0:1::8001")).addr == ip6_bytes("2001:2:0:1::8000")
+    assert src(iface, ip6_bytes("fe80::9")).addr[:2] == b"\xfe\x80"     # same scope
+    s.ip6.addresses.lookup(ip6_bytes("2001:2:0:1::8000")).state = AddrState.DEPRECATED
+    assert src(iface, ip6_bytes("2001:2:0:1::8001")).addr == ip6_bytes("2001:2:0:1::2")
