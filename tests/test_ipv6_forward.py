@@ -1,14 +1,21 @@
 """The IPv6 router (stack/ip6forward.py) against hand-made frames on two probes:
 hop limit, Neighbor Discovery of the next hop, Time Exceeded, Packet Too Big (never
-fragments), no route, link-local sources, super-segments forwarded whole."""
+fragments), no route, link-local sources, super-segments forwarded whole; mutated
+frames for the router's own TCP and UDP and for forwarding, each counted once."""
 
 from __future__ import annotations
 
 import struct
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from stack.sim import SimNetwork
 from stack.skbuff import SkBuff
+from stack.tcp.layer import ANY6, TcpLayer
+from stack.udp import UdpLayer
 from stack.wire.ipv6 import ip6_bytes
+from stack.wire.tcp import SYN, TcpHeader, TcpOptions, build_segment
 from stack.wire.vnet import VIRTIO_NET_HDR_GSO_TCPV6
 from tests.test_core_ipv6 import eth, icmp6, mmac, na_frame, ns_frame, sn
 
@@ -119,3 +126,40 @@ def test_super_segment_whose_segments_do_not_fit_gets_packet_too_big():
     (err,) = rt.pa.take()
     assert err[14 + 40:14 + 41] == b"\x02" and err[14 + 44:14 + 48] == struct.pack("!I", 1280)
     assert rt.pb.take() == [] and rt.r.counters["drop.ipv6_packet_too_big"] == 1
+
+
+def _seeds(rt: Router) -> list[bytes]:
+    syn_r = build_segment(A, R1, TcpHeader(40000, 80, 1, 0, SYN, 65535,
+                                           options=TcpOptions(mss=1440, wscale=7)))
+    syn_b = build_segment(A, B, TcpHeader(40001, 80, 1, 0, SYN, 65535))
+    udp = struct.pack("!HHHH", 5000, 53, 12, 0) + b"abcd"
+    mac = rt.ia.mac
+    return [eth(mac, AMAC, ip6(A, R1, syn_r, nxt=6)), eth(mac, AMAC, ip6(A, B, syn_b, nxt=6)),
+            eth(mac, AMAC, ip6(A, R1, udp)), eth(mac, AMAC, ip6(A, B, udp, hlim=1))]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 120), st.integers(0, 255),
+                          st.integers(0, 2)), min_size=1, max_size=10))
+def test_mutated_transport_and_forwarded_frames_are_counted_never_crash(edits):
+    rt = Router()
+    tcp = TcpLayer(rt.r, rng=rt.r.rng)
+    rt.r.register_protocol(6, tcp)
+    rt.r.register_protocol(17, UdpLayer(rt.r, rng=rt.r.rng))
+    tcp.listen(ANY6, 80)
+    seeds = _seeds(rt)
+    before = dict(rt.r.counters)
+    for which, pos, value, how in edits:
+        f = bytearray(seeds[which])
+        pos = 14 + pos % (len(f) - 14)
+        if how == 0:
+            f[pos] = value
+        elif how == 1:
+            del f[pos:]
+        else:
+            f[pos] ^= 1 << (value % 8)
+        rt.pa.send(bytes(f))
+    rt.net.run(5.0)
+    c = {k: rt.r.counters[k] - before.get(k, 0) for k in
+         ("rx_frames", "rx_local", "rx_dropped", "rx_arp", "rx_forwarded")}
+    assert c["rx_frames"] == c["rx_local"] + c["rx_dropped"] + c["rx_arp"] + c["rx_forwarded"]
