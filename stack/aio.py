@@ -419,8 +419,7 @@ class TapStack:
                  pcap: PcapTee | None = None, impair: FaultModel | None = None,
                  seed: int = 0, tcp_config: TcpConfig | None = None,
                  control: str | bool = False, seat: Seat | None = None) -> None:
-        from stack.hostkey import host_secret
-        # The host's secret keeps RFC 7217 addresses stable across restarts.
+        from stack.hostkey import host_secret  # (keeps RFC 7217 addresses over restarts)
         self.stack = Stack(forwarding=forwarding, ipv6_secret=host_secret())
         #: IPv6 addresses and routes, configured at start (their DAD needs the clock).
         self._ipv6: list[tuple[Interface, tuple[str, ...]]] = []
@@ -493,6 +492,8 @@ class TapStack:
                 offload: bool, routes: list[tuple[str, str]]) -> None:
         """Open each attachment's device (or take the seat's ``devices``), add its
         interface and the routes; on any error every device is closed again."""
+        if devices is not None and any(a.addr6 for a in attachments):
+            log.warning("IPv6 addresses are not used with --workers yet")
         try:
             for i, a in enumerate(attachments):
                 dev = devices[i] if devices is not None else open_device(a, offload)
@@ -538,9 +539,8 @@ class TapStack:
         """Start reading the devices (inside a running event loop), and the DHCP
         agents of the interfaces that take their address from a lease."""
         self.driver.start()
-        now = self.driver.now()
         for iface, specs in self._ipv6:
-            self.stack.ip6.configure(iface, specs, now)
+            self.stack.ip6.configure(iface, specs, self.driver.now())
         for prefix, via in self._routes6:
             self.stack.ip6.add_route(prefix, via)
         self._ipv6, self._routes6 = [], []
