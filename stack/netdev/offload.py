@@ -9,6 +9,7 @@ without checksum offload must do for a frame marked VIRTIO_NET_HDR_F_NEEDS_CSUM
 from __future__ import annotations
 
 import struct
+from typing import TYPE_CHECKING
 
 from stack.wire.checksum import ones_sum
 from stack.wire.fields import ETH_HLEN
@@ -29,8 +30,11 @@ __all__ = [
     "ETH_HLEN", "VNET", "VNET_HDR_LEN", "VIRTIO_NET_HDR_F_NEEDS_CSUM",
     "VIRTIO_NET_HDR_F_DATA_VALID", "VIRTIO_NET_HDR_GSO_NONE", "VIRTIO_NET_HDR_GSO_TCPV4",
     "VIRTIO_NET_HDR_GSO_TCPV6", "VIRTIO_NET_HDR_GSO_UDP", "VIRTIO_NET_HDR_GSO_UDP_L4", "VIRTIO_NET_HDR_GSO_ECN",
-    "vnet_error", "complete_checksum",
+    "vnet_error", "complete_checksum", "take_frame",
 ]
+
+if TYPE_CHECKING:
+    from stack.skbuff import SkBuff
 
 _KNOWN_FLAGS = VIRTIO_NET_HDR_F_NEEDS_CSUM | VIRTIO_NET_HDR_F_DATA_VALID | 4  # 4: RSC_INFO
 _GSO_TYPES = (VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_UDP, VIRTIO_NET_HDR_GSO_TCPV6,
@@ -59,6 +63,23 @@ def vnet_error(flags: int, gso_type: int, gso_size: int, csum_start: int,
         if gso_size == 0:
             return "gso frame without gso_size"
     return None
+
+
+def take_frame(skb: SkBuff, headroom: int, hlen: int, flen: int) -> bool:
+    """Make ``skb`` the frame of ``flen`` bytes read at ``headroom`` behind a vnet header
+    of ``hlen`` bytes (0: none): the header's fields go to the SkBuff. False when the
+    header is unusable (:func:`vnet_error`); the device counts that drop."""
+    if hlen:
+        fl, gt, hl, gs, cs, co = VNET.unpack_from(skb.buf, headroom - hlen)
+        if vnet_error(fl, gt, gs, cs, co, flen) is not None:
+            return False
+        skb.vnet_flags, skb.gso_type, skb.hdr_len = fl, gt, hl
+        skb.gso_size, skb.csum_start, skb.csum_offset = gs, cs, co
+    else:
+        skb.clear_vnet()
+    skb.data = headroom
+    skb.tail = headroom + flen
+    return True
 
 
 def complete_checksum(buf: bytearray | memoryview, start: int, end: int,

@@ -54,7 +54,7 @@ import struct
 
 from stack.netdev.link import DeviceGone
 from stack.netdev.netns import enter_netns
-from stack.netdev.offload import ETH_HLEN, VNET, VNET_HDR_LEN, vnet_error
+from stack.netdev.offload import ETH_HLEN, VNET_HDR_LEN, take_frame
 from stack.netdev.tap import FRAME_MAX, HEADROOM, TapDevice
 from stack.skbuff import SkBuff
 
@@ -273,17 +273,9 @@ class RawDevice(TapDevice):
                 c["rx_dropped_other_host"] += 1
                 continue
             flen = n - hlen
-            if hlen:
-                fl, gt, hl, gs, cs, co = VNET.unpack_from(buf, HEADROOM - hlen)
-                if vnet_error(fl, gt, gs, cs, co, flen) is not None:
-                    c["rx_dropped_bad_vnet"] += 1
-                    continue
-                skb.vnet_flags, skb.gso_type, skb.hdr_len = fl, gt, hl
-                skb.gso_size, skb.csum_start, skb.csum_offset = gs, cs, co
-            else:
-                skb.clear_vnet()
-            skb.data = HEADROOM
-            skb.tail = HEADROOM + flen
+            if not take_frame(skb, HEADROOM, hlen, flen):
+                c["rx_dropped_bad_vnet"] += 1
+                continue
             c["rx_frames"] += 1
             c["rx_bytes"] += flen
             out.append(skb)

@@ -30,6 +30,7 @@ from stack.netdev.offload import (
     VNET,
     VNET_HDR_LEN,
     complete_checksum,
+    take_frame,
     vnet_error,
 )
 from stack.netdev.taplock import TapLock, lock_tap
@@ -208,17 +209,9 @@ class TapDevice:
                 continue
             skb = self._ring[i]
             flen = n - hlen
-            if hlen:
-                fl, gt, hl, gs, cs, co = VNET.unpack_from(skb.buf, HEADROOM - hlen)
-                if vnet_error(fl, gt, gs, cs, co, flen) is not None:
-                    c["rx_dropped_bad_vnet"] += 1
-                    continue
-                skb.vnet_flags, skb.gso_type, skb.hdr_len = fl, gt, hl
-                skb.gso_size, skb.csum_start, skb.csum_offset = gs, cs, co
-            else:
-                skb.clear_vnet()
-            skb.data = HEADROOM
-            skb.tail = HEADROOM + flen
+            if not take_frame(skb, HEADROOM, hlen, flen):
+                c["rx_dropped_bad_vnet"] += 1
+                continue
             c["rx_frames"] += 1
             c["rx_bytes"] += flen
             out.append(skb)
