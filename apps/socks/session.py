@@ -195,17 +195,21 @@ class SpliceSession:
         if self.stage is not Stage.GREETING and self.stage is not Stage.REQUEST:
             return   # reading is paused from intend_splice on (docs/splice.md §1.2)
         tcb = self.tcb
-        room = READ_AHEAD - len(self.buf)
-        if room > 0 and tcb.recv_available():
+        while True:
+            room = READ_AHEAD - len(self.buf)
+            if room <= 0 or not tcb.recv_available():
+                break
             self.buf += tcb.recv(room)
-        try:
-            if self.stage is Stage.GREETING:
-                self._greeting()
-            if self.stage is Stage.REQUEST:
-                self._request()
-        except Exception as e:  # a bug must not leak the connection
-            self._internal_error(e)
-            return
+            try:
+                if self.stage is Stage.GREETING:
+                    self._greeting()
+                if self.stage is Stage.REQUEST:
+                    self._request()
+            except Exception as e:  # a bug must not leak the connection
+                self._internal_error(e)
+                return
+            if self.stage is not Stage.GREETING and self.stage is not Stage.REQUEST:
+                return
         if ((self.stage is Stage.GREETING or self.stage is Stage.REQUEST)
                 and tcb.eof_received and not tcb.recv_available()):
             self._handshake_over()
