@@ -31,6 +31,7 @@ from apps import authlimit
 from apps.authlimit import AuthLimiter
 from apps.clientslots import ClientSlots, IdlePool, Ticket, admit_closing_idle
 from apps.copyrelay import IdleTimeout, copy_both
+from apps.eyeballs import ATTEMPT_DELAY, MAX_ATTEMPTS, connect_first
 from apps.httpproxy import cache as rules
 from apps.httpproxy import hits, spliced
 from apps.httpproxy.accesslog import Entry
@@ -285,28 +286,42 @@ class HttpProxy:
                            entry: Entry, splice: bool = False) -> BufferedStream | None:
         """Resolve, check and connect; on failure answer the client and return None."""
         found = await lookup(Address.of(host, port), self.policy, self.resolve)
-        ip = found.ip
-        if ip is None:
+        if found.ip is None:
             # An unknown name or failing servers: 502; no answer in time: 504.
             await self._error(client, entry, 504 if found.failure == "timeout" else 502,
                               found.note)
             return None
-        if ":" in ip or not self.policy.destination_allowed(ip, port):
+        ips = [ip for ip in found.addresses
+               if ":" not in ip and self.policy.destination_allowed(ip, port)]
+        if not ips:
             entry.code = "TCP_DENIED"
             await self._error(client, entry, 403, "destination not allowed")
             return None
-        entry.peer = ip
+        relay = not splice and self._may_relay(client.writer)
+
+        def attempt(ip: str) -> Any:
+            if splice:
+                # intend_splice: the server SYN carries the client's options
+                # (docs/splice.md §1.2)
+                return self.splice.open_connection(client.writer, ip, port)
+            if relay:
+                # The same options, so that a body can be spliced one way later.
+                return self.splice.open_mirrored(client.writer, ip, port)
+            return self.api.open_connection(ip, port)
+
+        entry.peer = ips[0]
         try:
             async with asyncio.timeout(self.policy.connect_timeout):
-                if splice:
-                    # intend_splice: the server SYN carries the client's options
-                    # (docs/splice.md §1.2)
-                    pair = await self.splice.open_connection(client.writer, ip, port)
-                elif self._may_relay(client.writer):
-                    # The same options, so that a body can be spliced one way later.
-                    pair = await self.splice.open_mirrored(client.writer, ip, port)
+                if len(ips) == 1:
+                    pair = await attempt(ips[0])
                 else:
-                    pair = await self.api.open_connection(ip, port)
+                    # A name with several addresses: the first that answers
+                    # (apps/eyeballs.py); one at a time when splicing (§1.2).
+                    share = max(self.policy.connect_timeout / min(len(ips), MAX_ATTEMPTS),
+                                2.0)
+                    entry.peer, pair = await connect_first(
+                        ips, attempt, discard=lambda c: c[1].transport.abort(),
+                        stagger=None if splice else ATTEMPT_DELAY, attempt_timeout=share)
         except TimeoutError:
             await self._error(client, entry, 504, f"connect to {host}:{port} timed out")
             return None

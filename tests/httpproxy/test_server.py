@@ -660,3 +660,39 @@ def test_a_cancelled_handler_ends_cancelled_and_releases_everything() -> None:
         conn.writer.close()
 
     simulate(body, mode="copy")
+
+
+def _resolver(*addrs: str):
+    async def resolve(_name: str) -> list[str]:
+        return list(addrs)
+    return resolve
+
+
+@pytest.mark.parametrize("mode", ["copy", "splice"])
+def test_a_name_with_a_dead_first_address_is_fetched_from_the_next(mode: str) -> None:
+    async def body(w: World):
+        w.proxy.resolve = _resolver("198.19.0.77", ORIGIN)    # nobody has .77
+        conn = await w.connect()
+        t0 = w.now
+        resp, data = await fetch(conn, "http://multi.test/fresh")
+        assert resp.status == 200 and data
+        # Copy mode races the next address 250 ms later (RFC 8305 §5); splice mode
+        # tries one at a time, each with a share of the connect timeout.
+        assert w.now - t0 < (1.0 if w.proxy.mode == "copy" else 6.0)
+        assert w.log.entries[0].line().split()[-2] == f"HIER_DIRECT/{ORIGIN}"
+        conn.writer.close()
+        assert await w.until(lambda: w.proxy_connections() == 0)   # no attempt left
+
+    simulate(body, mode=mode)
+
+
+def test_a_name_whose_addresses_all_refuse_gets_502_naming_each() -> None:
+    async def body(w: World):
+        w.proxy.resolve = _resolver(ORIGIN, CLIENT)
+        conn = await w.connect()
+        resp, data = await fetch(conn, "http://closed.test:4444/x")
+        assert resp.status == 502
+        assert f"{ORIGIN}: connection refused; {CLIENT}: connection refused" in data.decode()
+        conn.writer.close()
+
+    simulate(body)
