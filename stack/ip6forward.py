@@ -6,7 +6,8 @@ TAP keeps its virtio offload state (VIRTIO_NET_HDR_GSO_TCPV6, gso_size, a partia
 checksum) and leaves whole. A router never fragments IPv6 (RFC 8200 §5): a packet,
 or a super-segment's wire segments, larger than the outgoing link's MTU earns a
 Packet Too Big carrying that MTU (RFC 4443 §3.2, RFC 8201). A hop limit of 1 or 0
-ends in a Time Exceeded (RFC 4443 §3.3); no route in a Destination Unreachable
+ends in a Time Exceeded (RFC 4443 §3.3), after the hop-by-hop options were read
+(RFC 8200 §4.3); no route in a Destination Unreachable
 code 0, a link-local source or destination is never forwarded (RFC 4291 §2.5.6;
 code 2 "beyond the scope of the source address", RFC 4443 §3.1). The next hop on
 the outgoing link is resolved by Neighbor Discovery like the stack's own packets.
@@ -17,6 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from stack.skbuff import SkBuff
+from stack.wire import WireError, ipv6ext
 from stack.wire import icmp6 as wicmp6
 from stack.wire import ipv6 as wip6
 from stack.wire.ethernet import ETH_HLEN
@@ -43,6 +45,9 @@ def forward(layer: Ipv6Layer, iface: Interface, skb: SkBuff, hdr: wip6.Ipv6Heade
     if wip6.is_link_local(src) or wip6.is_unspecified(src):
         _error(layer, iface, skb, wicmp6.DEST_UNREACH, wicmp6.UNREACH_BEYOND_SCOPE, 0, now)
         return stack._drop("ipv6_link_local_source")
+    if hdr.next_header == wip6.IPPROTO_HOPOPTS and not _hop_by_hop(layer, iface, skb, d,
+                                                                    end, now):
+        return None
     if hdr.hop_limit <= 1:
         _error(layer, iface, skb, wicmp6.TIME_EXCEEDED, wicmp6.EXC_HOP_LIMIT, 0, now)
         return stack._drop("ipv6_hop_limit_exceeded")
@@ -66,6 +71,30 @@ def forward(layer: Ipv6Layer, iface: Interface, skb: SkBuff, hdr: wip6.Ipv6Heade
     buf[d + _HLIM] = hdr.hop_limit - 1
     stack.counters["rx_forwarded"] += 1
     layer._link_output(hop.iface, hop.nexthop, skb, now, forwarded=True)
+
+
+def _hop_by_hop(layer: Ipv6Layer, iface: Interface, skb: SkBuff, d: int, end: int,
+                now: float) -> bool:
+    """RFC 8200 §4.3: every router on the path reads the hop-by-hop options; one it
+    does not know acts by the two high bits of its type (skip, discard, discard and
+    answer a Parameter Problem code 2). None is known here. False: dropped."""
+    packet = memoryview(skb.buf)[d:end]
+    n = len(packet)
+    hlen = 8 * (packet[wip6.IPV6_HLEN + 1] + 1) if n >= wip6.IPV6_HLEN + 8 else n
+    if wip6.IPV6_HLEN + hlen > n:
+        layer.stack._drop("ipv6_ext_truncated")
+        return False
+    try:
+        ipv6ext.walk_options(packet, wip6.IPV6_HLEN + 2, wip6.IPV6_HLEN + hlen, False)
+    except ipv6ext.ParameterProblem as e:
+        if e.answer:
+            _error(layer, iface, skb, wicmp6.PARAM_PROBLEM, e.code, e.pointer, now)
+        layer.stack._drop(e.reason)
+        return False
+    except WireError as e:
+        layer.stack._drop(e.reason)
+        return False
+    return True
 
 
 def _error(layer: Ipv6Layer, iface: Interface, skb: SkBuff, type_: int, code: int,

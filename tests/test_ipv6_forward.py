@@ -163,3 +163,24 @@ def test_mutated_transport_and_forwarded_frames_are_counted_never_crash(edits):
     c = {k: rt.r.counters[k] - before.get(k, 0) for k in
          ("rx_frames", "rx_local", "rx_dropped", "rx_arp", "rx_forwarded")}
     assert c["rx_frames"] == c["rx_local"] + c["rx_dropped"] + c["rx_arp"] + c["rx_forwarded"]
+
+
+def test_hop_by_hop_options_are_read_by_the_router():
+    from stack.wire.ipv6ext import options_header
+
+    rt = Router()
+    rt.pb.send(ns_frame(B, sn(R2), R2, mmac(sn(R2)), sll=BMAC, eth_src=BMAC))
+    rt.net.run(0.01)
+    rt.pb.take()                                        # the router knows B now
+    udp = struct.pack("!HHHH", 5000, 53, 12, 0) + b"abcd"
+    skip = options_header(17, bytes((0x1E, 2, 0, 0)))  # action 00: skipped
+    rt.from_a(ip6(A, B, skip + udp, nxt=0))
+    (fwd,) = rt.pb.take()
+    assert fwd == eth(BMAC, rt.ib.mac, ip6(A, B, skip + udp, nxt=0, hlim=63))
+    answer = options_header(17, bytes((0x9E, 2, 0, 0)))  # action 10: a Parameter Problem
+    packet = ip6(A, B, answer + udp, nxt=0)
+    rt.from_a(packet)
+    (err,) = rt.pa.take()
+    assert err == eth(AMAC, rt.ia.mac, ip6(R1, A, icmp6(R1, A, 4, 2, struct.pack("!I", 42)
+                                                        + packet), nxt=58, label=0))
+    assert rt.pb.take() == [] and rt.r.counters["drop.ipv6_unknown_option"] == 1
