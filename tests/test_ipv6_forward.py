@@ -33,11 +33,13 @@ def ip6(src: bytes, dst: bytes, payload: bytes, hlim: int = 64, nxt: int = 17,
 
 
 class Router:
-    def __init__(self, mtu2: int = 1500, offload: bool = False) -> None:
+    def __init__(self, mtu2: int = 1500, offload: bool = False,
+                 offload2: bool | None = None) -> None:
         self.net = SimNetwork(seed=5)
         self.r = self.net.add_host("r", forwarding=True)
         self.pa = self.net.add_probe(self.r, "198.18.0.2/24", offload=offload)
-        self.pb = self.net.add_probe(self.r, "198.19.0.2/24", mtu=mtu2, offload=offload)
+        self.pb = self.net.add_probe(self.r, "198.19.0.2/24", mtu=mtu2,
+                                     offload=offload if offload2 is None else offload2)
         self.ia, self.ib = self.r.interfaces
         self.net.start()
         self.net.run(0.01)
@@ -184,3 +186,28 @@ def test_hop_by_hop_options_are_read_by_the_router():
     assert err == eth(AMAC, rt.ia.mac, ip6(R1, A, icmp6(R1, A, 4, 2, struct.pack("!I", 42)
                                                         + packet), nxt=58, label=0))
     assert rt.pb.take() == [] and rt.r.counters["drop.ipv6_unknown_option"] == 1
+
+
+def test_super_segment_to_a_link_without_offload_is_segmented_in_software():
+    from stack.wire.checksum import checksum, pseudo_header_sum6
+
+    rt = Router(offload=True, offload2=False)
+    rt.pb.send(ns_frame(B, sn(R2), R2, mmac(sn(R2)), sll=BMAC, eth_src=BMAC))
+    rt.net.run(0.01)
+    rt.pb.take()
+    data = bytes(range(250)) * 10
+    tcp = struct.pack("!HHLLBBHHH", 40000, 80, 7, 1, 5 << 4, 0x18, 512, 0, 0) + data
+    skb = SkBuff.from_bytes(eth(rt.ia.mac, AMAC, ip6(A, B, tcp, nxt=6)))
+    skb.gso_type, skb.gso_size = VIRTIO_NET_HDR_GSO_TCPV6, 1000
+    rt.pa.end.write(skb, rt.net.now)
+    rt.net.run(0.01)
+    out = rt.pb.take()
+    assert [len(f) - 14 - 40 - 20 for f in out] == [1000, 1000, 500]
+    for i, f in enumerate(out):
+        seg = f[54:]
+        want = struct.pack("!HHLLBBHHH", 40000, 80, 7 + 1000 * i, 1, 5 << 4,
+                           0x18 if i == 2 else 0x10, 512, 0, 0) + data[1000 * i:1000 * (i + 1)]
+        c = checksum(want, pseudo_header_sum6(A, B, 6, len(want)))
+        assert f == eth(BMAC, rt.ib.mac, ip6(A, B, want[:16] + struct.pack("!H", c)
+                                                 + want[18:], nxt=6, hlim=63))
+        assert seg[20:] == data[1000 * i:1000 * (i + 1)]
