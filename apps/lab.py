@@ -14,8 +14,8 @@ address is in 198.18.0.0/15 (RFC 2544's benchmarking range) or 2001:2::/48 (RFC
 
 ``tapsplice lab up --raw`` builds the same two sides over veth pairs instead: the
 kernel ends keep the names and the addresses of both families above, and their
-peers (``tsc0r``, ``tss0r``) live in a third namespace ``tsr`` where the stack attaches to them with
-packet sockets (stack/netdev/raw.py). The host side there is kept quiet: no
+peers (``tsc0r``, ``tss0r``) live in a third namespace ``tsr`` where the stack
+attaches to them with packet sockets (stack/netdev/raw.py). The host side there is kept quiet: no
 addresses, IPv6 off on both, and an nftables netdev ingress chain that drops every
 frame before the kernel's own processing (it runs after the packet taps, so the
 stack still sees them all).
