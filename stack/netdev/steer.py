@@ -16,8 +16,19 @@ ICMP errors go where the segment they quote went (the quoted IP header and the f
 8 bytes of TCP carry both ports, RFC 792). Everything else — ARP, pings, fragments —
 goes to queue 0; the stack's workers share ARP through worker 0 (stack/workers.py).
 
-The program is a BPF_PROG_TYPE_SOCKET_FILTER of 35 instructions, assembled here and
-loaded with the bpf(2) system call through ctypes.
+IPv6 the same way: TCP and UDP by their ports, found after the fixed header and up to
+:data:`EXT_WALK` hop-by-hop, routing or destination-options headers (RFC 8200 §4: each
+says its length in 8-octet units after the first 8); ICMPv6 errors (types 1-4, RFC 4443
+§2.4) by the ports of the packet they quote when TCP or UDP follows its fixed header
+directly; fragments (RFC 8200 §4.5), NDP (types 133-137, shared through worker 0 like
+ARP) and everything else to queue 0. The extension headers are walked rather than
+sent to queue 0 because a segment of a connection that lives in worker 1 would there
+reach a worker that never heard of it and be answered with a reset; the bound keeps the
+program short and loop-free (the verifier refuses what it cannot bound), and a longer
+chain goes to queue 0.
+
+The program is a BPF_PROG_TYPE_SOCKET_FILTER of under 100 instructions, assembled here
+and loaded with the bpf(2) system call through ctypes.
 """
 
 from __future__ import annotations
@@ -61,6 +72,13 @@ _EXIT = 0x95
 _INSN = struct.Struct("<BBhi")
 
 _ETH_P_IP = 0x0800
+_ETH_P_IPV6 = 0x86DD
+_IP6_HLEN = 40
+_IP6_NH = 6  # the next-header byte of the IPv6 fixed header
+#: Extension headers the IPv6 branch walks before it gives up (queue 0).
+EXT_WALK = 3
+_IP6_EXT = (0, 43, 60)  # hop-by-hop, routing, destination options: (len + 1) * 8 bytes
+_ICMP6_ERRORS = (1, 2, 3, 4)  # unreachable, too big, time exceeded, parameter problem
 _SKF_LL_OFF = -0x200000  # linux/filter.h: negative loads from the link-layer header
 _ICMP_ERRORS = (3, 4, 11, 12)  # unreachable, source quench, time exceeded, parameter
 # The port sum is mixed by Knuth's multiplicative hash (GOLDEN, stack/portshard.py)
@@ -109,6 +127,7 @@ def port_sum_program(queues: int, *, at_network_header: bool = False) -> bytes:
     return _assemble([
         (_MOV_X, 6, 1, 0, None),             # r6 = the packet
         (_LD_ABS_H, 0, 0, etype, None),      # ethertype
+        (_JEQ_K, 0, 0, _ETH_P_IPV6, "v6"),
         (_JNE_K, 0, 0, _ETH_P_IP, "zero"),
         (_LD_ABS_B, 0, 0, e + FRAME_IP_VIHL, None),  # version/IHL
         (_AND_K, 0, 0, 0x0F, None),
@@ -129,6 +148,8 @@ def port_sum_program(queues: int, *, at_network_header: bool = False) -> bytes:
         (_LSH_K, 0, 0, 2, None),
         (_ADD_X, 7, 0, 0, None),
         (_ADD_K, 7, 0, ICMP_HLEN, None),     # past the ICMP header
+        (_JA, 0, 0, 0, "ports"),
+        *_ipv6_branch(e),
         "ports",
         (_LD_IND_H, 0, 7, e + ETH_HLEN + TCP_SPORT, None),  # source port
         (_MOV_X, 8, 0, 0, None),
@@ -142,6 +163,54 @@ def port_sum_program(queues: int, *, at_network_header: bool = False) -> bytes:
         (_MOV_K, 0, 0, 0, None),
         (_EXIT, 0, 0, 0, None),
     ])
+
+
+def _ipv6_branch(e: int) -> list[tuple | str]:
+    """The IPv6 part of the program (label "v6"): it leaves r7 at the ports (counted
+    from the IPv6 header) and jumps to "ports", or jumps to "zero". r9 keeps the next
+    header across the loads (LD_ABS/LD_IND clobber r0-r5)."""
+    ip = e + ETH_HLEN
+    out: list[tuple | str] = [
+        "v6",
+        (_MOV_K, 7, 0, _IP6_HLEN, None),         # r7 = offset of the header that follows
+        (_LD_ABS_B, 0, 0, ip + _IP6_NH, None),   # next header
+    ]
+    for i in range(EXT_WALK + 1):
+        out += [
+            (_JEQ_K, 0, 0, 6, "ports"),          # TCP
+            (_JEQ_K, 0, 0, 17, "ports"),         # UDP
+            (_JEQ_K, 0, 0, 58, "icmp6"),
+        ]
+        if i == EXT_WALK:
+            break
+        out += [(_JEQ_K, 0, 0, t, f"ext{i}") for t in _IP6_EXT]
+        out += [
+            (_JA, 0, 0, 0, "zero"),              # a fragment, no next header, unknown
+            f"ext{i}",
+            (_LD_IND_B, 0, 7, ip, None),         # the extension header's next header
+            (_MOV_X, 9, 0, 0, None),
+            (_LD_IND_B, 0, 7, ip + 1, None),     # its length, 8-octet units after 8
+            (_ADD_K, 0, 0, 1, None),
+            (_LSH_K, 0, 0, 3, None),
+            (_ADD_X, 7, 0, 0, None),
+            (_MOV_X, 0, 9, 0, None),
+        ]
+    quoted6 = [(_JEQ_K, 0, 0, t, "quoted6") for t in _ICMP6_ERRORS]
+    return out + [
+        (_JA, 0, 0, 0, "zero"),                  # a chain longer than the walk
+        "icmp6",
+        (_LD_IND_B, 0, 7, ip, None),             # ICMPv6 type
+        *quoted6,
+        (_JA, 0, 0, 0, "zero"),                  # echo, NDP, MLD, ...
+        "quoted6",
+        # The quoted packet starts after the 8-byte ICMPv6 header; its ports are read
+        # when TCP or UDP follows its fixed header (the quote may be cut short there).
+        (_LD_IND_B, 0, 7, ip + ICMP_HLEN + _IP6_NH, None),
+        (_ADD_K, 7, 0, ICMP_HLEN + _IP6_HLEN, None),
+        (_JEQ_K, 0, 0, 6, "ports"),
+        (_JEQ_K, 0, 0, 17, "ports"),
+        (_JA, 0, 0, 0, "zero"),
+    ]
 
 
 def load_program(code: bytes) -> int:

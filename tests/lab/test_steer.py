@@ -155,3 +155,4 @@ def test_icmp_errors_follow_the_quoted_ports_and_arp_goes_to_queue_zero(lab: Lab
 def test_the_kernel_verifier_accepts_the_program_for_every_worker_count() -> None:
     for n in range(1, MAX_WORKERS + 1):
         os.close(load_program(port_sum_program(n)))
+        os.close(load_program(port_sum_program(n, at_network_header=True)))
