@@ -16,8 +16,9 @@ from apps.socks.policy import Policy
 from apps.socks.protocol import Address
 from stack.dns import NameNotFound, ResolverError, ResolverTimeout
 
-#: ``await resolver(name)``: the addresses of ``name`` (stack.aio.TapStack.resolve).
-Resolve = Callable[[str], Awaitable[list[str]]]
+#: ``await resolver(name)``: the addresses of ``name`` (stack.aio.TapStack.resolve);
+#: ``await resolver(name, kinds=("A", "AAAA"))`` for both families.
+Resolve = Callable[..., Awaitable[list[str]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,25 +39,34 @@ def resolver_of(api: Any) -> Resolve | None:
     return resolve if callable(resolve) else None
 
 
-async def lookup(address: Address, policy: Policy, resolve: Resolve | None) -> Lookup:
+async def lookup(address: Address, policy: Policy, resolve: Resolve | None, *,
+                 ipv6: bool = False) -> Lookup:
     """The address ``address`` stands for: literals and the hosts mapping (--hosts,
-    --host) answer at once; other names go to ``resolve`` (the DNS resolver)."""
+    --host) answer at once; other names go to ``resolve`` (the DNS resolver).
+
+    With ``ipv6`` (a caller that reaches IPv6 destinations) the resolver is asked
+    for A and AAAA records and every address of both families is kept, IPv4 first
+    (the caller orders them, apps/eyeballs.py); without, A records only, as before."""
     ip = policy.resolve(address)
     if ip is not None:
         return Lookup(ip, addresses=(ip,))
     if resolve is None:
         return Lookup(None, "unknown", f"unknown host name {address.host!r}")
     try:
-        addrs = await resolve(address.host)
+        if ipv6:
+            addrs = await resolve(address.host, kinds=("A", "AAAA"))
+        else:
+            addrs = await resolve(address.host)
     except NameNotFound as e:
         return Lookup(None, "unknown", f"unknown host name {address.host!r}: {e.reason}")
     except ResolverTimeout:
         return Lookup(None, "timeout", f"resolving {address.host!r} timed out")
     except ResolverError as e:
         return Lookup(None, "failure", f"resolving {address.host!r} failed: {e.reason}")
-    ipv4 = [a for a in addrs if ":" not in a]
-    if not ipv4:
-        return Lookup(None, "unknown", f"{address.host!r} has no IPv4 address")
-    return Lookup(ipv4[0], note=f"resolved {address.host} to {', '.join(ipv4[:4])}"
-                  + (f" and {len(ipv4) - 4} more" if len(ipv4) > 4 else ""),
-                  addresses=tuple(ipv4))
+    usable = [a for a in addrs if ipv6 or ":" not in a]
+    if not usable:
+        family = "IP" if ipv6 else "IPv4"
+        return Lookup(None, "unknown", f"{address.host!r} has no {family} address")
+    return Lookup(usable[0], note=f"resolved {address.host} to {', '.join(usable[:4])}"
+                  + (f" and {len(usable) - 4} more" if len(usable) > 4 else ""),
+                  addresses=tuple(usable))

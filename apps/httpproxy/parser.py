@@ -9,6 +9,7 @@ status code a proxy answers with (400, 414, 431 for requests; 502 for responses)
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -36,6 +37,9 @@ _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 # ASCII digits only: str.isdigit() also accepts "\u00b2" and other digits int() refuses.
 _DIGITS = re.compile(r"[0-9]{1,18}")
 _PORT = re.compile(r"[0-9]{1,5}")
+# RFC 3986 §3.2.2: IPv6address is hex digits and colons (a dotted IPv4 tail allowed);
+# "%" (a zone ID, RFC 6874) and "v" (IPvFuture) are refused.
+_IPV6_CHARS = re.compile(r"[0-9A-Fa-f:.]{2,45}")
 # RFC 3986 §3.2.2 host (reg-name without ",", or an IP literal) and an optional port.
 _HOST_FIELD = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+;=%]*)(?::[0-9]*)?")
 # RFC 9112 §7.1.1: chunk-size [ chunk-ext ], with
@@ -163,10 +167,10 @@ class Request:
     def uri(self) -> str:
         """The effective request URI (RFC 9110 §7.1), normalised for cache keys."""
         if self.method == "CONNECT":
-            return f"{self.host}:{self.port}"
+            return f"{uri_host(self.host)}:{self.port}"
         default = 443 if self.scheme == "https" else 80
         port = "" if self.port == default else f":{self.port}"
-        return f"{self.scheme}://{self.host}{port}{self.path}"
+        return f"{self.scheme}://{uri_host(self.host)}{port}{self.path}"
 
     @property
     def keep_alive(self) -> bool:
@@ -282,23 +286,50 @@ def parse_request_head(buf: bytes | bytearray) -> tuple[Request, int] | None:
 
 
 def _authority(text: str, default_port: int | None) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or "]" in port:
-        host, port = text, ""
+    """(host, port) of an authority (RFC 3986 §3.2.2-3): an IPv6 literal loses its
+    brackets (``[2001:2::1]:80`` is ("2001:2::1", 80))."""
+    if text.startswith("["):
+        literal, sep, rest = text.partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise BadRequest(f"bad IP literal in {text[:60]!r}")
+        host, port = _ip_literal(literal[1:]), rest[1:]
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep:
+            host, port = text, ""
+        host = _check_host(host)
     if not port:
         if default_port is None:
             raise BadRequest(f"no port in {text!r}")
-        return _check_host(host), default_port
+        return host, default_port
     if not _PORT.fullmatch(port) or not 0 < int(port) < 65536:
         raise BadRequest(f"bad port in {text!r}")
-    return _check_host(host), int(port)
+    return host, int(port)
+
+
+def _ip_literal(text: str) -> str:
+    """The IPv6 address inside ``[...]`` (RFC 3986 §3.2.2 IP-literal), compressed.
+    No zone ID (RFC 6874 is for link-local scopes, which a proxy has no use for) and
+    no IPvFuture: 400."""
+    if not _IPV6_CHARS.fullmatch(text):
+        raise BadRequest(f"bad or unsupported IP literal [{text[:60]}]")
+    try:
+        return str(ipaddress.IPv6Address(text))
+    except ValueError:
+        raise BadRequest(f"bad IPv6 address [{text[:60]}]") from None
 
 
 def _check_host(host: str) -> str:
-    if host.startswith("[") or not re.fullmatch(r"[A-Za-z0-9.\-_]{1,253}", host):
-        # No IPv6 literals: the stack speaks IPv4 only. No userinfo (RFC 9110 §4.2.4).
+    if not re.fullmatch(r"[A-Za-z0-9.\-_]{1,253}", host):
+        # No userinfo (RFC 9110 §4.2.4); no percent-encoded or other reg-name bytes.
         raise BadRequest(f"bad or unsupported host {host[:60]!r}")
     return host.lower()
+
+
+def uri_host(host: str) -> str:
+    """``host`` as it is written in a URI or a Host field: an IPv6 address in
+    brackets (RFC 3986 §3.2.2), anything else as it is."""
+    return f"[{host}]" if ":" in host else host
 
 
 def _resolve_target(req: Request) -> None:

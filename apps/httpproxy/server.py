@@ -31,9 +31,8 @@ from apps import authlimit
 from apps.authlimit import AuthLimiter
 from apps.clientslots import ClientSlots, IdlePool, Ticket, admit_closing_idle
 from apps.copyrelay import IdleTimeout, copy_both
-from apps.eyeballs import ATTEMPT_DELAY, MAX_ATTEMPTS, connect_first
 from apps.httpproxy import cache as rules
-from apps.httpproxy import hits, spliced
+from apps.httpproxy import dial, hits, spliced
 from apps.httpproxy.accesslog import Entry
 from apps.httpproxy.conn import Abort, BufferedStream, PeerClosed
 from apps.httpproxy.parser import (
@@ -53,13 +52,13 @@ from apps.httpproxy.parser import (
     response_framing,
     set_framing,
     strip_hop_by_hop,
+    uri_host,
 )
 from apps.httpproxy.policy import HttpPolicy, refusal_response
 from apps.httpproxy.store import CacheStore, StoredResponse
 from apps.logsafe import escape
-from apps.names import Resolve, lookup, resolver_of
+from apps.names import Resolve, resolver_of
 from apps.socks.policy import check_mode, own_interface_defaults
-from apps.socks.protocol import Address
 
 ACCESS_LOG = logging.getLogger("tapsplice.httpproxy.access")
 log = logging.getLogger("tapsplice.httpproxy")
@@ -76,11 +75,13 @@ class HttpProxy:
                  log: logging.Logger | None = None,
                  clock: Callable[[], float] = time.time,
                  auth_limiter: AuthLimiter | None = None,
-                 resolve: Resolve | None = None) -> None:
+                 resolve: Resolve | None = None, ipv6: bool | None = None) -> None:
         check_mode(mode, MODES, splice)
         self.api = api
         #: Origin names not in the hosts mapping go here (default: ``api.resolve``).
         self.resolve = resolve or resolver_of(api)
+        #: Names resolve to AAAA records too (default: when the stack speaks IPv6).
+        self.ipv6 = dial.speaks_ipv6(api) if ipv6 is None else ipv6
         self.mode = mode
         self.splice = splice
         self.cache = cache
@@ -114,7 +115,7 @@ class HttpProxy:
         """Listen on (host, port); returns the server object of the API."""
         server = await self.api.start_server(self.handle, host, port)
         self.policy = own_interface_defaults(server, self.api, host, self.policy)
-        if self.splice is not None:
+        if self.splice is not None and dial.splice_family(host):
             self.splice.init_splice(server)  # docs/splice.md §1.1: before any accept
         return server
 
@@ -283,60 +284,30 @@ class HttpProxy:
 
     # -- to the origin -------------------------------------------------------------------
     async def _open_origin(self, client: BufferedStream, host: str, port: int,
-                           entry: Entry, splice: bool = False) -> BufferedStream | None:
-        """Resolve, check and connect; on failure answer the client and return None."""
-        found = await lookup(Address.of(host, port), self.policy, self.resolve)
-        if found.ip is None:
-            # An unknown name or failing servers: 502; no answer in time: 504.
-            await self._error(client, entry, 504 if found.failure == "timeout" else 502,
-                              found.note)
-            return None
-        ips = [ip for ip in found.addresses
-               if ":" not in ip and self.policy.destination_allowed(ip, port)]
-        if not ips:
-            entry.code = "TCP_DENIED"
-            await self._error(client, entry, 403, "destination not allowed")
-            return None
-        relay = not splice and self._may_relay(client.writer)
-
-        def attempt(ip: str) -> Any:
-            if splice:
-                # intend_splice: the server SYN carries the client's options
-                # (docs/splice.md §1.2)
-                return self.splice.open_connection(client.writer, ip, port)
-            if relay:
-                # The same options, so that a body can be spliced one way later.
-                return self.splice.open_mirrored(client.writer, ip, port)
-            return self.api.open_connection(ip, port)
-
-        entry.peer = ips[0]
-        try:
-            async with asyncio.timeout(self.policy.connect_timeout):
-                if len(ips) == 1:
-                    pair = await attempt(ips[0])
-                else:
-                    # A name with several addresses: the first that answers
-                    # (apps/eyeballs.py); one at a time when splicing (§1.2).
-                    share = max(self.policy.connect_timeout / min(len(ips), MAX_ATTEMPTS),
-                                2.0)
-                    entry.peer, pair = await connect_first(
-                        ips, attempt, discard=lambda c: c[1].transport.abort(),
-                        stagger=None if splice else ATTEMPT_DELAY, attempt_timeout=share)
-        except TimeoutError:
-            await self._error(client, entry, 504, f"connect to {host}:{port} timed out")
-            return None
-        except OSError as e:
-            await self._error(client, entry, 502, f"connect to {host}:{port}: {e}")
-            return None
-        return BufferedStream(*pair)
+                           entry: Entry, splice: bool = False,
+                           ips: list[str] | None = None) -> BufferedStream | None:
+        """Resolve (unless ``ips`` are known), check and connect; on failure answer
+        the client and return None (apps/httpproxy/dial.py)."""
+        if ips is None:
+            ips = await dial.destinations(self, client, host, port, entry)
+            if ips is None:
+                return None
+        return await dial.connect(self, client, ips, host, port, entry, splice)
 
     async def _forward(self, client: BufferedStream, req: Request,
                        body: tuple[Framing, int], stored: StoredResponse | None,
                        entry: Entry) -> bool:
         """Send the request to the origin and relay (or use) its response."""
+        ips = None
         if stored is None and spliced.can_splice(self, client, req, body[0]):
-            return await spliced.forward_spliced(self, client, req, body, entry)
-        origin = await self._open_origin(client, req.host, req.port, entry)
+            ips = await dial.destinations(self, client, req.host, req.port, entry)
+            if ips is None:
+                return False
+            pairable = dial.splice_candidates(client, ips)
+            if pairable:
+                return await spliced.forward_spliced(self, client, req, body, entry,
+                                                     pairable)
+        origin = await self._open_origin(client, req.host, req.port, entry, ips=ips)
         if origin is None:
             return False
         try:
@@ -385,7 +356,9 @@ class HttpProxy:
         if stored is not None:
             headers = rules.conditional_headers(headers, stored.headers)
         # §3.2.2: a proxy replaces Host with the target's authority.
-        headers.set("Host", req.host if req.port == 80 else f"{req.host}:{req.port}")
+        # RFC 3986 §3.2.2: an IPv6 address goes back into brackets.
+        host = uri_host(req.host)
+        headers.set("Host", host if req.port == 80 else f"{host}:{req.port}")
         add_via(headers, req.version, self.policy.via)
         framing, length = body
         set_framing(headers, framing, length)   # our framing fields, never the client's
@@ -399,7 +372,7 @@ class HttpProxy:
         out = Request(req.method, req.target, "HTTP/1.1", headers, path=req.path)
         origin.writer.write(out.encode_origin_form())
         if (framing is Framing.LENGTH and length >= max(self.policy.splice_min, 1)
-                and self._may_relay(client.writer) and self._may_relay(origin.writer)):
+                and self._may_relay(client.writer, origin.writer)):
             await spliced.splice_request_body(self, client, origin, length)
             return
         pieces = client.body(framing, length, BadRequest)
@@ -477,7 +450,7 @@ class HttpProxy:
         if self.cache is not None and rules.storable(req.method, req.headers, resp.status,
                                                      resp.headers):
             capture = hits.Capture(self.cache.max_object)
-        relayable = self._may_relay(client.writer) and self._may_relay(origin.writer)
+        relayable = self._may_relay(client.writer, origin.writer)
         if relayable and framing is Framing.LENGTH and length >= max(self.policy.splice_min, 1):
             await spliced.splice_body(self, origin, client, length, capture, entry)
         elif relayable and framing is Framing.CLOSE:
@@ -526,8 +499,13 @@ class HttpProxy:
             entry.note = f"response body: {e}"
             raise Abort(entry.note) from None
 
-    def _may_relay(self, writer: asyncio.StreamWriter) -> bool:
-        """Whether a body may be spliced one way on this connection of the stack."""
+    def _may_relay(self, a: asyncio.StreamWriter, b: asyncio.StreamWriter) -> bool:
+        """Whether a body may be spliced one way between these connections."""
+        return (self._relay_ready(a) and self._relay_ready(b)
+                and dial.spliceable_pair(dial.peer_ip(a), dial.peer_ip(b)))
+
+    def _relay_ready(self, writer: asyncio.StreamWriter) -> bool:
+        """Whether this connection of the stack may take part in a one-way splice."""
         if self.mode != "splice" or self.splice is None:
             return False
         tcb = writer.get_extra_info("tcb")
@@ -542,8 +520,15 @@ class HttpProxy:
             entry.code = "TCP_DENIED"
             await self._error(client, entry, 403, f"CONNECT to port {req.port} not allowed")
             return
-        splice = self.mode == "splice" and _spliceable(client.writer)
-        origin = await self._open_origin(client, req.host, req.port, entry, splice)
+        ips = await dial.destinations(self, client, req.host, req.port, entry)
+        if ips is None:
+            return
+        pairable = dial.splice_candidates(client, ips)
+        # An IPv6 end is copied (dial.splice_family); spliced, only addresses the
+        # client can be spliced with are tried.
+        splice = self.mode == "splice" and _spliceable(client.writer) and bool(pairable)
+        origin = await self._open_origin(client, req.host, req.port, entry, splice,
+                                         pairable if splice else ips)
         if origin is None:
             return
         conns.append(origin.writer)

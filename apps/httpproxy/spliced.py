@@ -57,9 +57,13 @@ def can_splice(proxy: HttpProxy, client: BufferedStream, req: Request,
 
 
 async def forward_spliced(proxy: HttpProxy, client: BufferedStream, req: Request,
-                          body: tuple[Framing, int], entry: Entry) -> bool:
-    """Forward the request and splice the response; always the last exchange."""
-    origin = await proxy._open_origin(client, req.host, req.port, entry, splice=True)
+                          body: tuple[Framing, int], entry: Entry,
+                          ips: list[str] | None = None) -> bool:
+    """Forward the request and splice the response; always the last exchange.
+    ``ips``: the origin's addresses the client connection can be spliced with
+    (apps/httpproxy/dial.py), resolved here when None."""
+    origin = await proxy._open_origin(client, req.host, req.port, entry, splice=True,
+                                      ips=ips)
     if origin is None:
         return False
     request_time = proxy.clock()
