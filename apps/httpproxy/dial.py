@@ -22,6 +22,7 @@ from apps.eyeballs import ATTEMPT_DELAY, MAX_ATTEMPTS, connect_first, interleave
 from apps.httpproxy.conn import BufferedStream
 from apps.httpproxy.parser import uri_host
 from apps.names import lookup
+from apps.socks.policy import api_interfaces
 from apps.socks.protocol import Address
 
 if TYPE_CHECKING:
@@ -51,8 +52,7 @@ def peer_ip(writer: asyncio.StreamWriter) -> str:
 def speaks_ipv6(api: Any) -> bool:
     """Whether the stack behind ``api`` has an interface with IPv6 on (then names
     are resolved to AAAA records too)."""
-    stack = getattr(api, "stack", None)
-    return any(getattr(iface, "ipv6", False) for iface in getattr(stack, "interfaces", ()))
+    return any(getattr(iface, "ipv6", False) for iface in api_interfaces(api))
 
 
 async def destinations(proxy: HttpProxy, client: BufferedStream, host: str, port: int,

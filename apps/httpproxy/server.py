@@ -25,6 +25,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from apps import authlimit
@@ -87,6 +88,7 @@ class HttpProxy:
         self.cache = cache
         #: Without allowed clients, start() fills in the listening interface's subnet.
         self.policy = policy or HttpPolicy()
+        self._clients_given = self.policy.allow_clients
         self.access_log = log or ACCESS_LOG
         self.clock = clock
         #: Back-off of repeated Basic failures per client address (on loop time).
@@ -114,7 +116,15 @@ class HttpProxy:
     async def start(self, host: str, port: int) -> Any:
         """Listen on (host, port); returns the server object of the API."""
         server = await self.api.start_server(self.handle, host, port)
-        self.policy = own_interface_defaults(server, self.api, host, self.policy)
+        # Without --allow-client each listening address adds its interface's subnet
+        # (a proxy on 198.18.0.2 and on 2001:2:0:1::2 serves both of that side's).
+        given = self._clients_given
+        filled = own_interface_defaults(server, self.api, host, replace(
+            self.policy, allow_clients=None if given is None else self.policy.allow_clients))
+        if given is None:
+            own = self.policy.allow_clients or ()
+            self.policy = replace(filled, allow_clients=own + tuple(
+                n for n in filled.allow_clients or () if n not in own))
         if self.splice is not None and dial.splice_family(host):
             self.splice.init_splice(server)  # docs/splice.md §1.1: before any accept
         return server

@@ -145,21 +145,42 @@ def attached_networks(interfaces: Iterable) -> list[Network]:
     return [iface.network for iface in interfaces]
 
 
+def _api_stack(api: Any) -> Any:
+    """The stack behind ``api`` (TapStack or TcpApi), or None."""
+    stack = getattr(api, "stack", None)
+    return stack if stack is not None else getattr(getattr(api, "tcp", None), "ip", None)
+
+
 def api_interfaces(api: Any) -> list:
     """The interfaces of the stack behind ``api`` (TapStack or TcpApi), if it says."""
-    stack = getattr(api, "stack", None)
-    if stack is None:
-        stack = getattr(getattr(api, "tcp", None), "ip", None)
-    return list(getattr(stack, "interfaces", []))
+    return list(getattr(_api_stack(api), "interfaces", []))
+
+
+def ipv6_networks(api: Any, iface: Any = None) -> list[Network]:
+    """The IPv6 prefixes of the stack's addresses (of ``iface`` only, when given),
+    link-local ones left out (RFC 4291 §2.5.6: they are never routed)."""
+    table = getattr(getattr(_api_stack(api), "ip6", None), "addresses", None)
+    if table is None:
+        return []
+    out: list[Network] = []
+    for a in list(table.addresses.values()):
+        net = ipaddress.IPv6Network((a.addr, a.prefixlen), strict=False)
+        if (iface is None or a.iface is iface) and not net.is_link_local and net not in out:
+            out.append(net)
+    return out
 
 
 def listen_interface(api: Any, host: str) -> Any | None:
     """The interface of the stack behind ``api`` that owns the address ``host``
-    (None for 0.0.0.0 or an address the stack does not have)."""
+    (None for 0.0.0.0, :: or an address the stack does not have)."""
     try:
         packed = ipaddress.ip_address(host).packed
     except ValueError:
         return None
+    if len(packed) == 16:
+        table = getattr(getattr(_api_stack(api), "ip6", None), "addresses", None)
+        entry = table.lookup(packed) if table is not None else None
+        return entry.iface if entry is not None else None
     return next((i for i in api_interfaces(api) if i.addr == packed), None)
 
 
@@ -171,15 +192,18 @@ def own_interface_defaults(server: Any, api: Any, host: str, policy: P) -> P:
     """A proxy listening on ``host`` serves the side of the interface that owns it:
     its listener accepts connections only through that interface (stack/tcp/layer.py
     Listener.own_interface_only), and without --allow-client only that interface's
-    subnet may use it. Hosts on the other side (the servers) cannot use the proxy to
-    reach the client network. A 0.0.0.0 listener keeps every attached subnet."""
+    subnet may use it (its IPv6 prefixes for an IPv6 ``host``). Hosts on the other
+    side (the servers) cannot use the proxy to reach the client network. A 0.0.0.0
+    listener keeps every attached subnet (a :: one every IPv6 prefix)."""
     iface = listen_interface(api, host)
     listener = getattr(server, "listener", None)
+    six = ":" in host
     if iface is None:
-        return policy.with_default_clients(attached_networks(api_interfaces(api)))
+        return policy.with_default_clients(
+            ipv6_networks(api) if six else attached_networks(api_interfaces(api)))
     if listener is not None:
         listener.own_interface_only = True
-    return policy.with_default_clients([iface.network])
+    return policy.with_default_clients(ipv6_networks(api, iface) if six else [iface.network])
 
 
 def check_mode(mode: str, modes: Iterable[str], splice: Any) -> None:

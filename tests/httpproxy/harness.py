@@ -2,6 +2,10 @@
 
 client 198.18.0.1 --- 198.18.0.2 proxy 198.19.0.2 --- 198.19.0.1 origin
 
+With ``ipv6=True`` the links speak IPv6 too, with the lab's addresses: the client
+2001:2:0:1::1, the proxy 2001:2:0:1::2 and 2001:2:0:2::2, the origin 2001:2:0:2::1
+(its servers and the proxy listen on both families).
+
 The origin is a small HTTP/1.1 server that counts requests per path and serves
 the variants the cache tests need; an echo service on 443 stands in for TLS.
 Everything runs on virtual time (the proxy's clock and the origin's Date too).
@@ -36,6 +40,8 @@ from stack.simloop import run, until
 from stack.streams import TcpApi
 
 CLIENT, PROXY_C, PROXY_S, ORIGIN = "198.18.0.1", "198.18.0.2", "198.19.0.2", "198.19.0.1"
+CLIENT6, PROXY6_C, PROXY6_S, ORIGIN6 = ("2001:2:0:1::1", "2001:2:0:1::2", "2001:2:0:2::2",
+                                       "2001:2:0:2::1")
 PROXY_PORT, HTTP, TLS, OTHER = 3128, 80, 443, 8443
 #: Virtual loop time 0 is this wall-clock time (the proxy's and the origin's clock).
 EPOCH = 1_700_000_000.0
@@ -217,9 +223,9 @@ class World:
         """Let virtual time run (0.5 s steps) until ``predicate()`` or ``timeout``."""
         return await until(predicate, timeout, step=0.5)
 
-    async def connect(self) -> BufferedStream:
-        """A client connection to the proxy."""
-        return BufferedStream(*await self.client.open_connection(PROXY_C, PROXY_PORT))
+    async def connect(self, proxy: str = PROXY_C) -> BufferedStream:
+        """A client connection to the proxy (at ``proxy``: PROXY6_C for IPv6)."""
+        return BufferedStream(*await self.client.open_connection(proxy, PROXY_PORT))
 
     def proxy_connections(self) -> int:
         """Connections in the proxy's TCP table, TIME_WAIT excluded."""
@@ -232,8 +238,9 @@ DEFAULT_MODE = {"mode": "copy"}
 
 def simulate(body: Callable[[World], Awaitable[Any]], *, policy: HttpPolicy | None = None,
              mode: str | None = None, cache: CacheStore | bool | None = True,
-             seed: int = 1) -> Any:
-    """Run ``body`` in a fresh three-host network with the proxy on the middle host."""
+             seed: int = 1, ipv6: bool = False, resolve: Any = None) -> Any:
+    """Run ``body`` in a fresh three-host network with the proxy on the middle host
+    (``ipv6``: dual-stack; ``resolve``: the proxy's resolver of names)."""
     mode = mode or DEFAULT_MODE["mode"]
     net = SimNetwork(seed)
     c, px, o = net.add_host("client"), net.add_host("proxy"), net.add_host("origin")
@@ -241,6 +248,8 @@ def simulate(body: Callable[[World], Awaitable[Any]], *, policy: HttpPolicy | No
     net.connect(px, f"{PROXY_S}/24", o, f"{ORIGIN}/24")
     c.add_route("0.0.0.0/0", PROXY_C)
     o.add_route("0.0.0.0/0", PROXY_S)
+    if ipv6:
+        _add_ipv6(net, c, px, o)
     records = Records()
     access = logging.getLogger(f"tests.httpproxy.access.{id(records)}")
     access.propagate = False
@@ -259,17 +268,34 @@ def simulate(body: Callable[[World], Awaitable[Any]], *, policy: HttpPolicy | No
         await origin_api.start_server(origin.serve, ORIGIN, HTTP)
         await origin_api.start_server(_echo, ORIGIN, TLS)
         await origin_api.start_server(_echo, ORIGIN, OTHER)
+        if ipv6:
+            await origin_api.start_server(origin.serve, "::", HTTP)
+            await origin_api.start_server(_echo, "::", TLS)
         proxy_api = driver.tcp(px)
         splice = splice_api(driver, px) if mode == "splice" else None
         proxy = HttpProxy(proxy_api, mode=mode, policy=policy, log=access, splice=splice,
-                          cache=store, clock=clock)
+                          cache=store, clock=clock, resolve=resolve)
         await proxy.start(PROXY_C, PROXY_PORT)
+        if ipv6:
+            await proxy.start(PROXY6_C, PROXY_PORT)
         return await body(World(driver.tcp(c), proxy, proxy_api, origin, records))
 
     try:
         return run(main, net)
     finally:
         access.removeHandler(records)
+
+
+def _add_ipv6(net: SimNetwork, c: Any, px: Any, o: Any) -> None:
+    """The lab's IPv6 addresses and routes on the three hosts (DAD run out)."""
+    now = net.now
+    c.ip6.add_address(c.interfaces[0], f"{CLIENT6}/64", now)
+    px.ip6.add_address(px.interfaces[0], f"{PROXY6_C}/64", now)
+    px.ip6.add_address(px.interfaces[1], f"{PROXY6_S}/64", now)
+    o.ip6.add_address(o.interfaces[0], f"{ORIGIN6}/64", now)
+    net.run(3.0)    # DAD
+    c.ip6.add_route("default", PROXY6_C)
+    o.ip6.add_route("default", PROXY6_S)
 
 
 async def fetch(conn: BufferedStream, url: str, *, method: str = "GET",
