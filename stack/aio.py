@@ -411,7 +411,7 @@ class TapStack:
 
     ``seat``: this process is one of several workers (stack/workers.py); the seat's
     queues are used instead of opening the attachments' devices, with the shared MACs,
-    local ports of this worker's queue and ARP shared through worker 0.
+    local ports of this worker's queue and ARP and NDP shared through worker 0.
     """
 
     def __init__(self, attachments: list[Attachment], *, forwarding: bool = False,
@@ -492,8 +492,6 @@ class TapStack:
                 offload: bool, routes: list[tuple[str, str]]) -> None:
         """Open each attachment's device (or take the seat's ``devices``), add its
         interface and the routes; on any error every device is closed again."""
-        if devices is not None and any(a.addr6 for a in attachments):
-            log.warning("IPv6 addresses are not used with --workers yet")
         try:
             for i, a in enumerate(attachments):
                 dev = devices[i] if devices is not None else open_device(a, offload)
@@ -504,7 +502,7 @@ class TapStack:
                 iface = self.stack.add_interface(a.tap, addr, mac=mac, mtu=dev.mtu,
                                                  offload=dev.offload)
                 self.devices.append((iface, dev))
-                if a.addr6 and devices is None:   # (not with workers yet: README)
+                if a.addr6:
                     self._ipv6.append((iface, a.addr6))
             for prefix, via in routes:
                 if ":" in prefix + via:
@@ -539,6 +537,11 @@ class TapStack:
         """Start reading the devices (inside a running event loop), and the DHCP
         agents of the interfaces that take their address from a lease."""
         self.driver.start()
+        if self.seat is not None and self.arp_share is None:
+            # Before the IPv6 addresses: only worker 0 runs their DAD.
+            from stack.workers import ArpShare
+            self.arp_share = arp_share = ArpShare(self, self.seat)
+            arp_share.start()
         for iface, specs in self._ipv6:
             self.stack.ip6.configure(iface, specs, self.driver.now())
         for prefix, via in self._routes6:
@@ -547,10 +550,6 @@ class TapStack:
         self.driver.poke()
         if self.dhcp_ifaces and not self.dhcp_agents:
             self._start_dhcp()
-        if self.seat is not None and self.arp_share is None:
-            from stack.workers import ArpShare
-            self.arp_share = arp_share = ArpShare(self, self.seat)
-            arp_share.start()
         if self.control_path is not False and self.control is None:
             from stack.control import ControlServer
             path = None if self.control_path is True else self.control_path

@@ -414,8 +414,27 @@ class Ipv6Layer:
         handler.icmp_error(q[8:24], q[24:40], sport, dport, mapped[0], mapped[1], now,
                            mtu=mtu, seg_seq=seg_seq if nh == wip6.IPPROTO_TCP else None)
 
+    def learn_ndp(self, iface: Interface, skb: SkBuff, now: float) -> None:
+        """Learn from an NS, NA or RA that another process of this interface received
+        (worker 0, stack/workers.py): neighbours, routers and prefixes, a duplicate
+        of a tentative address; nothing is answered (that process did)."""
+        frame = skb.view()
+        try:
+            hdr = wip6.Ipv6Header.parse(frame[ETH_HLEN:])
+            if not iface.ipv6 or hdr.next_header != wip6.IPPROTO_ICMPV6:
+                return None
+            packet = bytes(frame[ETH_HLEN:ETH_HLEN + wip6.IPV6_HLEN + hdr.payload_length])
+            msg = wicmp6.Icmp6Message.parse(packet[wip6.IPV6_HLEN:], hdr.src, hdr.dst)
+        except WireError as e:
+            self.counters[e.reason] += 1
+            return None
+        if msg.type in _NDP_TYPES or msg.type == wicmp6.ROUTER_ADVERTISEMENT:
+            rx = _Arrival(bytes(frame[6:12]), bool(frame[0] & 1), True)
+            self._ndp_input(iface, hdr, msg, rx, now, answer=False)
+        return None
+
     def _ndp_input(self, iface: Interface, hdr: wip6.Ipv6Header, msg: wicmp6.Icmp6Message,
-                   rx: _Arrival, now: float) -> None:
+                   rx: _Arrival, now: float, *, answer: bool = True) -> None:
         """Validate (stack/wire/ndp.py) and act (stack/ndp.py); refusals are counted
         under their reason, like every other bad input."""
         src, dst, hl, mac = hdr.src, hdr.dst, hdr.hop_limit, rx.eth_src
@@ -433,6 +452,8 @@ class Ipv6Layer:
             return None
         self.counters[f"icmp6_in_{msg.type}"] += 1
         self.routes.changed()   # routers and prefixes may have come or gone
+        if not answer:
+            fx.send.clear()
         self._apply(fx, now)
 
     # -- output --------------------------------------------------------------------

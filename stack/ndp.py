@@ -200,6 +200,11 @@ class NeighborDiscovery:
         self.cache = cache
         self.addresses = addresses
         self.router = router
+        #: Another process speaks for these addresses on the link (worker 0 of a
+        #: stack's workers, stack/workers.py): no DAD probes and no router
+        #: solicitations from here; DAD's timers still run, and a teed NS or NA for a
+        #: tentative address still marks it duplicate, as in that process.
+        self.dad_elsewhere = False
 
     # -- input -------------------------------------------------------------------
     def solicitation(self, iface: Interface, src: bytes, dst: bytes,
@@ -340,6 +345,8 @@ class NeighborDiscovery:
             if t is not None:
                 fx.send.append(t)
         dad, passed = self.addresses.on_timer(now)
+        if self.dad_elsewhere:
+            return fx   # worker 0 probes and solicits the routers
         fx.send.extend(self.dad_probe(a) for a in dad)
         for a in passed:
             # An interface that configures itself asks the routers as soon as it

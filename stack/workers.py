@@ -14,7 +14,13 @@ multiqueue NIC spreads flows over CPUs with RSS:
   accepted the client opened the server connection;
 - ARP frames reach worker 0, which answers them and forwards a copy to every other
   worker over a datagram socket (:class:`ArpShare`), so that each one's neighbour
-  cache learns the replies to its own requests.
+  cache learns the replies to its own requests. Neighbor Discovery the same way
+  (RFC 4861): NS, NA and RA reach worker 0 (the steering program sends ICMPv6 but its
+  errors there), which answers the solicitations for the addresses every worker
+  shares, runs their DAD (RFC 4862 §5.4) and solicits the routers; the copies teach
+  the others their neighbours, routers and prefixes, and a duplicate. The others
+  solicit their own neighbours (the answer comes back through worker 0) and send no
+  DAD probes (NeighborDiscovery.dad_elsewhere).
 
 :func:`open_seats` prepares what each worker gets (a :class:`Seat`); :func:`run_workers`
 forks one process per seat and supervises them: it prints ``ready`` once all are
@@ -54,6 +60,12 @@ READY_TIMEOUT = 60.0
 STOP_GRACE = 15.0
 _PR_SET_PDEATHSIG = 1
 _ETH_ARP = b"\x08\x06"
+_ETH_IPV6 = b"\x86\xdd"
+_ICMPV6 = 58
+_IP6_NEXT = ETH_HLEN + 6       # the IPv6 fixed header's next header, in the frame
+_ICMP6_TYPE = ETH_HLEN + 40    # the type of an ICMPv6 message after it
+#: ICMPv6 types shared (RFC 4861 §4): Router Advertisement, NS, NA.
+_NDP_SHARED = frozenset({134, 135, 136})
 _ARP_MSG_MAX = 2048
 _ARP_BATCH = 64
 
@@ -134,13 +146,16 @@ def open_seats(attachments: list[Any], count: int, *, offload: bool = True) -> l
 
 
 class ArpShare:
-    """Worker 0 copies every ARP frame it reads to the other workers; they learn from
-    the copies without answering them."""
+    """Worker 0 copies every ARP and NDP frame it reads to the other workers; they
+    learn from the copies without answering them."""
 
     def __init__(self, tapstack: Any, seat: Seat) -> None:
         self.net = tapstack
         self.seat = seat
-        self.counters = {"arp_shared": 0, "arp_share_dropped": 0, "arp_learned": 0}
+        self.counters = {"arp_shared": 0, "arp_share_dropped": 0, "arp_learned": 0,
+                         "ndp_shared": 0, "ndp_learned": 0}
+        if seat.index:
+            tapstack.stack.ip6.nd.dad_elsewhere = True
 
     def start(self) -> None:
         """Hook into the driver (worker 0) or watch the socket (the others)."""
@@ -163,14 +178,21 @@ class ArpShare:
                     pass
 
     def _tee(self, iface: Any, skb: SkBuff) -> None:
-        d = skb.data
-        if skb.buf[d + ETH_TYPE:d + ETH_HLEN] != _ETH_ARP:
+        buf, d = skb.buf, skb.data
+        etype = buf[d + ETH_TYPE:d + ETH_HLEN]
+        if etype == _ETH_ARP:
+            shared = "arp_shared"
+        elif (etype == _ETH_IPV6 and skb.tail - d > _ICMP6_TYPE
+              and buf[d + _IP6_NEXT] == _ICMPV6 and buf[d + _ICMP6_TYPE] in _NDP_SHARED):
+            # An NS, NA or RA right after the fixed header, where RFC 4861 puts them.
+            shared = "ndp_shared"
+        else:
             return
-        msg = bytes((iface.index,)) + bytes(skb.buf[d:skb.tail])
+        msg = bytes((iface.index,)) + bytes(buf[d:skb.tail])
         for s in self.seat.arp_socks:
             try:
                 s.send(msg)
-                self.counters["arp_shared"] += 1
+                self.counters[shared] += 1
             except OSError:  # a full or closed socket: that worker asks again later
                 self.counters["arp_share_dropped"] += 1
 
@@ -188,8 +210,13 @@ class ArpShare:
                 self.counters["arp_share_dropped"] += 1
                 continue
             skb = SkBuff.from_bytes(msg[1:], headroom=128)
-            stack.learn_arp(stack.interfaces[msg[0]], skb, now)
-            self.counters["arp_learned"] += 1
+            iface = stack.interfaces[msg[0]]
+            if msg[1 + ETH_TYPE:1 + ETH_HLEN] == _ETH_IPV6:
+                stack.ip6.learn_ndp(iface, skb, now)
+                self.counters["ndp_learned"] += 1
+            else:
+                stack.learn_arp(iface, skb, now)
+                self.counters["arp_learned"] += 1
         self.net.driver.poke()
 
 
