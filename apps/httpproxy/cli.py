@@ -128,13 +128,30 @@ def make_cache(args: argparse.Namespace, seat) -> CacheStore | None:
                       memory_bytes=args.cache_mem, recover=False, background=True)
 
 
+def _add_cache_options(p: argparse.ArgumentParser) -> None:
+    """The cache's bounds and where it lives."""
+    p.add_argument("--cache-size", type=parse_size, default=64 << 20, metavar="BYTES",
+                   help="cache bound in bytes, K/M/G suffixes (default 64M; 0: no cache); "
+                        "with --cache-dir the bound of the store all workers share, "
+                        "without it each worker's own memory cache")
+    p.add_argument("--max-object", type=parse_size, default=8 << 20, metavar="BYTES",
+                   help="largest response stored (default 8M)")
+    p.add_argument("--cache-dir", metavar="DIR", default=None,
+                   help="keep the cache in DIR across restarts and share it between "
+                        "--workers (default: memory only): an SQLite index "
+                        "DIR/cache.sqlite3 and one file per body; safe against kill -9")
+    p.add_argument("--cache-mem", type=parse_size, default=16 << 20, metavar="BYTES",
+                   help="with --cache-dir: each worker's memory cache of bodies in front "
+                        "of the shared store (default 16M; 0: none)")
+
+
 def add_parser(subparsers) -> None:
     """Register `tapsplice http-proxy`."""
     p = subparsers.add_parser(
         "http-proxy", help="run an HTTP forward proxy with a cache on the stack",
         description="An HTTP/1.1 forward proxy (absolute-form requests, CONNECT) with a "
                     "shared RFC 9111 cache and a Squid-format access log. Names are "
-                    "resolved from --hosts/--host; unknown names get 502.")
+                    "resolved from --hosts/--host, then with --dns; unknown names get 502.")
     add_common(p)
     p.add_argument("--listen", type=parse_listen, default=None, metavar="ADDR:PORT",
                    help="listen address (default with --lab: 198.18.0.2:3128)")
@@ -149,19 +166,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--splice-min", type=parse_size, default=64 << 10, metavar="BYTES",
                    help="smallest response body spliced one way (default 64K; smaller "
                         "bodies cost less to copy than to splice)")
-    p.add_argument("--cache-size", type=parse_size, default=64 << 20, metavar="BYTES",
-                   help="cache bound in bytes, K/M/G suffixes (default 64M; 0: no cache); "
-                        "with --cache-dir the bound of the store all workers share, "
-                        "without it each worker's own memory cache")
-    p.add_argument("--max-object", type=parse_size, default=8 << 20, metavar="BYTES",
-                   help="largest response stored (default 8M)")
-    p.add_argument("--cache-dir", metavar="DIR", default=None,
-                   help="keep the cache in DIR across restarts and share it between "
-                        "--workers (default: memory only): an SQLite index "
-                        "DIR/cache.sqlite3 and one file per body; safe against kill -9")
-    p.add_argument("--cache-mem", type=parse_size, default=16 << 20, metavar="BYTES",
-                   help="with --cache-dir: each worker's memory cache of bodies in front "
-                        "of the shared store (default 16M; 0: none)")
+    _add_cache_options(p)
     p.add_argument("--users", metavar="FILE",
                    help='require Basic Proxy-Authorization; FILE has "user:password" lines')
     p.add_argument("--hosts", metavar="FILE",
